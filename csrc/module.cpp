@@ -1,0 +1,7 @@
+// Entry point of mtlkernels._C: runs the bindings every translation unit registered.
+#include "registry.h"
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "mtlkernels C++ extension: exact K-space solvers and CPU Gram/combine kernels";
+  for (auto& bind : mtlkernels::registry()) bind(m);
+}

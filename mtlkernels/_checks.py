@@ -1,0 +1,81 @@
+"""Input checks shared by every entry point: clear messages that name the problem."""
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import torch
+from torch import Tensor
+
+#: Task gradients: one [K, N] tensor, or a list of per-parameter blocks [K, n_i] (or [K, *shape_i]).
+Jacobian = Union[Tensor, Sequence[Tensor]]
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def as_blocks(J: Jacobian) -> tuple[list[Tensor], bool]:
+    """Return J as a list of 2-D blocks [K, n_i] (views, no copy) and whether J was one tensor."""
+    if isinstance(J, Tensor):
+        if J.dim() != 2:
+            raise ValueError(
+                f"J must be a 2-D tensor [K, N] (one task gradient per row); got shape {tuple(J.shape)}"
+            )
+        blocks, single = [J], True
+    elif isinstance(J, (list, tuple)):
+        if len(J) == 0:
+            raise ValueError("J is an empty list: pass at least one [K, n] block of task gradients")
+        for i, block in enumerate(J):
+            if not isinstance(block, Tensor) or block.dim() < 1:
+                raise TypeError(f"J[{i}] must be a tensor [K, ...]; got {type(block).__name__}")
+        blocks, single = [b.reshape(b.shape[0], -1) for b in J], False
+    else:
+        raise TypeError(f"J must be a tensor [K, N] or a list of [K, n_i] tensors; got {type(J).__name__}")
+
+    first = blocks[0]
+    K = first.shape[0]
+    if K == 0:
+        raise ValueError("J has K = 0 task gradients; at least one task is needed")
+    for i, block in enumerate(blocks):
+        where = "J" if single else f"J[{i}]"
+        if block.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{where} has dtype {block.dtype}; expected float16, bfloat16, float32 or float64")
+        if block.shape[0] != K:
+            raise ValueError(f"{where} has {block.shape[0]} rows but J[0] has {K}: every block needs K rows")
+        if block.device != first.device or block.dtype != first.dtype:
+            raise ValueError(f"{where} is {block.dtype} on {block.device}; J[0] is {first.dtype} on {first.device}")
+    if sum(b.shape[1] for b in blocks) == 0:
+        raise ValueError("J has N = 0 columns: there is nothing to aggregate")
+    return blocks, single
+
+
+def check_gram(gram: Tensor) -> int:
+    """Check a Gram matrix is a square [K, K] float tensor with K >= 1; return K."""
+    if not isinstance(gram, Tensor) or gram.dim() != 2 or gram.shape[0] != gram.shape[1]:
+        shape = tuple(gram.shape) if isinstance(gram, Tensor) else type(gram).__name__
+        raise ValueError(f"the Gram matrix must be a square [K, K] tensor; got {shape}")
+    if gram.shape[0] == 0:
+        raise ValueError("the Gram matrix is empty (K = 0); at least one task is needed")
+    if gram.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"the Gram matrix has dtype {gram.dtype}; expected a floating dtype")
+    return gram.shape[0]
+
+
+def check_losses(losses: Tensor | Sequence[float] | None, K: int) -> Tensor | None:
+    """Return the K loss values as a detached float64 CPU tensor (or None), checked."""
+    if losses is None:
+        return None
+    values = torch.as_tensor(
+        [float(l) for l in losses] if not isinstance(losses, Tensor) else losses.detach(),
+        dtype=torch.float64,
+    ).reshape(-1).cpu()
+    if values.numel() != K:
+        raise ValueError(f"got {values.numel()} losses for K = {K} tasks")
+    bad = (~torch.isfinite(values)).nonzero().flatten().tolist()
+    if bad:
+        raise ValueError(f"loss of task(s) {bad} is not finite (NaN or Inf)")
+    return values
+
+
+def check_option(name: str, value: object, allowed: Sequence[object]) -> None:
+    """Raise a ValueError naming the option when ``value`` is not one of ``allowed``."""
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not supported; choose one of {list(allowed)}")

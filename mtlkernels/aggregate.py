@@ -1,0 +1,148 @@
+"""The functional API: J → Γ → K-space solve → d = wᵀJ.
+
+    res = mtlkernels.aggregate(J, "cagrad", c=0.5)
+    res.direction  # [N] (or a list of blocks), always res.weights @ J up to rounding
+    res.weights    # [K]
+    res.gram       # [K, K]
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from ._checks import Jacobian, as_blocks
+from .combine import combine_blocks, output_blocks
+from .gram import gram_blocks
+from .methods import Weighting, make_weighting
+
+
+@dataclass
+class AggregationResult:
+    """What one aggregation produced.
+
+    Attributes:
+        direction: d = Σₖ wₖ·gₖ: [N] for a [K, N] J, a list of [n_i] for a list of blocks, or the
+            ``out`` tensors when given.
+        weights: [K] weights (float32; float64 for float64 J).
+        gram: Γ = J·Jᵀ [K, K] as accumulated (float64 on the CPU).
+        method: the method's name.
+        diagnostics: the solver's certificate and facts (see each method's docs).
+    """
+
+    direction: Tensor | list[Tensor]
+    weights: Tensor
+    gram: Tensor
+    method: str
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def norms(self) -> Tensor:
+        """‖gₖ‖ for every task, [K]."""
+        return self.gram.diagonal().clamp_min(0).sqrt()
+
+    @property
+    def cosine(self) -> Tensor:
+        """Pairwise cosine similarities Γᵢⱼ/(‖gᵢ‖‖gⱼ‖), [K, K]; 0 where a gradient is zero."""
+        n = self.norms
+        denom = n[:, None] * n[None, :]
+        return torch.where(denom > 0, self.gram / torch.where(denom > 0, denom, 1), 0)
+
+    @property
+    def conflicts(self) -> Tensor:
+        """Number of task pairs i < j with gᵢ·gⱼ < 0 (a 0-d tensor; no host sync)."""
+        return torch.triu(self.gram < 0, diagonal=1).sum()
+
+
+def _weights_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class Aggregator:
+    """A method with its options (and state, for Nash-MTL), applied to task gradients.
+
+    Args:
+        method: "mean", "pcgrad", "cagrad", "nash_mtl", "imtl" or "mgda", or a built Weighting.
+        backend: "auto" (default), "torch", "cpp" or "triton", for the Gram, the solve and the
+            combination alike.
+        check_finite: raise when a task gradient holds NaN/Inf (read off Γ's diagonal, no extra
+            pass over J; on CUDA this costs one host synchronisation).
+        **options: the method's options (see its Weighting class).
+    """
+
+    def __init__(self, method: str | Weighting = "mean", *, backend: str = "auto", check_finite: bool = True, **options: Any):
+        if isinstance(method, Weighting):
+            self.weighting = make_weighting(method, **options)
+        else:
+            self.weighting = make_weighting(method, backend=backend, **options)
+        self.backend = backend
+        self.check_finite = check_finite
+
+    @property
+    def method(self) -> str:
+        return self.weighting.name
+
+    def __call__(
+        self,
+        J: Jacobian,
+        *,
+        losses: Tensor | Sequence[float] | None = None,
+        out: Sequence[Tensor] | None = None,
+        accumulate: bool = False,
+    ) -> AggregationResult:
+        """Aggregate the task gradients J ([K, N] or list of [K, n_i] blocks).
+
+        ``losses`` are needed by loss-normalised MGDA; ``out``/``accumulate`` write the direction
+        into given tensors (e.g. ``.grad``) as :func:`mtlkernels.combine` does.
+        """
+        blocks, single = as_blocks(J)
+        outs = output_blocks(blocks, out) if out is not None else None
+        gram = gram_blocks(blocks, self.backend)
+        if self.check_finite:
+            bad = (~torch.isfinite(gram.diagonal())).nonzero().flatten().tolist()
+            if bad:
+                raise ValueError(f"task gradient(s) {bad} contain a non-finite entry (NaN or Inf)")
+        solution = self.weighting(gram, losses)
+        weights = solution.weights.to(device=blocks[0].device, dtype=_weights_dtype(blocks[0].dtype))
+        if outs is None:
+            outs = [torch.empty(b.shape[1], dtype=b.dtype, device=b.device) for b in blocks]
+            accumulate = False
+            direction: Tensor | list[Tensor] = outs[0] if single else outs
+        else:
+            direction = list(out)  # type: ignore[arg-type]
+        combine_blocks(weights, blocks, outs, accumulate, self.backend)
+        return AggregationResult(direction, weights, gram, self.method, solution.diagnostics)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.weighting.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.weighting.load_state_dict(state)
+
+    def reset(self) -> None:
+        self.weighting.reset()
+
+    def __repr__(self) -> str:
+        return f"Aggregator({self.weighting!r}, backend={self.backend!r})"
+
+
+def aggregate(
+    J: Jacobian,
+    method: str = "mean",
+    *,
+    losses: Tensor | Sequence[float] | None = None,
+    backend: str = "auto",
+    check_finite: bool = True,
+    out: Sequence[Tensor] | None = None,
+    accumulate: bool = False,
+    **options: Any,
+) -> AggregationResult:
+    """One stateless aggregation: ``Aggregator(method, **options)(J, losses=losses)``.
+
+    Stateful methods (Nash-MTL's warm start and ``update_weights_every``) need an
+    :class:`Aggregator` kept across steps; this function starts from a fresh state every call.
+    """
+    agg = Aggregator(method, backend=backend, check_finite=check_finite, **options)
+    return agg(J, losses=losses, out=out, accumulate=accumulate)

@@ -1,0 +1,98 @@
+"""Pass 2 over the task gradients: the direction d = wᵀ·J, written into caller-given outputs.
+
+With ``out`` a list of tensors (e.g. each shared parameter's ``.grad``), block i of J is
+combined straight into ``out[i]``; when J is one [K, N] tensor, ``out`` splits its columns in
+order. Products are accumulated in at least float32 and rounded once to the output dtype.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from . import backend as _backend
+from ._checks import Jacobian, as_blocks
+
+_TORCH_CHUNK_ELEMS = 1 << 22
+
+
+def _combine_torch(weights: Tensor, blocks: list[Tensor], outs: list[Tensor], accumulate: bool) -> None:
+    acc = torch.promote_types(blocks[0].dtype, torch.float32)
+    w = weights.to(device=blocks[0].device, dtype=acc)
+    step = max(1, _TORCH_CHUNK_ELEMS // blocks[0].shape[0])
+    for block, out in zip(blocks, outs):
+        flat = out.view(-1)
+        for start in range(0, block.shape[1], step):
+            part = w @ block[:, start : start + step].to(acc)
+            target = flat[start : start + step]
+            target.add_(part) if accumulate else target.copy_(part)
+
+
+_IMPLS: dict[str, Callable[[Tensor, list[Tensor], list[Tensor], bool], None]] = {"torch": _combine_torch}
+
+
+def output_blocks(blocks: list[Tensor], out: Sequence[Tensor]) -> list[Tensor]:
+    """Match ``out`` to J's blocks: per-block outputs, or J's columns split in the order of ``out``."""
+    out = list(out)
+    for i, o in enumerate(out):
+        if not o.is_contiguous():
+            raise ValueError(f"out[{i}] must be contiguous")
+        if o.device != blocks[0].device:
+            raise ValueError(f"out[{i}] is on {o.device}; J is on {blocks[0].device}")
+    sizes = [o.numel() for o in out]
+    if len(blocks) == 1 and len(out) > 1:
+        if sum(sizes) != blocks[0].shape[1]:
+            raise ValueError(f"out holds {sum(sizes)} elements in all; J has N = {blocks[0].shape[1]} columns")
+        return list(out)
+    if len(out) != len(blocks):
+        raise ValueError(f"out has {len(out)} tensors for {len(blocks)} blocks of J")
+    for i, (o, b) in enumerate(zip(out, blocks)):
+        if o.numel() != b.shape[1]:
+            raise ValueError(f"out[{i}] has {o.numel()} elements; block {i} of J has {b.shape[1]} columns")
+    return out
+
+
+def combine_blocks(
+    weights: Tensor, blocks: list[Tensor], outs: list[Tensor], accumulate: bool = False, backend: str = "auto"
+) -> None:
+    """d = wᵀJ over checked blocks into matching outputs (see :func:`output_blocks`)."""
+    if len(blocks) == 1 and len(outs) > 1:  # one J, split into several outputs
+        offsets = [0]
+        for o in outs:
+            offsets.append(offsets[-1] + o.numel())
+        blocks = [blocks[0][:, a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+    _backend.select("combine", _IMPLS, backend, blocks[0].device)(weights, blocks, outs, accumulate)
+
+
+def combine(
+    weights: Tensor,
+    J: Jacobian,
+    *,
+    out: Sequence[Tensor] | None = None,
+    accumulate: bool = False,
+    backend: str = "auto",
+) -> Tensor | list[Tensor]:
+    """d = Σₖ wₖ·J[k], the combination of the task gradients with weights w [K].
+
+    Args:
+        weights: [K] weights.
+        J: [K, N] tensor or list of blocks [K, n_i].
+        out: optional list of contiguous tensors to write into (e.g. parameters' ``.grad``).
+        accumulate: add into ``out`` instead of overwriting it.
+    Returns:
+        ``out`` when given; else [N] for one J tensor, or a list of [n_i] for a list of blocks.
+    """
+    blocks, single = as_blocks(J)
+    K = blocks[0].shape[0]
+    if weights.dim() != 1 or weights.shape[0] != K:
+        raise ValueError(f"weights must have shape [{K}] for K = {K} tasks; got {tuple(weights.shape)}")
+    if out is None:
+        outs = [torch.empty(b.shape[1], dtype=b.dtype, device=b.device) for b in blocks]
+        accumulate = False
+    else:
+        outs = output_blocks(blocks, out)
+    combine_blocks(weights, blocks, outs, accumulate, backend)
+    if out is not None:
+        return list(out)
+    return outs[0] if single else outs

@@ -1,0 +1,16 @@
+"""Float64 plain-PyTorch references of every method, written from the papers.
+
+Each works on the full K×N matrix the way its paper describes it (explicit projections,
+explicit unit vectors, a generic solver for the QPs): slow and readable on purpose. They are the
+ground truth of the test suite and of ``python -m mtlkernels.validate``; use them to check the
+fast path on your own gradients.
+
+Every function takes J [K, N] (any float dtype; computed in float64) and returns a
+:class:`ReferenceResult`.
+"""
+from __future__ import annotations
+
+from ._result import ReferenceResult
+from .mean import mean
+
+__all__ = ["ReferenceResult", "mean"]

@@ -1,0 +1,15 @@
+"""Test-wide setup. Without CUDA, Triton kernels run through the interpreter on CPU tensors; the
+variable must be set before triton.jit decorates any kernel, i.e. before mtlkernels is imported."""
+import os
+import sys
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+sys.path.insert(0, os.path.dirname(__file__))  # shared helpers: cases.py, peers.py
+
+import pytest  # noqa: E402
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
