@@ -2,10 +2,17 @@
 from __future__ import annotations
 
 from .base import Solution, Weighting
+from .cagrad import CAGradWeighting
+from .imtl import IMTLWeighting
 from .mean import Mean
+from .mgda import MGDAWeighting
+from .nash_mtl import NashMTLWeighting
+from .pcgrad import PCGradWeighting
 
-#: method name → Weighting class; each method module adds itself here.
-METHODS: dict[str, type[Weighting]] = {Mean.name: Mean}
+#: method name → Weighting class
+METHODS: dict[str, type[Weighting]] = {
+    cls.name: cls for cls in (Mean, PCGradWeighting, CAGradWeighting, NashMTLWeighting, IMTLWeighting, MGDAWeighting)
+}
 
 
 def make_weighting(method: "str | Weighting", **options) -> Weighting:
@@ -23,4 +30,15 @@ def make_weighting(method: "str | Weighting", **options) -> Weighting:
         raise TypeError(f"method {method!r}: {exc}") from None
 
 
-__all__ = ["METHODS", "Mean", "Solution", "Weighting", "make_weighting"]
+__all__ = [
+    "METHODS",
+    "CAGradWeighting",
+    "IMTLWeighting",
+    "MGDAWeighting",
+    "Mean",
+    "NashMTLWeighting",
+    "PCGradWeighting",
+    "Solution",
+    "Weighting",
+    "make_weighting",
+]

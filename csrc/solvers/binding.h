@@ -1,0 +1,32 @@
+// Conventions shared by the solver bindings: Γ arrives as a C-contiguous float64 NumPy array
+// [K, K] (a CPU torch tensor's .numpy(), zero-copy); results go back as NumPy arrays and a dict of
+// diagnostics; bad input raises ValueError (pybind11 maps std::invalid_argument to it).
+#pragma once
+#include <stdexcept>
+#include <string>
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+namespace mtlkernels {
+
+namespace py = pybind11;
+using Array = py::array_t<double, py::array::c_style | py::array::forcecast>;
+
+constexpr int kMaxTasks = 256;
+
+// Check Γ is [K, K] with 1 ≤ K ≤ kMaxTasks and finite; return K.
+inline int check_square(const Array& gram, const char* name = "gram") {
+  if (gram.ndim() != 2 || gram.shape(0) != gram.shape(1))
+    throw std::invalid_argument(std::string(name) + " must be a square [K, K] matrix");
+  const auto K = gram.shape(0);
+  if (K < 1 || K > kMaxTasks)
+    throw std::invalid_argument(std::string(name) + ": K = " + std::to_string(K) + " is outside [1, " +
+                                std::to_string(kMaxTasks) + "]");
+  const double* g = gram.data();
+  for (py::ssize_t i = 0; i < K * K; ++i)
+    if (!std::isfinite(g[i])) throw std::invalid_argument(std::string(name) + " has a non-finite entry");
+  return static_cast<int>(K);
+}
+
+}  // namespace mtlkernels
