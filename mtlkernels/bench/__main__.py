@@ -1,0 +1,82 @@
+"""python -m mtlkernels.bench [--suite NAME] [--methods ...] [--K ...] [--N ...] [--dtype ...] [--out DIR]"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+
+import torch
+
+from . import report
+from .suites import METHODS, aggregate_case, passes_case
+
+#: suite name → (device, K values, N values, dtypes, seconds of timing per measurement)
+SUITES = {
+    "tiny": ("cpu", (2, 3), (1_000,), ("float32",), 0.01),
+    "cpu-small": ("cpu", (3, 8), (100_000, 1_000_000), ("float32",), 0.2),
+    "cpu": ("cpu", (2, 4, 8, 16, 32, 64), (100_000, 1_000_000, 10_000_000), ("float32", "bfloat16"), 0.3),
+    "gpu": ("cuda", (2, 8, 32), (1_000_000, 10_000_000, 100_000_000), ("float32", "bfloat16"), 0.3),
+}
+
+
+def _progress(i: int, total: int, label: str, started: float) -> None:
+    done = int(24 * i / total)
+    elapsed = time.perf_counter() - started
+    sys.stderr.write(f"\r[{'#' * done}{'.' * (24 - done)}] {i}/{total} {elapsed:5.0f}s {label:<40}")
+    sys.stderr.flush()
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(prog="python -m mtlkernels.bench", description=__doc__)
+    parser.add_argument("--suite", choices=sorted(SUITES), default="cpu-small")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--K", nargs="+", type=int, help="override the suite's K values")
+    parser.add_argument("--N", nargs="+", type=float, help="override the suite's N values")
+    parser.add_argument("--dtype", nargs="+", choices=("float32", "bfloat16", "float16", "float64"))
+    parser.add_argument("--passes", action=argparse.BooleanOptionalAction, default=True, help="also time gram and combine alone")
+    parser.add_argument("--peers", action=argparse.BooleanOptionalAction, default=True, help="time torchjd/LibMTL too")
+    parser.add_argument("--min-time", type=float, help="seconds of timing per measurement")
+    parser.add_argument("--out", default="bench/out", help="folder for results.json, results.csv and PNG plots")
+    parser.add_argument("--no-plots", action="store_true")
+    args = parser.parse_args(argv)
+
+    device_name, Ks, Ns, dtypes, min_time = SUITES[args.suite]
+    if device_name == "cuda" and not torch.cuda.is_available():
+        parser.error(f"suite {args.suite!r} needs a CUDA device")
+    device = torch.device(device_name)
+    Ks = args.K or Ks
+    Ns = [int(n) for n in (args.N or Ns)]
+    dtypes = [getattr(torch, d) for d in (args.dtype or dtypes)]
+    min_time = args.min_time if args.min_time is not None else min_time
+
+    jobs = [("aggregate", m, K, N, dt) for dt in dtypes for N in Ns for K in Ks for m in args.methods]
+    if args.passes:
+        jobs += [("passes", op, K, N, dt) for dt in dtypes for N in Ns for K in Ks for op in ("gram", "combine")]
+    rows, started = [], time.perf_counter()
+    for i, (suite, name, K, N, dt) in enumerate(jobs):
+        _progress(i, len(jobs), f"{suite} {name} K={K} N={N:.0e} {dt}", started)
+        if suite == "aggregate":
+            row = aggregate_case(name, K, N, dt, device, min_time, with_peers=args.peers)
+        else:
+            row = passes_case(name, K, N, dt, device, min_time)
+        rows.append(row.as_dict())
+    _progress(len(jobs), len(jobs), "done", started)
+    sys.stderr.write("\n")
+
+    env = report.environment()
+    print(f"# {env['date']} · {env['processor']} ({env['cpu_count']} CPUs){' · ' + env['gpu'] if 'gpu' in env else ''} · "
+          f"torch {env['torch']} · torchjd {env['torchjd']} · LibMTL {env['LibMTL']}")
+    print("# times are medians; floor = streaming reads of J measured in this run (2 for aggregate, 1 for a pass);")
+    print("# <peer>/ours = how many times slower the peer is on the same J")
+    print(report.table(rows))
+    command = "python -m mtlkernels.bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    paths = report.write(rows, args.out, command)
+    if not args.no_plots:
+        paths += report.plot(rows, args.out)
+    print("wrote " + ", ".join(paths))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
