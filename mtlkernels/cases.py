@@ -1,6 +1,7 @@
 """Task-gradient matrices for validation, random and adversarial: used by the test suite and by
 ``python -m mtlkernels.validate``. Each case is ``(name, J)`` with J [K, N] float64 on the CPU.
 """
+from __future__ import annotations
 
 import torch
 from torch import Tensor
