@@ -68,11 +68,15 @@ class Aggregator:
         backend: "auto" (default), "torch", "cpp" or "triton", for the Gram, the solve and the
             combination alike.
         check_finite: raise when a task gradient holds NaN/Inf (read off Γ's diagonal, no extra
-            pass over J; on CUDA this costs one host synchronisation).
+            pass over J). Default ``None``: check on the CPU, where it is free; skip on CUDA, where
+            reading the answer costs a host synchronisation (a non-finite gradient then gives
+            non-finite weights and direction). ``True`` checks everywhere, ``False`` nowhere.
         **options: the method's options (see its Weighting class).
     """
 
-    def __init__(self, method: str | Weighting = "mean", *, backend: str = "auto", check_finite: bool = True, **options: Any):
+    def __init__(
+        self, method: str | Weighting = "mean", *, backend: str = "auto", check_finite: bool | None = None, **options: Any
+    ):
         if isinstance(method, Weighting):
             self.weighting = make_weighting(method, **options)
         else:
@@ -100,7 +104,8 @@ class Aggregator:
         blocks, single = as_blocks(J)
         outs = output_blocks(blocks, out) if out is not None else None
         gram = gram_blocks(blocks, self.backend)
-        if self.check_finite:
+        check = self.check_finite if self.check_finite is not None else gram.device.type == "cpu"
+        if check:
             bad = (~torch.isfinite(gram.diagonal())).nonzero().flatten().tolist()
             if bad:
                 raise ValueError(f"task gradient(s) {bad} contain a non-finite entry (NaN or Inf)")
@@ -134,7 +139,7 @@ def aggregate(
     *,
     losses: Tensor | Sequence[float] | None = None,
     backend: str = "auto",
-    check_finite: bool = True,
+    check_finite: bool | None = None,
     out: Sequence[Tensor] | None = None,
     accumulate: bool = False,
     **options: Any,
