@@ -1,0 +1,45 @@
+"""The benchmark command in its tiny configuration: every method present, every number sane, the
+files written. (Speed itself is measured by the benchmark, never asserted in tests.)"""
+import json
+import math
+
+import pytest
+
+from mtlkernels.bench.__main__ import main
+from mtlkernels.bench.suites import METHODS
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    rows = main(["--suite", "tiny", "--out", str(out), "--min-time", "0.002"])
+    return rows, out
+
+
+def test_every_method_and_pass_present(tiny_run):
+    rows, _ = tiny_run
+    assert {r["method"] for r in rows if r["suite"] == "aggregate"} == set(METHODS)
+    assert {r["method"] for r in rows if r["suite"] == "passes"} == {"gram", "combine"}
+
+
+def test_ratios_finite_and_positive(tiny_run):
+    rows, _ = tiny_run
+    for r in rows:
+        ratios = [v for k, v in r.items() if k.startswith(("ratio_", "speedup_vs_")) or k.endswith("_s")]
+        assert ratios and all(math.isfinite(v) and v > 0 for v in ratios), r
+
+
+def test_peers_timed_where_they_implement_the_method(tiny_run):
+    rows, _ = tiny_run
+    agg = {(r["method"], r["K"]): r for r in rows if r["suite"] == "aggregate"}
+    assert "torchjd_s" in agg[("pcgrad", 2)] and "libmtl_s" in agg[("pcgrad", 2)]
+    assert "libmtl_s" in agg[("cagrad", 3)] and "libmtl" in agg[("cagrad", 2)]["skipped"]
+    assert "torchjd_s" in agg[("nash_mtl", 3)] and "libmtl_s" not in agg[("nash_mtl", 3)]
+
+
+def test_files_written(tiny_run):
+    rows, out = tiny_run
+    data = json.loads((out / "results.json").read_text())
+    assert data["rows"] == json.loads(json.dumps(rows)) and "torch" in data["environment"]
+    assert (out / "results.csv").read_text().count("\n") == len(rows) + 1
+    assert (out / "aggregate_time.png").stat().st_size > 0
