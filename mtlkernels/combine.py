@@ -13,6 +13,7 @@ from torch import Tensor
 
 from . import backend as _backend
 from ._checks import Jacobian, as_blocks
+from .kernels import triton_combine
 
 _TORCH_CHUNK_ELEMS = 1 << 22
 
@@ -29,7 +30,7 @@ def _combine_torch(weights: Tensor, blocks: list[Tensor], outs: list[Tensor], ac
             target.add_(part) if accumulate else target.copy_(part)
 
 
-_IMPLS: dict[str, Callable[[Tensor, list[Tensor], list[Tensor], bool], None]] = {"torch": _combine_torch}
+_IMPLS: dict[str, Callable[[Tensor, list[Tensor], list[Tensor], bool], None]] = {"torch": _combine_torch, "triton": triton_combine}
 
 
 def output_blocks(blocks: list[Tensor], out: Sequence[Tensor]) -> list[Tensor]:

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from . import backend as _backend
 from ._checks import Jacobian, as_blocks
+from .kernels import triton_gram
 
 #: columns per chunk in the torch fallback: bounds the float64 temporary to ~32 MB
 _TORCH_CHUNK_ELEMS = 1 << 22
@@ -37,7 +38,7 @@ def _gram_torch(blocks: list[Tensor]) -> Tensor:
     return gram
 
 
-_IMPLS: dict[str, Callable[[list[Tensor]], Tensor]] = {"torch": _gram_torch}
+_IMPLS: dict[str, Callable[[list[Tensor]], Tensor]] = {"torch": _gram_torch, "triton": triton_gram}
 
 
 def gram_blocks(blocks: list[Tensor], backend: str = "auto") -> Tensor:
