@@ -1,12 +1,156 @@
-"""PLACEHOLDER — being written; replaced by the method's real K-space solve."""
+"""PCGrad's K-space solve (Yu et al., "Gradient Surgery for Multi-Task Learning", NeurIPS 2020).
+
+gᵢ' = cᵢᵀJ with cᵢ = eᵢ; for j in order[i]: if (Γcᵢ)ⱼ < 0 and Γⱼⱼ > 0, cᵢ[j] −= (Γcᵢ)ⱼ/Γⱼⱼ
+(the projection of gᵢ' off gⱼ, as gᵢ'·gⱼ = (Γcᵢ)ⱼ); weights w = Σᵢ cᵢ, or their mean.
+"""
 from __future__ import annotations
 
-from .base import Weighting
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .._checks import check_option
+from .._extension import extension
+from .base import Solution, Weighting
+
+REDUCTIONS = ("sum", "mean")
+
+#: the C++ solver's limit on K (kMaxTasks in csrc/solvers/binding.h); backend="auto" uses torch beyond it
+CPP_MAX_TASKS = 256
+
+
+def check_order(order: Any) -> Tensor:
+    """``order`` as a [K, K] int64 CPU tensor whose rows are permutations of 0..K-1, or a ValueError."""
+    try:
+        order = torch.as_tensor(order)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"order must be a [K, K] integer tensor; got {type(order).__name__} ({exc})") from None
+    if order.dtype.is_floating_point or order.dtype.is_complex or order.dtype == torch.bool:
+        raise ValueError(f"order must hold integer task indices; got dtype {order.dtype}")
+    if order.dim() != 2 or order.shape[0] != order.shape[1] or order.shape[0] == 0:
+        raise ValueError(
+            f"order must be [K, K] (row i: the order in which task i visits the tasks); got shape {tuple(order.shape)}"
+        )
+    order = order.to(device="cpu", dtype=torch.int64).contiguous()
+    K = order.shape[0]
+    expected = torch.arange(K)
+    for i, row in enumerate(order):
+        if not torch.equal(row.sort().values, expected):
+            raise ValueError(f"order[{i}] = {row.tolist()} is not a permutation of 0..{K - 1}")
+    return order
+
+
+def draw_orders(K: int, generator: torch.Generator | None) -> Tensor:
+    """Fresh visiting orders [K, K]: keys = torch.rand(K, K, float64); row i is i first (a no-op
+    visit), then the other tasks by increasing key — a uniform random permutation of the others
+    per task, as in the paper's Algorithm 1. ``generator=None`` draws from torch's global RNG."""
+    keys = torch.rand(K, K, generator=generator, dtype=torch.float64)
+    keys.diagonal().fill_(-1.0)
+    return torch.from_numpy(np.argsort(keys.numpy(), axis=1, kind="stable"))
+
+
+def _gram_on_cpu(gram: Tensor) -> Tensor:
+    """Γ as a C-contiguous float64 CPU tensor, checked: finite, no negative diagonal entry."""
+    gram = gram.detach().to(device="cpu", dtype=torch.float64).contiguous()
+    if not bool(torch.isfinite(gram).all()):
+        raise ValueError("the Gram matrix has a non-finite entry (NaN or Inf)")
+    negative = (gram.diagonal() < 0).nonzero().flatten().tolist()
+    if negative:
+        raise ValueError(f"the Gram matrix has negative diagonal entries at {negative}: it is not J·Jᵀ")
+    return gram
+
+
+def _solve_torch(self: "PCGradWeighting", gram: Tensor, losses: Tensor | None) -> Solution:
+    """All K tasks advance together: step t visits task order[i, t] for every task i at once."""
+    G = _gram_on_cpu(gram)
+    K = G.shape[0]
+    order = self.visiting_orders(K)
+    tasks = torch.arange(K)
+    diag = G.diagonal()
+    C = torch.eye(K, dtype=torch.float64)  # row i: cᵢ
+    projections = 0
+    residual = torch.zeros((), dtype=torch.float64)
+    for t in range(K):
+        j = order[:, t]
+        rows = G[j]  # row i: Γ[order[i, t]]
+        inner = (C * rows).sum(dim=1)  # gᵢ'·gⱼ
+        project = (inner < 0) & (diag[j] > 0)
+        if not bool(project.any()):
+            continue
+        C[tasks, j] -= torch.where(project, inner / torch.where(project, diag[j], 1.0), 0.0)
+        terms = C[project] * rows[project]
+        magnitude = terms.abs().sum(dim=1)
+        after = terms.sum(dim=1).abs() / torch.where(magnitude > 0, magnitude, 1.0)
+        residual = torch.maximum(residual, after.max())
+        projections += int(project.sum())
+    weights = C.sum(dim=0)
+    if self.reduction == "mean":
+        weights = weights / K
+    diagnostics = {"projections": projections, "orthogonality_residual": float(residual), "order": order}
+    return Solution(weights.to(gram.device), diagnostics)
+
+
+def _solve_cpp(self: "PCGradWeighting", gram: Tensor, losses: Tensor | None) -> Solution:
+    if self.backend == "auto" and gram.shape[0] > CPP_MAX_TASKS:
+        return _solve_torch(self, gram, losses)
+    G = gram.detach().to(device="cpu", dtype=torch.float64).contiguous()
+    order = self.visiting_orders(G.shape[0])
+    weights, diagnostics = extension().pcgrad_solve(G.numpy(), order.numpy(), self.reduction == "mean")
+    diagnostics["order"] = order
+    return Solution(torch.from_numpy(weights).to(gram.device), diagnostics)
 
 
 class PCGradWeighting(Weighting):
-    name = "pcgrad"
-    solvers = {}
+    """PCGrad: project each task gradient off the ones it conflicts with, in turn; sum the results.
 
-    def __call__(self, gram, losses=None):
-        raise NotImplementedError("pcgrad is not implemented yet")
+    Args:
+        reduction: "sum" (default: the authors' TF code, LibMTL, torchjd) or "mean" (divide by K).
+        order: optional [K, K] integer tensor; row i is the order in which task i visits the tasks
+            (a permutation of 0..K-1). Every listed task is visited with the same rule, i included:
+            a no-op while gᵢ'·gᵢ ≥ 0, always so when i comes first. The authors' TF code (fixed
+            order) is ``torch.arange(K).repeat(K, 1)``.
+        generator: CPU torch.Generator for fresh orders every call (see :func:`draw_orders`); with
+            neither ``order`` nor ``generator``, orders come from torch's global RNG.
+        backend: "auto", "torch" or "cpp".
+
+    Diagnostics: "projections" (number made), "orthogonality_residual" (max over projections of
+    |(Γcᵢ)ⱼ| / Σₖ|Γⱼₖcᵢₖ| right after it: zero up to rounding), "order" (the [K, K] orders used).
+    """
+
+    name = "pcgrad"
+
+    def __init__(
+        self,
+        *,
+        reduction: str = "sum",
+        order: Any = None,
+        generator: torch.Generator | None = None,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(backend=backend)
+        check_option("reduction", reduction, REDUCTIONS)
+        if order is not None and generator is not None:
+            raise ValueError("give order= (fixed orders) or generator= (fresh random orders), not both")
+        if generator is not None:
+            if not isinstance(generator, torch.Generator):
+                raise ValueError(f"generator must be a torch.Generator; got {type(generator).__name__}")
+            if generator.device.type != "cpu":
+                raise ValueError(f"generator must be a CPU torch.Generator; got one on {generator.device}")
+        self.reduction = reduction
+        self.order = None if order is None else check_order(order)
+        self.generator = generator
+
+    def visiting_orders(self, K: int) -> Tensor:
+        """The [K, K] int64 orders of the next solve: the fixed ``order``, or freshly drawn ones."""
+        if self.order is None:
+            return draw_orders(K, self.generator)
+        if self.order.shape[0] != K:
+            raise ValueError(f"order is {tuple(self.order.shape)} but there are K = {K} tasks")
+        return self.order
+
+    def options(self) -> dict[str, Any]:
+        return {"reduction": self.reduction, "order": self.order, "generator": self.generator, "backend": self.backend}
+
+    solvers = {"torch": _solve_torch, "cpp": _solve_cpp}
