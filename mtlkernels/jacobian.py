@@ -1,0 +1,174 @@
+"""Per-task gradients → J, the K×N matrix whose row k is ∇L_k over the given tensors.
+
+Two ways to get the rows, both writing into views of one preallocated [K, N] buffer (never a
+``torch.cat`` of per-parameter gradients):
+
+- ``"loop"``: K calls of ``torch.autograd.grad(L_k, inputs, retain_graph=True)``;
+- ``"batched"``: one ``torch.autograd.grad`` of the stacked losses with the K×K identity as
+  ``grad_outputs`` and ``is_grads_batched=True`` (vmap over the backward pass).
+
+The inputs are shared parameters (the exact path) or a shared representation z (the "features"
+path of MGDA-UB, Sener & Koltun 2018). Tensors that a loss does not reach get a zero row block.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from ._checks import check_option
+
+GRAD_MODES = ("auto", "loop", "batched")
+
+
+def resolve_grad_mode(mode: str, device: torch.device) -> str:
+    """``"auto"`` → ``"loop"`` on the CPU (measured no slower there), ``"batched"`` on CUDA."""
+    check_option("grad_mode", mode, GRAD_MODES)
+    if mode != "auto":
+        return mode
+    return "batched" if device.type == "cuda" else "loop"
+
+
+def leaves_reached(loss: Tensor) -> set[int]:
+    """ids of the leaf tensors whose gradient ``loss`` reaches, by walking its autograd graph
+    (structural: a gradient that happens to be zero still counts, an unused leaf does not)."""
+    found: set[int] = set()
+    if loss.grad_fn is None:
+        if loss.requires_grad:  # the loss is itself a leaf
+            found.add(id(loss))
+        return found
+    seen: set[int] = set()
+    stack = [loss.grad_fn]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        variable = getattr(node, "variable", None)  # AccumulateGrad nodes hold their leaf
+        if isinstance(variable, Tensor):
+            found.add(id(variable))
+        stack.extend(fn for fn, _ in node.next_functions if fn is not None)
+    return found
+
+
+def check_losses(losses: Sequence[Tensor] | Tensor, expected: int | None = None) -> list[Tensor]:
+    """The K losses as a list of scalar tensors that require grad; errors name the task."""
+    if isinstance(losses, Tensor):
+        if losses.dim() > 1:
+            raise ValueError(f"losses must be a sequence or a 1-D tensor of K scalars; got shape {tuple(losses.shape)}")
+        losses = list(losses.reshape(-1).unbind())
+    else:
+        losses = list(losses)
+    if not losses:
+        raise ValueError("got no losses: pass K >= 1 scalar losses")
+    if expected is not None and len(losses) != expected:
+        raise ValueError(f"got {len(losses)} losses; expected K = {expected} (one per task, as before)")
+    for k, loss in enumerate(losses):
+        if not isinstance(loss, Tensor):
+            raise TypeError(f"loss of task {k} is a {type(loss).__name__}; expected a scalar tensor")
+        if loss.numel() != 1:
+            raise ValueError(f"loss of task {k} is not a scalar: shape {tuple(loss.shape)} (reduce it first, e.g. .mean())")
+        if not loss.is_floating_point():
+            raise TypeError(f"loss of task {k} has dtype {loss.dtype}; expected a floating-point loss")
+        if not loss.requires_grad:
+            raise ValueError(f"loss of task {k} does not require grad: it is not connected to any trainable parameter")
+    return losses
+
+
+def column_views(buffer: Tensor, inputs: Sequence[Tensor]) -> list[Tensor]:
+    """Split the columns of ``buffer`` [K, N] into per-input blocks [K, *input.shape] (views)."""
+    views, start = [], 0
+    for t in inputs:
+        n = t.numel()
+        views.append(buffer[:, start : start + n].view(buffer.shape[0], *t.shape))
+        start += n
+    if start != buffer.shape[1]:
+        raise ValueError(f"the buffer has N = {buffer.shape[1]} columns; the inputs hold {start} elements")
+    return views
+
+
+def fill_task_gradients(
+    losses: Sequence[Tensor],
+    inputs: Sequence[Tensor],
+    rows: Tensor,
+    *,
+    private: Sequence[Sequence[int]] = (),
+    private_inputs: Sequence[Tensor] = (),
+    private_out: Sequence[Tensor] = (),
+    mode: str = "loop",
+    retain_graph: bool = False,
+) -> None:
+    """rows[k] ← ∇_{inputs} L_k, and, in the same backward passes, private_out[j] ← Σ_{k ∈ tasks_j}
+    ∇_{private_inputs[j]} L_k for the tensors only some tasks own (heads: the plain gradient of Σ L).
+
+    Args:
+        losses: K scalar losses.
+        inputs: tensors J is taken with respect to; ``rows`` is [K, Σ numel] over them, in order.
+        private: for each task k, the indices j of the private inputs it reaches.
+        private_inputs / private_out: the private tensors and where their summed gradient goes.
+        mode: "loop" or "batched" (resolve "auto" with :func:`resolve_grad_mode` first).
+        retain_graph: keep the graph after the last pass (as ``Tensor.backward`` does).
+    """
+    K = len(losses)
+    blocks = column_views(rows, inputs)
+    for out in private_out:
+        out.zero_()
+    if mode == "loop":
+        for k, loss in enumerate(losses):
+            own = list(private[k]) if private else []
+            grads = torch.autograd.grad(
+                loss,
+                [*inputs, *(private_inputs[j] for j in own)],
+                retain_graph=retain_graph or k < K - 1,
+                allow_unused=True,
+            )
+            for block, g in zip(blocks, grads[: len(inputs)]):
+                block[k].copy_(g) if g is not None else block[k].zero_()
+            for j, g in zip(own, grads[len(inputs) :]):
+                if g is not None:
+                    private_out[j].add_(g)
+    elif mode == "batched":
+        dtype = losses[0].dtype if all(loss.dtype == losses[0].dtype for loss in losses) else torch.float32
+        stacked = torch.stack([loss.reshape(()).to(dtype) for loss in losses])
+        eye = torch.eye(K, dtype=stacked.dtype, device=stacked.device)
+        grads = torch.autograd.grad(
+            stacked,
+            [*inputs, *private_inputs],
+            grad_outputs=eye,
+            retain_graph=retain_graph,
+            allow_unused=True,
+            is_grads_batched=True,
+        )
+        for block, g in zip(blocks, grads[: len(inputs)]):
+            block.copy_(g) if g is not None else block.zero_()
+        for out, g in zip(private_out, grads[len(inputs) :]):
+            if g is not None:
+                out.copy_(g.sum(0))  # rows of the tasks that do not reach it are zero
+    else:
+        raise ValueError(f"grad_mode={mode!r} must be resolved to 'loop' or 'batched' first")
+
+
+def jacobian(
+    losses: Sequence[Tensor] | Tensor,
+    inputs: Sequence[Tensor],
+    *,
+    mode: str = "auto",
+    out: Tensor | None = None,
+    retain_graph: bool = False,
+) -> Tensor:
+    """J [K, N]: row k is ∇L_k with respect to ``inputs`` (flattened in order; zero where L_k does
+    not reach an input). ``out`` is a preallocated [K, N] buffer to reuse across steps.
+    """
+    losses = check_losses(losses)
+    inputs = list(inputs)
+    if not inputs:
+        raise ValueError("got no inputs to differentiate with respect to")
+    N = sum(t.numel() for t in inputs)
+    if out is None:
+        dtype = inputs[0].dtype if all(t.dtype == inputs[0].dtype for t in inputs) else torch.float32
+        out = torch.empty(len(losses), N, dtype=dtype, device=inputs[0].device)
+    elif out.shape != (len(losses), N) or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous [{len(losses)}, {N}] tensor; got {tuple(out.shape)}")
+    fill_task_gradients(losses, inputs, out, mode=resolve_grad_mode(mode, out.device), retain_graph=retain_graph)
+    return out

@@ -1,0 +1,77 @@
+"""IMTL as a drop-in optimizer (Liu et al., "Towards Impartial Multi-task Learning", ICLR 2021)."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .base import MultiTaskOptimizer
+
+
+class IMTL(MultiTaskOptimizer):
+    """IMTL-G on the shared parameters: d = Σ αᵢgᵢ with equal projections d·uᵢ on every unit
+    gradient; with ``imtl_l=True`` (IMTL-L) the losses are e^{sᵢ}Lᵢ − sᵢ with learnable sᵢ.
+
+    Args:
+        optimizer: the wrapped torch optimizer; the log-scales s [K] (zeros) join it as a new
+            parameter group once K is known (``num_tasks=`` or the first ``backward``). Create LR
+            schedulers after that, or pass ``num_tasks=``, so that they see the group.
+        imtl_l: True (default): the hybrid of the paper and LibMTL (IMTL-G on the gradients of
+            the scaled losses e^{sᵢ}Lᵢ; sᵢ gets ∂/∂sᵢ = e^{sᵢ}Lᵢ − 1). False: IMTL-G alone (nash-mtl's
+            ``IMTLG``).
+        scale_group: extra options of the log-scales' parameter group (e.g. ``{"lr": 1e-2}``).
+        **options: :class:`~mtlkernels.optim.base.MultiTaskOptimizer`'s arguments.
+    """
+
+    method = "imtl"
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        *,
+        imtl_l: bool = True,
+        scale_group: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> None:
+        self.imtl_l = bool(imtl_l)
+        self.scale_group = dict(scale_group or {})
+        if "params" in self.scale_group:
+            raise ValueError("scale_group holds the group's options; its parameter is the log-scales")
+        #: the IMTL-L log-scales s [K] (None until K is known, or with imtl_l=False)
+        self.log_scales: Tensor | None = None
+        super().__init__(optimizer, **options)
+
+    def _set_num_tasks(self, K: int) -> None:
+        super()._set_num_tasks(K)
+        if self.imtl_l and self.log_scales is None:
+            reference = next((p for group in self.param_groups for p in group["params"]), None)
+            device = reference.device if reference is not None else torch.device("cpu")
+            dtype = reference.dtype if reference is not None and reference.is_floating_point() else torch.float32
+            self.log_scales = torch.zeros(K, dtype=dtype, device=device, requires_grad=True)
+            self._owned.append(self.log_scales)
+            self.optimizer.add_param_group({**self.scale_group, "params": [self.log_scales]})
+
+    def _loss_multipliers(self) -> Tensor | None:
+        return None if self.log_scales is None else self.log_scales.detach().exp()
+
+    def _write_owned_grads(self, losses: Tensor, grad_scale: float) -> None:
+        if self.log_scales is None:
+            return
+        s = self.log_scales.detach()
+        grad = (s.exp() * losses.to(s) - 1) * grad_scale  # ∂/∂sᵢ (e^{sᵢ}Lᵢ − sᵢ)
+        self._accumulate([self.log_scales], [grad])
+
+    def _method_state(self) -> dict[str, Any]:
+        state = super()._method_state()
+        if self.log_scales is not None:
+            state["log_scales"] = self.log_scales.detach().clone()
+        return state
+
+    def _load_method_state(self, state: dict[str, Any]) -> None:
+        super()._load_method_state(state)
+        if "log_scales" in state:
+            if self.log_scales is None:
+                raise ValueError("the state_dict holds IMTL-L log-scales but this IMTL has imtl_l=False")
+            with torch.no_grad():
+                self.log_scales.copy_(state["log_scales"])

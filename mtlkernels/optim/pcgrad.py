@@ -1,0 +1,55 @@
+"""PCGrad as a drop-in optimizer (Yu et al., "Gradient Surgery for Multi-Task Learning", NeurIPS 2020)."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .base import MultiTaskOptimizer
+
+
+class PCGrad(MultiTaskOptimizer):
+    """Shared parameters get Σᵢ gᵢ' (each gᵢ projected off the gⱼ it conflicts with, in a random
+    order per task); task-specific ones their plain gradient (no surgery).
+
+    Args:
+        optimizer: the wrapped torch optimizer.
+        reduction: "sum" (default: authors' TF code, LibMTL, torchjd) or "mean".
+        seed: seed of a private torch.Generator for the visiting orders; its state is saved in
+            ``state_dict()``, so a resumed run draws the same orders.
+        generator: a CPU torch.Generator instead of ``seed`` (also saved). With neither, orders
+            come from torch's global RNG (not saved).
+        order: fixed [K, K] visiting orders instead (row i: task i's order).
+        **options: :class:`~mtlkernels.optim.base.MultiTaskOptimizer`'s arguments.
+    """
+
+    method = "pcgrad"
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        *,
+        reduction: str = "sum",
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        order: Any = None,
+        **options: Any,
+    ) -> None:
+        if seed is not None:
+            if generator is not None:
+                raise ValueError("give seed= or generator=, not both")
+            generator = torch.Generator().manual_seed(seed)
+        super().__init__(optimizer, reduction=reduction, generator=generator, order=order, **options)
+
+    def _method_state(self) -> dict[str, Any]:
+        state = super()._method_state()
+        if self.weighting.generator is not None:
+            state["generator"] = self.weighting.generator.get_state()
+        return state
+
+    def _load_method_state(self, state: dict[str, Any]) -> None:
+        super()._load_method_state(state)
+        if "generator" in state:
+            if self.weighting.generator is None:
+                raise ValueError("the state_dict holds a generator state but this PCGrad draws from torch's global RNG")
+            self.weighting.generator.set_state(state["generator"])

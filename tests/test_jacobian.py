@@ -1,0 +1,122 @@
+"""Per-task gradients → J: the loop and the batched path against an independent oracle
+(torch.autograd.functional.jacobian of the stacked losses), unreached inputs, the private
+(task-specific) gradients filled in the same passes, graph reachability, and input errors."""
+import pytest
+import torch
+import torch.nn as nn
+
+from mtlkernels.jacobian import check_losses, fill_task_gradients, jacobian, leaves_reached, resolve_grad_mode
+
+
+def _net(seed: int = 0):
+    torch.manual_seed(seed)
+    trunk = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 4)).double()
+    heads = nn.ModuleList([nn.Linear(4, 1).double() for _ in range(3)])
+    x = torch.randn(9, 5, dtype=torch.float64)
+    return trunk, heads, x
+
+
+def _losses_fn(trunk, heads, x):
+    """Losses as a function of the trunk's parameters (for the functional oracle)."""
+    names = [n for n, _ in trunk.named_parameters()]
+
+    def f(*flat):
+        z = torch.func.functional_call(trunk, dict(zip(names, flat)), (x,))
+        return torch.stack([(h(z) ** 2).mean() * (k + 1) for k, h in enumerate(heads)])
+
+    return f
+
+
+@pytest.mark.parametrize("mode", ["loop", "batched"])
+def test_jacobian_matches_functional_oracle(mode):
+    trunk, heads, x = _net()
+    params = list(trunk.parameters())
+    expected = torch.cat(
+        [j.reshape(3, -1) for j in torch.autograd.functional.jacobian(_losses_fn(trunk, heads, x), tuple(params))], dim=1
+    )
+    z = trunk(x)
+    losses = [(h(z) ** 2).mean() * (k + 1) for k, h in enumerate(heads)]
+    out = torch.full((3, sum(p.numel() for p in params)), float("nan"), dtype=torch.float64)
+    J = jacobian(losses, params, mode=mode, out=out)
+    assert J.data_ptr() == out.data_ptr()
+    torch.testing.assert_close(J, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_loop_and_batched_agree_with_private_gradients():
+    trunk, heads, x = _net(1)
+    shared = list(trunk.parameters())
+    private = [p for h in heads for p in h.parameters()]
+    owners = [[0, 1], [2, 3], [4, 5]]  # task k reaches head k's weight and bias
+    results = []
+    for mode in ("loop", "batched"):
+        z = trunk(x)
+        losses = [(h(z) - k).abs().mean() for k, h in enumerate(heads)]
+        rows = torch.empty(3, sum(p.numel() for p in shared), dtype=torch.float64)
+        outs = [torch.full_like(p, float("nan")) for p in private]
+        fill_task_gradients(losses, shared, rows, private=owners, private_inputs=private, private_out=outs, mode=mode)
+        results.append((rows, outs))
+        # oracle for the private gradients: the plain gradient of the sum of the losses
+        z = trunk(x)
+        total = sum((h(z) - k).abs().mean() for k, h in enumerate(heads))
+        for out, g in zip(outs, torch.autograd.grad(total, private)):
+            torch.testing.assert_close(out, g, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["loop", "batched"])
+def test_unreached_input_gives_zero_block(mode):
+    a = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(2, dtype=torch.float64, requires_grad=True)
+    losses = [(a**2).sum(), (a * 2).sum() + b.sum() * 3]
+    J = jacobian(losses, [a, b], mode=mode)
+    expected = torch.cat([torch.stack([2 * a.detach(), torch.full((3,), 2.0, dtype=torch.float64)]),
+                          torch.tensor([[0.0, 0.0], [3.0, 3.0]], dtype=torch.float64)], dim=1)
+    torch.testing.assert_close(J, expected)
+
+
+def test_one_dimensional_loss_tensor_and_features():
+    x = torch.randn(4, 3, dtype=torch.float64)
+    w = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
+    z = x @ w
+    losses = (z**2).mean(0)  # [K = 2] as one tensor
+    J = jacobian(losses, [z], mode="loop")
+    expected = torch.zeros(2, 4, 2, dtype=torch.float64)
+    expected[0, :, 0] = 2 * z.detach()[:, 0] / 4
+    expected[1, :, 1] = 2 * z.detach()[:, 1] / 4
+    torch.testing.assert_close(J, expected.reshape(2, 8))
+
+
+def test_leaves_reached_is_structural():
+    a = torch.ones(2, requires_grad=True)
+    b = torch.ones(2, requires_grad=True)
+    c = torch.ones(2, requires_grad=True)
+    loss = (torch.relu(-a) + b * 0).sum()  # a's and b's gradients are zero, but both are reached
+    assert leaves_reached(loss) == {id(a), id(b)}
+    assert leaves_reached((c * a).sum()) == {id(a), id(c)}  # b is not in this graph
+    assert leaves_reached(a.sum() + a.sum()) == {id(a)}
+
+
+@pytest.mark.parametrize(
+    "losses, message",
+    [
+        ([], "no losses"),
+        ([torch.ones(2, requires_grad=True)], "task 0 is not a scalar"),
+        ([torch.tensor(1.0)], "task 0 does not require grad"),
+        ([torch.tensor(1.0, requires_grad=True), 3.0], "task 1 is a float"),
+        (torch.ones(2, 2, requires_grad=True), "1-D tensor"),
+    ],
+)
+def test_bad_losses(losses, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        check_losses(losses)
+
+
+def test_wrong_count_and_modes():
+    loss = torch.tensor(1.0, requires_grad=True)
+    with pytest.raises(ValueError, match="got 1 losses; expected K = 2"):
+        check_losses([loss], expected=2)
+    with pytest.raises(ValueError, match="grad_mode"):
+        resolve_grad_mode("vmap", torch.device("cpu"))
+    assert resolve_grad_mode("auto", torch.device("cpu")) == "loop"
+    with pytest.raises(ValueError, match="contiguous"):
+        jacobian([loss * 2], [loss], out=torch.empty(1, 2))
