@@ -1,12 +1,392 @@
-"""PLACEHOLDER — being written; replaced by the method's real K-space solve."""
+"""Nash-MTL — Navon et al., "Multi-Task Learning as a Bargaining Game", ICML 2022.
+
+Weights: the α > 0 with αᵢ·(Γα)ᵢ = 1 for every task (Γ the unnormalised Gram), scaled down so that
+‖d‖ = √(αᵀΓα) ≤ max_norm, d = Σᵢ wᵢ·gᵢ. At the solution αᵀΓα = K, so the default max_norm = 1
+always clips d to norm 1 (K ≥ 2).
+
+solver="newton" (default): the system is the stationarity condition of the strictly convex
+f(β) = ½βᵀCβ − Σᵢ log βᵢ written for βᵢ = ‖gᵢ‖·αᵢ and the cosine matrix C = D⁻¹ΓD⁻¹,
+D = diag(‖gᵢ‖). This per-task rescaling leaves the system unchanged (it generalises the authors'
+Γ/‖Γ‖_F), so gradients of any scale are solved alike. Damped Newton (step 1/(1+λ) unless the full
+step decreases f enough, full steps once the decrement λ < 1/4) from the previous step's α,
+rescaled onto the optimal ray, converges in a few steps to rounding level.
+
+No positive solution exists when a non-negative combination of the gradients vanishes (0 in their
+convex hull: a zero gradient, two exactly opposite gradients, K > N generic gradients). Then f is
+unbounded below and Newton's iterate grows along that combination: once it passes 1e6, the tasks
+still growing get weight 0 and the rest is solved again (a positive solution exists there). A zero
+gradient gets weight 0 up front. Both keep the result finite and well conditioned; ``residual``
+says how far from the paper's system the result is.
+
+solver="ccp": the authors' sequence of convex subproblems (cvxpy + ECOS, ``optim_niter`` steps,
+warm start, their stopping rule), for validation against their code.
+"""
 from __future__ import annotations
 
-from .base import Weighting
+import math
+from numbers import Integral, Real
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+from torch import Tensor
+
+from .._checks import check_option
+from .._extension import extension
+from .base import Solution, Weighting
+
+if TYPE_CHECKING:
+    from ..aggregate import Aggregator
+
+SOLVERS = ("newton", "ccp")
+_MAX_NEWTON_STEPS = 100
+_CONVERGED_DECREMENT2 = 1e-20  # λ² below this: one more full step reaches rounding level
+_DIVERGED_BETA = 1e6  # an iterate beyond this (in units of 1/‖gᵢ‖) means f is unbounded below
+
+#: (α before clipping [K] float64 CPU, solver facts) from (Γ [K, K] float64 CPU, previous α or None)
+SolveK = Callable[["NashMTLWeighting", Tensor, "Tensor | None"], "tuple[Tensor, dict[str, Any]]"]
+
+
+# -- the Newton solve in plain torch --------------------------------------------------------------
+def _cosines(gram: Tensor, kept: Tensor, n: Tensor) -> Tensor:
+    """C = D⁻¹ΓD⁻¹ over the kept tasks, D = diag(n) their norms, entries clamped to [-1, 1]."""
+    cosine = (gram[kept][:, kept] / n[:, None] / n[None, :]).clamp(-1.0, 1.0)
+    return cosine.fill_diagonal_(1.0)
+
+
+def _spd_solve(matrix: Tensor, rhs: Tensor) -> Tensor:
+    """matrix⁻¹·rhs by Cholesky; a matrix that is not numerically positive definite (a Gram
+    accumulated in low precision) gets a growing diagonal shift until it is."""
+    shift = 0.0
+    scale = float(matrix.diagonal().abs().max())
+    eye = torch.eye(matrix.shape[0], dtype=matrix.dtype)
+    for _ in range(40):
+        try:
+            factor = torch.linalg.cholesky(matrix + shift * eye)
+        except torch.linalg.LinAlgError:
+            shift = max(10.0 * shift, 1e-14 * scale)
+            continue
+        return torch.cholesky_solve(rhs[:, None], factor)[:, 0]
+    raise RuntimeError("nash_mtl: the Newton system stayed indefinite after diagonal shifts")
+
+
+def _barrier_objective(C: Tensor, beta: Tensor) -> float:
+    return float(0.5 * beta @ C @ beta - torch.log(beta).sum())
+
+
+def _barrier_newton(C: Tensor, beta: Tensor) -> tuple[Tensor, int, bool, Tensor | None]:
+    """Minimise f(β) = ½βᵀCβ − Σ log βᵢ by damped Newton from β > 0.
+
+    Returns (β, steps, converged, growing): ``growing`` is None unless f is unbounded below, when
+    it masks the tasks whose βᵢ still grows (relative step > 1/4) as the iterate passes 1e6.
+    """
+    previous_decrement2 = math.inf
+    for step_count in range(1, _MAX_NEWTON_STEPS + 1):
+        gradient = C @ beta - 1.0 / beta
+        step = -_spd_solve(C + torch.diag(1.0 / beta**2), gradient)
+        decrement2 = float(-(gradient @ step))
+        decrement = math.sqrt(max(decrement2, 0.0))
+        if decrement2 <= _CONVERGED_DECREMENT2:
+            return beta + step, step_count, True, None
+        if decrement < 0.25:  # quadratic region: full steps, stop at the rounding floor
+            if decrement2 >= previous_decrement2:
+                return beta, step_count - 1, True, None
+            previous_decrement2 = decrement2
+            beta = beta + step
+            continue
+        trial = beta + step
+        if not (bool((trial > 0).all()) and _barrier_objective(C, trial) <= _barrier_objective(C, beta) - 0.25 * decrement2):
+            step = step / (1.0 + decrement)  # the damped step of self-concordant analysis
+        beta_next = beta + step
+        if float(beta_next.max()) > _DIVERGED_BETA:
+            growing = step > 0.25 * beta
+            growing[int(beta_next.argmax())] = True
+            return beta_next, step_count, False, growing
+        beta = beta_next
+    return beta, _MAX_NEWTON_STEPS, False, None
+
+
+def _solve_newton_torch(self: "NashMTLWeighting", gram: Tensor, previous: Tensor | None) -> tuple[Tensor, dict[str, Any]]:
+    norms = gram.diagonal().clamp_min(0).sqrt()
+    kept = norms > 0
+    alpha = torch.zeros_like(norms)
+    steps, converged = 0, True
+    while bool(kept.any()):
+        n = norms[kept]
+        C = _cosines(gram, kept, n)
+        beta = torch.ones_like(n)
+        if previous is not None:
+            warm = previous[kept] * n
+            beta = torch.where(torch.isfinite(warm) & (warm > 0), warm, beta)
+        ray = float(beta @ C @ beta)
+        if math.isfinite(ray) and ray > 0:  # the minimiser of f along the ray through the start
+            beta = beta * math.sqrt(beta.numel() / ray)
+        beta, round_steps, converged, growing = _barrier_newton(C, beta)
+        steps += round_steps
+        if growing is None:
+            alpha[kept] = beta / n
+            break
+        kept[kept.clone()] = ~growing  # no positive solution: drop the cancelling tasks, re-solve
+        converged = True
+    return alpha, {"iterations": steps, "converged": converged}
+
+
+def _certificates_torch(gram: Tensor, alpha: Tensor, max_norm: float) -> tuple[Tensor, dict[str, Any]]:
+    """Clipped weights and the certificates of α on Γ (see :class:`NashMTLWeighting`)."""
+    gram_alpha = gram @ alpha
+    equations = alpha * gram_alpha - 1.0
+    kept = alpha > 0
+    direction_norm = math.sqrt(max(float(alpha @ gram_alpha), 0.0))
+    clip_scale = max_norm / direction_norm if 0 < max_norm < direction_norm else 1.0
+    facts = {
+        "residual": float(torch.linalg.vector_norm(equations)),
+        "kept_residual": float(torch.linalg.vector_norm(equations[kept])),
+        "direction_norm": direction_norm,
+        "clip_scale": clip_scale,
+        "dropped_tasks": (~kept).nonzero().flatten().tolist(),
+    }
+    return alpha * clip_scale, facts
+
+
+# -- the authors' convex-concave procedure (solver="ccp") -----------------------------------------
+class _ConvexConcaveStep:
+    """One subproblem of the authors' CCP, as a parametrised cvxpy problem built once per K:
+
+        min_α  𝟙ᵀΓₙα + ∇φ(α_prev)ᵀα / s   s.t.  log αᵢ + log (Γₙα)ᵢ + log s ≥ 0,  α ≥ 0,
+
+    Γₙ = Γ/s, s = ‖Γ‖_F, φ(α) = Σᵢ log αᵢ + log (Γₙα)ᵢ linearised at α_prev (so the constraints
+    are αᵢ(Γα)ᵢ ≥ 1 on the unnormalised Γ). Solved by ECOS like the authors'.
+    """
+
+    def __init__(self, K: int) -> None:
+        import cvxpy as cp
+
+        self.alpha = cp.Variable(K, nonneg=True)
+        self.gram = cp.Parameter((K, K))
+        self.linear = cp.Parameter(K)
+        self.log_scale = cp.Parameter()
+        gram_alpha = self.gram @ self.alpha
+        self.problem = cp.Problem(
+            cp.Minimize(cp.sum(gram_alpha) + self.linear @ self.alpha),
+            [cp.log(self.alpha) + cp.log(gram_alpha) + self.log_scale >= 0],
+        )
+
+    def __call__(self, gram_n: Any, scale: float, alpha_prev: Any) -> Any:
+        """The next iterate (numpy), α_prev when ECOS raises (as the authors), None if infeasible."""
+        import cvxpy as cp
+        import numpy as np
+
+        with np.errstate(divide="ignore", invalid="ignore"):
+            phi_gradient = 1.0 / alpha_prev + gram_n.T @ (1.0 / (gram_n @ alpha_prev))
+        if not np.isfinite(phi_gradient).all():
+            return alpha_prev
+        self.gram.value = gram_n
+        self.linear.value = phi_gradient / scale
+        self.log_scale.value = math.log(scale)
+        self.alpha.value = alpha_prev
+        try:
+            self.problem.solve(solver=cp.ECOS, warm_start=True, max_iters=100)
+        except (cp.error.SolverError, ValueError, ArithmeticError):
+            return alpha_prev
+        return self.alpha.value
+
+
+def _solve_ccp(self: "NashMTLWeighting", gram: Tensor, previous: Tensor | None) -> tuple[Tensor, dict[str, Any]]:
+    import numpy as np
+
+    K = gram.shape[0]
+    alpha_t = np.ones(K) if previous is None else previous.numpy().copy()
+    scale = float(torch.linalg.matrix_norm(gram))
+    if not (0 < scale < math.inf):
+        return torch.from_numpy(alpha_t), {"iterations": 0, "converged": False}
+    if self._ccp_step is None or self._ccp_step.alpha.shape[0] != K:
+        self._ccp_step = _ConvexConcaveStep(K)
+    gram_n = (gram / scale).numpy()
+    iterations, stopped = 0, False
+    for _ in range(self.optim_niter):
+        alpha_next = self._ccp_step(gram_n, scale, alpha_t)
+        iterations += 1
+        stopped = (
+            alpha_next is None
+            or np.linalg.norm(gram_n @ alpha_t - 1.0 / (alpha_t + 1e-10)) < 1e-3
+            or np.linalg.norm(alpha_next - alpha_t) < 1e-6
+        )
+        if stopped:
+            break  # the authors keep the iterate from before this solve
+        alpha_t = np.asarray(alpha_next, dtype=np.float64)
+    return torch.from_numpy(alpha_t), {"iterations": iterations, "converged": stopped}
+
+
+# -- backends --------------------------------------------------------------------------------------
+def _solve_torch(self: "NashMTLWeighting", gram: Tensor, losses: Tensor | None) -> Solution:
+    gram64 = self._host_gram(gram)
+    reused, previous = self._plan(gram64)
+    if reused:
+        alpha, facts = previous, {"iterations": 0, "converged": True}
+    else:
+        solve: SolveK = _solve_ccp if self.solver == "ccp" else _solve_newton_torch
+        alpha, facts = solve(self, gram64, previous)
+    weights, certificates = _certificates_torch(gram64, alpha, self.max_norm)
+    return self._finish(gram, alpha, weights, {**certificates, **facts}, reused)
+
+
+def _solve_cpp(self: "NashMTLWeighting", gram: Tensor, losses: Tensor | None) -> Solution:
+    if self.solver == "ccp":  # the CCP is cvxpy's on either backend
+        return _solve_torch(self, gram, losses)
+    gram64 = self._host_gram(gram)
+    reused, previous = self._plan(gram64)
+    alpha, weights, diagnostics = extension().nash_mtl_solve(
+        gram64.numpy(), None if previous is None else previous.numpy(), reused, self.max_norm
+    )
+    return self._finish(gram, torch.from_numpy(alpha), torch.from_numpy(weights), diagnostics, reused)
 
 
 class NashMTLWeighting(Weighting):
-    name = "nash_mtl"
-    solvers = {}
+    """Γ → the Nash bargaining weights α (α⊙(Γα) = 𝟙), clipped to ‖Σwᵢgᵢ‖ ≤ max_norm.
 
-    def __call__(self, gram, losses=None):
-        raise NotImplementedError("nash_mtl is not implemented yet")
+    Args:
+        optim_niter: CCP subproblems per step (solver="ccp"; the authors' 20). Newton runs to
+            convergence (at most 100 steps) whatever this is.
+        max_norm: clip ‖d‖ = √(αᵀΓα) to this (authors' 1.0; 0 disables). ‖d‖² = K at the solution.
+        update_weights_every: solve every this many calls, reuse α in between (authors' 1).
+        solver: "newton" (exact, default) or "ccp" (the authors' cvxpy + ECOS procedure).
+        backend: "auto", "torch" or "cpp" (the Newton solve in C++).
+
+    State (``state_dict``): ``alpha`` (the last solved α before clipping, the warm start and the
+    reused weights; None before the first call) and ``step`` (calls so far).
+
+    Diagnostics: ``residual`` ‖α⊙(Γα) − 𝟙‖ on the unnormalised Γ (α before clipping; a task
+    given weight 0 adds 1 to its square), ``kept_residual`` the same over the tasks with αᵢ > 0,
+    ``dropped_tasks`` (weight 0: zero or cancelling gradients), ``iterations`` (Newton steps or
+    CCP subproblems; 0 when reused), ``converged``, ``reused``, ``direction_norm`` √(αᵀΓα) before
+    clipping, ``clip_scale``, ``solver``, ``step``.
+    """
+
+    name = "nash_mtl"
+    solvers = {"torch": _solve_torch}
+
+    def __init__(
+        self,
+        *,
+        optim_niter: int = 20,
+        max_norm: float = 1.0,
+        update_weights_every: int = 1,
+        solver: str = "newton",
+        backend: str = "auto",
+    ) -> None:
+        _check_count("optim_niter", optim_niter)
+        _check_count("update_weights_every", update_weights_every)
+        if isinstance(max_norm, bool) or not isinstance(max_norm, Real) or not (0 <= max_norm < math.inf):
+            raise ValueError(f"max_norm={max_norm!r} must be a finite number ≥ 0 (0 disables the clipping)")
+        check_option("solver", solver, SOLVERS)
+        super().__init__(backend=backend)
+        self.optim_niter = int(optim_niter)
+        self.max_norm = float(max_norm)
+        self.update_weights_every = int(update_weights_every)
+        self.solver = solver
+        self._ccp_step: _ConvexConcaveStep | None = None  # a cache of the built problem, not state
+        self.reset()
+
+    def options(self) -> dict[str, Any]:
+        return {
+            "optim_niter": self.optim_niter,
+            "max_norm": self.max_norm,
+            "update_weights_every": self.update_weights_every,
+            "solver": self.solver,
+            "backend": self.backend,
+        }
+
+    # -- state ------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"alpha": None if self._alpha is None else self._alpha.clone(), "step": self._step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if set(state) != {"alpha", "step"}:
+            raise ValueError(f"NashMTLWeighting state needs the keys ['alpha', 'step']; got {sorted(state)}")
+        alpha, step = state["alpha"], state["step"]
+        if isinstance(step, bool) or not isinstance(step, Integral) or step < 0:
+            raise ValueError(f"state['step']={step!r} must be an integer ≥ 0")
+        if alpha is not None:
+            if not isinstance(alpha, Tensor) or alpha.dim() != 1 or not alpha.is_floating_point():
+                raise ValueError("state['alpha'] must be None or a 1-D float tensor [K]")
+            if not bool(torch.isfinite(alpha).all()):
+                raise ValueError("state['alpha'] has a non-finite entry")
+            alpha = alpha.detach().to("cpu", torch.float64).clone()
+        self._alpha, self._step = alpha, int(step)
+
+    def reset(self) -> None:
+        self._alpha: Tensor | None = None
+        self._step = 0
+
+    # -- one call ---------------------------------------------------------------------------
+    @staticmethod
+    def _host_gram(gram: Tensor) -> Tensor:
+        gram64 = gram.detach().to("cpu", torch.float64).contiguous()
+        if not bool(torch.isfinite(gram64).all()):
+            raise ValueError("nash_mtl: the Gram matrix has a non-finite entry (NaN or Inf)")
+        return gram64
+
+    def _plan(self, gram: Tensor) -> tuple[bool, Tensor | None]:
+        """(reuse the stored α this call?, the stored α), after checking it fits Γ."""
+        K = gram.shape[0]
+        if self._alpha is not None and self._alpha.shape[0] != K:
+            raise ValueError(
+                f"nash_mtl: the stored state is for K = {self._alpha.shape[0]} tasks but the Gram matrix "
+                f"has K = {K}; call reset() when the tasks change"
+            )
+        reused = self._alpha is not None and self._step % self.update_weights_every != 0
+        return reused, self._alpha
+
+    def _finish(self, gram: Tensor, alpha: Tensor, weights: Tensor, facts: dict[str, Any], reused: bool) -> Solution:
+        self._alpha = alpha
+        self._step += 1
+        facts.update(reused=reused, solver=self.solver, step=self._step)
+        return Solution(weights.to(gram.device), facts)
+
+
+def _check_count(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+        raise ValueError(f"{name}={value!r} must be an integer ≥ 1")
+
+
+def __getattr__(name: str) -> Any:
+    """``NashMTLAggregator`` is built on first use: :mod:`mtlkernels.aggregate` imports this
+    package, so its ``Aggregator`` cannot be imported while this module loads."""
+    if name == "NashMTLAggregator":
+        cls = _make_aggregator_class()
+        globals()[name] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _make_aggregator_class() -> "type[Aggregator]":
+    from ..aggregate import Aggregator
+
+    class NashMTLAggregator(Aggregator):
+        """Stateful Nash-MTL applied to task gradients: ``agg(J)`` per training step.
+
+        Same options as :class:`NashMTLWeighting`; ``state_dict``/``load_state_dict``/``reset``
+        carry α and the step counter across steps (``mtlkernels.aggregate`` starts fresh each call).
+        """
+
+        def __init__(
+            self,
+            *,
+            optim_niter: int = 20,
+            max_norm: float = 1.0,
+            update_weights_every: int = 1,
+            solver: str = "newton",
+            backend: str = "auto",
+            check_finite: bool = True,
+        ) -> None:
+            super().__init__(
+                "nash_mtl",
+                backend=backend,
+                check_finite=check_finite,
+                optim_niter=optim_niter,
+                max_norm=max_norm,
+                update_weights_every=update_weights_every,
+                solver=solver,
+            )
+
+    NashMTLAggregator.__module__ = __name__
+    return NashMTLAggregator
