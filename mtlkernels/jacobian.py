@@ -30,28 +30,6 @@ def resolve_grad_mode(mode: str, device: torch.device) -> str:
     return "batched" if device.type == "cuda" else "loop"
 
 
-def leaves_reached(loss: Tensor) -> set[int]:
-    """ids of the leaf tensors whose gradient ``loss`` reaches, by walking its autograd graph
-    (structural: a gradient that happens to be zero still counts, an unused leaf does not)."""
-    found: set[int] = set()
-    if loss.grad_fn is None:
-        if loss.requires_grad:  # the loss is itself a leaf
-            found.add(id(loss))
-        return found
-    seen: set[int] = set()
-    stack = [loss.grad_fn]
-    while stack:
-        node = stack.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        variable = getattr(node, "variable", None)  # AccumulateGrad nodes hold their leaf
-        if isinstance(variable, Tensor):
-            found.add(id(variable))
-        stack.extend(fn for fn, _ in node.next_functions if fn is not None)
-    return found
-
-
 def check_losses(losses: Sequence[Tensor] | Tensor, expected: int | None = None) -> list[Tensor]:
     """The K losses as a list of scalar tensors that require grad; errors name the task."""
     if isinstance(losses, Tensor):

@@ -26,7 +26,7 @@ from .._checks import check_option
 from ..aggregate import AggregationResult
 from ..combine import combine
 from ..gram import gram_blocks
-from ..jacobian import GRAD_MODES, check_losses, column_views, fill_task_gradients, leaves_reached, resolve_grad_mode
+from ..jacobian import GRAD_MODES, check_losses, column_views, fill_task_gradients, resolve_grad_mode
 from ..methods import Weighting, make_weighting
 from . import distributed as _dist
 
@@ -91,7 +91,7 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         method: any name of :data:`mtlkernels.METHODS` (default "mean", plain averaging); the
             subclasses PCGrad, CAGrad, NashMTL, IMTL and MGDAUB fix it and name its options.
         shared_params: the parameters that get the aggregated direction. Default: detected at the
-            first ``backward`` from the autograd graph (reached by two or more losses) and cached.
+            first ``backward`` (those with a nonzero gradient from two or more losses) and cached.
             Other reached parameters get the plain gradient of Σ Lₖ (the authors' convention).
         task_specific: "plain" (default, ∇ Σ Lₖ) or "weighted" (wₖ·∇Lₖ, as a backward of Σ wₖLₖ
             gives: Nash-MTL's and MGDA-UB's code) for the parameters only one task reaches.
@@ -420,23 +420,37 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         return {id(p) for p in shared}
 
     def _detect_roles(self, losses: list[Tensor]) -> ParameterRoles:
-        """Shared = reached by ≥ 2 losses (by K = 1: by the one), or the given ``shared_params``."""
+        """Task k uses parameter p when ∂Lₖ/∂p is not None and not identically zero at the first
+        backward (one extra loop of K ``autograd.grad`` calls, once; the zero test catches heads
+        that a ``torch.cat``/indexing of the outputs connects to every loss). A parameter whose
+        gradients are all zero falls back to the tasks whose graph reaches it. Shared = used by
+        two or more tasks (by K = 1: by the one), or the given ``shared_params``."""
         params = self._trainable()
-        reached = [leaves_reached(loss) for loss in losses]
-        for k, ids in enumerate(reached):
-            if not any(id(p) in ids for p in params):
-                raise ValueError(f"loss of task {k} does not depend on any trainable parameter of the wrapped optimizer")
         K = len(losses)
+        flags = []
+        for loss in losses:
+            grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+            none = torch.zeros((), dtype=torch.bool, device=loss.device)
+            flags.append(torch.tensor([g is not None for g in grads], device=loss.device))
+            flags.append(torch.stack([g.ne(0).any().to(loss.device) if g is not None else none for g in grads]))
+        counts = torch.stack(flags).view(K, 2, len(params)).to(torch.float64)
+        if _dist.resolve_mode(self.distributed, self.process_group) == "replicated":  # same roles on every rank
+            _dist.all_reduce_sum_(counts, self.process_group)
+        reached, used = (counts > 0).unbind(1)
+        for k in range(K):
+            if not bool(reached[k].any()):
+                raise ValueError(f"loss of task {k} does not depend on any trainable parameter of the wrapped optimizer")
         shared, private, private_tasks = [], [], []
-        for p in params:
-            tasks = tuple(k for k in range(K) if id(p) in reached[k])
+        for j, p in enumerate(params):
+            column = used[:, j] if bool(used[:, j].any()) else reached[:, j]
+            tasks = tuple(column.nonzero().flatten().tolist())
             is_shared = id(p) in self._shared_ids if self._shared_ids is not None else len(tasks) >= min(2, K)
             if is_shared:
                 shared.append(p)
             elif tasks:
                 if len(tasks) > 1 and self.task_specific == "weighted":
                     raise ValueError(
-                        f"a parameter of shape {tuple(p.shape)} is reached by tasks {list(tasks)} but is not shared; "
+                        f"a parameter of shape {tuple(p.shape)} is used by tasks {list(tasks)} but is not shared; "
                         "with task_specific='weighted' each non-shared parameter must belong to one task"
                     )
                 private.append(p)
