@@ -1,0 +1,42 @@
+// Binding of IMTL-G's K-space solve: _C.imtl_solve(gram) → (weights, diagnostics).
+#include <string>
+
+#include <pybind11/stl.h>
+
+#include "registry.h"
+#include "solvers/binding.h"
+#include "solvers/imtl.h"
+
+namespace mtlkernels {
+namespace {
+
+py::tuple imtl_solve(const Array& gram) {
+  const int K = check_square(gram);
+  const double* g = gram.data();
+  for (int j = 0; j < K; ++j)
+    if (g[static_cast<size_t>(j) * K + j] < 0.0)
+      throw std::invalid_argument("gram has a negative diagonal entry at " + std::to_string(j) + ": it is not J·Jᵀ");
+  Array weights(K);
+  imtl::Certificate certificate;
+  {
+    py::gil_scoped_release release;
+    certificate = imtl::solve(g, K, weights.mutable_data());
+  }
+  py::dict diagnostics;
+  diagnostics["fallback"] = certificate.fallback;
+  diagnostics["unique"] = certificate.unique;
+  diagnostics["rank"] = certificate.rank;
+  diagnostics["degenerate"] = certificate.degenerate;
+  diagnostics["zero_tasks"] = py::cast(certificate.zero_tasks);
+  diagnostics["residual"] = certificate.residual;
+  return py::make_tuple(weights, diagnostics);
+}
+
+Registration reg([](py::module_& m) {
+  m.def("imtl_solve", &imtl_solve, py::arg("gram"),
+        "IMTL-G weights from Γ [K, K] float64; returns (weights [K], "
+        "{'fallback', 'unique', 'rank', 'degenerate', 'zero_tasks', 'residual'}).");
+});
+
+}  // namespace
+}  // namespace mtlkernels
