@@ -24,15 +24,15 @@ STEP_BYTES = 32 * 1024
 @triton.jit
 def _combine_chunk(
     x_ptr, out_ptr, w_ptr, src, stride, dst, n, col0, K,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, MASK_COLS: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, K_TILES: tl.constexpr, MASK_COLS: tl.constexpr,
     ACCUMULATE: tl.constexpr, ACC_DTYPE: tl.constexpr,
 ):
     """out[dst + col0 + i] (+)= Σₖ w[k]·x[src + k·stride + col0 + i] for i < BLOCK_N (and < n if MASK_COLS)."""
     cols = col0 + tl.arange(0, BLOCK_N)
     col_mask = cols < n
     d = tl.zeros([BLOCK_N], dtype=ACC_DTYPE)
-    for k0 in range(0, K, BLOCK_K):
-        task = k0 + tl.arange(0, BLOCK_K)
+    for kt in tl.static_range(K_TILES):  # unrolled: every row tile's loads can be in flight together
+        task = kt * BLOCK_K + tl.arange(0, BLOCK_K)
         w = tl.load(w_ptr + task, mask=task < K, other=0.0)
         mask = (task < K)[:, None]
         if MASK_COLS:
@@ -54,7 +54,7 @@ def _combine_chunk(
 @triton.jit
 def _combine_kernel(
     x_ptr, out_ptr, w_ptr, table_ptr, K, PROGRAM_RECORDS,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ALIGNED: tl.constexpr, VEC_X: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, K_TILES: tl.constexpr, ALIGNED: tl.constexpr, VEC_X: tl.constexpr,
     VEC_OUT: tl.constexpr, ACCUMULATE: tl.constexpr, ACC_DTYPE: tl.constexpr,
 ):
     """Program p combines the chunks [programs[p], programs[p+1]) of the address table."""
@@ -77,10 +77,10 @@ def _combine_kernel(
         full_stop = tl.minimum(stop, first + n // BLOCK_N)
         for c in range(chunk, full_stop):  # whole chunks: no column mask, 16-byte accesses
             _combine_chunk(x_ptr, out_ptr, w_ptr, src, stride, dst, n, (c - first) * BLOCK_N, K,
-                           BLOCK_N, BLOCK_K, False, ACCUMULATE, ACC_DTYPE)
+                           BLOCK_N, BLOCK_K, K_TILES, False, ACCUMULATE, ACC_DTYPE)
         if full_stop < stop:  # the block's last, partial chunk
             _combine_chunk(x_ptr, out_ptr, w_ptr, src, stride, dst, n, (full_stop - first) * BLOCK_N, K,
-                           BLOCK_N, BLOCK_K, True, ACCUMULATE, ACC_DTYPE)
+                           BLOCK_N, BLOCK_K, K_TILES, True, ACCUMULATE, ACC_DTYPE)
         chunk = stop
         block += 1
 
@@ -97,8 +97,8 @@ class CombineConfig:
 
 
 def combine_config(K: int, dtype: torch.dtype, device: torch.device, programs_per_sm: int = 4) -> CombineConfig:
-    """Default shape: up to 8 task rows × as many columns as make ~32 KB of J per step."""
-    block_k = min(8, _launch.next_power_of_2(K))
+    """Default shape: tiles of up to 16 task rows × as many columns as make ~32 KB of J per tile."""
+    block_k = min(16, _launch.next_power_of_2(K))
     block_n = max(16 * _launch.vector_width(dtype), STEP_BYTES // (block_k * dtype.itemsize))
     return CombineConfig(block_n, block_k, _launch.persistent_programs(device, programs_per_sm))
 
@@ -133,7 +133,7 @@ def triton_combine(
         table = _launch.address_table(srcs, dsts, config.block_n, config.programs)
         _combine_kernel[(table.programs,)](
             srcs[table.src_base], dsts[table.dst_base], w, table.table, K, table.program_records,
-            BLOCK_N=config.block_n, BLOCK_K=config.block_k, ALIGNED=table.aligned,
+            BLOCK_N=config.block_n, BLOCK_K=config.block_k, K_TILES=triton.cdiv(K, config.block_k), ALIGNED=table.aligned,
             VEC_X=_launch.vector_width(dtype), VEC_OUT=_launch.vector_width(out_dtype),
             ACCUMULATE=accumulate, ACC_DTYPE=tl.float64 if wide else tl.float32, num_warps=config.num_warps,
         )

@@ -21,10 +21,13 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .._checks import check_option
 from . import _launch
 
 #: bytes of J one program loads per step (a [ROWS, SEG] tile)
 STEP_BYTES = 16 * 1024
+#: tl.dot input precisions: exact fp32 products, 3×tf32 (≈ fp32), one tf32 (10-bit mantissa)
+PRECISIONS = ("ieee", "tf32x3", "tf32")
 #: rows of the dot's operands: tl.dot needs ≥ 16; above MAX_TILE_K, Γ is tiled
 MIN_ROWS, MAX_TILE_K = 16, 64
 
@@ -218,6 +221,7 @@ def triton_gram(
     if out_dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         raise ValueError(f"out_dtype={out_dtype} is not a floating dtype")
     precision = precision or default_precision(dtype, accumulate_dtype)
+    check_option("precision", precision, PRECISIONS)
     config = config or gram_config(K, dtype, device)
 
     table = _launch.address_table(blocks, None, config.block_n, config.programs)
