@@ -41,6 +41,7 @@ SOLVERS = ("newton", "ccp")
 _MAX_NEWTON_STEPS = 100
 _CONVERGED_DECREMENT2 = 1e-20  # λ² below this: one more full step reaches rounding level
 _DIVERGED_BETA = 1e6  # an iterate beyond this (in units of 1/‖gᵢ‖) means f is unbounded below
+_MAX_START_BETA = 1e3  # so that growth towards _DIVERGED_BETA is seen step by step
 
 #: (α before clipping [K] float64 CPU, solver facts) from (Γ [K, K] float64 CPU, previous α or None)
 SolveK = Callable[["NashMTLWeighting", Tensor, "Tensor | None"], "tuple[Tensor, dict[str, Any]]"]
@@ -118,8 +119,8 @@ def _solve_newton_torch(self: "NashMTLWeighting", gram: Tensor, previous: Tensor
             warm = previous[kept] * n
             beta = torch.where(torch.isfinite(warm) & (warm > 0), warm, beta)
         ray = float(beta @ C @ beta)
-        if math.isfinite(ray) and ray > 0:  # the minimiser of f along the ray through the start
-            beta = beta * math.sqrt(beta.numel() / ray)
+        if math.isfinite(ray) and ray > 0:  # the minimiser of f along the ray, kept below 1e3
+            beta = beta * min(math.sqrt(beta.numel() / ray), _MAX_START_BETA / float(beta.max()))
         beta, round_steps, converged, growing = _barrier_newton(C, beta)
         steps += round_steps
         if growing is None:
@@ -232,7 +233,7 @@ def _solve_torch(self: "NashMTLWeighting", gram: Tensor, losses: Tensor | None) 
 def _solve_cpp(self: "NashMTLWeighting", gram: Tensor, losses: Tensor | None) -> Solution:
     if self.solver == "ccp":  # the CCP is cvxpy's on either backend
         return _solve_torch(self, gram, losses)
-    gram64 = self._host_gram(gram)
+    gram64 = self._host_gram(gram, check_finite=False)
     reused, previous = self._plan(gram64)
     alpha, weights, diagnostics = extension().nash_mtl_solve(
         gram64.numpy(), None if previous is None else previous.numpy(), reused, self.max_norm
@@ -262,7 +263,7 @@ class NashMTLWeighting(Weighting):
     """
 
     name = "nash_mtl"
-    solvers = {"torch": _solve_torch}
+    solvers = {"torch": _solve_torch, "cpp": _solve_cpp}
 
     def __init__(
         self,
@@ -319,9 +320,10 @@ class NashMTLWeighting(Weighting):
 
     # -- one call ---------------------------------------------------------------------------
     @staticmethod
-    def _host_gram(gram: Tensor) -> Tensor:
+    def _host_gram(gram: Tensor, check_finite: bool = True) -> Tensor:
+        """Γ as a contiguous float64 CPU tensor (the C++ solver checks finiteness itself)."""
         gram64 = gram.detach().to("cpu", torch.float64).contiguous()
-        if not bool(torch.isfinite(gram64).all()):
+        if check_finite and not bool(torch.isfinite(gram64).all()):
             raise ValueError("nash_mtl: the Gram matrix has a non-finite entry (NaN or Inf)")
         return gram64
 
