@@ -23,12 +23,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..backend import triton_interpreted
-
-#: int64 fields per block record and per program record of an address table
-RECORD_FIELDS = 5
-PROGRAM_FIELDS = 2
-
 #: programs of a persistent grid under TRITON_INTERPRET=1 (each one is simulated in turn)
 INTERPRETER_PROGRAMS = 4
 
@@ -165,7 +159,3 @@ def clear_table_cache() -> None:
 def unit_column_stride(blocks: list[Tensor]) -> list[Tensor]:
     """Blocks with column stride 1 (the kernels' layout); any other layout is copied once."""
     return [b if b.shape[1] <= 1 or b.stride(1) == 1 else b.contiguous() for b in blocks]
-
-
-def interpreted(device: torch.device) -> bool:
-    return device.type != "cuda" and triton_interpreted()

@@ -63,7 +63,7 @@ def _combine_kernel(
     chunk_end = tl.load(program + 2)
     block = tl.load(program + 1)
     while chunk < chunk_end:
-        record = table_ptr + 5 * block
+        record = table_ptr + 5 * block  # 5 int64 fields per block (see _launch)
         src = tl.load(record)
         stride = tl.load(record + 1)
         n = tl.load(record + 2)

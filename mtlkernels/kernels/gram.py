@@ -88,7 +88,7 @@ def _gram_partial_kernel(
     block = tl.load(program + 1)
     acc = tl.zeros([ROWS, ROWS], dtype=ACC_DTYPE)
     while chunk < chunk_end:
-        record = table_ptr + 5 * block
+        record = table_ptr + 5 * block  # 5 int64 fields per block (see _launch)
         src = tl.load(record)
         stride = tl.load(record + 1)
         n = tl.load(record + 2)

@@ -226,7 +226,8 @@ def test_no_host_sync():
 
 @requires_cuda
 def test_more_than_2_31_columns():
-    """int64 addressing: column and row offsets past 2³¹ elements (K = 2, N = 2³¹ + 33, bf16)."""
+    """int64 addressing, gram and combine: column and row offsets past 2³¹ elements
+    (K = 2, N = 2³¹ + 33, bf16)."""
     N = 2**31 + 33
     J = torch.empty(2, N, dtype=torch.bfloat16, device=DEVICE)
     g = torch.Generator(device=DEVICE).manual_seed(0)
@@ -238,3 +239,10 @@ def test_more_than_2_31_columns():
         ref += chunk @ chunk.T
     G = triton_gram([J])
     assert ((G.double() - ref).abs() <= 1e-5 * ref.diagonal().sqrt().outer(ref.diagonal().sqrt())).all()
+    w = torch.tensor([0.75, -1.5], device=DEVICE)
+    out = torch.full((N,), float("nan"), dtype=torch.bfloat16, device=DEVICE)
+    mk.combine(w, J, out=[out], backend="triton")
+    for start in (0, 2**31 - 2**20, N - 2**20):  # the beginning, across 2³¹, the end
+        part = slice(start, start + 2**20)
+        exact = w.double() @ J[:, part].double()
+        assert ((out[part].double() - exact).abs() <= 2**-8 * exact.abs() + 1e-6).all()
