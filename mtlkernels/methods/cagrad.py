@@ -1,12 +1,357 @@
-"""PLACEHOLDER — being written; replaced by the method's real K-space solve."""
+"""CAGrad (Liu et al., "Conflict-Averse Gradient Descent for Multi-task Learning", NeurIPS 2021).
+
+    d = argmax_{‖d − g₀‖ ≤ √φ} minᵢ gᵢ·d,   φ = c²‖g₀‖²,   d = g₀ + Σᵢ uᵢgᵢ,   weights 1/K + u,
+
+then ÷(1+c²) (rescale=1), ÷1 (0) or ÷(1+c) (2), and ×K when ``sum_scale``. The paper's dual
+min_{w∈Δ} wᵀΓ𝟙/K + √φ·√(wᵀΓw) gives u = (√φ/‖g_w‖)·w; here the multipliers u are found
+directly, exactly, in K-space: u(μ) = argmin_{u≥0} ½uᵀΓu + (Γ𝟙/K − μ𝟙)ᵀu is the projection of g₀
+onto {d : gᵢ·d ≥ μ ∀i} (piecewise linear in μ), and μ is raised from minᵢ gᵢ·g₀ along that path,
+task by task as they become worst-off, until the projection reaches the ball (‖Jᵀu‖ = √φ). The
+final μ is the optimal worst-case improvement minᵢ gᵢ·d, equal to the dual's optimal value.
+
+Degenerate case: when 0 ∈ conv{gᵢ} and the ball is not reached (every d of the ball has
+minᵢ gᵢ·d ≤ 0), the path stops at μ = 0 and d is the optimal direction nearest g₀: the
+projection of g₀ onto {d : gᵢ·d ≥ 0} — the mean when the mean is already conflict-free.
+
+Scale: Γ is divided by its trace before the solve; the multipliers u are scale-free. Linear solves
+on the active set use the Jacobi-scaled (unit-diagonal) matrix, so gradients whose norms differ
+by 1e40 keep their precision.
+"""
 from __future__ import annotations
 
-from .base import Weighting
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .._checks import check_option
+from .._extension import extension
+from .base import Solution, Weighting
+
+RESCALES = (0, 1, 2)
+
+#: a Cholesky pivot of the unit-diagonal active matrix below this means "singular"
+PIVOT_TOLERANCE = 1e-14
+#: eigenvalues below this (relative) are dropped in the singular case's least-squares solve
+EIGEN_RCOND = 1e-12
+#: a singular active system is consistent when its least-squares residual is below this (relative)
+CONSISTENCY_TOLERANCE = 1e-6
+#: the final face's KKT conditions, per task relative to ‖gᵢ‖·(‖g₀‖ + √φ)
+REFINE_TOLERANCE = 1e-13
+#: stopping test of the hull point's active-set method
+HULL_TOLERANCE = 1e-14
+
+
+def rescale_factor(c: float, rescale: int) -> float:
+    """The divisor of d: 1 (rescale=0), 1 + c² (1), 1 + c (2)."""
+    return {0: 1.0, 1: 1.0 + c * c, 2: 1.0 + c}[rescale]
+
+
+class _ActiveSystem:
+    """Solves A_SS·x = y on the active set through the unit-diagonal M = A_SS/(σσᵀ): Cholesky when M
+    is numerically positive definite, else least squares on its eigen-decomposition, telling a
+    consistent singular system (duplicate gradients) from an inconsistent one."""
+
+    def __init__(self, A_active: Tensor, sigma: Tensor) -> None:
+        self.sigma = sigma
+        M = A_active / (sigma[:, None] * sigma[None, :])
+        L, info = torch.linalg.cholesky_ex(M)
+        self.cholesky = L if int(info) == 0 and bool((L.diagonal() ** 2 > PIVOT_TOLERANCE).all()) else None
+        if self.cholesky is None:
+            eigenvalues, self.V = torch.linalg.eigh(M)
+            self.keep = eigenvalues > EIGEN_RCOND * eigenvalues.abs().max()
+            self.eigenvalues = eigenvalues
+
+    def solve(self, y: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(x, None), or (least-squares x, the part of the scaled y in M's null space) if inconsistent."""
+        rhs = y / self.sigma
+        if self.cholesky is not None:
+            return torch.cholesky_solve(rhs[:, None], self.cholesky)[:, 0] / self.sigma, None
+        coefficients = self.V.T @ rhs
+        x = self.V[:, self.keep] @ (coefficients[self.keep] / self.eigenvalues[self.keep])
+        null_part = self.V[:, ~self.keep] @ coefficients[~self.keep]
+        consistent = float(null_part.norm()) <= CONSISTENCY_TOLERANCE * float(rhs.norm())
+        return x / self.sigma, None if consistent else null_part
+
+
+def _hull_zero_point(A: Tensor) -> Tensor:
+    """w on the simplex with Σᵢ wᵢgᵢ ≈ 0, given 0 ∈ conv{gᵢ} (the degenerate case's dual point).
+
+    Lawson–Hanson's active-set method for min_{w≥0} ‖Jᵀw‖² + (𝟙ᵀw − 1)², in Gram form on
+    Q = A + 𝟙𝟙ᵀ: since the hull's min-norm point is 0, the minimiser has Jᵀw = 0 and 𝟙ᵀw = 1."""
+    K = A.shape[0]
+    Q = A + 1.0
+    ones = torch.ones(K, dtype=A.dtype)
+    w = torch.zeros(K, dtype=A.dtype)
+    passive = torch.zeros(K, dtype=torch.bool)
+    for _ in range(3 * K + 10):
+        gradient = ones - Q @ w  # −½ × the objective's gradient
+        candidates = torch.where(passive, -torch.inf, gradient)
+        j = int(candidates.argmax())
+        if float(candidates[j]) <= HULL_TOLERANCE:
+            break
+        passive[j] = True
+        while True:
+            P = passive.nonzero().flatten()
+            z_P, _ = _ActiveSystem(Q[P][:, P], Q.diagonal()[P].sqrt()).solve(ones[P])
+            if bool((z_P > 0).all()):
+                w = torch.zeros(K, dtype=A.dtype)
+                w[P] = z_P
+                break
+            w_P = w[P]
+            blocking = z_P <= 0
+            ratios = torch.where(blocking, w_P / torch.where(blocking, w_P - z_P, 1), torch.inf)
+            k = int(ratios.argmin())
+            w[P] = w_P + float(ratios[k]) * (z_P - w_P)
+            w[P[k]] = 0.0
+            passive &= w > 0
+            if not bool(passive.any()):
+                break
+    w = w.clamp_min(0)
+    return w / w.sum() if float(w.sum()) > 0 else torch.full((K,), 1.0 / K, dtype=A.dtype)
+
+
+def _face_solution(
+    A: Tensor, b: Tensor, sigma: Tensor, active: list[int], radius_sq: float, at_zero: bool
+) -> tuple[Tensor, float] | None:
+    """(u_S, μ) on the face S solved directly: A_SS·u_S + b_S = μ𝟙, so u_S = μδ − β with
+    A_SS·δ = 𝟙 and A_SS·β = b_S; μ = 0 when ``at_zero`` (the degenerate case), else the larger
+    root of u_SᵀA_SS·u_S = qμ² − 2pμ + b_Sᵀβ = φ (q = 𝟙ᵀδ, p = 𝟙ᵀβ). None when inconsistent."""
+    S = torch.tensor(active)
+    system = _ActiveSystem(A[S][:, S], sigma[S])
+    beta, null_beta = system.solve(b[S])
+    if null_beta is not None:
+        return None
+    if at_zero:
+        return -beta, 0.0
+    delta, null_delta = system.solve(torch.ones(len(active), dtype=A.dtype))
+    if null_delta is not None:
+        return None
+    q, p, constant = float(delta.sum()), float(beta.sum()), float(b[S] @ beta) - radius_sq
+    discriminant = p * p - q * constant
+    if not q > 0 or discriminant < 0:
+        return None
+    root = math.sqrt(discriminant)
+    mu = (p + root) / q if p >= 0 else constant / (p - root)
+    return mu * delta - beta, mu
+
+
+def _refine(
+    A: Tensor, b: Tensor, sigma: Tensor, u: Tensor, radius_sq: float, mean_sq: float, at_zero: bool = False
+) -> Tensor:
+    """Re-solve the final face directly and fix its active set task by task, judging each task's
+    KKT condition at its own scale ‖gᵢ‖·(‖g₀‖ + √φ): the path's running μ loses the precision of
+    tasks whose gradients are many orders of magnitude smaller than the active ones."""
+    K = A.shape[0]
+    active = u.nonzero().flatten().tolist()
+    for _ in range(2 * K + 10):
+        face = _face_solution(A, b, sigma, active, radius_sq, at_zero) if active else None
+        if face is None:
+            return u
+        u_S, mu = face
+        scale = sigma[active] * math.sqrt(mean_sq)
+        if float((u_S * scale).min()) < -REFINE_TOLERANCE * float((u_S * scale).abs().max()):
+            del active[int((u_S * scale).argmin())]
+            continue
+        candidate = torch.zeros(K, dtype=A.dtype)
+        candidate[active] = u_S.clamp_min(0)
+        r = b + A @ candidate
+        d_scale = math.sqrt(mean_sq) + math.sqrt(radius_sq)  # ≥ ‖d‖
+        violation = torch.where(sigma > 0, (mu - r) / (sigma * d_scale).clamp_min(torch.finfo(A.dtype).tiny), 0.0)
+        violation[active] = 0.0
+        j = int(violation.argmax())
+        if float(violation[j]) > REFINE_TOLERANCE:
+            active.append(j)
+            continue
+        return candidate
+    return u
+
+
+def solve_normalized(A: Tensor, c: float) -> tuple[Tensor, dict[str, Any]]:
+    """Multipliers u ≥ 0 for a trace-normalised Gram A (see the module docstring) and solver facts:
+    the dual point w on the simplex when not u/Σu, iterations, degenerate."""
+    K = A.shape[0]
+    b = A.sum(dim=1) / K  # gᵢ·g₀
+    mean_sq = max(float(b.sum()) / K, 0.0)  # ‖g₀‖²
+    radius_sq = c * c * mean_sq  # φ
+    sigma = A.diagonal().clamp_min(0).sqrt()
+    nonzero = sigma > 0
+    has_zero_row = not bool(nonzero.all())
+    u = torch.zeros(K, dtype=A.dtype)
+    facts: dict[str, Any] = {"iterations": 0, "degenerate": False, "dual_point": None}
+    candidates = torch.where(nonzero, b, torch.inf)
+    if radius_sq == 0:  # c = 0 or g₀ = 0: d = g₀; the dual's minimiser is the worst-off task
+        facts.update(degenerate=mean_sq == 0, dual_point=torch.eye(K, dtype=A.dtype)[int(b.argmin())])
+        return u, facts
+
+    mu = float(candidates.min())
+    if has_zero_row and mu >= 0:  # a zero gradient caps μ at 0, already reached by the mean
+        facts.update(degenerate=True, dual_point=(~nonzero).to(A.dtype) / float((~nonzero).sum()))
+        return u, facts
+    active = [int(candidates.argmin())]
+    for iteration in range(1, 50 * K + 100):
+        facts["iterations"] = iteration
+        S = torch.tensor(active)
+        delta, null_part = _ActiveSystem(A[S][:, S], sigma[S]).solve(torch.ones(len(active), dtype=A.dtype))
+        if null_part is not None:  # μ cannot rise: it reached 0 with 0 ∈ conv{gᵢ}
+            facts.update(degenerate=True, dual_point=_hull_zero_point(A))
+            return _refine(A, b, sigma, u.clamp_(min=0), radius_sq, mean_sq, at_zero=True), facts
+        rate = A[:, S] @ delta  # d(gᵢ·d)/dμ
+        u_S = u[S]
+        r = b + A[:, S] @ u_S
+        rho = float(u_S @ A[S][:, S] @ u_S)
+        p, q = float(u_S @ rate[S]), float(delta @ rate[S])
+        room = max(radius_sq - rho, 0.0)
+        root = math.sqrt(max(p * p + q * room, 0.0))
+        step, event, index = (room / (p + root) if p + root > 0 else math.inf), "ball", -1
+        if has_zero_row and -mu < step:
+            step, event = max(-mu, 0.0), "cap"
+        inactive = nonzero.clone()
+        inactive[S] = False
+        closing = inactive & (rate < 1)
+        if bool(closing.any()):
+            times = torch.where(closing, (r - mu).clamp_min(0) / torch.where(closing, 1 - rate, 1), torch.inf)
+            j = int(times.argmin())
+            if float(times[j]) < step:
+                step, event, index = float(times[j]), "enter", j
+        shrinking = delta < 0
+        if bool(shrinking.any()):
+            times = torch.where(shrinking, -u_S / torch.where(shrinking, delta, -1), torch.inf)
+            j = int(times.argmin())
+            if float(times[j]) < step:
+                step, event, index = float(times[j]), "leave", j
+        u[S] = u_S + step * delta
+        mu += step
+        if event == "ball":
+            return _refine(A, b, sigma, u.clamp_(min=0), radius_sq, mean_sq), facts
+        if event == "cap":
+            zero_rows = (~nonzero).to(A.dtype)
+            facts.update(degenerate=True, dual_point=zero_rows / zero_rows.sum())
+            return _refine(A, b, sigma, u.clamp_(min=0), radius_sq, mean_sq, at_zero=True), facts
+        if event == "enter":
+            active.append(index)
+        else:
+            u[active[index]] = 0.0
+            del active[index]
+    return u.clamp_(min=0), facts
+
+
+def certificate(A: Tensor, u: Tensor, c: float, dual_point: Tensor | None) -> dict[str, float]:
+    """Optimality certificate of multipliers u for a trace-normalised Gram A, d = g₀ + Jᵀu.
+
+    ``kkt_residual``: d's optimality conditions, task i judged at its own scale ‖gᵢ‖·(‖g₀‖ + √φ):
+    gᵢ·d = μ where uᵢ > 0 and gᵢ·d ≥ μ elsewhere, μ = gᵢ·d of the smallest active gradient (0 in
+    the degenerate case). ``ball_residual``: (‖d − g₀‖ − √φ)/√φ, ≈ 0 when the ball is reached,
+    < 0 in the degenerate case. ``duality_gap``: (D(w) − P(d))/(maxᵢ‖gᵢ‖·(‖g₀‖ + √φ)) with
+    P(d) = minᵢ gᵢ·d and D(w) = g_w·g₀ + √φ‖g_w‖ the paper's dual at w = u/Σu (or the given dual
+    point): ≥ 0 by weak duality, 0 at the optimum. Also returns P (``worst_improvement``) and D."""
+    K = A.shape[0]
+    b = A.sum(dim=1) / K
+    mean_sq = max(float(b.sum()) / K, 0.0)
+    radius = c * math.sqrt(mean_sq)
+    d_scale = math.sqrt(mean_sq) + radius
+    sigma = A.diagonal().clamp_min(0).sqrt()
+    r = b + A @ u
+    primal = float(r.min())
+    distance = math.sqrt(max(float(u @ A @ u), 0.0))
+    w = dual_point if dual_point is not None else u / u.sum()
+    dual = float(w @ b) + radius * math.sqrt(max(float(w @ A @ w), 0.0))
+    active = u > 0
+    if not bool(active.any()):
+        mu = primal
+    elif dual_point is not None:
+        mu = 0.0
+    else:
+        mu = float(r[torch.where(active, sigma, torch.inf).argmin()])
+    violation = torch.where(active, (r - mu).abs(), (mu - r).clamp_min(0)) / (sigma * d_scale).clamp_min(torch.finfo(A.dtype).tiny)
+    top = float(sigma.max()) * d_scale
+    return {
+        "kkt_residual": float(torch.where(sigma > 0, violation, 0.0).max()),
+        "ball_residual": (distance - radius) / radius if radius > 0 else 0.0,
+        "duality_gap": (dual - primal) / top if top > 0 else 0.0,
+        "worst_improvement": primal,
+        "dual_objective": dual,
+    }
+
+
+def finish(self: "CAGradWeighting", gram: Tensor, u: Tensor, facts: dict[str, Any], A: Tensor, trace: float) -> Solution:
+    """Weights (1/K + u)·(K if sum_scale)/rescale factor on gram's device, and the diagnostics."""
+    K = gram.shape[0]
+    factor = (K if self.sum_scale else 1.0) / rescale_factor(self.c, self.rescale)
+    weights = (1.0 / K + u) * factor
+    diagnostics: dict[str, Any] = certificate(A, u, self.c, facts.get("dual_point"))
+    diagnostics["worst_improvement"] *= trace
+    diagnostics["dual_objective"] *= trace
+    diagnostics.update(
+        multiplier_sum=float(u.sum()),
+        active_set=u.nonzero().flatten().tolist(),
+        degenerate=bool(facts["degenerate"]),
+        iterations=int(facts["iterations"]),
+    )
+    return Solution(weights.to(device=gram.device), diagnostics)
+
+
+def normalized_gram(gram: Tensor) -> tuple[Tensor, float]:
+    """(Γ/tr Γ symmetrised, in float64 on the CPU; tr Γ), with checks that name the problem."""
+    G = gram.detach().to(device="cpu", dtype=torch.float64)
+    if not bool(torch.isfinite(G).all()):
+        raise ValueError("the Gram matrix has a non-finite entry (NaN or Inf)")
+    if bool((G.diagonal() < 0).any()):
+        raise ValueError("the Gram matrix has a negative diagonal entry: it is not J·Jᵀ of real gradients")
+    trace = float(G.diagonal().sum())
+    if trace == 0:
+        return torch.zeros_like(G), 0.0
+    A = G / trace
+    return (A + A.T) / 2, trace
+
+
+def _solve_torch(self: "CAGradWeighting", gram: Tensor, losses: Tensor | None) -> Solution:
+    A, trace = normalized_gram(gram)
+    u, facts = solve_normalized(A, self.c)
+    return finish(self, gram, u, facts, A, trace)
+
+
+def _solve_cpp(self: "CAGradWeighting", gram: Tensor, losses: Tensor | None) -> Solution:
+    factor = (gram.shape[0] if self.sum_scale else 1.0) / rescale_factor(self.c, self.rescale)
+    G = gram.detach().to(device="cpu", dtype=torch.float64).contiguous()
+    weights, diagnostics = extension().cagrad_solve(G.numpy(), self.c, factor)
+    return Solution(torch.from_numpy(weights).to(gram.device), diagnostics)
 
 
 class CAGradWeighting(Weighting):
-    name = "cagrad"
-    solvers = {}
+    """CAGrad's weights from Γ: 1/K + u with d = g₀ + Jᵀu the conflict-averse direction (see module).
 
-    def __call__(self, gram, losses=None):
-        raise NotImplementedError("cagrad is not implemented yet")
+    Args:
+        c: radius of the ball around g₀ relative to ‖g₀‖ (≥ 0; 0 gives the mean). Default 0.5.
+        rescale: 1 divides d by 1 + c² (authors, LibMTL; default), 0 keeps d (torchjd), 2 divides
+            by 1 + c.
+        sum_scale: multiply d by K, as the authors' scripts do "to match the sum loss" (default off,
+            like LibMTL and torchjd).
+        backend: "auto", "torch" or "cpp" (the exact K-space solve in C++).
+
+    Diagnostics: ``duality_gap`` and ``ball_residual`` (the certificate, see :func:`certificate`),
+    ``worst_improvement`` (minᵢ gᵢ·d before rescaling, Γ's units), ``dual_objective`` (the paper's
+    dual at our dual point), ``multiplier_sum`` (Σu = √φ/‖g_w‖), ``active_set`` (tasks with uᵢ > 0),
+    ``degenerate`` (the μ = 0 projection case), ``iterations`` (breakpoints of the path).
+    """
+
+    name = "cagrad"
+
+    def __init__(self, *, c: float = 0.5, rescale: int = 1, sum_scale: bool = False, backend: str = "auto") -> None:
+        super().__init__(backend=backend)
+        if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or c < 0:
+            raise ValueError(f"c={c!r} must be a finite number ≥ 0")
+        if isinstance(rescale, bool):
+            raise ValueError(f"rescale={rescale!r} is not supported; choose one of {list(RESCALES)}")
+        check_option("rescale", rescale, RESCALES)
+        if not isinstance(sum_scale, bool):
+            raise ValueError(f"sum_scale={sum_scale!r} must be True or False")
+        self.c = float(c)
+        self.rescale = int(rescale)
+        self.sum_scale = sum_scale
+
+    def options(self) -> dict[str, Any]:
+        return {"c": self.c, "rescale": self.rescale, "sum_scale": self.sum_scale}
+
+    solvers = {"torch": _solve_torch, "cpp": _solve_cpp}
