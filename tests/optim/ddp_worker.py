@@ -1,0 +1,69 @@
+"""The per-rank half of tests/optim/test_distributed.py (a module of its own so that spawned
+processes can import it): the same steps, on half the batch per rank (replicated, under
+DistributedDataParallel) or on half the shared parameters per rank (sharded)."""
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from mtlkernels.optim import CAGrad, IMTL, MGDAUB, NashMTL, PCGrad
+from mtl_model import TrunkHeads, batch, task_losses
+
+#: (name, wrapper, options, features path?)
+SCENARIOS = [
+    ("cagrad", CAGrad, {}, False),
+    ("mgda_loss+", MGDAUB, {"normalization": "loss+"}, False),
+    ("mgda_features", MGDAUB, {"normalization": "loss+"}, True),
+    ("nash_features", NashMTL, {}, True),
+    ("imtl", IMTL, {}, False),
+    ("pcgrad_batched", PCGrad, {"seed": 1, "grad_mode": "batched"}, False),
+]
+STEPS = 2
+B = 16
+
+
+def run_scenario(wrapper, options, features, rank: int | None, world: int, sharded: bool = False) -> dict:
+    """Two steps; rank None = one process on the full batch. Returns the parameters and the
+    last step's gradients (model order) and weights."""
+    model = TrunkHeads(K=3, seed=0)
+    params = list(model.parameters())
+    trunk = list(model.trunk.parameters())
+    if sharded and rank is not None:  # this rank owns every other trunk tensor, and the heads
+        owned = trunk[rank::world] + list(model.heads.parameters())
+        opt = wrapper(torch.optim.SGD(owned, lr=0.05), distributed="sharded", **options)
+        net = model
+    else:
+        opt = wrapper(torch.optim.SGD(params, lr=0.05), **options)
+        net = nn.parallel.DistributedDataParallel(model) if rank is not None else model
+    for step in range(STEPS):
+        x, y = batch(K=3, B=B, seed=20 + step)
+        if rank is not None and not sharded:
+            x, y = x[rank * B // world : (rank + 1) * B // world], y[rank * B // world : (rank + 1) * B // world]
+        opt.zero_grad(set_to_none=True)
+        z, out = net(x)
+        losses = [((out[:, k] - y[:, k]) ** 2).mean() for k in range(3)]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # MGDAUB's note when features= is missing
+            opt.backward(losses, features=z if features else None)
+        grads = [None if p.grad is None else p.grad.clone() for p in params]
+        weights = opt.last.weights.clone()
+        opt.step()
+        if sharded and rank is not None:  # gather the updated slices, as ZeRO/FSDP do after a step
+            with torch.no_grad():
+                for i, p in enumerate(trunk):
+                    dist.broadcast(p, src=i % world)
+    return {"params": [p.detach().clone() for p in params], "grads": grads, "weights": weights}
+
+
+def worker(rank: int, world: int, port: int, out_path: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        results = {name: run_scenario(w, o, f, rank, world) for name, w, o, f in SCENARIOS}
+        results["sharded"] = run_scenario(CAGrad, {}, False, rank, world, sharded=True)
+        torch.save(results, f"{out_path}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()

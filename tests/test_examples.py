@@ -1,0 +1,64 @@
+"""The examples run end to end in their reduced form (--quick): real training on scikit-learn's
+digits (two tasks) and the CAGrad toy problem, each writing its table (JSON) and PNG plot."""
+import importlib.util
+import json
+import os
+
+import pytest
+import torch
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"example_{name}", os.path.join(EXAMPLES, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_multidigits_quick(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
+    example = _load("multidigits")
+    results = example.main(["--quick", "--out", str(tmp_path)])
+    assert set(results) == set(example.METHODS)
+    for curves in results.values():
+        assert all(0.0 <= a <= 1.0 for a in curves["test_accuracy"][-1])
+        assert all(torch.isfinite(torch.tensor(curves["train_loss"])).flatten())
+    assert (tmp_path / "multidigits_curves.png").stat().st_size > 10_000
+    saved = json.loads((tmp_path / "multidigits_results.json").read_text())
+    assert saved["args"]["quick"] is True
+    assert "left acc" in capsys.readouterr().out
+
+
+def test_multidigits_pairs_are_composed_from_both_digits():
+    pytest.importorskip("sklearn")
+    example = _load("multidigits")
+    (x, y), (x_test, y_test) = example.load_data(64, 32)
+    assert x.shape == (64, 1, 12, 12) and y.shape == (64, 2) and x_test.shape == (32, 1, 12, 12)
+    assert bool((x[:, 0, :4, :4].amax(dim=(1, 2)) > 0).all())  # the left digit's own corner
+    assert bool((x[:, 0, 8:, 8:].amax(dim=(1, 2)) > 0).all())  # the right digit's own corner
+    assert int(y.min()) >= 0 and int(y.max()) <= 9
+
+
+def test_toy_quick(tmp_path):
+    pytest.importorskip("matplotlib")
+    example = _load("toy")
+    results = example.main(["--quick", "--out", str(tmp_path)])
+    assert results["steps"] == 60 and len(results["runs"]) == len(example.METHODS) * len(example.STARTS)
+    for run in results["runs"]:
+        assert all(map(lambda v: abs(v) < 20, run["final"]))
+    assert (tmp_path / "toy_trajectories.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("x1", [-7.0, 0.0, 3.5, 7.0])
+def test_toy_objectives_on_the_lower_half_plane(x1):
+    """Below x₂ = 0 only the quadratic bowls count (the paper's formulas, written out again):
+    L₁ = ((7 − x₁)² + 0.1·(x₂ + 8)²)/10 − 20 and L₂ = ((x₁ + 7)² + 0.1·(x₂ + 8)²)/10 − 20, × tanh(−x₂/2)."""
+    example = _load("toy")
+    x2 = -8.3552
+    blend = torch.tanh(torch.tensor(-x2 / 2, dtype=torch.float64))
+    expected = torch.stack([(((7 - x1) ** 2 + 0.1 * (x2 + 8) ** 2) / 10 - 20) * blend,
+                            (((x1 + 7) ** 2 + 0.1 * (x2 + 8) ** 2) / 10 - 20) * blend])
+    torch.testing.assert_close(example.objectives(torch.tensor([x1, x2], dtype=torch.float64)), expected)
