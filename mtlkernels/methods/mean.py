@@ -16,4 +16,5 @@ class Mean(Weighting):
     """w = 𝟙/K, so d = g₀ = (1/K)·Σₖ gₖ."""
 
     name = "mean"
-    solvers = {"torch": _solve_torch}
+    # device-agnostic and sync-free: the same solve serves every backend
+    solvers = {"torch": _solve_torch, "cpp": _solve_torch, "triton": _solve_torch}
