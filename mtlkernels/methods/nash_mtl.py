@@ -24,6 +24,7 @@ warm start, their stopping rule), for validation against their code.
 from __future__ import annotations
 
 import math
+import warnings
 from numbers import Integral, Real
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -150,42 +151,43 @@ def _certificates_torch(gram: Tensor, alpha: Tensor, max_norm: float) -> tuple[T
 
 # -- the authors' convex-concave procedure (solver="ccp") -----------------------------------------
 class _ConvexConcaveStep:
-    """One subproblem of the authors' CCP, as a parametrised cvxpy problem built once per K:
+    """One subproblem of the authors' CCP as a cvxpy problem, built once per K:
 
-        min_α  𝟙ᵀΓₙα + ∇φ(α_prev)ᵀα / s   s.t.  log αᵢ + log (Γₙα)ᵢ + log s ≥ 0,  α ≥ 0,
+        min_α  𝟙ᵀΓₙα + ∇φ(α_prev)ᵀ(α − α_prev) / s   s.t.  log(αᵢ·s) + log (Γₙα)ᵢ ≥ 0 for each i,  α ≥ 0,
 
     Γₙ = Γ/s, s = ‖Γ‖_F, φ(α) = Σᵢ log αᵢ + log (Γₙα)ᵢ linearised at α_prev (so the constraints
-    are αᵢ(Γα)ᵢ ≥ 1 on the unnormalised Γ). Solved by ECOS like the authors'.
+    are αᵢ(Γα)ᵢ ≥ 1 on the unnormalised Γ). Written with the same parameters, expressions and
+    one constraint per task as the authors' problem, so cvxpy hands ECOS the same cone program and
+    the iterates match theirs bit for bit (it is not DPP: cvxpy recompiles it at every solve).
     """
 
     def __init__(self, K: int) -> None:
         import cvxpy as cp
 
         self.alpha = cp.Variable(K, nonneg=True)
+        self.alpha_prev = cp.Parameter(K)
         self.gram = cp.Parameter((K, K))
-        self.linear = cp.Parameter(K)
-        self.log_scale = cp.Parameter()
+        self.scale = cp.Parameter(1)
+        phi_gradient = 1 / self.alpha_prev + (1 / (self.gram @ self.alpha_prev)) @ self.gram
         gram_alpha = self.gram @ self.alpha
         self.problem = cp.Problem(
-            cp.Minimize(cp.sum(gram_alpha) + self.linear @ self.alpha),
-            [cp.log(self.alpha) + cp.log(gram_alpha) + self.log_scale >= 0],
+            cp.Minimize(cp.sum(gram_alpha) + phi_gradient @ (self.alpha - self.alpha_prev) / self.scale),
+            [cp.log(self.alpha[i] * self.scale) + cp.log(gram_alpha[i]) >= 0 for i in range(K)],
         )
 
     def __call__(self, gram_n: Any, scale: float, alpha_prev: Any) -> Any:
-        """The next iterate (numpy), α_prev when ECOS raises (as the authors), None if infeasible."""
+        """The next iterate (numpy), α_prev when the solve raises (as the authors), None if infeasible."""
         import cvxpy as cp
         import numpy as np
 
-        with np.errstate(divide="ignore", invalid="ignore"):
-            phi_gradient = 1.0 / alpha_prev + gram_n.T @ (1.0 / (gram_n @ alpha_prev))
-        if not np.isfinite(phi_gradient).all():
-            return alpha_prev
         self.gram.value = gram_n
-        self.linear.value = phi_gradient / scale
-        self.log_scale.value = math.log(scale)
+        self.scale.value = np.array([scale])
         self.alpha.value = alpha_prev
+        self.alpha_prev.value = alpha_prev
         try:
-            self.problem.solve(solver=cp.ECOS, warm_start=True, max_iters=100)
+            with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
+                warnings.filterwarnings("ignore", message=".*DPP.*")
+                self.problem.solve(solver=cp.ECOS, warm_start=True, max_iters=100)
         except (cp.error.SolverError, ValueError, ArithmeticError):
             return alpha_prev
         return self.alpha.value
