@@ -48,7 +48,7 @@ def draw_orders(K: int, generator: torch.Generator | None) -> Tensor:
     per task, as in the paper's Algorithm 1. ``generator=None`` draws from torch's global RNG."""
     keys = torch.rand(K, K, generator=generator, dtype=torch.float64)
     keys.diagonal().fill_(-1.0)
-    return torch.from_numpy(np.argsort(keys.numpy(), axis=1, kind="stable"))
+    return torch.from_numpy(np.argsort(keys.numpy(), axis=1))
 
 
 def _gram_on_cpu(gram: Tensor) -> Tensor:

@@ -1,0 +1,135 @@
+"""Microbenchmark of PCGrad's K-space solve Γ [K, K] → w [K], fresh random orders every call.
+
+    python -m pytest bench/test_solve_pcgrad.py --benchmark-only -q
+
+Solvers, each timed through its Python call on the same Γ (the Gram of K random gradients over
+N = 1000 parameters):
+- ``cpp``, ``torch``: ours, ``PCGradWeighting(backend=..., generator=...)(gram)`` (orders drawn
+  inside the call);
+- ``authors_loop``: the authors' algorithm run on Γ, one task and one visit at a time in Python
+  with a fresh ``torch.randperm`` per task (what torchjd does) — the reference solver the
+  speed-ups are measured against;
+- ``torchjd``: ``torchjd.aggregation.PCGradWeighting()(gram)``.
+
+``extra_info`` of each benchmark: ``median_us``, ``speedup_vs_authors_loop`` (the authors' loop
+runs first for each K), ``weights_error`` — max over k of |wₖ − w*ₖ|·‖gₖ‖ / Σᵢ‖gᵢ‖, where w* replays
+the same orders in 80-bit long double (NumPy ``longdouble``): how far the solver's float64 result is
+from the exact weights of that Γ — and, for ours, the solver's own certificate
+(``orthogonality_residual``, ``projections``).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mtlkernels.methods import PCGradWeighting
+
+KS = (2, 4, 8, 16, 32, 64)
+N = 1000
+SOLVERS = ("authors_loop", "cpp", "torch", "torchjd")
+MEDIANS_US: dict[tuple[int, str], float] = {}
+
+
+def random_gram(K: int, seed: int = 0) -> torch.Tensor:
+    J = torch.randn(K, N, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return J @ J.T
+
+
+def authors_loop(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """PCGrad's sequential projections on Γ, visit by visit: for task i, cᵢ = eᵢ; for j in a fresh
+    random permutation (j ≠ i), if (Γcᵢ)ⱼ < 0: cᵢ[j] −= (Γcᵢ)ⱼ/Γⱼⱼ. Returns (Σᵢ cᵢ, orders used)."""
+    K = gram.shape[0]
+    weights = torch.zeros(K, dtype=gram.dtype)
+    rows = []
+    for i in range(K):
+        permutation = torch.randperm(K)
+        rows.append([i] + [int(j) for j in permutation if j != i])
+        c = torch.zeros(K, dtype=gram.dtype)
+        c[i] = 1.0
+        for j in permutation:
+            if j == i:
+                continue
+            inner = gram[j] @ c
+            if inner < 0 and gram[j, j] > 0:
+                c[j] -= inner / gram[j, j]
+        weights += c
+    return weights, torch.tensor(rows)
+
+
+def torchjd_orders(K: int, seed: int) -> torch.Tensor:
+    """The permutations torchjd draws after torch.manual_seed(seed), task i moved first in row i."""
+    torch.manual_seed(seed)
+    rows = []
+    for i in range(K):
+        permutation = torch.randperm(K).tolist()
+        rows.append([i] + [j for j in permutation if j != i])
+    return torch.tensor(rows)
+
+
+def exact_weights(gram: torch.Tensor, order: torch.Tensor) -> np.ndarray:
+    """The same K-space PCGrad with every operation in 80-bit long double."""
+    G = gram.numpy().astype(np.longdouble)
+    K = G.shape[0]
+    weights = np.zeros(K, dtype=np.longdouble)
+    for i in range(K):
+        c = np.zeros(K, dtype=np.longdouble)
+        c[i] = 1
+        for j in order[i].tolist():
+            inner = np.dot(G[j], c)
+            if inner < 0 and G[j, j] > 0:
+                c[j] -= inner / G[j, j]
+        weights += c
+    return weights
+
+
+def weights_error(gram: torch.Tensor, weights: torch.Tensor, order: torch.Tensor) -> float:
+    norms = np.sqrt(np.diag(gram.numpy()).astype(np.longdouble))
+    deviation = np.abs(weights.numpy().astype(np.longdouble) - exact_weights(gram, order)) * norms
+    return float(deviation.max() / norms.sum())
+
+
+def certificate(solver: str, gram: torch.Tensor) -> dict[str, float | int]:
+    """One solve outside the timing, with the orders it used, checked against the long-double replay."""
+    K = gram.shape[0]
+    if solver == "authors_loop":
+        weights, order = authors_loop(gram)
+        return {"weights_error": weights_error(gram, weights, order)}
+    if solver == "torchjd":
+        order = torchjd_orders(K, seed=1)
+        torch.manual_seed(1)
+        weights = pytest.importorskip("torchjd.aggregation").PCGradWeighting()(gram)
+        return {"weights_error": weights_error(gram, weights, order)}
+    solution = PCGradWeighting(backend=solver, generator=torch.Generator().manual_seed(1))(gram)
+    order = solution.diagnostics["order"]
+    return {
+        "weights_error": weights_error(gram, solution.weights, order),
+        "orthogonality_residual": solution.diagnostics["orthogonality_residual"],
+        "projections": solution.diagnostics["projections"],
+    }
+
+
+def solve_function(solver: str):
+    if solver == "authors_loop":
+        return lambda gram: authors_loop(gram)[0]
+    if solver == "torchjd":
+        return pytest.importorskip("torchjd.aggregation").PCGradWeighting()
+    return PCGradWeighting(backend=solver, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("K, solver", [(K, s) for K in KS for s in SOLVERS], ids=[f"K{K}-{s}" for K in KS for s in SOLVERS])
+def test_solve_pcgrad(benchmark, capsys, K, solver):
+    gram = random_gram(K)
+    solve = solve_function(solver)
+    benchmark.group = f"pcgrad solve K={K}"
+    benchmark(solve, gram)
+    median_us = benchmark.stats.stats.median * 1e6
+    MEDIANS_US[K, solver] = median_us
+    benchmark.extra_info.update(certificate(solver, gram))
+    benchmark.extra_info["median_us"] = median_us
+    baseline = MEDIANS_US.get((K, "authors_loop"))
+    if baseline is not None:
+        benchmark.extra_info["speedup_vs_authors_loop"] = baseline / median_us
+    info = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in benchmark.extra_info.items())
+    with capsys.disabled():
+        print(f"\nK={K:3d} {solver:13s} {info}")
