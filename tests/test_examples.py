@@ -1,5 +1,6 @@
 """The examples run end to end in their reduced form (--quick): real training on scikit-learn's
-digits (two tasks) and the CAGrad toy problem, each writing its table (JSON) and PNG plot."""
+digits (two tasks), the CAGrad toy problem (each writing its table as JSON and a PNG plot), and
+the timing of the per-task gradient paths."""
 import importlib.util
 import json
 import os
@@ -62,3 +63,10 @@ def test_toy_objectives_on_the_lower_half_plane(x1):
     expected = torch.stack([(((7 - x1) ** 2 + 0.1 * (x2 + 8) ** 2) / 10 - 20) * blend,
                             (((x1 + 7) ** 2 + 0.1 * (x2 + 8) ** 2) / 10 - 20) * blend])
     torch.testing.assert_close(example.objectives(torch.tensor([x1, x2], dtype=torch.float64)), expected)
+
+
+def test_grad_modes_quick(tmp_path):
+    example = _load("grad_modes")
+    rows = example.main(["--quick", "--out", str(tmp_path)])
+    assert len(rows) == 1 and all(rows[0][f"{name}_ms"] > 0 for name in ("forward", "loop", "batched", "features"))
+    assert json.loads((tmp_path / "grad_modes.json").read_text())["rows"] == rows

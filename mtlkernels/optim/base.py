@@ -389,9 +389,11 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
             _dist.all_reduce_mean_(ws.gradients, self.process_group)
         if not bool(torch.isfinite(ws.gradients).all()):
             self._load_method_state(saved)
-            problem = self._nonfinite_problem(values, gram, torch.zeros((), dtype=torch.bool), ws.private_views, roles)
-            return self._give_up(f"{problem}; or the gradient of Σ wₖ·Lₖ over the shared parameters holds NaN/Inf",
-                                 roles, grad_scaler)
+            problem = self._nonfinite_problem(
+                values, gram, torch.zeros((), dtype=torch.bool), ws.private_views, roles,
+                otherwise="the gradient of Σ wₖ·Lₖ over the shared parameters holds NaN/Inf (every ∂Lₖ/∂z is finite)",
+            )
+            return self._give_up(problem, roles, grad_scaler)
         self._accumulate(roles.shared, [v[0] for v in ws.direction])
         self._write_private(weights, ws.private_views, roles)
         self._write_owned_grads(values, grad_scale)
@@ -480,10 +482,11 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         return rows
 
     def _nonfinite_problem(
-        self, values: Tensor, gram: Tensor, private_ok: Tensor, private_views: list[Tensor], roles: ParameterRoles
+        self, values: Tensor, gram: Tensor, private_ok: Tensor, private_views: list[Tensor], roles: ParameterRoles,
+        otherwise: str = "a task-specific gradient on another rank holds NaN/Inf",
     ) -> str | None:
         """None when the losses, Γ's diagonal and the private gradients are finite (one host sync),
-        else a message naming the tasks."""
+        else a message naming the tasks (``otherwise`` when no local value explains it)."""
         if bool(torch.isfinite(values).all() & torch.isfinite(gram.diagonal()).all() & private_ok):
             return None
         parts = [f"task {k}: loss is {values[k].item()}" for k in (~torch.isfinite(values)).nonzero().flatten().tolist()]
@@ -491,9 +494,7 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         for view, tasks in zip(private_views, roles.private_tasks):
             if not bool(torch.isfinite(view).all()):
                 parts.append(f"task {'/'.join(map(str, tasks))}: gradient of a task-specific parameter holds NaN/Inf")
-        if not parts:
-            parts.append("a task-specific gradient on another rank holds NaN/Inf")
-        return "; ".join(dict.fromkeys(parts))
+        return "; ".join(dict.fromkeys(parts)) if parts else otherwise
 
     def _give_up(self, problem: str, roles: ParameterRoles, grad_scaler: Any) -> None:
         self.last = None

@@ -14,12 +14,16 @@ class CAGrad(MultiTaskOptimizer):
     Args:
         optimizer: the wrapped torch optimizer.
         c: conflict-aversion radius (default 0.5; c = 0 gives the mean).
-        rescale: 1 (default, ÷(1+c²), authors and LibMTL), 0 (none, torchjd) or 2 (÷(1+c)).
-        **options: further CAGrad options and
-            :class:`~mtlkernels.optim.base.MultiTaskOptimizer`'s arguments.
+        rescale: 1 (default, ÷(1+c²), authors and LibMTL), 0 (none, torchjd) or 2 (÷(1+c), the
+            authors' toy script).
+        sum_scale: multiply d by K, as the authors' training scripts do "to match the sum loss"
+            (default False, as LibMTL and torchjd).
+        **options: :class:`~mtlkernels.optim.base.MultiTaskOptimizer`'s arguments.
     """
 
     method = "cagrad"
 
-    def __init__(self, optimizer: torch.optim.Optimizer, *, c: float = 0.5, rescale: int = 1, **options: Any) -> None:
-        super().__init__(optimizer, c=c, rescale=rescale, **options)
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, *, c: float = 0.5, rescale: int = 1, sum_scale: bool = False, **options: Any
+    ) -> None:
+        super().__init__(optimizer, c=c, rescale=rescale, sum_scale=sum_scale, **options)
