@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from ..aggregate import Aggregator
 
 SOLVERS = ("newton", "ccp")
+_CPP_MAX_TASKS = 256  # csrc/solvers/binding.h: kMaxTasks
 _MAX_NEWTON_STEPS = 100
 _CONVERGED_DECREMENT2 = 1e-20  # λ² below this: one more full step reaches rounding level
 _DIVERGED_BETA = 1e6  # an iterate beyond this (in units of 1/‖gᵢ‖) means f is unbounded below
@@ -233,8 +234,8 @@ def _solve_torch(self: "NashMTLWeighting", gram: Tensor, losses: Tensor | None) 
 
 
 def _solve_cpp(self: "NashMTLWeighting", gram: Tensor, losses: Tensor | None) -> Solution:
-    if self.solver == "ccp":  # the CCP is cvxpy's on either backend
-        return _solve_torch(self, gram, losses)
+    if self.solver == "ccp" or (self.backend == "auto" and gram.shape[0] > _CPP_MAX_TASKS):
+        return _solve_torch(self, gram, losses)  # the CCP is cvxpy's; "auto" goes on in torch past K = 256
     gram64 = self._host_gram(gram, check_finite=False)
     reused, previous = self._plan(gram64)
     alpha, weights, diagnostics = extension().nash_mtl_solve(

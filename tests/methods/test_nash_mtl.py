@@ -393,6 +393,12 @@ def test_non_finite_gram_is_named(backend):
         NashMTLWeighting(backend=backend)(gram)
 
 
+def test_auto_backend_goes_on_in_torch_past_the_cpp_limit():
+    J = random_J(257, 300, seed=13)
+    result = mk.aggregate(J, "nash_mtl", max_norm=0.0)
+    assert result.diagnostics["converged"] and result.diagnostics["kept_residual"] <= 1e-10
+
+
 def test_cpp_errors_reach_python():
     if not _extension.available:
         pytest.skip("C++ extension not built")
