@@ -46,9 +46,9 @@ def draw_orders(K: int, generator: torch.Generator | None) -> Tensor:
     """Fresh visiting orders [K, K]: keys = torch.rand(K, K, float64); row i is i first (a no-op
     visit), then the other tasks by increasing key — a uniform random permutation of the others
     per task, as in the paper's Algorithm 1. ``generator=None`` draws from torch's global RNG."""
-    keys = torch.rand(K, K, generator=generator, dtype=torch.float64)
-    keys.diagonal().fill_(-1.0)
-    return torch.from_numpy(np.argsort(keys.numpy(), axis=1))
+    keys = torch.rand(K, K, generator=generator, dtype=torch.float64).numpy()
+    np.fill_diagonal(keys, -1.0)
+    return torch.from_numpy(np.argsort(keys, axis=1))
 
 
 def _gram_on_cpu(gram: Tensor) -> Tensor:
@@ -67,23 +67,24 @@ def _solve_torch(self: "PCGradWeighting", gram: Tensor, losses: Tensor | None) -
     G = _gram_on_cpu(gram)
     K = G.shape[0]
     order = self.visiting_orders(K)
-    tasks = torch.arange(K)
+    visited_at_step = order.T.contiguous()  # row t: the task each task visits at step t
     diag = G.diagonal()
     C = torch.eye(K, dtype=torch.float64)  # row i: cᵢ
     projections = 0
     residual = torch.zeros((), dtype=torch.float64)
-    for t in range(K):
-        j = order[:, t]
-        rows = G[j]  # row i: Γ[order[i, t]]
+    for j in visited_at_step:
+        rows = G.index_select(0, j)  # row i: Γ[order[i, t]]
+        squared_norms = diag.index_select(0, j)
         inner = (C * rows).sum(dim=1)  # gᵢ'·gⱼ
-        project = (inner < 0) & (diag[j] > 0)
+        project = (inner < 0) & (squared_norms > 0)
         if not bool(project.any()):
             continue
-        C[tasks, j] -= torch.where(project, inner / torch.where(project, diag[j], 1.0), 0.0)
-        terms = C[project] * rows[project]
+        step = torch.where(project, inner / torch.where(project, squared_norms, 1.0), 0.0)
+        C.scatter_add_(1, j[:, None], -step[:, None])  # cᵢ[j] −= (Γcᵢ)ⱼ/Γⱼⱼ
+        terms = C * rows
         magnitude = terms.abs().sum(dim=1)
         after = terms.sum(dim=1).abs() / torch.where(magnitude > 0, magnitude, 1.0)
-        residual = torch.maximum(residual, after.max())
+        residual = torch.maximum(residual, torch.where(project, after, 0.0).max())
         projections += int(project.sum())
     weights = C.sum(dim=0)
     if self.reduction == "mean":
@@ -95,11 +96,14 @@ def _solve_torch(self: "PCGradWeighting", gram: Tensor, losses: Tensor | None) -
 def _solve_cpp(self: "PCGradWeighting", gram: Tensor, losses: Tensor | None) -> Solution:
     if self.backend == "auto" and gram.shape[0] > CPP_MAX_TASKS:
         return _solve_torch(self, gram, losses)
-    G = gram.detach().to(device="cpu", dtype=torch.float64).contiguous()
+    G = gram.detach()
+    if G.dtype != torch.float64 or G.device.type != "cpu" or not G.is_contiguous():
+        G = G.to(device="cpu", dtype=torch.float64).contiguous()
     order = self.visiting_orders(G.shape[0])
     weights, diagnostics = extension().pcgrad_solve(G.numpy(), order.numpy(), self.reduction == "mean")
     diagnostics["order"] = order
-    return Solution(torch.from_numpy(weights).to(gram.device), diagnostics)
+    weights = torch.from_numpy(weights)
+    return Solution(weights if gram.device.type == "cpu" else weights.to(gram.device), diagnostics)
 
 
 class PCGradWeighting(Weighting):

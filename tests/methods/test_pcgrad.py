@@ -340,3 +340,24 @@ def test_bad_gram(backend, gram, message):
 def test_cpp_binding_errors(gram, order, message):
     with pytest.raises(ValueError, match=message):
         _extension.extension().pcgrad_solve(gram.double().numpy(), order.numpy(), False)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gram_dtype_and_layout(backend):
+    """A float32 or non-contiguous Γ is solved in float64 all the same; weights come back float64."""
+    J = conflicting_J(6, 30, seed=8)
+    gram = J @ J.T
+    order = draw_orders(6, torch.Generator().manual_seed(0))
+    expected = PCGradWeighting(backend=backend, order=order)(gram).weights
+    transposed = PCGradWeighting(backend=backend, order=order)(gram.T.contiguous().T).weights
+    torch.testing.assert_close(transposed, expected, rtol=0, atol=0)
+    single = PCGradWeighting(backend=backend, order=order)(gram.float()).weights
+    assert single.dtype == torch.float64
+    torch.testing.assert_close(single, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_weights_on_the_gram_device():
+    J = conflicting_J(5, 30, seed=9).cuda()
+    solution = PCGradWeighting(generator=torch.Generator().manual_seed(0))(J @ J.T)
+    assert solution.weights.device == J.device and solution.weights.dtype == torch.float64
