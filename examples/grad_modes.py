@@ -84,7 +84,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"))
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
     if args.quick:
         configs, repeats = [("mlp", 32, 2, 16)], 2
     else:
@@ -93,12 +92,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     print("| trunk | width | N | K | forward ms | ΣL backward ms | loop ms | batched ms | features ms | batched / loop |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for kind, width, K, B in configs:
-        row = measure(kind, width, K, B, repeats)
-        rows.append(row)
-        print(f"| {kind} | {width} | {row['N']} | {K} | {row['forward_ms']:.2f} | {row['sum_backward_backward_ms']:.2f} "
-              f"| {row['loop_backward_ms']:.2f} | {row['batched_backward_ms']:.2f} | {row['features_backward_ms']:.2f} "
-              f"| {row['batched_backward_ms'] / row['loop_backward_ms']:.2f} |", flush=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for kind, width, K, B in configs:
+            row = measure(kind, width, K, B, repeats)
+            rows.append(row)
+            print(f"| {kind} | {width} | {row['N']} | {K} | {row['forward_ms']:.2f} | {row['sum_backward_backward_ms']:.2f} "
+                  f"| {row['loop_backward_ms']:.2f} | {row['batched_backward_ms']:.2f} | {row['features_backward_ms']:.2f} "
+                  f"| {row['batched_backward_ms'] / row['loop_backward_ms']:.2f} |", flush=True)
+    finally:
+        torch.set_num_threads(threads)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "grad_modes.json"), "w") as f:
         json.dump({"torch": torch.__version__, "threads": 1, "rows": rows}, f, indent=1)

@@ -168,7 +168,6 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         args.epochs, args.train_pairs, args.test_pairs = 1, 512, 256
     os.makedirs(args.out, exist_ok=True)
-    torch.set_num_threads(min(2, torch.get_num_threads()))
     data = load_data(args.train_pairs, args.test_pairs)
 
     results = {method: train(method, data, args.epochs, args.batch_size, args.lr) for method in args.methods}

@@ -22,12 +22,12 @@ from ._checks import check_option
 GRAD_MODES = ("auto", "loop", "batched")
 
 
-def resolve_grad_mode(mode: str, device: torch.device) -> str:
-    """``"auto"`` → ``"loop"`` on the CPU (measured no slower there), ``"batched"`` on CUDA."""
+def resolve_grad_mode(mode: str) -> str:
+    """``"auto"`` → ``"loop"``: on the CPU the batched path is never faster (measured, see
+    docs/sections/optimizers.md); on CUDA it saves launches but multiplies the backward's peak
+    gradient memory by K and needs vmap batching rules for every op, so it is opt-in."""
     check_option("grad_mode", mode, GRAD_MODES)
-    if mode != "auto":
-        return mode
-    return "batched" if device.type == "cuda" else "loop"
+    return "loop" if mode == "auto" else mode
 
 
 def check_losses(losses: Sequence[Tensor] | Tensor, expected: int | None = None) -> list[Tensor]:
@@ -148,5 +148,5 @@ def jacobian(
         out = torch.empty(len(losses), N, dtype=dtype, device=inputs[0].device)
     elif out.shape != (len(losses), N) or not out.is_contiguous():
         raise ValueError(f"out must be a contiguous [{len(losses)}, {N}] tensor; got {tuple(out.shape)}")
-    fill_task_gradients(losses, inputs, out, mode=resolve_grad_mode(mode, out.device), retain_graph=retain_graph)
+    fill_task_gradients(losses, inputs, out, mode=resolve_grad_mode(mode), retain_graph=retain_graph)
     return out

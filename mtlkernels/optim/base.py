@@ -95,8 +95,8 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
             Other reached parameters get the plain gradient of Σ Lₖ (the authors' convention).
         task_specific: "plain" (default, ∇ Σ Lₖ) or "weighted" (wₖ·∇Lₖ, as a backward of Σ wₖLₖ
             gives: Nash-MTL's and MGDA-UB's code) for the parameters only one task reaches.
-        grad_mode: "auto" (default), "loop" (K ``autograd.grad`` calls) or "batched" (one call
-            with ``is_grads_batched=True``); see :func:`mtlkernels.jacobian.resolve_grad_mode`.
+        grad_mode: "auto" (default, = "loop"), "loop" (K ``autograd.grad`` calls) or "batched" (one
+            call with ``is_grads_batched=True``); see :func:`mtlkernels.jacobian.resolve_grad_mode`.
         on_nonfinite: "raise" (default: :class:`NonFiniteError` naming the task) or "skip" (the
             next ``step()`` does nothing); parameters, ``.grad`` and state are left untouched.
         distributed: "auto", "none", "replicated" (DDP) or "sharded"; see
@@ -307,7 +307,7 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
             grad_scale = float(grad_scaler.get_scale())
         values = torch.stack([l.detach().reshape(()).to(torch.float64) for l in losses])
         mode = _dist.resolve_mode(self.distributed, self.process_group)
-        grad_mode = resolve_grad_mode(self.grad_mode, values.device)
+        grad_mode = resolve_grad_mode(self.grad_mode)
         if features is None:
             return self._backward_parameters(differentiated, values, roles, mode, grad_mode, grad_scale, grad_scaler, retain_graph)
         return self._backward_features(
@@ -381,7 +381,7 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         solution = self.weighting(gram, values)
         weights = solution.weights.to(device=losses[0].device, dtype=torch.float64)
         if roles.shared:
-            combined = sum(w.to(l.dtype) * l for w, l in zip(weights, losses))
+            combined = sum(w.to(torch.promote_types(l.dtype, torch.float32)) * l for w, l in zip(weights, losses))
             grads = torch.autograd.grad(combined, roles.shared, allow_unused=True, retain_graph=retain_graph)
             for out, g in zip(ws.direction, grads):
                 out[0].copy_(g) if g is not None else out[0].zero_()

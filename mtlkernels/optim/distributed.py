@@ -10,7 +10,6 @@
 """
 from __future__ import annotations
 
-import torch
 import torch.distributed as dist
 from torch import Tensor
 
@@ -49,8 +48,3 @@ def all_reduce_sum_(tensor: Tensor, group: dist.ProcessGroup | None) -> Tensor:
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
     return tensor
 
-
-def is_nonfinite_anywhere(flag: bool, device: torch.device, group: dist.ProcessGroup | None) -> bool:
-    """True when ``flag`` is True on any rank, so that every rank takes the same branch."""
-    votes = torch.tensor([1.0 if flag else 0.0], dtype=torch.float64, device=device)
-    return bool(all_reduce_sum_(votes, group).item() > 0)
