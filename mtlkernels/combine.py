@@ -11,9 +11,11 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
+from . import _extension
 from . import backend as _backend
 from ._checks import Jacobian, as_blocks
 from .kernels import triton_combine
+from .gram import CPP_DTYPES, cpp_blocks
 
 _TORCH_CHUNK_ELEMS = 1 << 22
 
@@ -30,7 +32,33 @@ def _combine_torch(weights: Tensor, blocks: list[Tensor], outs: list[Tensor], ac
             target.add_(part) if accumulate else target.copy_(part)
 
 
-_IMPLS: dict[str, Callable[[Tensor, list[Tensor], list[Tensor], bool], None]] = {"torch": _combine_torch, "triton": triton_combine}
+def _combine_cpp(weights: Tensor, blocks: list[Tensor], outs: list[Tensor], accumulate: bool) -> None:
+    """d = wᵀJ straight into ``outs`` by one pass over J: OpenMP over column chunks, each column
+    summed over k in order in float32 (float64 for float64 J) (csrc/kernels/combine_cpu.cpp)."""
+    blocks = cpp_blocks(blocks)
+    for i, (out, block) in enumerate(zip(outs, blocks)):
+        if out.device.type != "cpu" or out.dtype not in CPP_DTYPES or not out.is_contiguous():
+            raise ValueError(
+                f"backend='cpp' needs out[{i}] to be a contiguous float tensor on the CPU; got {out.dtype} on {out.device}"
+            )
+        if out.numel() != block.shape[1]:
+            raise ValueError(f"out[{i}] has {out.numel()} elements; block {i} of J has {block.shape[1]} columns")
+    acc = torch.float64 if blocks[0].dtype == torch.float64 else torch.float32
+    w = weights.detach().to(device="cpu", dtype=acc).contiguous()
+    _extension.extension().combine_cpu(
+        w.data_ptr(),
+        [b.data_ptr() for b in blocks],
+        [b.shape[1] for b in blocks],
+        [b.stride(0) for b in blocks],
+        blocks[0].shape[0],
+        CPP_DTYPES[blocks[0].dtype],
+        [o.data_ptr() for o in outs],
+        [CPP_DTYPES[o.dtype] for o in outs],
+        accumulate,
+    )
+
+
+_IMPLS: dict[str, Callable[[Tensor, list[Tensor], list[Tensor], bool], None]] = {"torch": _combine_torch, "triton": triton_combine, "cpp": _combine_cpp}
 
 
 def output_blocks(blocks: list[Tensor], out: Sequence[Tensor]) -> list[Tensor]:

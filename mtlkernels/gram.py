@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from . import _extension
 from . import backend as _backend
 from ._checks import Jacobian, as_blocks
 from .kernels import triton_gram
@@ -38,7 +39,39 @@ def _gram_torch(blocks: list[Tensor]) -> Tensor:
     return gram
 
 
-_IMPLS: dict[str, Callable[[list[Tensor]], Tensor]] = {"torch": _gram_torch, "triton": triton_gram}
+#: names of the dtypes the C++ kernels take (csrc/kernels/cpu_tensor.h)
+CPP_DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+
+
+def cpp_blocks(blocks: list[Tensor], name: str = "J") -> list[Tensor]:
+    """Blocks as the C++ kernels take them: CPU tensors of a float dtype with unit column stride
+    (a block with another column stride is copied; the row stride is free)."""
+    for i, block in enumerate(blocks):
+        if block.device.type != "cpu":
+            raise ValueError(f"backend='cpp' needs CPU tensors; {name}[{i}] is on {block.device}")
+        if block.dtype not in CPP_DTYPES:
+            raise TypeError(f"backend='cpp' does not take {name}[{i}] of dtype {block.dtype}")
+    return [b if b.shape[1] <= 1 or b.stride(1) == 1 else b.contiguous() for b in blocks]
+
+
+def _gram_cpp(blocks: list[Tensor]) -> Tensor:
+    """Γ in float64 by one pass over J: column chunks × 4×4 register tiles, OpenMP, deterministic
+    (csrc/kernels/gram_cpu.cpp)."""
+    blocks = cpp_blocks(blocks)
+    K = blocks[0].shape[0]
+    gram = torch.empty(K, K, dtype=torch.float64)
+    _extension.extension().gram_cpu(
+        [b.data_ptr() for b in blocks],
+        [b.shape[1] for b in blocks],
+        [b.stride(0) for b in blocks],
+        K,
+        CPP_DTYPES[blocks[0].dtype],
+        gram.data_ptr(),
+    )
+    return gram
+
+
+_IMPLS: dict[str, Callable[[list[Tensor]], Tensor]] = {"torch": _gram_torch, "triton": triton_gram, "cpp": _gram_cpp}
 
 
 def gram_blocks(blocks: list[Tensor], backend: str = "auto") -> Tensor:

@@ -1,0 +1,113 @@
+// Pass 2 on the CPU: the direction d = wᵀJ, block i of J written straight into out[i].
+//
+// Each column is Σ_k w_k·J[k, c], summed over k in order in float32 (float64 for float64 J),
+// then rounded once to the output's dtype (after adding the output's old value when accumulating).
+// Columns are independent, so the result does not depend on the thread count. The columns are
+// cut into chunks run in parallel; each chunk is walked kVectors vectors of columns at a time,
+// held in registers while the K rows stream past.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "kernels/cpu_tensor.h"
+#include "registry.h"
+
+namespace mtlkernels::cpu {
+namespace {
+
+namespace py = pybind11;
+
+constexpr int kVectors = 4;                 // vectors of columns accumulated in registers at once
+constexpr int64_t kChunkColumns = 1 << 14;  // columns per unit of parallel work
+
+template <typename In>
+using AccOf = std::conditional_t<std::is_same_v<In, double>, double, float>;
+
+// Accumulating adds the old output in the wider of Acc and Out (as torch's add_ does).
+template <typename Acc, typename Out>
+using SumOf = std::conditional_t<std::is_same_v<Acc, double> || std::is_same_v<Out, double>, double, float>;
+
+// out[c] (+)= Σ_k w[k]·x[k·ld + c] for c < cols.
+template <typename In, typename Out>
+void combine_columns(const In* x, int64_t ld, int K, const AccOf<In>* w, Out* out, int64_t cols, bool accumulate) {
+  using Acc = AccOf<In>;
+  using Sum = SumOf<Acc, Out>;
+  constexpr int n = lanes<Acc>;
+  constexpr int64_t step = kVectors * n;
+  int64_t c0 = 0;
+  for (; c0 + step <= cols; c0 += step) {
+    SimdOf<Acc, n> acc[kVectors];
+    for (int v = 0; v < kVectors; ++v) acc[v] = SimdOf<Acc, n>{};
+    for (int k = 0; k < K; ++k) {
+      const In* row = x + k * ld + c0;
+      for (int v = 0; v < kVectors; ++v) acc[v] += w[k] * load_as<Acc, n>(row + v * n);
+    }
+    for (int v = 0; v < kVectors; ++v) {
+      Out* dst = out + c0 + v * n;
+      if (accumulate)
+        store_as<Out, n, Sum>(dst, load_as<Sum, n>(dst) + __builtin_convertvector(acc[v], SimdOf<Sum, n>));
+      else
+        store_as<Out, n, Acc>(dst, acc[v]);
+    }
+  }
+  for (int64_t c = c0; c < cols; ++c) {
+    Acc acc = 0;
+    for (int k = 0; k < K; ++k) acc += w[k] * to_float(x[k * ld + c]);
+    out[c] = accumulate ? from_acc<Out>(static_cast<Sum>(to_float(out[c])) + static_cast<Sum>(acc)) : from_acc<Out>(acc);
+  }
+}
+
+// d = wᵀJ over the blocks into the outputs (see the launcher, mtlkernels/combine.py).
+void combine_cpu(uintptr_t weights_ptr, const std::vector<uintptr_t>& pointers, const std::vector<int64_t>& cols,
+                 const std::vector<int64_t>& row_strides, int64_t K, const std::string& dtype,
+                 const std::vector<uintptr_t>& out_pointers, const std::vector<std::string>& out_dtypes,
+                 bool accumulate) {
+  if (K < 1 || K > (int64_t{1} << 16))
+    throw std::invalid_argument("combine_cpu: K = " + std::to_string(K) + " is outside [1, 65536]");
+  if (weights_ptr == 0) throw std::invalid_argument("combine_cpu: the weights pointer is null");
+  const std::vector<Block> blocks = make_blocks(pointers, cols, row_strides);
+  if (out_pointers.size() != blocks.size() || out_dtypes.size() != blocks.size())
+    throw std::invalid_argument("combine_cpu: got " + std::to_string(out_pointers.size()) + " outputs and " +
+                                std::to_string(out_dtypes.size()) + " output dtypes for " +
+                                std::to_string(blocks.size()) + " blocks");
+  const DType in_type = parse_dtype(dtype, "J");
+  std::vector<DType> out_types;
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    if (blocks[i].cols > 0 && out_pointers[i] == 0)
+      throw std::invalid_argument("combine_cpu: out[" + std::to_string(i) + "] has a null data pointer");
+    out_types.push_back(parse_dtype(out_dtypes[i], ("out[" + std::to_string(i) + "]").c_str()));
+  }
+  const std::vector<Chunk> chunks = split_columns(blocks, kChunkColumns);
+  int64_t elements = 0;
+  for (const Block& block : blocks) elements += block.cols * K;
+  const int k = static_cast<int>(K);
+
+  py::gil_scoped_release release;
+#pragma omp parallel for schedule(dynamic, 1) if (elements >= kParallelMinElements)
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    const Chunk& chunk = chunks[i];
+    const Block& block = blocks[chunk.block];
+    visit_dtype(in_type, [&](auto in_tag) {
+      using In = decltype(in_tag);
+      const In* x = static_cast<const In*>(block.data) + chunk.start;
+      const auto* w = reinterpret_cast<const AccOf<In>*>(weights_ptr);
+      visit_dtype(out_types[chunk.block], [&](auto out_tag) {
+        using Out = decltype(out_tag);
+        Out* out = reinterpret_cast<Out*>(out_pointers[chunk.block]) + chunk.start;
+        combine_columns<In, Out>(x, block.row_stride, k, w, out, chunk.cols, accumulate);
+      });
+    });
+  }
+}
+
+Registration reg([](py::module_& m) {
+  m.def("combine_cpu", &combine_cpu, py::arg("weights_ptr"), py::arg("pointers"), py::arg("cols"),
+        py::arg("row_strides"), py::arg("K"), py::arg("dtype"), py::arg("out_pointers"), py::arg("out_dtypes"),
+        py::arg("accumulate"),
+        "d = wᵀJ of the blocks [K, cols[i]] at pointers[i] (row stride row_strides[i] elements, unit column "
+        "stride, dtype float32/float64/float16/bfloat16) into the contiguous outputs at out_pointers[i] (dtype "
+        "out_dtypes[i]), adding to them when accumulate. The K weights at weights_ptr are float64 for float64 J, "
+        "else float32.");
+});
+
+}  // namespace
+}  // namespace mtlkernels::cpu

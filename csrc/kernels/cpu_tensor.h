@@ -1,0 +1,261 @@
+// What the CPU kernels share: how tensors arrive from Python (raw pointers, column counts, row
+// strides and a dtype name, already checked by the launcher), the four element types with their
+// conversions to and from float/double, one value or one vector at a time.
+#pragma once
+#if defined(__F16C__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+namespace mtlkernels::cpu {
+
+// Element types stored as their bits; arithmetic happens in float or double.
+struct BFloat16 {
+  uint16_t bits;
+};
+struct Half {
+  uint16_t bits;
+};
+
+inline float to_float(float x) { return x; }
+inline double to_float(double x) { return x; }
+inline float to_float(BFloat16 x) {
+  const uint32_t bits = static_cast<uint32_t>(x.bits) << 16;  // bf16 is the top half of a float
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+inline float to_float(Half x) {
+  _Float16 h;
+  std::memcpy(&h, &x.bits, sizeof h);
+  return static_cast<float>(h);
+}
+
+// Round a float/double to the storage type as torch does: round to nearest even, NaN stays NaN
+// (a double bound for bfloat16/float16 is rounded to float first, as c10 does).
+template <typename Out, typename T>
+inline Out from_acc(T x) {
+  if constexpr (std::is_same_v<Out, double> || std::is_same_v<Out, float>) {
+    return static_cast<Out>(x);
+  } else if constexpr (std::is_same_v<Out, BFloat16>) {
+    const float f = static_cast<float>(x);
+    uint32_t bits;
+    std::memcpy(&bits, &f, sizeof bits);
+    if (f != f) return BFloat16{static_cast<uint16_t>((bits >> 16) | 0x0040)};
+    return BFloat16{static_cast<uint16_t>((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16)};
+  } else {
+    const _Float16 h = static_cast<_Float16>(static_cast<float>(x));
+    Half out;
+    std::memcpy(&out.bits, &h, sizeof h);
+    return out;
+  }
+}
+
+// The vector helpers below are inline and internal: their ABI on targets without AVX is moot.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+// GCC vector of n Ts (n·sizeof(T) bytes; the compiler splits it over the target's registers).
+template <typename T, int n>
+struct Simd {
+  typedef T type __attribute__((vector_size(n * sizeof(T))));
+};
+template <typename T, int n>
+using SimdOf = typename Simd<T, n>::type;
+
+// The widest vector the target has registers for (AVX-512: 64 bytes) holds lanes<T> Ts.
+#if defined(__AVX512F__)
+constexpr int kVectorBytes = 64;
+#else
+constexpr int kVectorBytes = 32;
+#endif
+template <typename T>
+constexpr int lanes = kVectorBytes / sizeof(T);
+
+// float16 ↔ float32 of n values: F16C/AVX-512 instructions where the target has them (GCC does
+// not vectorise _Float16 conversions without AVX512-FP16), one value at a time otherwise.
+template <int n>
+inline SimdOf<float, n> half_to_float(const Half* p) {
+  SimdOf<float, n> f;
+#if defined(__AVX512F__)
+  if constexpr (n % 16 == 0) {
+    for (int i = 0; i < n; i += 16) {
+      const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i));
+      const __m512 v = _mm512_maskz_cvtph_ps(static_cast<__mmask16>(-1), h);
+      std::memcpy(reinterpret_cast<char*>(&f) + i * sizeof(float), &v, sizeof v);
+    }
+    return f;
+  }
+#endif
+#if defined(__F16C__)
+  if constexpr (n % 8 == 0) {
+    for (int i = 0; i < n; i += 8) {
+      const __m256 v = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i)));
+      std::memcpy(reinterpret_cast<char*>(&f) + i * sizeof(float), &v, sizeof v);
+    }
+    return f;
+  }
+#endif
+  for (int i = 0; i < n; ++i) f[i] = to_float(p[i]);
+  return f;
+}
+
+template <int n>
+inline void float_to_half(Half* p, SimdOf<float, n> f) {
+#if defined(__AVX512F__)
+  if constexpr (n % 16 == 0) {
+    for (int i = 0; i < n; i += 16) {
+      __m512 v;
+      std::memcpy(&v, reinterpret_cast<const char*>(&f) + i * sizeof(float), sizeof v);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + i),
+                          _mm512_maskz_cvtps_ph(static_cast<__mmask16>(-1), v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    }
+    return;
+  }
+#endif
+#if defined(__F16C__)
+  if constexpr (n % 8 == 0) {
+    for (int i = 0; i < n; i += 8) {
+      __m256 v;
+      std::memcpy(&v, reinterpret_cast<const char*>(&f) + i * sizeof(float), sizeof v);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(p + i), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    }
+    return;
+  }
+#endif
+  for (int i = 0; i < n; ++i) p[i] = from_acc<Half>(f[i]);
+}
+
+// n consecutive elements at p, converted to Acc (float or double).
+template <typename Acc, int n, typename In>
+inline SimdOf<Acc, n> load_as(const In* p) {
+  if constexpr (std::is_same_v<In, BFloat16>) {
+    SimdOf<uint16_t, n> bits;
+    std::memcpy(&bits, p, sizeof bits);
+    const SimdOf<uint32_t, n> wide = __builtin_convertvector(bits, SimdOf<uint32_t, n>) << 16;
+    SimdOf<float, n> f;
+    std::memcpy(&f, &wide, sizeof f);
+    return __builtin_convertvector(f, SimdOf<Acc, n>);
+  } else if constexpr (std::is_same_v<In, Half>) {
+    return __builtin_convertvector(half_to_float<n>(p), SimdOf<Acc, n>);
+  } else {
+    SimdOf<In, n> v;
+    std::memcpy(&v, p, sizeof v);
+    return __builtin_convertvector(v, SimdOf<Acc, n>);
+  }
+}
+
+// Store n values to p, rounded to Out as from_acc does.
+template <typename Out, int n, typename T>
+inline void store_as(Out* p, SimdOf<T, n> v) {
+  if constexpr (std::is_same_v<Out, BFloat16>) {
+    const SimdOf<float, n> f = __builtin_convertvector(v, SimdOf<float, n>);
+    SimdOf<uint32_t, n> bits;
+    std::memcpy(&bits, &f, sizeof bits);
+    const SimdOf<uint32_t, n> rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16;
+    const SimdOf<uint32_t, n> quiet_nan = (bits >> 16) | 0x0040;
+    const auto is_nan = f != f;
+    const SimdOf<uint16_t, n> out = __builtin_convertvector(is_nan ? quiet_nan : rounded, SimdOf<uint16_t, n>);
+    std::memcpy(p, &out, sizeof out);
+  } else if constexpr (std::is_same_v<Out, Half>) {
+    float_to_half<n>(p, __builtin_convertvector(v, SimdOf<float, n>));
+  } else {
+    const SimdOf<Out, n> out = __builtin_convertvector(v, SimdOf<Out, n>);
+    std::memcpy(p, &out, sizeof out);
+  }
+}
+
+enum class DType { Float32, Float64, Float16, BFloat16 };
+
+// Parse the launcher's dtype name ("float32", "float64", "float16", "bfloat16").
+inline DType parse_dtype(const std::string& name, const char* what) {
+  if (name == "float32") return DType::Float32;
+  if (name == "float64") return DType::Float64;
+  if (name == "float16") return DType::Float16;
+  if (name == "bfloat16") return DType::BFloat16;
+  throw std::invalid_argument(std::string(what) + " has unsupported dtype '" + name +
+                              "'; expected float32, float64, float16 or bfloat16");
+}
+
+// Call fn(T{}) with T the element type named by dtype.
+template <typename Fn>
+inline auto visit_dtype(DType dtype, Fn&& fn) {
+  switch (dtype) {
+    case DType::Float64:
+      return fn(double{});
+    case DType::Float16:
+      return fn(Half{});
+    case DType::BFloat16:
+      return fn(BFloat16{});
+    case DType::Float32:
+    default:
+      return fn(float{});
+  }
+}
+
+// One [K, cols] block of J: row r starts at data + r·row_stride elements, columns are contiguous.
+struct Block {
+  const void* data;
+  int64_t cols;
+  int64_t row_stride;
+};
+
+// A range of columns of one block: the unit of parallel work.
+struct Chunk {
+  int64_t block;
+  int64_t start;
+  int64_t cols;
+};
+
+// Split every block into chunks of at most chunk_cols columns, in order; empty blocks give none.
+inline std::vector<Chunk> split_columns(const std::vector<Block>& blocks, int64_t chunk_cols) {
+  std::vector<Chunk> chunks;
+  for (int64_t b = 0; b < static_cast<int64_t>(blocks.size()); ++b)
+    for (int64_t start = 0; start < blocks[b].cols; start += chunk_cols)
+      chunks.push_back({b, start, std::min(chunk_cols, blocks[b].cols - start)});
+  return chunks;
+}
+
+// Zip the launcher's parallel lists into blocks, checking their lengths and values.
+inline std::vector<Block> make_blocks(const std::vector<uintptr_t>& pointers, const std::vector<int64_t>& cols,
+                                      const std::vector<int64_t>& row_strides) {
+  if (pointers.empty() || pointers.size() != cols.size() || cols.size() != row_strides.size())
+    throw std::invalid_argument("blocks: pointers, column counts and row strides must be non-empty lists of one length");
+  std::vector<Block> blocks;
+  for (size_t i = 0; i < pointers.size(); ++i) {
+    if (cols[i] < 0 || row_strides[i] < 0)
+      throw std::invalid_argument("block " + std::to_string(i) + " has a negative column count or row stride");
+    if (cols[i] > 0 && pointers[i] == 0)
+      throw std::invalid_argument("block " + std::to_string(i) + " has a null data pointer");
+    blocks.push_back({reinterpret_cast<const void*>(pointers[i]), cols[i], row_strides[i]});
+  }
+  return blocks;
+}
+
+// Below this many elements of J a pass runs on the calling thread (a parallel region costs more).
+constexpr int64_t kParallelMinElements = int64_t{1} << 16;
+
+// A 64-byte-aligned buffer of n Ts, zero-filled.
+template <typename T>
+struct AlignedBuffer {
+  explicit AlignedBuffer(size_t n) : data(static_cast<T*>(std::aligned_alloc(64, bytes(n))), &std::free) {
+    if (!data) throw std::bad_alloc();
+    std::memset(data.get(), 0, bytes(n));
+  }
+  T* get() const { return data.get(); }
+
+ private:
+  static size_t bytes(size_t n) { return std::max<size_t>(64, (n * sizeof(T) + 63) / 64 * 64); }
+  std::unique_ptr<T, decltype(&std::free)> data;
+};
+
+}  // namespace mtlkernels::cpu

@@ -1,0 +1,194 @@
+"""The C++ CPU Gram kernel (csrc/kernels/gram_cpu.cpp) against float64 torch: sizes, dtypes,
+block lists with awkward strides, extreme scales, NaN/Inf rows, determinism, the torch backend,
+errors, and the missing-extension fallback."""
+import importlib
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import mtlkernels as mk
+from mtlkernels import _extension
+from mtlkernels.gram import _gram_cpp
+from cases import adversarial_cases, random_J
+
+pytestmark = pytest.mark.skipif(not _extension.available, reason=f"C++ extension not built: {_extension.import_error}")
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
+#: |Γ̂ᵢⱼ − Γᵢⱼ| ≤ TOL·‖gᵢ‖‖gⱼ‖. float32/float64 J: float64 products and sums (the contract in
+#: mtlkernels/gram.py: ~1e-12 at any float32 scale). float16/bfloat16 J: exact products summed in
+#: float32 over ≤ 128 terms per lane, then in float64.
+TOL = {torch.float64: 1e-12, torch.float32: 1e-12, torch.bfloat16: 1e-5, torch.float16: 1e-5}
+
+
+def assert_gram_close(G: torch.Tensor, J64: torch.Tensor, tol: float) -> None:
+    """Γ̂ is float64, exactly symmetric, finite, and within tol·‖gᵢ‖‖gⱼ‖ of J64·J64ᵀ entrywise."""
+    ref = J64 @ J64.T
+    norms = ref.diagonal().sqrt()
+    assert G.dtype == torch.float64 and G.shape == ref.shape
+    assert torch.isfinite(G).all(), "Γ has a NaN/Inf entry"
+    assert torch.equal(G, G.T), "Γ is not exactly symmetric"
+    error, bound = (G - ref).abs(), tol * norms[:, None] * norms[None, :]
+    assert (error <= bound).all(), f"max error / bound = {(error / bound.clamp_min(1e-300)).max():.3g}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N", [1, 7, 1000, 100003])
+@pytest.mark.parametrize("K", [1, 2, 3, 8, 17, 64])
+def test_matches_float64(K, N, dtype):
+    J = random_J(K, N, seed=K * 7 + N, dtype=dtype)
+    assert_gram_close(_gram_cpp([J]), J.double(), TOL[dtype])
+
+
+def awkward_blocks(K: int, dtype: torch.dtype) -> list[torch.Tensor]:
+    """Per-parameter blocks as a model gives them: views with a row stride into one buffer (one
+    starting an element in, one [K, 3, 4, 5]), an empty block, a [K, 1] block, a transposed
+    (column stride K) block that the launcher copies, and a block longer than a panel."""
+    buffer = random_J(K, 1 + 60 + 1000 + 17, seed=11, dtype=dtype)
+    return [
+        buffer[:, 1:61].reshape(K, 3, 4, 5),
+        buffer[:, 61:61],
+        buffer[:, 61:1061],
+        random_J(K, 1, seed=12, dtype=dtype),
+        buffer[:, 1061:],
+        random_J(33, K, seed=14, dtype=dtype).T,
+        random_J(K, 5000, seed=15, dtype=dtype)[:, 3:4003],
+    ]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("K", [1, 5, 17])
+def test_block_list(K, dtype):
+    blocks = awkward_blocks(K, dtype)
+    J64 = torch.cat([b.reshape(K, -1).double() for b in blocks], dim=1)
+    assert_gram_close(mk.gram(blocks, backend="cpp", dtype=torch.float64), J64, TOL[dtype])
+
+
+def test_row_stride_zero():
+    """An expanded row (stride 0) is read, not copied: K identical rows."""
+    g = random_J(1, 3000, seed=3, dtype=torch.float32)
+    J = g.expand(4, 3000)
+    assert J.stride(0) == 0
+    assert_gram_close(_gram_cpp([J]), J.double(), TOL[torch.float32])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("K", [1, 3, 8])
+def test_adversarial(K, dtype):
+    """Near-collinear, zero, duplicate, opposite, conflicting rows, and rows scaled 1e-20..1e20
+    (float32 products of those overflow/underflow float32; bfloat16 rows outside [2^-40, 2^40]
+    take the float64 pass)."""
+    for name, J in adversarial_cases(K, 3001, seed=K):
+        Jd = J.to(dtype)
+        assert_gram_close(_gram_cpp([Jd]), Jd.double(), TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("exponent", [-20, -12, 0, 12, 20])
+def test_every_row_at_one_scale(exponent, dtype):
+    """All rows at 10^exponent: Γ spans 1e-40..1e40, out of float32's range at both ends."""
+    J = (random_J(6, 2001, seed=exponent + 40) * 10.0**exponent).to(dtype)
+    assert_gram_close(_gram_cpp([J]), J.double(), TOL[dtype])
+
+
+def test_one_tiny_element_in_a_bfloat16_row():
+    """A bfloat16 row whose largest |x| is below 2^-40 forces the float64 pass; a row with values
+    that small beside normal ones does not need it."""
+    J = random_J(3, 500, seed=9, dtype=torch.bfloat16)
+    J[1] = 1e-30
+    J[2, 7] = 1e-35
+    assert_gram_close(_gram_cpp([J]), J.double(), TOL[torch.bfloat16])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_row_gives_non_finite_diagonal(bad, dtype):
+    """A NaN/Inf anywhere in row k (first column, a vector tail, a later block) makes Γₖₖ
+    non-finite and leaves the other rows' diagonals finite: aggregate() reads it off Γ."""
+    for column in (0, 1000, 1003):
+        blocks = [random_J(5, 1000, seed=1, dtype=dtype), random_J(5, 4, seed=2, dtype=dtype)]
+        block, at = (blocks[0], column) if column < 1000 else (blocks[1], column - 1000)
+        block[3, at] = bad
+        diagonal = _gram_cpp(blocks).diagonal()
+        assert not torch.isfinite(diagonal[3]), column
+        assert torch.isfinite(diagonal[[0, 1, 2, 4]]).all(), column
+    with pytest.raises(ValueError, match=r"\[3\].*non-finite"):
+        mk.aggregate(blocks, backend="cpp")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_deterministic_across_calls_and_thread_counts(dtype):
+    """Fixed panel → slot assignment and slot order: bit-identical on every call and thread count."""
+    J = random_J(9, 300_001, seed=4, dtype=dtype)
+    first = _gram_cpp([J])
+    assert torch.equal(first, _gram_cpp([J]))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert torch.equal(first, _gram_cpp([J]))
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_agrees_with_torch_backend(dtype):
+    J = random_J(6, 20_000, seed=8, dtype=dtype)
+    torch.testing.assert_close(mk.gram(J, backend="cpp"), mk.gram(J, backend="torch"), rtol=1e-5, atol=1e-3)
+    assert mk.gram(J, backend="cpp").dtype == mk.gram(J, backend="torch").dtype
+
+
+def test_auto_uses_cpp_on_cpu():
+    gram_module = importlib.import_module("mtlkernels.gram")  # the package attribute is the function
+    assert mk.backend.select("gram", gram_module._IMPLS, "auto", torch.device("cpu")) is _gram_cpp
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    K=st.integers(1, 20),
+    sizes=st.lists(st.integers(0, 3000), min_size=1, max_size=4).filter(lambda s: sum(s) > 0),
+    dtype=st.sampled_from(DTYPES),
+    exponent=st.integers(-20, 20),
+    seed=st.integers(0, 2**16),
+)
+def test_random_block_lists(K, sizes, dtype, exponent, seed):
+    scale = 10.0**exponent if dtype != torch.float16 else 1.0  # float16 holds 6e-8..65504 only
+    blocks = [(random_J(K, n, seed=seed + i) * scale).to(dtype) for i, n in enumerate(sizes)]
+    J64 = torch.cat([b.double() for b in blocks], dim=1)
+    assert_gram_close(_gram_cpp(blocks), J64, TOL[dtype])
+
+
+def test_launcher_errors():
+    with pytest.raises(ValueError, match="CPU tensors.*meta"):
+        _gram_cpp([torch.empty(3, 4, device="meta")])
+    with pytest.raises(TypeError, match="int32"):
+        _gram_cpp([torch.zeros(3, 4, dtype=torch.int32)])
+    with pytest.raises(RuntimeError, match="backend='cpp' runs on CPU tensors only"):
+        mk.gram(torch.empty(3, 4, device="meta"), backend="cpp")
+
+
+def test_extension_argument_errors():
+    """The binding checks what it is given (the launcher never passes these, other callers might)."""
+    ext = _extension.extension()
+    out = torch.empty(2, 2, dtype=torch.float64)
+    J = torch.ones(2, 3)
+    with pytest.raises(ValueError, match="one length"):
+        ext.gram_cpu([J.data_ptr()], [3, 3], [3], 2, "float32", out.data_ptr())
+    with pytest.raises(ValueError, match="unsupported dtype 'int8'"):
+        ext.gram_cpu([J.data_ptr()], [3], [3], 2, "int8", out.data_ptr())
+    with pytest.raises(ValueError, match="K = 0"):
+        ext.gram_cpu([J.data_ptr()], [3], [3], 0, "float32", out.data_ptr())
+    with pytest.raises(ValueError, match="null data pointer"):
+        ext.gram_cpu([0], [3], [3], 2, "float32", out.data_ptr())
+    with pytest.raises(ValueError, match="negative"):
+        ext.gram_cpu([J.data_ptr()], [-1], [3], 2, "float32", out.data_ptr())
+
+
+def test_missing_extension(monkeypatch):
+    """Without the extension: backend='cpp' raises with the rebuild hint; 'auto' falls back to torch."""
+    monkeypatch.setattr(_extension, "available", False)
+    monkeypatch.setattr(_extension, "_module", None)
+    J = random_J(3, 100)
+    with pytest.raises(RuntimeError, match="C\\+\\+ extension.*Rebuild"):
+        mk.gram(J, backend="cpp")
+    torch.testing.assert_close(mk.gram(J), J @ J.T)
