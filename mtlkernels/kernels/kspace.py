@@ -77,3 +77,120 @@ def pad_identity(A, K, BLOCK_K: tl.constexpr):
     """Put ones on the padded part of the diagonal (indices ≥ K) so A is a valid system matrix."""
     offs = tl.arange(0, BLOCK_K)
     return tl.where((offs[:, None] == offs[None, :]) & (offs[:, None] >= K), 1.0, A)
+
+
+@triton.jit
+def column(A, j, BLOCK_K: tl.constexpr):
+    """A[:, j] for a register matrix A and a (runtime) index j, as a [BLOCK_K] vector."""
+    return tl.reshape(tl.gather(A, tl.full([BLOCK_K, 1], j, tl.int32), axis=1), [BLOCK_K])
+
+
+@triton.jit
+def element(v, i):
+    """v[i] as a [1] tensor (a gather: under TRITON_INTERPRET=1 much cheaper than a masked sum)."""
+    return tl.gather(v, tl.full([1], i, tl.int32), axis=0)
+
+
+@triton.jit
+def identity(BLOCK_K: tl.constexpr):
+    """I [BLOCK_K, BLOCK_K] in float64."""
+    offs = tl.arange(0, BLOCK_K)
+    return tl.where(offs[:, None] == offs[None, :], 1.0, 0.0).to(tl.float64)
+
+
+# The loops below spell out column/element instead of calling them: under TRITON_INTERPRET=1
+# every call of a jit function (tl.sum included) costs milliseconds, which would dominate.
+
+
+@triton.jit
+def cholesky(A, mask, n, BLOCK_K: tl.constexpr, rtol):
+    """L with A = L·Lᵀ on the rows/columns where ``mask`` holds (L is the identity elsewhere), and
+    whether it succeeded: every pivot d must be finite and > rtol·max masked |Aᵢᵢ| (as
+    csrc/solvers/dense.h's cholesky_solve, whose left-looking sums run in the same order as these
+    right-looking updates). Indices ≥ n must be unmasked. A failed pivot leaves a finite L.
+    """
+    offs = tl.arange(0, BLOCK_K)
+    eye = tl.where(offs[:, None] == offs[None, :], 1.0, 0.0).to(tl.float64)
+    S = tl.where(mask[:, None] & mask[None, :], A, eye)
+    tol = rtol * tl.max(tl.where(mask, tl.abs(diagonal(A, BLOCK_K)), 0.0), axis=0)
+    L = eye
+    failed = tl.zeros([1], dtype=tl.int32)
+    for j in range(n):
+        col = tl.reshape(tl.gather(S, tl.full([BLOCK_K, 1], j, tl.int32), axis=1), [BLOCK_K])
+        d = tl.gather(col, tl.full([1], j, tl.int32), axis=0)
+        masked = tl.gather(mask.to(tl.int32), tl.full([1], j, tl.int32), axis=0) != 0
+        good = (d > tol) & (tl.abs(d) < float("inf"))
+        failed = failed | (masked & ~good).to(tl.int32)
+        l = tl.where(offs >= j, col / tl.sqrt(tl.where(good, d, 1.0)), 0.0)
+        S = S - l[:, None] * l[None, :]
+        L = tl.where(offs[None, :] == j, l[:, None], L)
+    return L, tl.max(failed, axis=0) == 0
+
+
+@triton.jit
+def cholesky_solve(L, b, n, BLOCK_K: tl.constexpr):
+    """x with L·Lᵀ·x = b (forward then backward substitution; indices ≥ n keep b)."""
+    offs = tl.arange(0, BLOCK_K)
+    diag = diagonal(L, BLOCK_K)
+    y = b.to(tl.float64)
+    for j in range(n):  # L·y = b, column by column
+        l = tl.reshape(tl.gather(L, tl.full([BLOCK_K, 1], j, tl.int32), axis=1), [BLOCK_K])
+        y_j = tl.gather(y / diag, tl.full([1], j, tl.int32), axis=0)
+        y = tl.where(offs == j, y_j, tl.where(offs > j, y - l * y_j, y))
+    x = y
+    for t in range(n):  # Lᵀ·x = y, from the last row up: x_j, then subtract L[j, :j]·x_j
+        j = n - 1 - t
+        l = tl.reshape(tl.gather(L, tl.full([1, BLOCK_K], j, tl.int32), axis=0), [BLOCK_K])
+        x_j = tl.gather(x / diag, tl.full([1], j, tl.int32), axis=0)
+        x = tl.where(offs == j, x_j, tl.where(offs < j, x - l * x_j, x))
+    return x
+
+
+@triton.jit
+def symmetric_eigen(A, n, BLOCK_K: tl.constexpr, max_sweeps):
+    """(λ, V) with A = V·diag(λ)·Vᵀ for a symmetric register matrix A, V's columns the eigenvectors.
+
+    Jacobi rotations, as csrc/solvers/dense.h's symmetric_eigen (same rotation, same stopping rule:
+    off-diagonal² ≤ 1e-30·total, at most ``max_sweeps`` sweeps), in parallel order: a sweep is
+    n − 1 rounds (n even; an odd n gets a zero dummy index) of n/2 disjoint rotations applied at
+    once, pairs by the round-robin tournament (x pairs with (2r − x) mod (n − 1), r with n − 1). A
+    pair with A_pq = 0 is not rotated, so zero rows/columns keep λ = 0 and V = I there. n ≤ BLOCK_K.
+    """
+    offs = tl.arange(0, BLOCK_K)
+    rows = offs[:, None]
+    cols = offs[None, :]
+    M = A
+    V = tl.where(rows == cols, 1.0, 0.0).to(tl.float64)
+    players = n + n % 2
+    squares = M * M
+    off = tl.sum(tl.sum(tl.where(rows != cols, squares, 0.0), axis=1), axis=0)
+    total = tl.sum(tl.sum(tl.where(rows == cols, squares, 0.0), axis=1), axis=0)
+    sweep = 0
+    while (sweep < max_sweeps) & (off > 1e-30 * (total + off)) & (off != 0.0):
+        for r in range(players - 1):
+            partner = (2 * r - offs + 2 * (players - 1)) % (players - 1)
+            partner = tl.where(offs == r, players - 1, partner)
+            partner = tl.where(offs == players - 1, r, partner)
+            partner = tl.where(offs < players, partner, offs)
+            partner = tl.where(partner < n, partner, offs)  # the dummy's partner sits out
+            lead = offs < partner  # p of the pair (p, q), p < q
+            diag = tl.reshape(tl.gather(M, offs[:, None], axis=1), [BLOCK_K])
+            apq = tl.reshape(tl.gather(M, partner[:, None], axis=1), [BLOCK_K])  # M[p, q] on the p's
+            aqq = tl.gather(diag, partner, axis=0)
+            rotate = lead & (apq != 0.0)
+            theta = (aqq - diag) / (2.0 * tl.where(rotate, apq, 1.0))
+            t = tl.where(theta >= 0.0, 1.0, -1.0) / (tl.abs(theta) + tl.sqrt(theta * theta + 1.0))
+            c = tl.where(rotate, 1.0 / tl.sqrt(t * t + 1.0), 1.0)
+            s = tl.where(rotate, t * c, 0.0)
+            # the q of each pair takes its p's rotation; column p ← c·p − s·q, column q ← s·p + c·q
+            c = tl.where(lead, c, tl.gather(c, partner, axis=0))
+            sigma = tl.where(lead, -s, tl.gather(s, partner, axis=0))
+            pairs = tl.broadcast_to(partner[None, :], (BLOCK_K, BLOCK_K))
+            M = M * c[None, :] + sigma[None, :] * tl.gather(M, pairs, axis=1)
+            M = M * c[:, None] + sigma[:, None] * tl.gather(M, tl.trans(pairs), axis=0)
+            V = V * c[None, :] + sigma[None, :] * tl.gather(V, pairs, axis=1)
+        sweep += 1
+        squares = M * M
+        off = tl.sum(tl.sum(tl.where(rows != cols, squares, 0.0), axis=1), axis=0)
+        total = tl.sum(tl.sum(tl.where(rows == cols, squares, 0.0), axis=1), axis=0)
+    return diagonal(M, BLOCK_K), V
