@@ -245,11 +245,47 @@ void gram_cpu(const std::vector<uintptr_t>& pointers, const std::vector<int64_t>
   }
 }
 
+// The memory floor the passes are benchmarked against: Σ of every element of J, read once in long
+// contiguous runs (rows × 64 Ki-element runs in parallel, four vector accumulators per run).
+double read_floor_cpu(const std::vector<uintptr_t>& pointers, const std::vector<int64_t>& cols,
+                      const std::vector<int64_t>& row_strides, int64_t K, const std::string& dtype) {
+  constexpr int64_t kRun = 1 << 16;
+  const std::vector<Block> blocks = make_blocks(pointers, cols, row_strides);
+  std::vector<Chunk> runs;
+  for (const Chunk& chunk : split_columns(blocks, kRun))
+    for (int64_t r = 0; r < K; ++r) runs.push_back({chunk.block, chunk.start + r * blocks[chunk.block].row_stride, chunk.cols});
+  const DType type = parse_dtype(dtype, "J");
+  py::gil_scoped_release release;
+  double total = 0.0;
+#pragma omp parallel for schedule(static) reduction(+ : total)
+  for (size_t i = 0; i < runs.size(); ++i) {
+    visit_dtype(type, [&](auto tag) {
+      using In = decltype(tag);
+      using Acc = std::conditional_t<std::is_same_v<In, double>, double, float>;
+      constexpr int n = lanes<Acc>;
+      const In* x = static_cast<const In*>(blocks[runs[i].block].data) + runs[i].start;
+      SimdOf<Acc, n> acc[4] = {};
+      int64_t c = 0;
+      for (; c + 4 * n <= runs[i].cols; c += 4 * n)
+        for (int v = 0; v < 4; ++v) acc[v] += load_as<Acc, n>(x + c + v * n);
+      double sum = 0.0;
+      for (; c < runs[i].cols; ++c) sum += to_float(x[c]);
+      for (int v = 0; v < 4; ++v)
+        for (int l = 0; l < n; ++l) sum += acc[v][l];
+      total += sum;
+    });
+  }
+  return total;
+}
+
 Registration reg([](py::module_& m) {
   m.def("gram_cpu", &gram_cpu, py::arg("pointers"), py::arg("cols"), py::arg("row_strides"), py::arg("K"),
         py::arg("dtype"), py::arg("gram_ptr"),
         "Γ = J·Jᵀ (float64, full K×K) of the blocks [K, cols[i]] at pointers[i] (row stride row_strides[i] "
         "elements, unit column stride, dtype float32/float64/float16/bfloat16) into the buffer at gram_ptr.");
+  m.def("read_floor_cpu", &read_floor_cpu, py::arg("pointers"), py::arg("cols"), py::arg("row_strides"),
+        py::arg("K"), py::arg("dtype"),
+        "Σ of every element of the blocks (as gram_cpu takes them), read once: the benchmarks' memory floor.");
 });
 
 }  // namespace
