@@ -1,0 +1,218 @@
+"""On-device Nash-MTL solve: one Triton program, Γ in float64 registers, no host synchronisation.
+
+α > 0 with αᵢ·(Γα)ᵢ = 1, then w = α·min(1, max_norm/√(αᵀΓα)) (Navon et al., "Multi-Task Learning
+as a Bargaining Game", ICML 2022). With βᵢ = ‖gᵢ‖αᵢ and the cosine matrix C, damped Newton on
+f(β) = ½βᵀCβ − Σ log βᵢ from the warm start rescaled onto the optimal ray; zero gradients get
+weight 0; an iterate passing 1e6 (f unbounded below: no positive solution) drops the tasks still
+growing and solves the rest again — the algorithm, constants and certificates of
+csrc/solvers/nash_mtl.h, step for step.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from ..methods import nash_mtl
+from ..methods.base import Solution
+from . import kspace
+
+#: the largest K solved in registers (BLOCK_K ≤ 64); beyond it the torch solver runs
+MAX_TASKS = 64
+
+MAX_NEWTON_STEPS = tl.constexpr(nash_mtl._MAX_NEWTON_STEPS)
+CONVERGED_DECREMENT2 = tl.constexpr(nash_mtl._CONVERGED_DECREMENT2)
+DIVERGED_BETA = tl.constexpr(nash_mtl._DIVERGED_BETA)
+MAX_START_BETA = tl.constexpr(nash_mtl._MAX_START_BETA)
+#: Cholesky attempts with a growing diagonal shift (csrc/solvers/nash_mtl.h spd_solve)
+SHIFT_ATTEMPTS = tl.constexpr(40)
+
+# Newton round status
+RUNNING = tl.constexpr(0)
+CONVERGED = tl.constexpr(1)
+DIVERGED = tl.constexpr(2)
+STALLED = tl.constexpr(3)  # the Newton system stayed indefinite: keep the last iterate
+
+
+@triton.jit
+def _nash_mtl_barrier_newton(C, beta, kept, K, BLOCK_K: tl.constexpr):
+    """Minimise f(β) = ½βᵀCβ − Σ log βᵢ over the ``kept`` tasks by damped Newton from β > 0:
+    (β, steps, status, growing), ``growing`` the tasks whose βᵢ still grows (relative step > 1/4)
+    when the iterate passes DIVERGED_BETA (status DIVERGED)."""
+    offs = tl.arange(0, BLOCK_K)
+    eye = offs[:, None] == offs[None, :]
+    growing = offs < 0
+    previous_decrement2 = tl.full([], float("inf"), tl.float64)
+    steps = 0
+    status = RUNNING
+    while (steps < MAX_NEWTON_STEPS) & (status == RUNNING):
+        steps += 1
+        safe_beta = tl.where(kept, beta, 1.0)
+        C_beta = tl.sum(C * beta[None, :], axis=1)
+        gradient = tl.where(kept, C_beta - 1.0 / safe_beta, 0.0)
+        H = tl.where(eye, C + tl.where(kept, 1.0 / (safe_beta * safe_beta), 0.0)[:, None], C)
+        scale = tl.max(tl.where(kept, tl.abs(kspace.diagonal(H, BLOCK_K)), 0.0), axis=0)
+        L, factored = kspace.cholesky(H, kept, K, BLOCK_K, 0.0)
+        shift = 0.0 * scale
+        attempts = 1
+        while (~factored) & (attempts < SHIFT_ATTEMPTS):
+            next_shift = tl.maximum(10.0 * shift, 1e-14 * scale)
+            H = tl.where(eye & kept[:, None], H + (next_shift - shift), H)
+            shift = next_shift
+            L, factored = kspace.cholesky(H, kept, K, BLOCK_K, 0.0)
+            attempts += 1
+        if factored:
+            step = -tl.where(kept, kspace.cholesky_solve(L, gradient, K, BLOCK_K), 0.0)
+            decrement2 = -tl.sum(gradient * step, axis=0)
+            decrement = tl.sqrt(tl.maximum(decrement2, 0.0))
+            if decrement2 <= CONVERGED_DECREMENT2:
+                beta += step
+                status = CONVERGED
+            elif decrement < 0.25:  # quadratic region: full steps, stop at the rounding floor
+                if decrement2 >= previous_decrement2:
+                    steps -= 1
+                    status = CONVERGED
+                else:
+                    previous_decrement2 = decrement2
+                    beta += step
+            else:
+                trial = beta + step
+                positive = tl.sum((kept & (trial <= 0.0)).to(tl.int32), axis=0) == 0
+                f_beta = 0.5 * tl.sum(beta * C_beta, axis=0) - tl.sum(tl.log(safe_beta), axis=0)
+                safe_trial = tl.where(kept & (trial > 0.0), trial, 1.0)
+                f_trial = 0.5 * tl.sum(trial * tl.sum(C * trial[None, :], axis=1), axis=0) - tl.sum(
+                    tl.log(safe_trial), axis=0
+                )
+                accepted = positive & (f_trial <= f_beta - 0.25 * decrement2)
+                step = tl.where(accepted, step, step / (1.0 + decrement))  # the damped step stays positive
+                trial = beta + step
+                largest = tl.argmax(tl.where(kept, trial, -float("inf")), axis=0)
+                if tl.max(tl.where(kept, trial, -float("inf")), axis=0) > DIVERGED_BETA:
+                    growing = kept & ((step > 0.25 * beta) | (offs == largest))
+                    status = DIVERGED
+                beta = trial
+        else:
+            steps -= 1
+            status = STALLED
+    return beta, steps, status, growing
+
+
+@triton.jit
+def _nash_mtl_solve_kernel(
+    gram_ptr, previous_ptr, alpha_ptr, weights_ptr, dropped_ptr, iterations_ptr, converged_ptr, certificates_ptr,
+    K, MAX_NORM: tl.constexpr, HAS_PREVIOUS: tl.constexpr, REUSE: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    offs = tl.arange(0, BLOCK_K)
+    in_k = offs < K
+    G = kspace.load_square(gram_ptr, K, BLOCK_K)
+    norms = tl.sqrt(tl.maximum(kspace.diagonal(G, BLOCK_K), 0.0))
+    previous = tl.zeros([BLOCK_K], dtype=tl.float64)
+    if HAS_PREVIOUS:
+        previous = tl.load(previous_ptr + offs, mask=in_k, other=0.0).to(tl.float64)
+    alpha = tl.zeros([BLOCK_K], dtype=tl.float64)
+    iterations = 0
+    converged = 1
+    if REUSE:
+        alpha = previous
+    else:
+        kept = in_k & (norms > 0.0)
+        safe_norms = tl.where(kept, norms, 1.0)
+        done = (tl.sum(kept.to(tl.int32), axis=0) == 0).to(tl.int32)
+        rounds = 0
+        while (done == 0) & (rounds < K):  # every round that does not finish drops a task
+            rounds += 1
+            pair = kept[:, None] & kept[None, :]
+            C = tl.where(pair, tl.minimum(tl.maximum(G / safe_norms[:, None] / safe_norms[None, :], -1.0), 1.0), 0.0)
+            C = tl.where((offs[:, None] == offs[None, :]) & pair, 1.0, C)
+            beta = tl.where(kept, 1.0, 0.0).to(tl.float64)
+            if HAS_PREVIOUS:
+                warm = previous * norms
+                beta = tl.where(kept & (warm > 0.0) & (warm < float("inf")), warm, beta)
+            ray = tl.sum(beta * tl.sum(C * beta[None, :], axis=1), axis=0)
+            if (ray > 0.0) & (ray < float("inf")):  # the minimiser of f along the ray, kept below 1e3
+                n = tl.sum(kept.to(tl.float64), axis=0)
+                beta *= tl.minimum(tl.sqrt(n / ray), MAX_START_BETA / tl.max(beta, axis=0))
+            beta, steps, status, growing = _nash_mtl_barrier_newton(C, beta, kept, K, BLOCK_K)
+            iterations += steps
+            converged = (status == CONVERGED).to(tl.int32)
+            if status == DIVERGED:  # no positive solution: drop the cancelling tasks, solve again
+                kept = kept & ~growing
+                converged = 1
+            else:
+                alpha = tl.where(kept, beta / safe_norms, 0.0)
+                done = 1
+            if tl.sum(kept.to(tl.int32), axis=0) == 0:
+                done = 1
+
+    # certificates on the unnormalised Γ, then the clipping
+    gram_alpha = tl.sum(G * alpha[None, :], axis=1)
+    equations = tl.where(in_k, alpha * gram_alpha - 1.0, 0.0)
+    squares = equations * equations
+    direction_norm = tl.sqrt(tl.maximum(tl.sum(alpha * gram_alpha, axis=0), 0.0))
+    clip_scale = tl.where((MAX_NORM > 0.0) & (direction_norm > MAX_NORM), MAX_NORM / direction_norm, 1.0)
+    tl.store(alpha_ptr + offs, alpha, mask=in_k)
+    tl.store(weights_ptr + offs, clip_scale * alpha, mask=in_k)
+    tl.store(dropped_ptr + offs, ~(alpha > 0.0), mask=in_k)
+    tl.store(iterations_ptr, iterations)
+    tl.store(converged_ptr, converged != 0)
+    tl.store(certificates_ptr, tl.sqrt(tl.sum(squares, axis=0)))
+    tl.store(certificates_ptr + 1, tl.sqrt(tl.sum(tl.where(alpha > 0.0, squares, 0.0), axis=0)))
+    tl.store(certificates_ptr + 2, direction_norm)
+    tl.store(certificates_ptr + 3, clip_scale)
+
+
+def nash_mtl_solve(
+    gram: Tensor, previous: Tensor | None, reuse: bool, max_norm: float
+) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """(α [K] before clipping, weights [K], diagnostics) as device tensors — csrc's nash_mtl_solve.
+
+    gram: Γ [K, K] float32/float64, K ≤ :data:`MAX_TASKS`; previous: the warm start α [K] on gram's
+    device (or None); reuse: return ``previous`` (certified on this Γ) without solving.
+    Diagnostics: residual, kept_residual, direction_norm, clip_scale (0-d float64), iterations
+    (0-d int32), converged (0-d bool), dropped_tasks ([K] bool mask).
+    """
+    if reuse and previous is None:
+        raise ValueError("nash_mtl: reuse=True needs the previous weights")
+    K = gram.shape[0]
+    device = gram.device
+    alpha = torch.empty(K, dtype=torch.float64, device=device)
+    weights = torch.empty(K, dtype=torch.float64, device=device)
+    dropped = torch.empty(K, dtype=torch.bool, device=device)
+    iterations = torch.empty((), dtype=torch.int32, device=device)
+    converged = torch.empty((), dtype=torch.bool, device=device)
+    certificates = torch.empty(4, dtype=torch.float64, device=device)
+    block = max(16, triton.next_power_of_2(K))
+    _nash_mtl_solve_kernel[(1,)](
+        gram.contiguous(), alpha if previous is None else previous.contiguous(), alpha, weights, dropped,
+        iterations, converged, certificates, K,
+        MAX_NORM=float(max_norm), HAS_PREVIOUS=previous is not None, REUSE=reuse, BLOCK_K=block,
+        num_warps=8 if block >= 64 else 4,
+    )
+    diagnostics = {
+        "residual": certificates[0], "kept_residual": certificates[1], "direction_norm": certificates[2],
+        "clip_scale": certificates[3], "dropped_tasks": dropped, "iterations": iterations, "converged": converged,
+    }
+    return alpha, weights, diagnostics
+
+
+def solve_triton(self: nash_mtl.NashMTLWeighting, gram: Tensor, losses: Tensor | None) -> Solution:
+    """NashMTLWeighting's "triton" solver (Newton): the on-device solve for K ≤ :data:`MAX_TASKS`;
+    the warm-start α stays on the device in the weighting's state, and ``update_weights_every``
+    reuse is decided by the host step counter. solver="ccp" and K > :data:`MAX_TASKS` run the
+    torch solver (a host copy and synchronisation).
+
+    Γ is checked (finite) only on CPU tensors, where it is free; on CUDA a non-finite Γ gives
+    non-finite weights, as ``mtlkernels.aggregate``'s ``check_finite`` documents.
+    """
+    if self.solver == "ccp" or gram.shape[0] > MAX_TASKS:
+        return type(self).solvers["torch"](self, gram, losses)
+    if gram.dtype not in (torch.float32, torch.float64):
+        gram = gram.to(torch.float32)
+    if gram.device.type == "cpu":
+        self._host_gram(gram)
+    reused, previous = self._plan(gram)
+    if previous is not None:
+        previous = previous.to(device=gram.device, dtype=torch.float64, non_blocking=True)
+    alpha, weights, diagnostics = nash_mtl_solve(gram, previous, reused, self.max_norm)
+    return self._finish(gram, alpha, weights, diagnostics, reused)
