@@ -56,9 +56,9 @@ def _cosines(gram: Tensor, kept: Tensor, n: Tensor) -> Tensor:
     return cosine.fill_diagonal_(1.0)
 
 
-def _spd_solve(matrix: Tensor, rhs: Tensor) -> Tensor:
+def _spd_solve(matrix: Tensor, rhs: Tensor) -> Tensor | None:
     """matrix⁻¹·rhs by Cholesky; a matrix that is not numerically positive definite (a Gram
-    accumulated in low precision) gets a growing diagonal shift until it is."""
+    accumulated in low precision) gets a growing diagonal shift until it is (None if it never is)."""
     shift = 0.0
     scale = float(matrix.diagonal().abs().max())
     eye = torch.eye(matrix.shape[0], dtype=matrix.dtype)
@@ -69,7 +69,7 @@ def _spd_solve(matrix: Tensor, rhs: Tensor) -> Tensor:
             shift = max(10.0 * shift, 1e-14 * scale)
             continue
         return torch.cholesky_solve(rhs[:, None], factor)[:, 0]
-    raise RuntimeError("nash_mtl: the Newton system stayed indefinite after diagonal shifts")
+    return None
 
 
 def _barrier_objective(C: Tensor, beta: Tensor) -> float:
@@ -85,7 +85,10 @@ def _barrier_newton(C: Tensor, beta: Tensor) -> tuple[Tensor, int, bool, Tensor 
     previous_decrement2 = math.inf
     for step_count in range(1, _MAX_NEWTON_STEPS + 1):
         gradient = C @ beta - 1.0 / beta
-        step = -_spd_solve(C + torch.diag(1.0 / beta**2), gradient)
+        solved = _spd_solve(C + torch.diag(1.0 / beta**2), gradient)
+        if solved is None:
+            return beta, step_count - 1, False, None  # not converged; β is finite and positive
+        step = -solved
         decrement2 = float(-(gradient @ step))
         decrement = math.sqrt(max(decrement2, 0.0))
         if decrement2 <= _CONVERGED_DECREMENT2:

@@ -24,6 +24,16 @@ BACKENDS = ["torch", pytest.param("cpp", marks=pytest.mark.skipif(not _extension
 RTOL = {torch.float32: 1e-5, torch.float64: 1e-9}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """K×K linear algebra gains nothing from torch's thread pool, and on a loaded machine its
+    spin-waits make each tiny LAPACK call take milliseconds."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def assert_matches(result: mk.AggregationResult, reference: mk.reference.ReferenceResult, J: torch.Tensor, rtol: float, label: str = "") -> None:
     """Same dropped tasks, weights within rtol element-wise, direction within rtol·Σᵢ|wᵢ|‖gᵢ‖."""
     weights, expected = result.weights.double(), reference.weights
@@ -237,6 +247,21 @@ def test_no_common_descent_direction_gives_zero(backend):
 def test_all_zero_gradients(backend):
     result = mk.aggregate(torch.zeros(3, 10), "nash_mtl", backend=backend)
     assert result.weights.tolist() == [0.0, 0.0, 0.0] and result.direction.abs().max() == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("seed", range(4))
+def test_indefinite_gram_stays_finite(seed, backend):
+    """Not a Gram matrix (as a low-precision accumulation could give): finite weights, honest flags."""
+    generator = torch.Generator().manual_seed(seed)
+    A = 2 * torch.rand(8, 8, generator=generator, dtype=torch.float64) - 1
+    scales = torch.logspace(-3, 3, 8, dtype=torch.float64)
+    gram = ((A + A.T) / 2).fill_diagonal_(1.0) * scales[:, None] * scales[None, :]
+    solution = NashMTLWeighting(backend=backend)(gram)
+    assert bool(torch.isfinite(solution.weights).all())
+    assert math.isfinite(solution.diagnostics["residual"])
+    if solution.diagnostics["converged"] and not solution.diagnostics["dropped_tasks"]:
+        assert solution.diagnostics["residual"] <= 1e-12
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

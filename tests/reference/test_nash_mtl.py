@@ -22,6 +22,16 @@ from mtlkernels.methods import NashMTLWeighting
 from peers import torchjd_aggregation
 
 
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """K×K linear algebra gains nothing from torch's thread pool, and on a loaded machine its
+    spin-waits make each tiny LAPACK call take milliseconds."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _peer(K: int, **options):
     return torchjd_aggregation().NashMTL(n_tasks=K, **options)
 
