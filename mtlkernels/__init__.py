@@ -1,20 +1,30 @@
 """mtlkernels: multi-task gradient-conflict methods at the cost of two passes over the gradients.
 
-Data path: losses → per-task gradients J [K, N] → Gram Γ = J·Jᵀ (:mod:`mtlkernels.gram`) →
-K-space solve (:mod:`mtlkernels.methods`) → d = wᵀJ (:mod:`mtlkernels.combine`) → base optimizer.
+Data path: losses → per-task gradients J [K, N] (:mod:`mtlkernels.jacobian`) → Gram Γ = J·Jᵀ
+(:mod:`mtlkernels.gram`) → K-space solve (:mod:`mtlkernels.methods`) → d = wᵀJ
+(:mod:`mtlkernels.combine`) → the base optimizer (:mod:`mtlkernels.optim`).
 """
 from . import methods, reference
-from .aggregate import AggregationResult, Aggregator, aggregate
+from .aggregate import AggregationResult, Aggregator, NashMTLAggregator, aggregate
 from .combine import combine
 from .gram import gram
 from .methods import METHODS, Weighting
+from .optim import CAGrad, IMTL, MGDAUB, MultiTaskOptimizer, NashMTL, NonFiniteError, PCGrad
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CAGrad",
+    "IMTL",
+    "MGDAUB",
     "METHODS",
     "AggregationResult",
     "Aggregator",
+    "MultiTaskOptimizer",
+    "NashMTL",
+    "NashMTLAggregator",
+    "NonFiniteError",
+    "PCGrad",
     "Weighting",
     "aggregate",
     "combine",

@@ -151,3 +151,15 @@ def aggregate(
     """
     agg = Aggregator(method, backend=backend, check_finite=check_finite, **options)
     return agg(J, losses=losses, out=out, accumulate=accumulate)
+
+
+class NashMTLAggregator(Aggregator):
+    """Stateful Nash-MTL applied to task gradients, ``agg(J)`` once per training step.
+
+    Same options as :class:`mtlkernels.methods.NashMTLWeighting`; ``state_dict``/
+    ``load_state_dict``/``reset`` carry α and the step counter across steps (the warm start and
+    ``update_weights_every``), which :func:`aggregate` — fresh state every call — cannot.
+    """
+
+    def __init__(self, *, backend: str = "auto", check_finite: bool | None = None, **options: Any) -> None:
+        super().__init__("nash_mtl", backend=backend, check_finite=check_finite, **options)

@@ -341,7 +341,7 @@ def test_aggregate_is_stateless():
 
 
 def test_nash_mtl_aggregator_class():
-    NashMTLAggregator = nash_module.NashMTLAggregator
+    NashMTLAggregator = mk.NashMTLAggregator
     agg = NashMTLAggregator(update_weights_every=2, backend="torch")
     assert isinstance(agg, mk.Aggregator) and agg.method == "nash_mtl"
     assert agg.weighting.update_weights_every == 2
