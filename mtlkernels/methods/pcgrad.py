@@ -42,10 +42,18 @@ def check_order(order: Any) -> Tensor:
     return order
 
 
-def draw_orders(K: int, generator: torch.Generator | None) -> Tensor:
+def draw_orders(K: int, generator: torch.Generator | None, device: torch.device | None = None) -> Tensor:
     """Fresh visiting orders [K, K]: keys = torch.rand(K, K, float64); row i is i first (a no-op
     visit), then the other tasks by increasing key — a uniform random permutation of the others
-    per task, as in the paper's Algorithm 1. ``generator=None`` draws from torch's global RNG."""
+    per task, as in the paper's Algorithm 1. ``generator=None`` draws from torch's global RNG.
+
+    With a CUDA ``device`` the orders are made there; without a generator the keys are drawn there
+    too, from the device's RNG, so no host round trip happens and the draw is graph-capturable."""
+    if device is not None and device.type != "cpu":
+        keys = torch.rand(K, K, generator=generator, dtype=torch.float64, device="cpu" if generator is not None else device)
+        keys = keys.to(device, non_blocking=True)
+        keys.diagonal().fill_(-1.0)
+        return torch.argsort(keys, dim=1, stable=True)
     keys = torch.rand(K, K, generator=generator, dtype=torch.float64).numpy()
     np.fill_diagonal(keys, -1.0)
     return torch.from_numpy(np.argsort(keys, axis=1))
@@ -106,6 +114,18 @@ def _solve_cpp(self: "PCGradWeighting", gram: Tensor, losses: Tensor | None) -> 
     return Solution(weights if gram.device.type == "cpu" else weights.to(gram.device), diagnostics)
 
 
+def _solve_triton(self: "PCGradWeighting", gram: Tensor, losses: Tensor | None) -> Solution:
+    """The single-program Triton solve (:mod:`mtlkernels.kernels.solve_pcgrad`): no host sync.
+
+    Diagnostics hold device tensors: "projections" (0-d) and "order"; the orthogonality residual
+    is not computed on the device."""
+    from ..kernels.solve_pcgrad import pcgrad_solve
+
+    order = self.visiting_orders(gram.shape[0], gram.device)
+    weights, projections = pcgrad_solve(gram.detach(), order, self.reduction == "mean")
+    return Solution(weights, {"projections": projections, "order": order})
+
+
 class PCGradWeighting(Weighting):
     """PCGrad: project each task gradient off the ones it conflicts with, in turn; sum the results.
 
@@ -117,7 +137,8 @@ class PCGradWeighting(Weighting):
             order) is ``torch.arange(K).repeat(K, 1)``.
         generator: CPU torch.Generator for fresh orders every call (see :func:`draw_orders`); with
             neither ``order`` nor ``generator``, orders come from torch's global RNG.
-        backend: "auto", "torch" or "cpp".
+        backend: "auto", "torch", "cpp" or "triton" (on-device; orders drawn on the device from
+            its RNG when no generator is given).
 
     Diagnostics: "projections" (number made), "orthogonality_residual" (max over projections of
     |(Γcᵢ)ⱼ| / Σₖ|Γⱼₖcᵢₖ| right after it: zero up to rounding), "order" (the [K, K] orders used).
@@ -144,17 +165,23 @@ class PCGradWeighting(Weighting):
                 raise ValueError(f"generator must be a CPU torch.Generator; got one on {generator.device}")
         self.reduction = reduction
         self.order = None if order is None else check_order(order)
+        self._order_on_device: Tensor | None = None
         self.generator = generator
 
-    def visiting_orders(self, K: int) -> Tensor:
-        """The [K, K] int64 orders of the next solve: the fixed ``order``, or freshly drawn ones."""
+    def visiting_orders(self, K: int, device: torch.device | None = None) -> Tensor:
+        """The [K, K] int64 orders of the next solve, on ``device`` (default CPU): the fixed
+        ``order`` (copied to a device once), or freshly drawn ones (:func:`draw_orders`)."""
         if self.order is None:
-            return draw_orders(K, self.generator)
+            return draw_orders(K, self.generator, device)
         if self.order.shape[0] != K:
             raise ValueError(f"order is {tuple(self.order.shape)} but there are K = {K} tasks")
-        return self.order
+        if device is None or device.type == "cpu":
+            return self.order
+        if self._order_on_device is None or self._order_on_device.device != device:
+            self._order_on_device = self.order.to(device)
+        return self._order_on_device
 
     def options(self) -> dict[str, Any]:
         return {"reduction": self.reduction, "order": self.order, "generator": self.generator, "backend": self.backend}
 
-    solvers = {"torch": _solve_torch, "cpp": _solve_cpp}
+    solvers = {"torch": _solve_torch, "cpp": _solve_cpp, "triton": _solve_triton}
