@@ -43,9 +43,9 @@ class ParameterRoles:
     """Which parameters get the aggregated direction and which their plain gradient.
 
     Attributes:
-        shared: parameters in the Gram/combination (reached by two or more tasks, or given).
-        private: the other parameters some task reaches (heads): they get ∇ Σ Lₖ.
-        private_tasks: for each private parameter, the tasks whose loss reaches it.
+        shared: parameters in the Gram/combination (used by two or more tasks, or given).
+        private: the other parameters some task uses (heads): they get ∇ Σ Lₖ.
+        private_tasks: for each private parameter, the tasks that use it.
     """
 
     shared: list[Tensor]
@@ -53,7 +53,7 @@ class ParameterRoles:
     private_tasks: list[tuple[int, ...]]
 
     def by_task(self, K: int) -> list[list[int]]:
-        """For each task, the indices of the private parameters its loss reaches."""
+        """For each task, the indices of the private parameters it uses."""
         owned: list[list[int]] = [[] for _ in range(K)]
         for j, tasks in enumerate(self.private_tasks):
             for k in tasks:
@@ -170,6 +170,11 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         self._patch_step_function()
         if num_tasks is not None:
             self._set_num_tasks(num_tasks)
+
+    @property
+    def roles(self) -> ParameterRoles | None:
+        """The shared and task-specific parameters (None until the first ``backward``)."""
+        return self._roles
 
     # -- the torch.optim.Optimizer surface, delegated to the wrapped optimizer ------------------
     @property

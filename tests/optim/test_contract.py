@@ -87,6 +87,11 @@ def test_is_a_torch_optimizer_sharing_groups_and_state():
     assert len(inner.state) == len(list(model.parameters()))
     opt.zero_grad()
     assert all(p.grad is None for p in model.parameters())
+    calls = []
+    handle = opt.register_step_post_hook(lambda optimizer, args, kwargs: calls.append(optimizer))
+    _train(model, opt, 2, 1)
+    handle.remove()
+    assert calls == [opt, opt]
     text = repr(opt)
     assert text.startswith("CAGrad(method='cagrad'") and "c=0.5" in text and "Adam" in text
 
@@ -121,7 +126,7 @@ def test_imtl_log_scales_group_and_add_param_group():
     _train(model, opt, 1, 0)
     assert all(p.grad is not None for p in model.parameters())
     assert not torch.equal(opt.log_scales.detach(), s_before)
-    assert {id(p) for p in opt._roles.shared} == {id(p) for p in model.trunk.parameters()}
+    assert {id(p) for p in opt.roles.shared} == {id(p) for p in model.trunk.parameters()}
 
 
 def _nan_in_trunk(model):

@@ -127,8 +127,8 @@ def test_explicit_shared_params_and_detected_roles():
     opt = NashMTL(torch.optim.SGD(model.parameters(), lr=0.1))
     opt.backward(task_losses(model, x, y)[0])
     trunk_ids = {id(p) for p in model.trunk.parameters()}
-    assert {id(p) for p in opt._roles.shared} == trunk_ids
-    assert opt._roles.private_tasks == [(0,), (0,), (1,), (1,), (2,), (2,)]
+    assert {id(p) for p in opt.roles.shared} == trunk_ids
+    assert opt.roles.private_tasks == [(0,), (0,), (1,), (1,), (2,), (2,)]
     detected = grads_of(model)
     model.zero_grad(set_to_none=True)
     explicit = NashMTL(torch.optim.SGD(model.parameters(), lr=0.1), shared_params=list(model.trunk.parameters()))
@@ -182,3 +182,16 @@ def test_diagnostics_are_plain_numbers():
     torch.testing.assert_close(last.gram, J @ J.T)
     expected_conflicts = sum(int((J[i] @ J[j]) < 0) for i in range(3) for j in range(i + 1, 3))
     assert facts["conflicts"] == expected_conflicts
+
+
+def test_losses_as_one_tensor_and_retain_graph():
+    model = TrunkHeads(K=3, seed=9)
+    x, y = batch(K=3)
+    opt = CAGrad(torch.optim.SGD(model.parameters(), lr=0.1))
+    opt.backward(task_losses(model, x, y)[0])
+    as_list = grads_of(model)
+    model.zero_grad(set_to_none=True)
+    losses, _ = task_losses(model, x, y)
+    opt.backward(torch.stack(losses), retain_graph=True)
+    _close(grads_of(model), as_list)
+    sum(losses).backward()  # the graph is still there
