@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from . import report
+from . import report, step
 from .suites import METHODS, aggregate_case, passes_case
 
 #: suite name → (device, K values, N values, dtypes, seconds of timing per measurement)
@@ -17,6 +17,10 @@ SUITES = {
     "cpu-small": ("cpu", (3, 8), (100_000, 1_000_000), ("float32",), 0.2),
     "cpu": ("cpu", (2, 4, 8, 16, 32, 64), (100_000, 1_000_000, 10_000_000), ("float32", "bfloat16"), 0.3),
     "gpu": ("cuda", (2, 8, 32), (1_000_000, 10_000_000, 100_000_000), ("float32", "bfloat16"), 0.3),
+    # training steps (mtlkernels/bench/step.py): N = trunk parameters, bfloat16 = autocast
+    "step-tiny": ("cpu", (2, 3), (100_000,), ("float32",), 0.01),
+    "step-cpu": ("cpu", (2, 4), (10_000_000,), ("float32",), 2.0),
+    "step-gpu": ("cuda", (2, 4, 8), (10_000_000, 100_000_000), ("float32", "bfloat16"), 0.5),
 }
 
 
@@ -50,14 +54,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     dtypes = [getattr(torch, d) for d in (args.dtype or dtypes)]
     min_time = args.min_time if args.min_time is not None else min_time
 
-    jobs = [("aggregate", m, K, N, dt) for dt in dtypes for N in Ns for K in Ks for m in args.methods]
-    if args.passes:
-        jobs += [("passes", op, K, N, dt) for dt in dtypes for N in Ns for K in Ks for op in ("gram", "combine")]
+    if args.suite.startswith("step"):
+        jobs = [(path, m, K, N, dt) for dt in dtypes for N in Ns for K in Ks for path in step.PATHS for m in args.methods]
+    else:
+        jobs = [("aggregate", m, K, N, dt) for dt in dtypes for N in Ns for K in Ks for m in args.methods]
+        if args.passes:
+            jobs += [("passes", op, K, N, dt) for dt in dtypes for N in Ns for K in Ks for op in ("gram", "combine")]
     rows, started = [], time.perf_counter()
     for i, (suite, name, K, N, dt) in enumerate(jobs):
         _progress(i, len(jobs), f"{suite} {name} K={K} N={N:.0e} {dt}", started)
         if suite == "aggregate":
             row = aggregate_case(name, K, N, dt, device, min_time, with_peers=args.peers)
+        elif suite in step.PATHS:
+            row = step.step_case(name, K, N, dt, device, min_time, with_peers=args.peers, features=step.PATHS[suite])
         else:
             row = passes_case(name, K, N, dt, device, min_time)
         rows.append(row.as_dict())
@@ -67,8 +76,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     env = report.environment()
     print(f"# {env['date']} · {env['processor']} ({env['cpu_count']} CPUs){' · ' + env['gpu'] if 'gpu' in env else ''} · "
           f"torch {env['torch']} · torchjd {env['torchjd']} · LibMTL {env['LibMTL']}")
-    print("# times are medians; floor = streaming reads of J measured in this run (2 for aggregate, 1 for a pass);")
-    print("# <peer>/ours = how many times slower the peer is on the same J")
+    if args.suite.startswith("step"):
+        print(step.LEGEND)
+    else:
+        print("# times are medians; floor = streaming reads of J measured in this run (2 for aggregate, 1 for a pass);")
+        print("# <peer>/ours = how many times slower the peer is on the same J")
     print(report.table(rows))
     command = "python -m mtlkernels.bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     paths = report.write(rows, args.out, command)
