@@ -3,8 +3,8 @@
 // Each column is Σ_k w_k·J[k, c], summed over k in order in float32 (float64 for float64 J),
 // then rounded once to the output's dtype (after adding the output's old value when accumulating).
 // Columns are independent, so the result does not depend on the thread count. The columns are
-// cut into chunks run in parallel; each chunk is walked kVectors vectors of columns at a time,
-// held in registers while the K rows stream past.
+// cut into chunks run in parallel; a chunk is walked in panels (the next one prefetched), and a
+// panel kVectors vectors of columns at a time, held in registers while the K rows stream past.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -18,6 +18,7 @@ namespace py = pybind11;
 
 constexpr int kVectors = 4;                 // vectors of columns accumulated in registers at once
 constexpr int64_t kChunkColumns = 1 << 14;  // columns per unit of parallel work
+constexpr int64_t kPanelBytes = 32 << 10;   // K rows × panel columns of J prefetched at a time
 
 template <typename In>
 using AccOf = std::conditional_t<std::is_same_v<In, double>, double, float>;
@@ -53,6 +54,19 @@ void combine_columns(const In* x, int64_t ld, int K, const AccOf<In>* w, Out* ou
     Acc acc = 0;
     for (int k = 0; k < K; ++k) acc += w[k] * to_float(x[k * ld + c]);
     out[c] = accumulate ? from_acc<Out>(static_cast<Sum>(to_float(out[c])) + static_cast<Sum>(acc)) : from_acc<Out>(acc);
+  }
+}
+
+// out[c] (+)= Σ_k w[k]·x[k·ld + c] for c < cols, panel by panel, each panel's successor (up to
+// `ahead` more columns of the block) prefetched before the panel is combined.
+template <typename In, typename Out>
+void combine_chunk(const In* x, int64_t ld, int K, const AccOf<In>* w, Out* out, int64_t cols, int64_t ahead,
+                   bool accumulate) {
+  const int64_t panel = std::max<int64_t>(kVectors * lanes<AccOf<In>>, kPanelBytes / (K * int64_t{sizeof(In)}));
+  for (int64_t c0 = 0; c0 < cols; c0 += panel) {
+    const int64_t width = std::min(panel, cols - c0);
+    prefetch_rows(x + c0 + width, ld, K, std::min(panel, cols + ahead - c0 - width));
+    combine_columns(x + c0, ld, K, w, out + c0, width, accumulate);
   }
 }
 
@@ -93,7 +107,8 @@ void combine_cpu(uintptr_t weights_ptr, const std::vector<uintptr_t>& pointers, 
       visit_dtype(out_types[chunk.block], [&](auto out_tag) {
         using Out = decltype(out_tag);
         Out* out = reinterpret_cast<Out*>(out_pointers[chunk.block]) + chunk.start;
-        combine_columns<In, Out>(x, block.row_stride, k, w, out, chunk.cols, accumulate);
+        combine_chunk<In, Out>(x, block.row_stride, k, w, out, chunk.cols, block.cols - chunk.start - chunk.cols,
+                               accumulate);
       });
     });
   }

@@ -241,6 +241,17 @@ inline std::vector<Block> make_blocks(const std::vector<uintptr_t>& pointers, co
   return blocks;
 }
 
+// Fetch `cols` columns of K rows (row_stride elements apart) into L2 ahead of their use: a pass
+// walks J panel by panel, K rows at once, and the hardware prefetchers, which stop at 4 KiB pages
+// and track few streams, fall behind; prefetching the next panel while this one is worked on
+// keeps the memory busy.
+template <typename In>
+inline void prefetch_rows(const In* x, int64_t row_stride, int K, int64_t cols) {
+  constexpr int64_t line = 64 / sizeof(In);
+  for (int r = 0; r < K; ++r)
+    for (int64_t c = 0; c < cols; c += line) __builtin_prefetch(x + r * row_stride + c, 0, 1);
+}
+
 // Below this many elements of J a pass runs on the calling thread (a parallel region costs more).
 constexpr int64_t kParallelMinElements = int64_t{1} << 16;
 

@@ -30,52 +30,12 @@ namespace py = pybind11;
 constexpr int kTileRows = 4;                  // Γ is computed in kTileRows × kTileRows tiles
 constexpr int kSlots = 64;                    // partial Γs: results are identical for ≤ kSlots threads
 constexpr int64_t kPartialBytes = 64 << 20;   // fewer slots when kSlots partial Γs would not fit
-constexpr int64_t kPanelBytes = 64 << 10;     // one converted panel of all rows (L2-resident)
+constexpr int64_t kPanelBytes = 64 << 10;     // one panel of all rows, as the tiles read it (L2-resident)
 constexpr int64_t kMinPanelVectors = 16;
-constexpr int64_t kMaxPanelVectors = 128;     // terms per lane summed in Acc before adding in double
+constexpr int64_t kMaxPanelVectors = 128;     // a lane sums ≤ 128 steps in float32 before adding in double
 constexpr int64_t kChunkColumns = 16384;      // columns per unit of parallel work (about)
-constexpr float kSafeMin = 0x1p-40f;          // bfloat16 rows with max |x| in [kSafeMin, kSafeMax]
-constexpr float kSafeMax = 0x1p40f;           // (or 0) are accumulated in float32
-
-template <typename Acc>
-using Vec = SimdOf<Acc, lanes<Acc>>;
-// Per-lane running sums of one entry of Γ, kept in double across the panels of a slot.
-template <typename Acc>
-using LaneSums = SimdOf<double, lanes<Acc>>;
-
-// Vectors of columns per panel: rows × vectors of Acc in about kPanelBytes.
-template <typename Acc>
-int64_t panel_vectors(int rows) {
-  return std::clamp<int64_t>(kPanelBytes / (rows * int64_t{sizeof(Vec<Acc>)}), kMinPanelVectors, kMaxPanelVectors);
-}
-
-// scratch[r, c] = x[r·row_stride + c] as Acc for r < K, c < cols, zero-padded to whole vectors,
-// while the next `ahead` columns of every row are prefetched (the next panel: the hardware
-// prefetchers stop at 4 KiB pages, and would idle while the tiles run). For bfloat16 also raise
-// row_max_bits[r] to the largest |x| seen (as bits: monotonic in |x|, NaN above all).
-template <typename In, typename Acc>
-void load_panel(const In* x, int64_t row_stride, int K, int64_t cols, int64_t ahead, int64_t ld, Acc* scratch,
-                uint16_t* row_max_bits) {
-  constexpr int n = lanes<Acc>;
-  constexpr int64_t line = 64 / sizeof(In);
-  const int64_t whole = cols / n * n, padded = (cols + n - 1) / n * n;
-  for (int r = 0; r < K; ++r) {
-    const In* src = x + r * row_stride;
-    for (int64_t c = 0; c < ahead; c += line) __builtin_prefetch(src + cols + c, 0, 1);
-    Acc* dst = scratch + r * ld;
-    for (int64_t c = 0; c < whole; c += n) {
-      const Vec<Acc> v = load_as<Acc, n>(src + c);
-      std::memcpy(dst + c, &v, sizeof v);
-    }
-    for (int64_t c = whole; c < cols; ++c) dst[c] = to_float(src[c]);
-    for (int64_t c = cols; c < padded; ++c) dst[c] = 0;
-    if constexpr (std::is_same_v<In, BFloat16> && std::is_same_v<Acc, float>) {
-      uint16_t m = row_max_bits[r];
-      for (int64_t c = 0; c < cols; ++c) m = std::max<uint16_t>(m, src[c].bits & 0x7FFF);
-      row_max_bits[r] = m;
-    }
-  }
-}
+constexpr float kSafeMin = 0x1p-32f;          // bfloat16 rows with max |x| in [kSafeMin, kSafeMax]
+constexpr float kSafeMax = 0x1p32f;           // (or 0) are summed in float32
 
 // v, loaded into a register once: stops the compiler from folding the load into each of the four
 // FMAs that use it (four loads per value would make the tile load-bound, not FMA-bound).
@@ -87,24 +47,157 @@ inline V in_register(V v) {
   return v;
 }
 
-// sums[p·kTileRows + q] += per-lane Σ_c x[i0+p, c]·x[j0+q, c] over `vectors` whole vectors of
-// columns, the products summed in Acc. Diagonal tiles (i0 == j0) fill q ≥ p only.
-template <typename Acc, bool Diagonal>
-void gram_tile(const Acc* rows_i, const Acc* rows_j, int64_t ld, int64_t vectors, LaneSums<Acc>* sums) {
-  constexpr int n = lanes<Acc>;
-  Vec<Acc> acc[kTileRows][kTileRows];
-  for (int p = 0; p < kTileRows; ++p)
-    for (int q = 0; q < kTileRows; ++q) acc[p][q] = Vec<Acc>{};
+// How a tile multiplies (Math: double, float, WidenedFloat or BFloat16): the element type it
+// reads, how a vector of `columns` columns of one row is loaded, and acc += a·b in `lanes` lanes
+// (each lane summing the products of its columns).
+template <typename Math>
+struct TileMath {  // float64 or float32 elements, one column per lane, FMA
+  using Element = Math;
+  static constexpr int columns = lanes<Math>, lanes = columns;
+  using Vector = SimdOf<Math, columns>;
+  using Acc = Vector;
+  static Vector load(const Element* p) { return in_register(load_as<Math, columns>(p)); }
+  static Acc mac(Acc acc, Vector a, Vector b) { return acc + a * b; }
+};
+
+struct WidenedFloat;  // float32 elements, converted to float64 as they are loaded
+template <>
+struct TileMath<WidenedFloat> : TileMath<double> {
+  using Element = float;
+  static Vector load(const float* p) { return in_register(load_as<double, columns>(p)); }
+};
+
+#if defined(__AVX512BF16__)
+template <>
+struct TileMath<BFloat16> {  // bfloat16 pairs: lane l sums x[2l]·y[2l] + x[2l+1]·y[2l+1] in float32
+  using Element = BFloat16;
+  static constexpr int columns = 32, lanes = 16;
+  using Vector = __m512bh;
+  using Acc = __m512;
+  static Vector load(const BFloat16* p) { return in_register((__m512bh)_mm512_loadu_si512(p)); }
+  static Acc mac(Acc acc, Vector a, Vector b) { return _mm512_dpbf16_ps(acc, a, b); }
+};
+#endif
+
+template <typename Math>
+using ElementOf = typename TileMath<Math>::Element;
+
+// Per-lane running sums of one entry of Γ, in double across the panels of a slot.
+template <typename Math>
+using LaneSums = SimdOf<double, TileMath<Math>::lanes>;
+
+// sums[p·kTileRows + q] += per lane Σ x[i0+p, c]·x[j0+q, c] for p < RI, q < RJ over `vectors`
+// vectors of columns (rows ld elements apart). Diagonal tiles (i0 == j0) fill q ≥ p only.
+template <typename Math, bool Diagonal, int RI, int RJ>
+void gram_tile(const ElementOf<Math>* rows_i, const ElementOf<Math>* rows_j, int64_t ld, int64_t vectors,
+               LaneSums<Math>* sums) {
+  using T = TileMath<Math>;
+  typename T::Acc acc[RI][RJ];
+  for (int p = 0; p < RI; ++p)
+    for (int q = 0; q < RJ; ++q) acc[p][q] = typename T::Acc{};
   for (int64_t v = 0; v < vectors; ++v) {
-    Vec<Acc> a[kTileRows], b[kTileRows];
-    for (int p = 0; p < kTileRows; ++p) a[p] = in_register(load_as<Acc, n>(rows_i + p * ld + v * n));
-    for (int q = 0; q < kTileRows; ++q) b[q] = Diagonal ? a[q] : in_register(load_as<Acc, n>(rows_j + q * ld + v * n));
-    for (int p = 0; p < kTileRows; ++p)
-      for (int q = Diagonal ? p : 0; q < kTileRows; ++q) acc[p][q] += a[p] * b[q];
+    typename T::Vector a[RI], b[RJ];
+    for (int p = 0; p < RI; ++p) a[p] = T::load(rows_i + p * ld + v * T::columns);
+    for (int q = 0; q < RJ; ++q) b[q] = Diagonal ? a[q] : T::load(rows_j + q * ld + v * T::columns);
+    for (int p = 0; p < RI; ++p)
+      for (int q = Diagonal ? p : 0; q < RJ; ++q) acc[p][q] = T::mac(acc[p][q], a[p], b[q]);
   }
-  for (int p = 0; p < kTileRows; ++p)
-    for (int q = Diagonal ? p : 0; q < kTileRows; ++q)
-      sums[p * kTileRows + q] += __builtin_convertvector(acc[p][q], LaneSums<Acc>);
+  for (int p = 0; p < RI; ++p)
+    for (int q = Diagonal ? p : 0; q < RJ; ++q)
+      sums[p * kTileRows + q] += __builtin_convertvector(acc[p][q], LaneSums<Math>);
+}
+
+template <typename Math>
+using TileFn = void (*)(const ElementOf<Math>*, const ElementOf<Math>*, int64_t, int64_t, LaneSums<Math>*);
+
+template <typename Math, int RI>
+TileFn<Math> off_diagonal_tile(int rj) {
+  switch (rj) {
+    case 1: return &gram_tile<Math, false, RI, 1>;
+    case 2: return &gram_tile<Math, false, RI, 2>;
+    case 3: return &gram_tile<Math, false, RI, 3>;
+    default: return &gram_tile<Math, false, RI, kTileRows>;
+  }
+}
+
+// The tile for ri × rj live rows (only the last group of rows has fewer than kTileRows).
+template <typename Math>
+TileFn<Math> pick_tile(bool diagonal, int ri, int rj) {
+  switch (ri) {
+    case 1: return diagonal ? &gram_tile<Math, true, 1, 1> : off_diagonal_tile<Math, 1>(rj);
+    case 2: return diagonal ? &gram_tile<Math, true, 2, 2> : off_diagonal_tile<Math, 2>(rj);
+    case 3: return diagonal ? &gram_tile<Math, true, 3, 3> : off_diagonal_tile<Math, 3>(rj);
+    default: return diagonal ? &gram_tile<Math, true, kTileRows, kTileRows> : off_diagonal_tile<Math, kTileRows>(rj);
+  }
+}
+
+// sums += every tile of Γ over `vectors` vectors of columns of the K rows at x (ld apart).
+template <typename Math>
+void add_tiles(const ElementOf<Math>* x, int64_t ld, int K, int64_t vectors, LaneSums<Math>* sums) {
+  for (int i0 = 0; i0 < K; i0 += kTileRows)
+    for (int j0 = i0; j0 < K; j0 += kTileRows, sums += kTileRows * kTileRows)
+      pick_tile<Math>(i0 == j0, std::min(kTileRows, K - i0), std::min(kTileRows, K - j0))(x + i0 * ld, x + j0 * ld, ld,
+                                                                                         vectors, sums);
+}
+
+// dst[r·ld + c] = x[r·row_stride + c] as Element for c < cols, zero up to `padded` columns.
+template <typename In, typename Element>
+void convert_rows(const In* x, int64_t row_stride, int K, int64_t cols, int64_t padded, int64_t ld, Element* dst) {
+  for (int r = 0; r < K; ++r) {
+    const In* src = x + r * row_stride;
+    Element* row = dst + r * ld;
+    if constexpr (std::is_same_v<In, Element>) {
+      std::memcpy(static_cast<void*>(row), src, cols * sizeof(Element));
+    } else {
+      constexpr int n = lanes<Element>;
+      int64_t c = 0;
+      for (; c + n <= cols; c += n) {
+        const SimdOf<Element, n> v = load_as<Element, n>(src + c);
+        std::memcpy(row + c, &v, sizeof v);
+      }
+      for (; c < cols; ++c) row[c] = to_float(src[c]);
+    }
+    std::memset(static_cast<void*>(row + cols), 0, (padded - cols) * sizeof(Element));
+  }
+}
+
+// What one thread works with: a panel buffer for converted (or tail) columns, and the lane sums.
+template <typename Math>
+struct Workspace {
+  int K;
+  int64_t ld;                 // columns per panel (whole vectors)
+  ElementOf<Math>* panel;     // [K][ld]
+  LaneSums<Math>* sums;       // [tile][kTileRows·kTileRows], tiles (i0, j0 ≥ i0) in loop order
+};
+
+// sums += Γ of the K × cols panel at x (rows row_stride apart): read in place when J holds the
+// tiles' element type, else converted into the workspace first; the columns past the last whole
+// vector are copied, zero-padded, into the workspace either way.
+template <typename In, typename Math>
+void add_panel(const In* x, int64_t row_stride, int64_t cols, const Workspace<Math>& ws) {
+  constexpr int columns = TileMath<Math>::columns;
+  const int64_t whole = cols / columns, padded = (cols + columns - 1) / columns * columns;
+  if constexpr (std::is_same_v<In, ElementOf<Math>>) {
+    if (whole > 0) add_tiles<Math>(x, row_stride, ws.K, whole, ws.sums);
+    if (padded > whole * columns) {
+      convert_rows(x + whole * columns, row_stride, ws.K, cols - whole * columns, columns, ws.ld, ws.panel);
+      add_tiles<Math>(ws.panel, ws.ld, ws.K, 1, ws.sums);
+    }
+  } else {
+    convert_rows(x, row_stride, ws.K, cols, padded, ws.ld, ws.panel);
+    add_tiles<Math>(ws.panel, ws.ld, ws.K, padded / columns, ws.sums);
+  }
+}
+
+// row_max_bits[r] = max(row_max_bits[r], bits of max |x[r, c]|) over c < cols (bfloat16 bits are
+// monotonic in |x| once the sign is cleared; NaN sorts above every number).
+void track_row_max(const BFloat16* x, int64_t row_stride, int K, int64_t cols, uint16_t* row_max_bits) {
+  for (int r = 0; r < K; ++r) {
+    uint16_t m = row_max_bits[r];
+    const BFloat16* src = x + r * row_stride;
+    for (int64_t c = 0; c < cols; ++c) m = std::max<uint16_t>(m, src[c].bits & 0x7FFF);
+    row_max_bits[r] = m;
+  }
 }
 
 // Packed upper triangle of Γ: entry (i, j), i ≤ j, at row_offset[i] + j.
@@ -114,66 +207,50 @@ std::vector<int64_t> packed_row_offsets(int K) {
   return offsets;
 }
 
-// What one thread works with: its converted panel and the lane sums of every tile of Γ.
-template <typename Acc>
-struct Workspace {
-  int K, rows;
-  int64_t ld;  // columns of the panel (a multiple of the vector width)
-  Acc* panel;
-  LaneSums<Acc>* sums;  // [tile][kTileRows·kTileRows], tiles (i0, j0 ≥ i0) in loop order
-};
-
-// partial += Γ of the chunks [first, last): panel by panel into the lane sums, then one sum over
-// lanes per entry.
-template <typename In, typename Acc>
-void gram_slot(const std::vector<Block>& blocks, const Chunk* first, const Chunk* last, const Workspace<Acc>& ws,
+// partial = Γ of the chunks [first, last): panel by panel into the lane sums, then one sum over
+// lanes per entry. For bfloat16 J summed in float32, row_max_bits tracks each row's max |x|.
+template <typename In, typename Math>
+void gram_slot(const std::vector<Block>& blocks, const Chunk* first, const Chunk* last, const Workspace<Math>& ws,
                int64_t tiles, const std::vector<int64_t>& row_offset, double* partial, uint16_t* row_max_bits) {
-  constexpr int n = lanes<Acc>;
   const int K = ws.K;
-  std::fill(ws.sums, ws.sums + tiles * kTileRows * kTileRows, LaneSums<Acc>{});
+  std::fill(ws.sums, ws.sums + tiles * kTileRows * kTileRows, LaneSums<Math>{});
   for (const Chunk* chunk = first; chunk != last; ++chunk) {
     const Block& block = blocks[chunk->block];
     const In* x = static_cast<const In*>(block.data) + chunk->start;
     for (int64_t c0 = 0; c0 < chunk->cols; c0 += ws.ld) {
       const int64_t cols = std::min(ws.ld, chunk->cols - c0);
-      const int64_t ahead = std::min(ws.ld, block.cols - chunk->start - c0 - cols);
-      load_panel<In, Acc>(x + c0, block.row_stride, K, cols, ahead, ws.ld, ws.panel, row_max_bits);
-      const int64_t vectors = (cols + n - 1) / n;
-      LaneSums<Acc>* sums = ws.sums;
-      for (int i0 = 0; i0 < ws.rows; i0 += kTileRows) {
-        const Acc* rows_i = ws.panel + i0 * ws.ld;
-        gram_tile<Acc, true>(rows_i, rows_i, ws.ld, vectors, sums);
-        sums += kTileRows * kTileRows;
-        for (int j0 = i0 + kTileRows; j0 < ws.rows; j0 += kTileRows, sums += kTileRows * kTileRows)
-          gram_tile<Acc, false>(rows_i, ws.panel + j0 * ws.ld, ws.ld, vectors, sums);
-      }
+      prefetch_rows(x + c0 + cols, block.row_stride, K, std::min(ws.ld, block.cols - chunk->start - c0 - cols));
+      if constexpr (std::is_same_v<In, BFloat16> && !std::is_same_v<Math, double>)
+        track_row_max(x + c0, block.row_stride, K, cols, row_max_bits);
+      add_panel<In, Math>(x + c0, block.row_stride, cols, ws);
     }
   }
-  const LaneSums<Acc>* sums = ws.sums;
-  for (int i0 = 0; i0 < ws.rows; i0 += kTileRows)
-    for (int j0 = i0; j0 < ws.rows; j0 += kTileRows, sums += kTileRows * kTileRows)
+  const LaneSums<Math>* sums = ws.sums;
+  for (int i0 = 0; i0 < K; i0 += kTileRows)
+    for (int j0 = i0; j0 < K; j0 += kTileRows, sums += kTileRows * kTileRows)
       for (int p = 0; p < kTileRows && i0 + p < K; ++p)
         for (int q = (i0 == j0 ? p : 0); q < kTileRows && j0 + q < K; ++q) {
           double sum = 0.0;
-          for (int l = 0; l < n; ++l) sum += sums[p * kTileRows + q][l];
+          for (int l = 0; l < TileMath<Math>::lanes; ++l) sum += sums[p * kTileRows + q][l];
           partial[row_offset[i0 + p] + j0 + q] = sum;
         }
 }
 
-// Γ (full symmetric K×K, row-major) accumulated in Acc. For bfloat16 J accumulated in float32,
-// returns false (and Γ is to be discarded) when some row's max |x| is outside the safe range.
-template <typename In, typename Acc>
+// Γ (full symmetric K×K, row-major) with tiles of the given Math. For bfloat16 J summed in
+// float32, returns false (and Γ is to be discarded) when some row's max |x| is outside the safe range.
+template <typename In, typename Math>
 bool gram_pass(const std::vector<Block>& blocks, int K, double* gram) {
-  constexpr bool track_range = std::is_same_v<In, BFloat16> && std::is_same_v<Acc, float>;
-  constexpr int n = lanes<Acc>;
-  const int rows = (K + kTileRows - 1) / kTileRows * kTileRows;
-  const int64_t tiles = int64_t{rows / kTileRows} * (rows / kTileRows + 1) / 2;
+  constexpr bool track_range = std::is_same_v<In, BFloat16> && !std::is_same_v<Math, double>;
+  constexpr int columns = TileMath<Math>::columns;
+  const int64_t groups = (K + kTileRows - 1) / kTileRows, tiles = groups * (groups + 1) / 2;
   int64_t widest = 0, elements = 0;
   for (const Block& block : blocks) {
     widest = std::max(widest, block.cols);
     elements += block.cols * K;
   }
-  const int64_t ld = std::min(panel_vectors<Acc>(rows), (widest + n - 1) / n) * n;
+  const int64_t panel_vectors =
+      std::clamp<int64_t>(kPanelBytes / (K * columns * int64_t{sizeof(ElementOf<Math>)}), kMinPanelVectors, kMaxPanelVectors);
+  const int64_t ld = std::min(panel_vectors, (widest + columns - 1) / columns) * columns;
   const std::vector<Chunk> chunks = split_columns(blocks, std::max<int64_t>(1, kChunkColumns / ld) * ld);
   const int64_t pairs = int64_t{K} * (K + 1) / 2;
   const int slots = static_cast<int>(std::min<int64_t>(
@@ -184,20 +261,20 @@ bool gram_pass(const std::vector<Block>& blocks, int K, double* gram) {
 
   const bool parallel = elements >= kParallelMinElements;
   const int threads = parallel ? omp_get_max_threads() : 1;
-  const size_t panel_size = static_cast<size_t>(rows) * ld, sums_size = tiles * kTileRows * kTileRows;
-  AlignedBuffer<Acc> panels(panel_size * threads);  // rows ≥ K stay zero
-  AlignedBuffer<LaneSums<Acc>> sums(sums_size * threads);
+  const size_t panel_size = static_cast<size_t>(K) * ld, sums_size = tiles * kTileRows * kTileRows;
+  AlignedBuffer<ElementOf<Math>> panels(panel_size * threads);
+  AlignedBuffer<LaneSums<Math>> sums(sums_size * threads);
 
 #pragma omp parallel num_threads(threads) if (parallel)
   {
     const int t = omp_get_thread_num();
-    const Workspace<Acc> ws{K, rows, ld, panels.get() + panel_size * t, sums.get() + sums_size * t};
+    const Workspace<Math> ws{K, ld, panels.get() + panel_size * t, sums.get() + sums_size * t};
 #pragma omp for schedule(dynamic, 1)
     for (int s = 0; s < slots; ++s) {
       const size_t first = chunks.size() * s / slots, last = chunks.size() * (s + 1) / slots;
-      gram_slot<In, Acc>(blocks, chunks.data() + first, chunks.data() + last, ws, tiles, row_offset,
-                         partials.data() + static_cast<size_t>(s) * pairs,
-                         track_range ? slot_max_bits.data() + static_cast<size_t>(s) * K : nullptr);
+      gram_slot<In, Math>(blocks, chunks.data() + first, chunks.data() + last, ws, tiles, row_offset,
+                            partials.data() + static_cast<size_t>(s) * pairs,
+                            track_range ? slot_max_bits.data() + static_cast<size_t>(s) * K : nullptr);
     }
   }
 
@@ -218,6 +295,14 @@ bool gram_pass(const std::vector<Block>& blocks, int K, double* gram) {
   return true;
 }
 
+// bfloat16 J: pairs of columns through the AVX512-BF16 dot product where the target has it,
+// otherwise converted to float32.
+#if defined(__AVX512BF16__)
+using BFloat16Tiles = BFloat16;
+#else
+using BFloat16Tiles = float;
+#endif
+
 // Γ of the blocks into the float64 [K, K] buffer at gram_ptr (see the launcher, mtlkernels/gram.py).
 void gram_cpu(const std::vector<uintptr_t>& pointers, const std::vector<int64_t>& cols,
               const std::vector<int64_t>& row_strides, int64_t K, const std::string& dtype, uintptr_t gram_ptr) {
@@ -230,8 +315,11 @@ void gram_cpu(const std::vector<uintptr_t>& pointers, const std::vector<int64_t>
   const int k = static_cast<int>(K);
   py::gil_scoped_release release;
   switch (type) {
-    case DType::Float32:
-      gram_pass<float, double>(blocks, k, gram);
+    case DType::Float32:  // up to two groups of rows, each row is loaded once or twice: convert it then
+      if (K <= 2 * kTileRows)
+        gram_pass<float, WidenedFloat>(blocks, k, gram);
+      else
+        gram_pass<float, double>(blocks, k, gram);
       break;
     case DType::Float64:
       gram_pass<double, double>(blocks, k, gram);
@@ -240,7 +328,7 @@ void gram_cpu(const std::vector<uintptr_t>& pointers, const std::vector<int64_t>
       gram_pass<Half, float>(blocks, k, gram);
       break;
     case DType::BFloat16:
-      if (!gram_pass<BFloat16, float>(blocks, k, gram)) gram_pass<BFloat16, double>(blocks, k, gram);
+      if (!gram_pass<BFloat16, BFloat16Tiles>(blocks, k, gram)) gram_pass<BFloat16, double>(blocks, k, gram);
       break;
   }
 }
