@@ -53,7 +53,8 @@ void combine_columns(const In* x, int64_t ld, int K, const AccOf<In>* w, Out* ou
   for (int64_t c = c0; c < cols; ++c) {
     Acc acc = 0;
     for (int k = 0; k < K; ++k) acc += w[k] * to_float(x[k * ld + c]);
-    out[c] = accumulate ? from_acc<Out>(static_cast<Sum>(to_float(out[c])) + static_cast<Sum>(acc)) : from_acc<Out>(acc);
+    out[c] = accumulate ? from_acc<Out>(static_cast<Sum>(to_float(out[c])) + static_cast<Sum>(acc))
+                        : from_acc<Out>(acc);
   }
 }
 

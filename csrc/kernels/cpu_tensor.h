@@ -109,6 +109,10 @@ inline SimdOf<float, n> half_to_float(const Half* p) {
   return f;
 }
 
+#if defined(__F16C__) || defined(__AVX512F__)
+constexpr int kRoundToNearest = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+#endif
+
 template <int n>
 inline void float_to_half(Half* p, SimdOf<float, n> f) {
 #if defined(__AVX512F__)
@@ -116,8 +120,8 @@ inline void float_to_half(Half* p, SimdOf<float, n> f) {
     for (int i = 0; i < n; i += 16) {
       __m512 v;
       std::memcpy(&v, reinterpret_cast<const char*>(&f) + i * sizeof(float), sizeof v);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + i),
-                          _mm512_maskz_cvtps_ph(static_cast<__mmask16>(-1), v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+      const __m256i h = _mm512_maskz_cvtps_ph(static_cast<__mmask16>(-1), v, kRoundToNearest);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + i), h);
     }
     return;
   }
@@ -127,7 +131,7 @@ inline void float_to_half(Half* p, SimdOf<float, n> f) {
     for (int i = 0; i < n; i += 8) {
       __m256 v;
       std::memcpy(&v, reinterpret_cast<const char*>(&f) + i * sizeof(float), sizeof v);
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(p + i), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(p + i), _mm256_cvtps_ph(v, kRoundToNearest));
     }
     return;
   }
@@ -229,7 +233,8 @@ inline std::vector<Chunk> split_columns(const std::vector<Block>& blocks, int64_
 inline std::vector<Block> make_blocks(const std::vector<uintptr_t>& pointers, const std::vector<int64_t>& cols,
                                       const std::vector<int64_t>& row_strides) {
   if (pointers.empty() || pointers.size() != cols.size() || cols.size() != row_strides.size())
-    throw std::invalid_argument("blocks: pointers, column counts and row strides must be non-empty lists of one length");
+    throw std::invalid_argument(
+        "blocks: pointers, column counts and row strides must be non-empty lists of one length");
   std::vector<Block> blocks;
   for (size_t i = 0; i < pointers.size(); ++i) {
     if (cols[i] < 0 || row_strides[i] < 0)

@@ -1,18 +1,19 @@
 // Pass 1 on the CPU: the Gram matrix Γ = J·Jᵀ (K×K, float64), reading J once.
 //
 // J arrives as blocks [K, n_i] (row stride free, columns contiguous). The columns are cut into
-// panels: one panel of all K rows is converted to the accumulation type into an L2-resident buffer
-// (while the next panel is prefetched), then all K(K+1)/2 products are added in 4×4 tiles of Γ
-// held in vector registers, into per-lane running sums in double.
-// Panels are grouped into chunks, the chunks dealt in order to a fixed number of slots, each with
-// its own partial Γ, and the slots summed in order: the result depends on neither scheduling nor
-// the thread count.
+// panels of all K rows (≈ kPanelBytes). A panel is read in place when J holds what the tiles
+// multiply, else converted once into an L2-resident buffer; all K(K+1)/2 products are then added
+// in 4×4 tiles of Γ held in vector registers, into per-lane running sums in double, while the
+// next panel is prefetched. Panels are grouped into chunks, the chunks dealt in order to a fixed
+// number of slots, each with its own partial Γ, and the slots summed in order: the result depends
+// on neither scheduling nor the thread count.
 //
 // Accuracy. float32/float64 J: products and sums in float64 (the product of two floats is exact
 // in double). float16 J: products in float32 are exact (11 + 11 significant bits) and cannot
-// overflow or underflow; they are summed in float32 along one panel (≤ 128 terms per lane), then
-// in float64. bfloat16 J: the same while every row's largest |x| is 0 or in [2^-40, 2^40], where
-// products are exact and far from float32's range limits; otherwise the pass is redone in float64.
+// overflow or underflow; they are summed in float32 along one panel (≤ 128 steps per lane), then
+// in float64. bfloat16 J: the same (through AVX512-BF16 dot products where available) while every
+// row's largest |x| is 0 or in [2^-32, 2^32], where no float32 product or panel sum overflows and
+// the products flushed to zero are negligible; otherwise the pass is redone in float64.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -135,9 +136,10 @@ TileFn<Math> pick_tile(bool diagonal, int ri, int rj) {
 template <typename Math>
 void add_tiles(const ElementOf<Math>* x, int64_t ld, int K, int64_t vectors, LaneSums<Math>* sums) {
   for (int i0 = 0; i0 < K; i0 += kTileRows)
-    for (int j0 = i0; j0 < K; j0 += kTileRows, sums += kTileRows * kTileRows)
-      pick_tile<Math>(i0 == j0, std::min(kTileRows, K - i0), std::min(kTileRows, K - j0))(x + i0 * ld, x + j0 * ld, ld,
-                                                                                         vectors, sums);
+    for (int j0 = i0; j0 < K; j0 += kTileRows, sums += kTileRows * kTileRows) {
+      const TileFn<Math> tile = pick_tile<Math>(i0 == j0, std::min(kTileRows, K - i0), std::min(kTileRows, K - j0));
+      tile(x + i0 * ld, x + j0 * ld, ld, vectors, sums);
+    }
 }
 
 // dst[r·ld + c] = x[r·row_stride + c] as Element for c < cols, zero up to `padded` columns.
@@ -210,8 +212,9 @@ std::vector<int64_t> packed_row_offsets(int K) {
 // partial = Γ of the chunks [first, last): panel by panel into the lane sums, then one sum over
 // lanes per entry. For bfloat16 J summed in float32, row_max_bits tracks each row's max |x|.
 template <typename In, typename Math>
-void gram_slot(const std::vector<Block>& blocks, const Chunk* first, const Chunk* last, const Workspace<Math>& ws,
-               int64_t tiles, const std::vector<int64_t>& row_offset, double* partial, uint16_t* row_max_bits) {
+void gram_slot(const std::vector<Block>& blocks, const Chunk* first, const Chunk* last,
+               const Workspace<Math>& ws, int64_t tiles, const std::vector<int64_t>& row_offset, double* partial,
+               uint16_t* row_max_bits) {
   const int K = ws.K;
   std::fill(ws.sums, ws.sums + tiles * kTileRows * kTileRows, LaneSums<Math>{});
   for (const Chunk* chunk = first; chunk != last; ++chunk) {
@@ -248,8 +251,9 @@ bool gram_pass(const std::vector<Block>& blocks, int K, double* gram) {
     widest = std::max(widest, block.cols);
     elements += block.cols * K;
   }
+  const int64_t vector_bytes = columns * int64_t{sizeof(ElementOf<Math>)};
   const int64_t panel_vectors =
-      std::clamp<int64_t>(kPanelBytes / (K * columns * int64_t{sizeof(ElementOf<Math>)}), kMinPanelVectors, kMaxPanelVectors);
+      std::clamp<int64_t>(kPanelBytes / (K * vector_bytes), kMinPanelVectors, kMaxPanelVectors);
   const int64_t ld = std::min(panel_vectors, (widest + columns - 1) / columns) * columns;
   const std::vector<Chunk> chunks = split_columns(blocks, std::max<int64_t>(1, kChunkColumns / ld) * ld);
   const int64_t pairs = int64_t{K} * (K + 1) / 2;
@@ -273,8 +277,8 @@ bool gram_pass(const std::vector<Block>& blocks, int K, double* gram) {
     for (int s = 0; s < slots; ++s) {
       const size_t first = chunks.size() * s / slots, last = chunks.size() * (s + 1) / slots;
       gram_slot<In, Math>(blocks, chunks.data() + first, chunks.data() + last, ws, tiles, row_offset,
-                            partials.data() + static_cast<size_t>(s) * pairs,
-                            track_range ? slot_max_bits.data() + static_cast<size_t>(s) * K : nullptr);
+                          partials.data() + static_cast<size_t>(s) * pairs,
+                          track_range ? slot_max_bits.data() + static_cast<size_t>(s) * K : nullptr);
     }
   }
 
@@ -315,7 +319,7 @@ void gram_cpu(const std::vector<uintptr_t>& pointers, const std::vector<int64_t>
   const int k = static_cast<int>(K);
   py::gil_scoped_release release;
   switch (type) {
-    case DType::Float32:  // up to two groups of rows, each row is loaded once or twice: convert it then
+    case DType::Float32:  // K ≤ 8: each row is loaded by at most two tiles, widen it as it is loaded
       if (K <= 2 * kTileRows)
         gram_pass<float, WidenedFloat>(blocks, k, gram);
       else
@@ -341,7 +345,8 @@ double read_floor_cpu(const std::vector<uintptr_t>& pointers, const std::vector<
   const std::vector<Block> blocks = make_blocks(pointers, cols, row_strides);
   std::vector<Chunk> runs;
   for (const Chunk& chunk : split_columns(blocks, kRun))
-    for (int64_t r = 0; r < K; ++r) runs.push_back({chunk.block, chunk.start + r * blocks[chunk.block].row_stride, chunk.cols});
+    for (int64_t r = 0; r < K; ++r)
+      runs.push_back({chunk.block, chunk.start + r * blocks[chunk.block].row_stride, chunk.cols});
   const DType type = parse_dtype(dtype, "J");
   py::gil_scoped_release release;
   double total = 0.0;
