@@ -1,0 +1,356 @@
+"""On-device CAGrad solve: one Triton program, Γ in float64 registers, no host synchronisation.
+
+d = argmax_{‖d − g₀‖ ≤ √φ} minᵢ gᵢ·d = g₀ + Jᵀu, φ = c²‖g₀‖², weights (1/K + u)·factor (Liu et al.,
+"Conflict-Averse Gradient Descent for Multi-task Learning", NeurIPS 2021), by csrc/solvers/cagrad.h's
+exact algorithm: with A = Γ/tr Γ and b = A𝟙/K, u(μ) = argmin_{u≥0} ½uᵀAu + (b − μ𝟙)ᵀu follows a
+piecewise-linear path in μ (tasks enter and leave the active set S at breakpoints) until uᵀAu = φ;
+the last face is re-solved directly and its active set checked task by task; a hull of the
+gradients containing 0 stops the path at μ = 0 (the degenerate case, its dual point by
+Lawson–Hanson). Systems on S go through the unit-diagonal A_SS/(σσᵀ): Cholesky, or least squares
+on its Jacobi eigen-decomposition once Cholesky finds it singular. Ties are broken as there
+(entering task: lowest index; leaving task: earliest added); the Cholesky factorisations run in
+task-index order (insertion order there), which changes rounding only.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from ..methods import cagrad
+from ..methods.base import Solution
+from . import kspace
+
+#: the largest K solved in registers (BLOCK_K ≤ 64); beyond it the torch solver runs
+MAX_TASKS = 64
+
+# csrc/solvers/cagrad.h's tolerances
+PIVOT_TOLERANCE = tl.constexpr(1e-14)
+EIGEN_RCOND = tl.constexpr(1e-12)
+CONSISTENCY_TOLERANCE = tl.constexpr(1e-6)
+REFINE_TOLERANCE = tl.constexpr(1e-13)
+HULL_TOLERANCE = tl.constexpr(1e-14)
+#: Jacobi sweeps of the singular systems' eigen-decomposition (csrc/solvers/dense.h's default)
+MAX_SWEEPS = tl.constexpr(64)
+#: the smallest normal double (std::numeric_limits<double>::min())
+TINY = tl.constexpr(2.2250738585072014e-308)
+#: a timestamp later than any insertion
+NEVER = tl.constexpr(2**30)
+
+# path events
+BALL = tl.constexpr(0)
+CAP = tl.constexpr(1)
+ENTER = tl.constexpr(2)
+LEAVE = tl.constexpr(3)
+
+
+@triton.jit
+def _cagrad_active_solve(A, sigma, S, y1, y2, K, BLOCK_K: tl.constexpr, PAIR: tl.constexpr):
+    """x with A_SS·x = y (for y1, and y2 when PAIR), through M = A_SS/(σσᵀ): Cholesky, or least
+    squares without M's eigenvalues below EIGEN_RCOND·λ_max once Cholesky fails. Returns
+    (x1, x2, consistent1, consistent2): consistent is False when the scaled y has a part in M's
+    null space above CONSISTENCY_TOLERANCE (csrc/solvers/cagrad.h ActiveSystem)."""
+    safe_sigma = tl.where(S, sigma, 1.0)
+    M = tl.where(S[:, None] & S[None, :], A / (safe_sigma[:, None] * safe_sigma[None, :]), 0.0)
+    rhs1 = tl.where(S, y1 / safe_sigma, 0.0)
+    rhs2 = tl.where(S, y2 / safe_sigma, 0.0)
+    L, positive_definite = kspace.cholesky(M, S, K, BLOCK_K, PIVOT_TOLERANCE)
+    x1 = tl.zeros([BLOCK_K], dtype=tl.float64)
+    x2 = tl.zeros([BLOCK_K], dtype=tl.float64)
+    consistent1 = tl.sum(S.to(tl.int32), axis=0) >= 0
+    consistent2 = consistent1
+    if positive_definite:
+        x1 = kspace.cholesky_solve(L, rhs1, K, BLOCK_K)
+        if PAIR:
+            x2 = kspace.cholesky_solve(L, rhs2, K, BLOCK_K)
+    else:
+        lam, V = kspace.symmetric_eigen(M, K, BLOCK_K, MAX_SWEEPS)
+        largest = tl.max(tl.where(S, tl.abs(lam), 0.0), axis=0)
+        keep = S & (lam > EIGEN_RCOND * largest)
+        drop = S & ~keep
+        inverse = tl.where(keep, 1.0 / tl.where(keep, lam, 1.0), 0.0)
+        coefficients = tl.sum(V * rhs1[:, None], axis=0)
+        x1 = kspace.matvec(V, coefficients * inverse)
+        null = kspace.matvec(V, tl.where(drop, coefficients, 0.0))
+        consistent1 = tl.sqrt(tl.sum(null * null, axis=0)) <= CONSISTENCY_TOLERANCE * tl.sqrt(tl.sum(rhs1 * rhs1, axis=0))
+        if PAIR:
+            coefficients = tl.sum(V * rhs2[:, None], axis=0)
+            x2 = kspace.matvec(V, coefficients * inverse)
+            null = kspace.matvec(V, tl.where(drop, coefficients, 0.0))
+            consistent2 = tl.sqrt(tl.sum(null * null, axis=0)) <= CONSISTENCY_TOLERANCE * tl.sqrt(
+                tl.sum(rhs2 * rhs2, axis=0)
+            )
+    return tl.where(S, x1 / safe_sigma, 0.0), tl.where(S, x2 / safe_sigma, 0.0), consistent1, consistent2
+
+
+@triton.jit
+def _cagrad_face(A, b, sigma, S, radius_sq, at_zero, K, BLOCK_K: tl.constexpr):
+    """(u_S, μ, ok) on the face S solved directly: A_SS·u_S + b_S = μ𝟙, u_S = μδ − β with A_SS·δ = 𝟙,
+    A_SS·β = b_S; μ = 0 when ``at_zero``, else the larger root of qμ² − 2pμ + b_Sᵀβ = φ."""
+    ones = tl.where(S, 1.0, 0.0).to(tl.float64)
+    beta, delta, beta_ok, delta_ok = _cagrad_active_solve(A, sigma, S, b, ones, K, BLOCK_K, True)
+    q = tl.sum(delta, axis=0)
+    p = tl.sum(beta, axis=0)
+    constant = tl.sum(tl.where(S, b, 0.0) * beta, axis=0) - radius_sq
+    discriminant = p * p - q * constant
+    root = tl.sqrt(tl.maximum(discriminant, 0.0))
+    mu = tl.where(p >= 0.0, (p + root) / q, constant / (p - root))
+    mu = tl.where(at_zero, 0.0, mu)
+    ok = beta_ok & (at_zero | (delta_ok & (q > 0.0) & (discriminant >= 0.0)))
+    return tl.where(S, mu * delta - beta, 0.0), mu, ok
+
+
+@triton.jit
+def _cagrad_refine(A, b, sigma, u, radius_sq, mean_sq, at_zero, K, BLOCK_K: tl.constexpr):
+    """Re-solve the final face and fix its active set task by task, task i's KKT condition judged
+    at its own scale ‖gᵢ‖·(‖g₀‖ + √φ) (csrc/solvers/cagrad.h refine); u unchanged if a face fails."""
+    offs = tl.arange(0, BLOCK_K)
+    in_k = offs < K
+    S = in_k & (u > 0.0)
+    added = tl.where(S, offs, NEVER)
+    clock = K
+    d_scale = tl.sqrt(mean_sq) + tl.sqrt(radius_sq)
+    rounds = 0
+    running = (tl.sum(S.to(tl.int32), axis=0) > 0).to(tl.int32)
+    while (running != 0) & (rounds < 2 * K + 10):
+        rounds += 1
+        u_S, mu, ok = _cagrad_face(A, b, sigma, S, radius_sq, at_zero, K, BLOCK_K)
+        if ok:
+            scaled = tl.where(S, u_S * sigma, 0.0)
+            largest = tl.max(tl.abs(scaled), axis=0)
+            lowest = tl.minimum(tl.min(scaled, axis=0), 0.0)
+            if lowest < -REFINE_TOLERANCE * largest:
+                leaving = tl.argmin(tl.where(S & (scaled == lowest), added, NEVER), axis=0)
+                S = S & (offs != leaving)
+                added = tl.where(S, added, NEVER)
+            else:
+                candidate = tl.where(S, tl.maximum(u_S, 0.0), 0.0)
+                r = b + kspace.matvec(A, candidate)
+                violation = tl.where(
+                    in_k & (sigma > 0.0) & ~S, (mu - r) / tl.maximum(sigma * d_scale, TINY), -float("inf")
+                )
+                worst = tl.argmax(violation, axis=0)
+                if tl.max(violation, axis=0) > REFINE_TOLERANCE:
+                    S = S | (offs == worst)
+                    added = tl.where(offs == worst, clock, added)
+                    clock += 1
+                else:
+                    u = candidate
+                    running = 0
+        else:
+            running = 0
+        running = running * (tl.sum(S.to(tl.int32), axis=0) > 0).to(tl.int32)
+    return u
+
+
+@triton.jit
+def _cagrad_hull_zero_point(A, K, BLOCK_K: tl.constexpr):
+    """w on the simplex with Σᵢ wᵢgᵢ ≈ 0, given 0 ∈ conv{gᵢ}: Lawson–Hanson's active-set method for
+    min_{w≥0} ‖Jᵀw‖² + (𝟙ᵀw − 1)² on Q = A + 𝟙𝟙ᵀ (csrc/solvers/cagrad.h hull_zero_point)."""
+    offs = tl.arange(0, BLOCK_K)
+    in_k = offs < K
+    Q = tl.where(in_k[:, None] & in_k[None, :], A + 1.0, 0.0)
+    q_sigma = tl.sqrt(tl.where(in_k, kspace.diagonal(Q, BLOCK_K), 1.0))
+    ones = tl.where(in_k, 1.0, 0.0).to(tl.float64)
+    w = tl.zeros([BLOCK_K], dtype=tl.float64)
+    passive = offs < 0
+    rounds = 0
+    running = 1
+    while (running != 0) & (rounds < 3 * K + 10):
+        rounds += 1
+        gradient = tl.where(in_k & ~passive, 1.0 - kspace.matvec(Q, w), -float("inf"))  # −½ ∇
+        if tl.max(gradient, axis=0) > HULL_TOLERANCE:
+            passive = passive | (offs == tl.argmax(gradient, axis=0))
+            inner = 0
+            while (tl.sum(passive.to(tl.int32), axis=0) > 0) & (inner <= K):  # each pass drops a task or ends
+                inner += 1
+                z, _, _, _ = _cagrad_active_solve(Q, q_sigma, passive, ones, ones, K, BLOCK_K, False)
+                ratios = w / (w - z)
+                ratios = tl.where(passive & (z <= 0.0) & (ratios == ratios), ratios, float("inf"))
+                ratio = tl.min(ratios, axis=0)
+                if ratio < float("inf"):
+                    blocking = tl.argmin(ratios, axis=0)
+                    w = tl.where(passive, w + ratio * (z - w), w)
+                    w = tl.where(offs == blocking, 0.0, w)
+                    passive = passive & (w > 0.0)
+                else:
+                    w = tl.where(passive, z, 0.0)
+                    inner = K + 1
+        else:
+            running = 0
+    w = tl.maximum(w, 0.0)
+    total = tl.sum(w, axis=0)
+    return tl.where(in_k, tl.where(total > 0.0, w / tl.where(total > 0.0, total, 1.0), 1.0 / tl.sum(ones, axis=0)), 0.0)
+
+
+@triton.jit
+def _cagrad_solve_kernel(
+    gram_ptr, weights_ptr, active_ptr, degenerate_ptr, iterations_ptr, facts_ptr,
+    K, C: tl.constexpr, FACTOR: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    offs = tl.arange(0, BLOCK_K)
+    in_k = offs < K
+    k_tasks = tl.sum(in_k.to(tl.float64), axis=0)
+    G = kspace.load_square(gram_ptr, K, BLOCK_K)
+    trace = tl.sum(kspace.diagonal(G, BLOCK_K), axis=0)
+    A = tl.where(trace > 0.0, 0.5 * (G + tl.trans(G)) / tl.where(trace > 0.0, trace, 1.0), 0.0)
+    b = tl.sum(A, axis=1) / k_tasks  # gᵢ·g₀
+    mean_sq = tl.maximum(tl.sum(b, axis=0) / k_tasks, 0.0)  # ‖g₀‖²
+    radius_sq = C * C * mean_sq  # φ
+    sigma = tl.sqrt(tl.maximum(kspace.diagonal(A, BLOCK_K), 0.0))
+    nonzero = in_k & (sigma > 0.0)
+    has_zero_row = tl.sum((in_k & ~nonzero).to(tl.int32), axis=0) > 0
+    zero_rows = tl.where(in_k & ~nonzero, 1.0, 0.0).to(tl.float64)
+    zero_rows_point = zero_rows / tl.maximum(tl.sum(zero_rows, axis=0), 1.0)
+    first = tl.argmin(tl.where(nonzero, b, float("inf")), axis=0)
+
+    u = tl.zeros([BLOCK_K], dtype=tl.float64)
+    dual_point = tl.zeros([BLOCK_K], dtype=tl.float64)
+    has_dual_point = 0
+    degenerate = 0
+    iterations = 0
+    mu = tl.sum(tl.where(offs == first, b, 0.0), axis=0)
+    if radius_sq == 0.0:  # c = 0 or g₀ = 0: d = g₀; the dual's minimiser is the worst-off task
+        degenerate = (mean_sq == 0.0).to(tl.int32)
+        dual_point = tl.where(offs == tl.argmin(tl.where(in_k, b, float("inf")), axis=0), 1.0, 0.0).to(tl.float64)
+        has_dual_point = 1
+    elif has_zero_row & (mu >= 0.0):  # a zero gradient caps μ at 0, already reached by the mean
+        degenerate = 1
+        dual_point = zero_rows_point
+        has_dual_point = 1
+    else:
+        ones = tl.where(in_k, 1.0, 0.0).to(tl.float64)
+        S = offs == first
+        added = tl.where(S, 0, NEVER)
+        clock = 1
+        reached_ball = 0
+        running = 1
+        iteration = 1
+        while (running != 0) & (iteration < 50 * K + 100) & (tl.sum(S.to(tl.int32), axis=0) > 0):
+            iterations = iteration
+            delta, _, consistent, _ = _cagrad_active_solve(A, sigma, S, ones, ones, K, BLOCK_K, False)
+            if consistent:
+                A_S = tl.where(S[None, :], A, 0.0)
+                rate = kspace.matvec(A_S, delta)  # d(gᵢ·d)/dμ
+                r = b + kspace.matvec(A_S, u)
+                rho = tl.sum(tl.where(S, u * (r - b), 0.0), axis=0)
+                p = tl.sum(tl.where(S, u * rate, 0.0), axis=0)
+                q = tl.sum(tl.where(S, delta * rate, 0.0), axis=0)
+                room = tl.maximum(radius_sq - rho, 0.0)
+                root = tl.sqrt(tl.maximum(p * p + q * room, 0.0))
+                step = tl.where(p + root > 0.0, room / tl.where(p + root > 0.0, p + root, 1.0), float("inf"))
+                event = tl.full([], BALL, tl.int32)
+                index = first
+                if has_zero_row & (-mu < step):
+                    step = tl.maximum(-mu, 0.0)
+                    event = tl.full([], CAP, tl.int32)
+                entering = tl.where(nonzero & (rate < 1.0) & ~S, tl.maximum(r - mu, 0.0) / (1.0 - rate), float("inf"))
+                if tl.min(entering, axis=0) < step:
+                    step = tl.min(entering, axis=0)
+                    event = tl.full([], ENTER, tl.int32)
+                    index = tl.argmin(entering, axis=0)
+                leaving = tl.where(S & (delta < 0.0), -u / tl.where(S & (delta < 0.0), delta, -1.0), float("inf"))
+                if tl.min(leaving, axis=0) < step:
+                    step = tl.min(leaving, axis=0)
+                    event = tl.full([], LEAVE, tl.int32)
+                    index = tl.argmin(tl.where(leaving == step, added, NEVER), axis=0)
+                u = tl.where(S, u + step * delta, u)
+                mu += step
+                if event == BALL:
+                    reached_ball = 1
+                    running = 0
+                elif event == CAP:
+                    degenerate = 1
+                    dual_point = zero_rows_point
+                    has_dual_point = 1
+                    running = 0
+                elif event == ENTER:
+                    S = S | (offs == index)
+                    added = tl.where(offs == index, clock, added)
+                    clock += 1
+                else:
+                    u = tl.where(offs == index, 0.0, u)
+                    S = S & (offs != index)
+                    added = tl.where(S, added, NEVER)
+            else:  # μ cannot rise: it reached 0 with 0 ∈ conv{gᵢ}
+                degenerate = 1
+                dual_point = _cagrad_hull_zero_point(A, K, BLOCK_K)
+                has_dual_point = 1
+                running = 0
+            iteration += 1
+        u = tl.maximum(u, 0.0)
+        if (reached_ball != 0) | (degenerate != 0):
+            u = _cagrad_refine(A, b, sigma, u, radius_sq, mean_sq, degenerate != 0, K, BLOCK_K)
+
+    # certificate (csrc/solvers/cagrad.h certify; mtlkernels.methods.cagrad.certificate)
+    radius = C * tl.sqrt(mean_sq)
+    r = b + kspace.matvec(A, u)
+    primal = tl.min(tl.where(in_k, r, float("inf")), axis=0)
+    distance = tl.sqrt(tl.maximum(tl.sum(u * kspace.matvec(A, u), axis=0), 0.0))
+    d_scale = tl.sqrt(mean_sq) + radius
+    u_sum = tl.sum(u, axis=0)
+    w = tl.where(has_dual_point != 0, dual_point, u / tl.where(u_sum != 0.0, u_sum, 1.0))
+    dual = tl.sum(w * b, axis=0) + radius * tl.sqrt(tl.maximum(tl.sum(w * kspace.matvec(A, w), axis=0), 0.0))
+    active = in_k & (u > 0.0)
+    any_active = tl.sum(active.to(tl.int32), axis=0) > 0
+    smallest = tl.argmin(tl.where(active, sigma, float("inf")), axis=0)
+    mu = tl.where(any_active, tl.where(has_dual_point != 0, 0.0, tl.sum(tl.where(offs == smallest, r, 0.0), axis=0)), primal)
+    violation = tl.where(active, tl.abs(r - mu), tl.maximum(mu - r, 0.0)) / tl.maximum(sigma * d_scale, TINY)
+    kkt = tl.max(tl.where(nonzero, violation, 0.0), axis=0)
+    top = tl.max(tl.where(in_k, sigma, 0.0), axis=0) * d_scale
+
+    tl.store(weights_ptr + offs, (1.0 / k_tasks + u) * FACTOR, mask=in_k)
+    tl.store(active_ptr + offs, active, mask=in_k)
+    tl.store(degenerate_ptr, degenerate != 0)
+    tl.store(iterations_ptr, iterations)
+    tl.store(facts_ptr, kkt)
+    tl.store(facts_ptr + 1, tl.where(radius > 0.0, (distance - radius) / tl.where(radius > 0.0, radius, 1.0), 0.0))
+    tl.store(facts_ptr + 2, tl.where(top > 0.0, (dual - primal) / tl.where(top > 0.0, top, 1.0), 0.0))
+    tl.store(facts_ptr + 3, primal * trace)
+    tl.store(facts_ptr + 4, dual * trace)
+    tl.store(facts_ptr + 5, u_sum)
+
+
+def cagrad_solve(gram: Tensor, c: float, factor: float) -> tuple[Tensor, dict[str, Tensor]]:
+    """csrc's cagrad_solve on the device: weights (1/K + u)·factor [K] float64 and the diagnostics
+    kkt_residual, ball_residual, duality_gap, worst_improvement, dual_objective, multiplier_sum
+    (0-d float64), degenerate (0-d bool), iterations (0-d int32), active_set ([K] bool mask).
+
+    gram: Γ [K, K] float32/float64, K ≤ :data:`MAX_TASKS`; c ≥ 0 and factor are compile-time
+    constants of the kernel (one compilation per value, as a weighting keeps them fixed).
+    """
+    K = gram.shape[0]
+    device = gram.device
+    weights = torch.empty(K, dtype=torch.float64, device=device)
+    active = torch.empty(K, dtype=torch.bool, device=device)
+    degenerate = torch.empty((), dtype=torch.bool, device=device)
+    iterations = torch.empty((), dtype=torch.int32, device=device)
+    facts = torch.empty(6, dtype=torch.float64, device=device)
+    block = max(16, triton.next_power_of_2(K))
+    _cagrad_solve_kernel[(1,)](
+        gram.contiguous(), weights, active, degenerate, iterations, facts, K,
+        C=float(c), FACTOR=float(factor), BLOCK_K=block, num_warps=8 if block >= 64 else 4,
+    )
+    names = ("kkt_residual", "ball_residual", "duality_gap", "worst_improvement", "dual_objective", "multiplier_sum")
+    diagnostics: dict[str, Tensor] = dict(zip(names, facts.unbind()))
+    diagnostics.update(active_set=active, degenerate=degenerate, iterations=iterations)
+    return weights, diagnostics
+
+
+def solve_triton(self: cagrad.CAGradWeighting, gram: Tensor, losses: Tensor | None) -> Solution:
+    """CAGradWeighting's "triton" solver: the on-device solve for K ≤ :data:`MAX_TASKS`; beyond, the
+    torch solver (a host copy and synchronisation).
+
+    Γ is checked (finite, non-negative diagonal) only on CPU tensors, where it is free; on CUDA a
+    non-finite Γ gives non-finite weights, as ``mtlkernels.aggregate``'s ``check_finite`` documents.
+    """
+    if gram.shape[0] > MAX_TASKS:
+        return type(self).solvers["torch"](self, gram, losses)
+    if gram.dtype not in (torch.float32, torch.float64):
+        gram = gram.to(torch.float32)
+    if gram.device.type == "cpu":
+        cagrad.normalized_gram(gram)
+    factor = (gram.shape[0] if self.sum_scale else 1.0) / cagrad.rescale_factor(self.c, self.rescale)
+    weights, diagnostics = cagrad_solve(gram, self.c, factor)
+    return Solution(weights, diagnostics)

@@ -1,0 +1,250 @@
+"""The on-device CAGrad solve (one Triton program) against the C++ solver on the same Γ and the
+float64 reference on full vectors: random and adversarial Γ, float32/float64 Γ, c = 0, the
+degenerate hull case, every rescale option, poisoned outputs, certificates; the fallback beyond the
+register limit; on CUDA also no host sync and CUDA-graph capture + replay.
+
+The direction d = g₀ + Jᵀu is unique, the multipliers u are not where gradients are duplicated,
+opposite or more numerous than dimensions, and there ties at rounding level (μ = ±1e-21 against 0
+with gradients scaled by 1e±20) can flip which path the solvers take and whether they call the
+case degenerate; the per-task KKT residual, each task judged at its own scale, then also holds
+the rounding of the large tasks' μ divided by a tiny active task's norm (in both solvers). There
+the direction (measured through Γ, ‖Δd‖ = √(ΔwᵀΓΔw), against Σᵢ|wᵢ|‖gᵢ‖) and the functions of d
+are compared; elsewhere also the weights, the flags, the active set, the path's breakpoints and
+the certificates, which must be at rounding level.
+"""
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+triton = pytest.importorskip("triton")
+
+import mtlkernels as mk  # noqa: E402
+from mtlkernels import _extension  # noqa: E402
+from mtlkernels.backend import triton_interpreted  # noqa: E402
+from mtlkernels.kernels import solve_cagrad  # noqa: E402
+from mtlkernels.methods import CAGradWeighting  # noqa: E402
+from cases import adversarial_cases, conflicting_J, random_J  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = [
+    pytest.mark.skipif(DEVICE == "cpu" and not triton_interpreted(), reason="Triton on CPU tensors needs TRITON_INTERPRET=1"),
+    pytest.mark.skipif(not _extension.available, reason="the C++ solver is the oracle: extension not built"),
+]
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+#: direction (through Γ) and unique weights against the C++ solve of the same Γ, relative to Σ|wᵢ|‖gᵢ‖
+CPP_RTOL = 1e-9
+#: direction against mtlkernels.reference.cagrad on full vectors, relative to Σ|wᵢ|‖gᵢ‖
+REFERENCE_RTOL = 1e-6
+CERTIFICATES = ("kkt_residual", "ball_residual", "duality_gap", "worst_improvement", "dual_objective", "multiplier_sum")
+
+
+@pytest.fixture
+def register_triton(monkeypatch) -> None:
+    """CAGradWeighting's solvers with this one added as "triton", as the lead wires it."""
+    monkeypatch.setitem(CAGradWeighting.solvers, "triton", solve_cagrad.solve_triton)
+
+
+def poisoned_empty(monkeypatch) -> None:
+    """Make every torch.empty of the launcher NaN (floats), True (bool) or -7 (ints), so an output
+    the kernel does not write shows."""
+    empty = torch.empty
+
+    def poisoned(*size, dtype=None, device=None, **kwargs):
+        out = empty(*size, dtype=dtype, device=device, **kwargs)
+        return out.fill_(float("nan") if out.is_floating_point() else True if out.dtype == torch.bool else -7)
+
+    monkeypatch.setattr(solve_cagrad.torch, "empty", poisoned)
+
+
+def size(G: torch.Tensor, weights: torch.Tensor) -> float:
+    """Σᵢ|wᵢ|·‖gᵢ‖, the scale of the rounding in d = Σᵢ wᵢgᵢ."""
+    return float((weights.abs() * G.diagonal().clamp_min(0).sqrt()).sum())
+
+
+def check_against_cpp(label, gram, weights, diagnostics, c, factor=1.0, unique=True) -> None:
+    G = gram.double().cpu().contiguous()
+    cpp_weights, cpp = _extension.extension().cagrad_solve(G.numpy(), c, factor)
+    cpp_weights = torch.from_numpy(cpp_weights)
+    assert weights.device.type == DEVICE and weights.dtype == torch.float64
+    assert not weights.isnan().any(), (label, "a weight was not written")
+    w = weights.cpu()
+    difference = w - cpp_weights
+    scale = size(G, cpp_weights)
+    assert math.sqrt(max(float(difference @ G @ difference), 0.0)) <= CPP_RTOL * scale, (label, "direction")
+    degenerate = bool(diagnostics["degenerate"])
+    for key in CERTIFICATES:
+        assert diagnostics[key].device.type == DEVICE and diagnostics[key].dim() == 0
+    # functions of d alone; the others depend on u, unique only with Γ
+    assert float(diagnostics["ball_residual"]) == pytest.approx(cpp["ball_residual"], rel=1e-6, abs=1e-12), label
+    units = float(G.diagonal().max())
+    assert float(diagnostics["worst_improvement"]) == pytest.approx(cpp["worst_improvement"], rel=1e-6, abs=1e-12 * units)
+    assert all(math.isfinite(float(diagnostics[key])) for key in CERTIFICATES), label
+    if unique:
+        # the degenerate case's dual objective holds √φ·‖g_w‖ with ‖g_w‖² ≈ 0 up to rounding: its
+        # square root (and so the duality gap) is noise of order √ε there, in both solvers
+        gap_bound = 1e-7 if degenerate else 1e-12
+        assert float(diagnostics["kkt_residual"]) <= 1e-12, label
+        assert -1e-12 <= float(diagnostics["duality_gap"]) <= gap_bound, label
+        assert degenerate == cpp["degenerate"], label
+        assert float((difference.abs() * G.diagonal().sqrt()).max()) <= CPP_RTOL * scale, (label, "weights")
+        assert diagnostics["active_set"].cpu().nonzero().flatten().tolist() == cpp["active_set"], label
+        assert int(diagnostics["iterations"]) == cpp["iterations"], label
+        for key in ("kkt_residual", "duality_gap", "multiplier_sum"):
+            assert float(diagnostics[key]) == pytest.approx(cpp[key], rel=1e-6, abs=gap_bound), (label, key)
+        assert float(diagnostics["dual_objective"]) == pytest.approx(cpp["dual_objective"], rel=1e-6, abs=gap_bound * units)
+
+
+def cases(K: int, N: int, seed: int) -> list[tuple[str, torch.Tensor]]:
+    return [("random", random_J(K, N, seed))] + adversarial_cases(K, N, seed)
+
+
+def unique_multipliers(J: torch.Tensor, name: str) -> bool:
+    """Γ non-singular (and not numerically so), so u, not only d, is determined."""
+    return J.shape[0] <= J.shape[1] and name not in ("duplicate_rows", "opposite_rows", "near_collinear")
+
+
+@pytest.mark.parametrize("K", [1, 2, 3])
+def test_float64_gram_matches_cpp_and_reference(K, monkeypatch):
+    poisoned_empty(monkeypatch)
+    for name, J in cases(K, 30, seed=K):
+        G = (J @ J.T).to(DEVICE)
+        weights, diagnostics = solve_cagrad.cagrad_solve(G, 0.5, 1.0 / 1.25)
+        check_against_cpp(name, G, weights, diagnostics, 0.5, 1.0 / 1.25, unique_multipliers(J, name))
+        if name in ("random", "conflicting", "zero_row"):  # the reference's SLSQP is slow
+            reference = mk.reference.cagrad(J, c=0.5)
+            error = float((weights.cpu() @ J - reference.direction).norm())
+            assert error <= REFERENCE_RTOL * size(J @ J.T, reference.weights), name
+
+
+def test_k17_float64_and_float32_gram(monkeypatch):
+    """The float32 Γ (the GPU's Gram) against the C++ solve of the same rounded Γ."""
+    poisoned_empty(monkeypatch)
+    J_cases = dict(cases(17, 30, seed=17))
+    for name, c, dtype in (
+        ("random", 2.0, torch.float64),
+        ("scales_1e-20_1e20", 0.5, torch.float64),
+        ("zero_row", 0.5, torch.float64),
+        ("conflicting", 0.4, torch.float32),
+        ("duplicate_rows", 2.0, torch.float32),
+    ):
+        J = J_cases[name]
+        G = (J @ J.T).to(dtype=dtype, device=DEVICE)
+        weights, diagnostics = solve_cagrad.cagrad_solve(G, c, 1.0)
+        check_against_cpp(f"{name} {dtype}", G, weights, diagnostics, c, 1.0, unique_multipliers(J, name))
+
+
+def test_k64_in_registers():
+    J = conflicting_J(64, 100, seed=64)
+    G = (J @ J.T).to(DEVICE)
+    weights, diagnostics = solve_cagrad.cagrad_solve(G, 0.5, 1.0)
+    check_against_cpp("conflicting_64", G, weights, diagnostics, 0.5)
+
+
+def test_more_tasks_than_dimensions_and_the_hull_case():
+    """K > N: singular active systems (least squares on the eigen-decomposition); three gradients
+    at 120° with different norms: 0 inside their hull, the path stops at μ = 0 (degenerate, the
+    dual point from Lawson–Hanson)."""
+    J = random_J(7, 3, seed=11)
+    G = (J @ J.T).to(DEVICE)
+    for c in (0.5, 3.0):
+        weights, diagnostics = solve_cagrad.cagrad_solve(G, c, 1.0)
+        check_against_cpp(f"K>N c={c}", G, weights, diagnostics, c, unique=False)
+    angles = torch.tensor([0.0, 2 * math.pi / 3, 4 * math.pi / 3], dtype=torch.float64)
+    star = torch.stack([angles.cos(), angles.sin()], dim=1) * torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)[:, None]
+    G = (star @ star.T).to(DEVICE)
+    weights, diagnostics = solve_cagrad.cagrad_solve(G, 2.0, 1.0)
+    check_against_cpp("star", G, weights, diagnostics, 2.0, unique=False)
+    assert bool(diagnostics["degenerate"])
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    K=st.integers(2, 6),
+    N=st.integers(1, 6),
+    seed=st.integers(0, 2**31 - 1),
+    structure=st.lists(st.integers(0, 4), min_size=6, max_size=6),
+    log_scales=st.lists(st.sampled_from([-7.0, 0.0, 3.0]), min_size=6, max_size=6),
+    c=st.sampled_from([0.1, 0.5, 1.0, 3.0]),
+)
+def test_structured_gram_hypothesis(K, N, seed, structure, log_scales, c):
+    """Rows kept, zeroed, copied, negated or tripled from row 0, then scaled by 10^s; K > N too."""
+    J = random_J(K, N, seed)
+    for i, kind in enumerate(structure[1:K], start=1):
+        J[i] = {0: J[i], 1: 0.0 * J[0], 2: J[0], 3: -J[0], 4: 3.0 * J[0]}[kind]
+    J = J * torch.tensor([10.0**s for s in log_scales[:K]], dtype=torch.float64)[:, None]
+    G = (J @ J.T).to(DEVICE)
+    weights, diagnostics = solve_cagrad.cagrad_solve(G, c, 1.0)
+    check_against_cpp("structured", G, weights, diagnostics, c, unique=False)
+
+
+def test_c_zero_gives_the_mean():
+    G = (lambda J: J @ J.T)(conflicting_J(5, 20, seed=2)).to(DEVICE)
+    weights, diagnostics = solve_cagrad.cagrad_solve(G, 0.0, 1.0)
+    assert weights.cpu().tolist() == [0.2] * 5 and int(diagnostics["iterations"]) == 0
+    check_against_cpp("c=0", G, weights, diagnostics, 0.0)
+
+
+@pytest.mark.parametrize("rescale, sum_scale", [(0, False), (1, True), (2, False)])
+def test_weighting_options(rescale, sum_scale, register_triton):
+    J = conflicting_J(4, 50, seed=rescale)
+    options = {"c": 0.4, "rescale": rescale, "sum_scale": sum_scale}
+    ours = mk.aggregate(J.to(DEVICE), CAGradWeighting(backend="triton", **options))
+    theirs = mk.aggregate(J, CAGradWeighting(backend="cpp", **options))
+    torch.testing.assert_close(ours.weights.cpu(), theirs.weights, rtol=1e-9, atol=0)
+    assert ours.diagnostics["active_set"].cpu().nonzero().flatten().tolist() == theirs.diagnostics["active_set"]
+
+
+def test_beyond_register_limit_uses_the_torch_solver(register_triton):
+    J = conflicting_J(solve_cagrad.MAX_TASKS + 1, 100, seed=5)
+    G = J @ J.T
+    solution = CAGradWeighting(backend="triton")(G)
+    expected = CAGradWeighting(backend="cpp")(G)
+    difference = solution.weights - expected.weights
+    assert math.sqrt(max(float(difference @ G @ difference), 0.0)) <= CPP_RTOL * size(G, expected.weights)
+
+
+def test_bad_gram_on_cpu_raises(register_triton):
+    G = torch.eye(3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="non-finite"):
+        CAGradWeighting(backend="triton")(torch.where(torch.eye(3, dtype=torch.bool), G, float("nan")))
+    with pytest.raises(ValueError, match="negative diagonal"):
+        CAGradWeighting(backend="triton")(-G)
+
+
+# -- GPU only ------------------------------------------------------------------------------------
+
+
+@requires_cuda
+def test_no_host_sync(register_triton):
+    weighting = CAGradWeighting(backend="triton")
+    J = conflicting_J(6, 1000, seed=7).float().cuda()
+    mk.aggregate(J, weighting)  # compile outside the checked region
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        res = mk.aggregate(J, weighting)
+        solution = weighting(res.gram)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    check_against_cpp("no_sync", res.gram, solution.weights, solution.diagnostics, 0.5, 1.0 / 1.25)
+    torch.testing.assert_close(res.weights, solution.weights.float())
+
+
+@requires_cuda
+def test_cuda_graph_capture_and_replay():
+    G = torch.empty(5, 5, device="cuda")
+    first, second = conflicting_J(5, 40, seed=8), random_J(5, 40, seed=9)
+    G.copy_(first @ first.T)
+    solve_cagrad.cagrad_solve(G, 0.5, 1.0)  # compile before capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        weights, diagnostics = solve_cagrad.cagrad_solve(G, 0.5, 1.0)
+    for J in (first, second):
+        G.copy_(J @ J.T)
+        graph.replay()
+        torch.cuda.synchronize()
+        check_against_cpp("graph", G, weights, diagnostics, 0.5)
