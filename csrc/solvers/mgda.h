@@ -20,7 +20,7 @@ enum class Combination { original, normalized };
 // with x the current point and m = Σᵢ wᵢ‖pᵢ‖ (the scale of the rounding in p·x and ‖x‖²).
 constexpr double kTolerance = 1e-15;
 // An active set whose unit differences have a Cholesky pivot² ≤ this is taken as affinely dependent.
-constexpr double kDependentPivot = 1e-14;
+constexpr double kDependentPivot = 1e-15;
 
 struct Result {
   double objective = 0.0;     // wᵀΓ'w = ‖u*‖²
@@ -28,6 +28,20 @@ struct Result {
   int iterations = 0;         // Wolfe's minor cycles
   int support = 0;            // number of wᵢ > 0
 };
+
+// Σₖ aₖbₖ with four partial sums (independent chains the compiler can pipeline and vectorise).
+inline double dot(const double* a, const double* b, int n) {
+  double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+  int k = 0;
+  for (; k + 4 <= n; k += 4) {
+    s0 += a[k] * b[k];
+    s1 += a[k + 1] * b[k + 1];
+    s2 += a[k + 2] * b[k + 2];
+    s3 += a[k + 3] * b[k + 3];
+  }
+  for (; k < n; ++k) s0 += a[k] * b[k];
+  return (s0 + s1) + (s2 + s3);
+}
 
 // nᵢ = 1, √Γᵢᵢ, Lᵢ or Lᵢ·√Γᵢᵢ; a zero nᵢ becomes 1. ``losses`` may be null for none/l2.
 inline void normalizers(const double* gram, int K, Normalization normalization, const double* losses, double* n) {
@@ -89,19 +103,15 @@ class Wolfe {
     active_.assign(1, static_cast<int>(std::min_element(length_.begin(), length_.end()) - length_.begin()));
     lam_.assign(1, 1.0);
     factor_ok_ = rebuild();
-    std::vector<double> g(K_), alpha;
+    std::vector<double> g(K_), slack(K_), alpha;
     double objective = gradient(g);
     int cycles = 0;
     while (cycles < max_cycles) {
       double m = 0.0;
       for (size_t a = 0; a < active_.size(); ++a) m += lam_[a] * length_[active_[a]];
-      int j = 0;
-      double best = 0.0;
-      for (int i = 0; i < K_; ++i) {
-        const double slack = (g[i] - objective) / (m * (length_[i] + m));
-        if (i == 0 || slack < best) best = slack, j = i;
-      }
-      if (best >= -kTolerance || std::find(active_.begin(), active_.end(), j) != active_.end()) break;
+      for (int i = 0; i < K_; ++i) slack[i] = (g[i] - objective) / (m * (length_[i] + m));
+      const int j = static_cast<int>(std::min_element(slack.begin(), slack.end()) - slack.begin());
+      if (slack[j] >= -kTolerance || std::find(active_.begin(), active_.end(), j) != active_.end()) break;
       const std::vector<int> previous_active = active_;
       const std::vector<double> previous_lam = lam_;
       factor_ok_ = append(j);
@@ -171,13 +181,9 @@ class Wolfe {
     if (!(squared > 0.0)) return false;
     unit_[j] = std::sqrt(squared);
     const int r = static_cast<int>(others_.size());
-    double pivot = 1.0;
-    for (int c = 0; c < r; ++c) {
-      double s = unit_inner(j, others_[c]);
-      for (int k = 0; k < c; ++k) s -= l(r, k) * l(c, k);
-      l(r, c) = s / l(c, c);
-      pivot -= l(r, c) * l(r, c);
-    }
+    double* row = &l(r, 0);
+    for (int c = 0; c < r; ++c) row[c] = (unit_inner(j, others_[c]) - dot(row, &l(c, 0), c)) / l(c, c);
+    const double pivot = 1.0 - dot(row, row, r);
     if (!(pivot > kDependentPivot)) return false;
     l(r, r) = std::sqrt(pivot);
     others_.push_back(j);
@@ -202,14 +208,12 @@ class Wolfe {
     std::vector<double> y(r);
     for (int i = 0; i < r; ++i) {  // L y = rhs
       const int t = others_[i];
-      double s = -(q(t, base_) - q(base_, base_)) / unit_[t];
-      for (int k = 0; k < i; ++k) s -= l(i, k) * y[k];
-      y[i] = s / l(i, i);
+      y[i] = (-(q(t, base_) - q(base_, base_)) / unit_[t] - dot(&l(i, 0), y.data(), i)) / l(i, i);
     }
-    for (int i = r - 1; i >= 0; --i) {  // Lᵀ β̂ = y
-      double s = y[i];
-      for (int k = i + 1; k < r; ++k) s -= l(k, i) * y[k];
-      y[i] = s / l(i, i);
+    for (int i = r - 1; i >= 0; --i) {  // Lᵀ β̂ = y, by columns of Lᵀ (rows of L, read contiguously)
+      y[i] /= l(i, i);
+      const double* row = &l(i, 0);
+      for (int k = 0; k < i; ++k) y[k] -= row[k] * y[i];
     }
     alpha.assign(active_.size(), 0.0);
     double sum = 0.0;

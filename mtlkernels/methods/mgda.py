@@ -27,7 +27,7 @@ COMBINATIONS = ("original", "normalized")
 #: x the current point, m = Σᵢ wᵢ‖pᵢ‖ (the scale of the rounding in p·x and ‖x‖²).
 TOLERANCE = 1e-15
 #: an active set whose unit differences have a Cholesky pivot² ≤ this is taken as affinely dependent
-DEPENDENT_PIVOT = 1e-14
+DEPENDENT_PIVOT = 1e-15
 
 
 def check_gram_entries(gram: Tensor) -> Tensor:
