@@ -26,6 +26,8 @@ COMBINATIONS = ("original", "normalized")
 #: Wolfe's optimality test: stop when every gradient p has p·x − ‖x‖² ≥ −TOLERANCE·m·(‖p‖ + m),
 #: x the current point, m = Σᵢ wᵢ‖pᵢ‖ (the scale of the rounding in p·x and ‖x‖²).
 TOLERANCE = 1e-15
+#: the C++ solver's limit (csrc/solvers/binding.h); backend="auto" solves larger K in torch
+MAX_CPP_TASKS = 256
 #: an active set whose unit differences have a Cholesky pivot² ≤ this is taken as affinely dependent
 DEPENDENT_PIVOT = 1e-15
 
@@ -76,10 +78,10 @@ def kkt_residual(Q: Tensor, w: Tensor) -> float:
     return float(violation.max())
 
 
-def _affine_minimizer(Q: Tensor, active: list[int], lengths: Tensor) -> Tensor | None:
+def _affine_minimizer(Q: Tensor, active: list[int], lengths: list[float]) -> Tensor | None:
     """Coefficients α (Σα = 1, in the order of ``active``) of the point of the affine hull of the
     active gradients nearest 0, or None when they are numerically affinely dependent."""
-    base = min(range(len(active)), key=lambda i: (float(lengths[active[i]]), i))
+    base = min(range(len(active)), key=lambda i: (lengths[active[i]], i))
     b = active[base]
     others = torch.tensor([a for a in active if a != b], dtype=torch.long)
     alpha = torch.zeros(len(active), dtype=torch.float64)
@@ -120,6 +122,7 @@ def min_norm_weights(Q: Tensor, max_cycles: int | None = None) -> tuple[Tensor, 
     if bool(zero.any()):
         return zero.to(torch.float64) / int(zero.sum()), 0
     max_cycles = max_cycles if max_cycles is not None else 50 * K + 100
+    length_values = lengths.tolist()
     active = [int(lengths.argmin())]
     lam = torch.ones(1, dtype=torch.float64)
     g = Q[:, active] @ lam
@@ -137,7 +140,7 @@ def min_norm_weights(Q: Tensor, max_cycles: int | None = None) -> tuple[Tensor, 
         dependent = False
         while cycles < max_cycles:  # minor cycles
             cycles += 1
-            alpha = _affine_minimizer(Q, active, lengths)
+            alpha = _affine_minimizer(Q, active, length_values)
             if alpha is None:
                 dependent = True
                 break
@@ -182,8 +185,10 @@ def _solve_torch(self: "MGDAWeighting", gram: Tensor, losses: Tensor | None) -> 
 
 
 def _solve_cpp(self: "MGDAWeighting", gram: Tensor, losses: Tensor | None) -> Solution:
+    if self.backend == "auto" and gram.shape[0] > MAX_CPP_TASKS:
+        return _solve_torch(self, gram, losses)
     check_loss_signs(self.normalization, losses)
-    G = gram.detach()  # a CPU tensor: the backend dispatch sends only those here
+    G = gram.detach() if gram.requires_grad else gram  # a CPU tensor: the dispatch sends only those here
     if G.dtype != torch.float64 or not G.is_contiguous():
         G = G.to(torch.float64).contiguous()
     result = extension().mgda_solve(
@@ -204,7 +209,7 @@ class MGDAWeighting(Weighting):
             ``losses=`` (non-negative). A zero nᵢ (zero gradient, zero loss) is replaced by 1.
         combination: "original" (default, the authors: d = Σ wᵢgᵢ) or "normalized" (LibMTL:
             d = Σ (wᵢ/nᵢ)gᵢ, the min-norm vector itself).
-        backend: "auto", "torch" or "cpp".
+        backend: "auto" (C++ on the CPU for K ≤ 256, else torch), "torch" or "cpp".
 
     Diagnostics: "kkt_residual" (see :func:`kkt_residual`; ~1e-16 at the exact optimum),
     "objective" (wᵀΓ'w = ‖u*‖²), "iterations" (Wolfe's minor cycles), "support" (number of

@@ -260,11 +260,17 @@ def test_cpp_agrees_with_torch(K):
     assert abs(a.diagnostics["objective"] - b.diagnostics["objective"]) <= 1e-12 * float(G.diagonal().max())
 
 
-def test_auto_uses_cpp_on_cpu():
+def test_auto_uses_cpp_on_cpu_up_to_its_limit():
     J = random_J(3, 10)
     G = J @ J.T
     res = MGDAWeighting()(G)
     torch.testing.assert_close(res.weights, MGDAWeighting(backend="cpp")(G).weights, rtol=0, atol=0)
+    J = random_J(257, 3)
+    G = J @ J.T
+    with pytest.raises(ValueError, match="K = 257 is outside"):
+        MGDAWeighting(backend="cpp")(G)
+    res = MGDAWeighting()(G)  # solved in torch
+    assert res.diagnostics["kkt_residual"] <= 1e-9
 
 
 # -- certificates on degenerate Gram matrices ------------------------------------------------------
