@@ -8,6 +8,17 @@ columns ≥ K are zero in Γ and identity in a system matrix, so they never chan
 import triton
 import triton.language as tl
 
+#: the largest K whose solve runs in registers (BLOCK_K ≤ 64); the solve_<method> modules hand
+#: larger problems to the weighting's torch solver
+MAX_TASKS = 64
+
+
+def launch_config(K: int) -> tuple[int, int]:
+    """(BLOCK_K, num_warps) of a one-program K-space solve: BLOCK_K = max(16, next_pow2(K)); 4 warps
+    at 16, 8 above (compiled for sm_90, the solves then spill no registers up to BLOCK_K = 32)."""
+    block = max(16, triton.next_power_of_2(K))
+    return block, 4 if block == 16 else 8
+
 
 @triton.jit
 def load_square(ptr, K, BLOCK_K: tl.constexpr):

@@ -4,9 +4,9 @@ d = argmax_{‖d − g₀‖ ≤ √φ} minᵢ gᵢ·d = g₀ + Jᵀu, φ = c²�
 "Conflict-Averse Gradient Descent for Multi-task Learning", NeurIPS 2021), by csrc/solvers/cagrad.h's
 exact algorithm: with A = Γ/tr Γ and b = A𝟙/K, u(μ) = argmin_{u≥0} ½uᵀAu + (b − μ𝟙)ᵀu follows a
 piecewise-linear path in μ (tasks enter and leave the active set S at breakpoints) until uᵀAu = φ;
-the last face is re-solved directly and its active set checked task by task; a hull of the
-gradients containing 0 stops the path at μ = 0 (the degenerate case, its dual point by
-Lawson–Hanson). Systems on S go through the unit-diagonal A_SS/(σσᵀ): Cholesky, or least squares
+a hull of the gradients containing 0 stops the path at μ = 0 (the degenerate case, its dual point
+by Lawson–Hanson); the last face is then re-solved directly and its active set checked task by
+task. Systems on S go through the unit-diagonal A_SS/(σσᵀ): Cholesky, or least squares
 on its Jacobi eigen-decomposition once Cholesky finds it singular. Ties are broken as there
 (entering task: lowest index; leaving task: earliest added); the Cholesky factorisations run in
 task-index order (insertion order there), which changes rounding only.
@@ -21,14 +21,14 @@ from torch import Tensor
 from ..methods import cagrad
 from ..methods.base import Solution
 from . import kspace
+from .kspace import MAX_TASKS
 
-#: the largest K solved in registers (BLOCK_K ≤ 64); beyond it the torch solver runs
-MAX_TASKS = 64
 
 # csrc/solvers/cagrad.h's tolerances
-PIVOT_TOLERANCE = tl.constexpr(1e-14)
+PIVOT_TOLERANCE = tl.constexpr(1e-12)
 EIGEN_RCOND = tl.constexpr(1e-12)
 CONSISTENCY_TOLERANCE = tl.constexpr(1e-6)
+RATE_TOLERANCE = tl.constexpr(1e-9)
 REFINE_TOLERANCE = tl.constexpr(1e-13)
 HULL_TOLERANCE = tl.constexpr(1e-14)
 #: Jacobi sweeps of the singular systems' eigen-decomposition (csrc/solvers/dense.h's default)
@@ -49,8 +49,8 @@ LEAVE = tl.constexpr(3)
 def _cagrad_active_solve(A, sigma, S, y1, y2, K, BLOCK_K: tl.constexpr, PAIR: tl.constexpr):
     """x with A_SS·x = y (for y1, and y2 when PAIR), through M = A_SS/(σσᵀ): Cholesky, or least
     squares without M's eigenvalues below EIGEN_RCOND·λ_max once Cholesky fails. Returns
-    (x1, x2, consistent1, consistent2): consistent is False when the scaled y has a part in M's
-    null space above CONSISTENCY_TOLERANCE (csrc/solvers/cagrad.h ActiveSystem)."""
+    (x1, x2, consistent1, consistent2): consistent is False when the scaled y has a component along
+    a dropped eigenvector v beyond CONSISTENCY_TOLERANCE·|v|ᵀ|y| (csrc/solvers/cagrad.h ActiveSystem)."""
     safe_sigma = tl.where(S, sigma, 1.0)
     M = tl.where(S[:, None] & S[None, :], A / (safe_sigma[:, None] * safe_sigma[None, :]), 0.0)
     rhs1 = tl.where(S, y1 / safe_sigma, 0.0)
@@ -71,15 +71,15 @@ def _cagrad_active_solve(A, sigma, S, y1, y2, K, BLOCK_K: tl.constexpr, PAIR: tl
         drop = S & ~keep
         inverse = tl.where(keep, 1.0 / tl.where(keep, lam, 1.0), 0.0)
         coefficients = tl.sum(V * rhs1[:, None], axis=0)
+        magnitudes = tl.sum(tl.abs(V * rhs1[:, None]), axis=0)
         x1 = kspace.matvec(V, coefficients * inverse)
-        null = kspace.matvec(V, tl.where(drop, coefficients, 0.0))
-        consistent1 = tl.sqrt(tl.sum(null * null, axis=0)) <= CONSISTENCY_TOLERANCE * tl.sqrt(tl.sum(rhs1 * rhs1, axis=0))
+        consistent1 = tl.sum((drop & (tl.abs(coefficients) > CONSISTENCY_TOLERANCE * magnitudes)).to(tl.int32), axis=0) == 0
         if PAIR:
             coefficients = tl.sum(V * rhs2[:, None], axis=0)
+            magnitudes = tl.sum(tl.abs(V * rhs2[:, None]), axis=0)
             x2 = kspace.matvec(V, coefficients * inverse)
-            null = kspace.matvec(V, tl.where(drop, coefficients, 0.0))
-            consistent2 = tl.sqrt(tl.sum(null * null, axis=0)) <= CONSISTENCY_TOLERANCE * tl.sqrt(
-                tl.sum(rhs2 * rhs2, axis=0)
+            consistent2 = (
+                tl.sum((drop & (tl.abs(coefficients) > CONSISTENCY_TOLERANCE * magnitudes)).to(tl.int32), axis=0) == 0
             )
     return tl.where(S, x1 / safe_sigma, 0.0), tl.where(S, x2 / safe_sigma, 0.0), consistent1, consistent2
 
@@ -104,7 +104,8 @@ def _cagrad_face(A, b, sigma, S, radius_sq, at_zero, K, BLOCK_K: tl.constexpr):
 @triton.jit
 def _cagrad_refine(A, b, sigma, u, radius_sq, mean_sq, at_zero, K, BLOCK_K: tl.constexpr):
     """Re-solve the final face and fix its active set task by task, task i's KKT condition judged
-    at its own scale ‖gᵢ‖·(‖g₀‖ + √φ) (csrc/solvers/cagrad.h refine); u unchanged if a face fails."""
+    at its scale (‖gᵢ‖ + min_S‖gⱼ‖)·(‖g₀‖ + √φ); a face out of the ball's reach drops the task of
+    least uᵢ‖gᵢ‖ (csrc/solvers/cagrad.h refine). u is kept when no face passes."""
     offs = tl.arange(0, BLOCK_K)
     in_k = offs < K
     S = in_k & (u > 0.0)
@@ -116,7 +117,12 @@ def _cagrad_refine(A, b, sigma, u, radius_sq, mean_sq, at_zero, K, BLOCK_K: tl.c
     while (running != 0) & (rounds < 2 * K + 10):
         rounds += 1
         u_S, mu, ok = _cagrad_face(A, b, sigma, S, radius_sq, at_zero, K, BLOCK_K)
-        if ok:
+        if ~ok:  # the ball is out of reach: drop the task nearest to leaving
+            nearest = tl.where(S, u * sigma, float("inf"))
+            leaving = tl.argmin(tl.where(S & (nearest == tl.min(nearest, axis=0)), added, NEVER), axis=0)
+            S = S & (offs != leaving)
+            added = tl.where(S, added, NEVER)
+        else:
             scaled = tl.where(S, u_S * sigma, 0.0)
             largest = tl.max(tl.abs(scaled), axis=0)
             lowest = tl.minimum(tl.min(scaled, axis=0), 0.0)
@@ -127,9 +133,8 @@ def _cagrad_refine(A, b, sigma, u, radius_sq, mean_sq, at_zero, K, BLOCK_K: tl.c
             else:
                 candidate = tl.where(S, tl.maximum(u_S, 0.0), 0.0)
                 r = b + kspace.matvec(A, candidate)
-                violation = tl.where(
-                    in_k & (sigma > 0.0) & ~S, (mu - r) / tl.maximum(sigma * d_scale, TINY), -float("inf")
-                )
+                reference_norm = tl.min(tl.where(S, sigma, float("inf")), axis=0)  # μ is exact to the active tasks' scale
+                violation = tl.where(in_k & (sigma > 0.0) & ~S, (mu - r) / ((sigma + reference_norm) * d_scale), -float("inf"))
                 worst = tl.argmax(violation, axis=0)
                 if tl.max(violation, axis=0) > REFINE_TOLERANCE:
                     S = S | (offs == worst)
@@ -138,8 +143,6 @@ def _cagrad_refine(A, b, sigma, u, radius_sq, mean_sq, at_zero, K, BLOCK_K: tl.c
                 else:
                     u = candidate
                     running = 0
-        else:
-            running = 0
         running = running * (tl.sum(S.to(tl.int32), axis=0) > 0).to(tl.int32)
     return u
 
@@ -224,7 +227,6 @@ def _cagrad_solve_kernel(
         S = offs == first
         added = tl.where(S, 0, NEVER)
         clock = 1
-        reached_ball = 0
         running = 1
         iteration = 1
         while (running != 0) & (iteration < 50 * K + 100) & (tl.sum(S.to(tl.int32), axis=0) > 0):
@@ -245,7 +247,10 @@ def _cagrad_solve_kernel(
                 if has_zero_row & (-mu < step):
                     step = tl.maximum(-mu, 0.0)
                     event = tl.full([], CAP, tl.int32)
-                entering = tl.where(nonzero & (rate < 1.0) & ~S, tl.maximum(r - mu, 0.0) / (1.0 - rate), float("inf"))
+                # rows moving with μ (duplicates) never enter
+                entering = tl.where(
+                    nonzero & (rate < 1.0 - RATE_TOLERANCE) & ~S, tl.maximum(r - mu, 0.0) / (1.0 - rate), float("inf")
+                )
                 if tl.min(entering, axis=0) < step:
                     step = tl.min(entering, axis=0)
                     event = tl.full([], ENTER, tl.int32)
@@ -258,7 +263,6 @@ def _cagrad_solve_kernel(
                 u = tl.where(S, u + step * delta, u)
                 mu += step
                 if event == BALL:
-                    reached_ball = 1
                     running = 0
                 elif event == CAP:
                     degenerate = 1
@@ -279,9 +283,9 @@ def _cagrad_solve_kernel(
                 has_dual_point = 1
                 running = 0
             iteration += 1
-        u = tl.maximum(u, 0.0)
-        if (reached_ball != 0) | (degenerate != 0):
-            u = _cagrad_refine(A, b, sigma, u, radius_sq, mean_sq, degenerate != 0, K, BLOCK_K)
+        u = _cagrad_refine(  # after the ball, at μ = 0, or at the iteration cap
+            A, b, sigma, tl.maximum(u, 0.0), radius_sq, mean_sq, degenerate != 0, K, BLOCK_K
+        )
 
     # certificate (csrc/solvers/cagrad.h certify; mtlkernels.methods.cagrad.certificate)
     radius = C * tl.sqrt(mean_sq)
@@ -295,8 +299,12 @@ def _cagrad_solve_kernel(
     active = in_k & (u > 0.0)
     any_active = tl.sum(active.to(tl.int32), axis=0) > 0
     smallest = tl.argmin(tl.where(active, sigma, float("inf")), axis=0)
-    mu = tl.where(any_active, tl.where(has_dual_point != 0, 0.0, tl.sum(tl.where(offs == smallest, r, 0.0), axis=0)), primal)
-    violation = tl.where(active, tl.abs(r - mu), tl.maximum(mu - r, 0.0)) / tl.maximum(sigma * d_scale, TINY)
+    from_active = any_active & (has_dual_point == 0)
+    mu = tl.where(any_active, tl.where(from_active, tl.sum(tl.where(offs == smallest, r, 0.0), axis=0), 0.0), primal)
+    reference_norm = tl.where(from_active, tl.sum(tl.where(offs == smallest, sigma, 0.0), axis=0), 0.0)
+    violation = tl.where(active, tl.abs(r - mu), tl.maximum(mu - r, 0.0)) / tl.maximum(
+        (sigma + reference_norm) * d_scale, TINY
+    )
     kkt = tl.max(tl.where(nonzero, violation, 0.0), axis=0)
     top = tl.max(tl.where(in_k, sigma, 0.0), axis=0) * d_scale
 
@@ -327,10 +335,10 @@ def cagrad_solve(gram: Tensor, c: float, factor: float) -> tuple[Tensor, dict[st
     degenerate = torch.empty((), dtype=torch.bool, device=device)
     iterations = torch.empty((), dtype=torch.int32, device=device)
     facts = torch.empty(6, dtype=torch.float64, device=device)
-    block = max(16, triton.next_power_of_2(K))
+    block, warps = kspace.launch_config(K)
     _cagrad_solve_kernel[(1,)](
         gram.contiguous(), weights, active, degenerate, iterations, facts, K,
-        C=float(c), FACTOR=float(factor), BLOCK_K=block, num_warps=8 if block >= 64 else 4,
+        C=float(c), FACTOR=float(factor), BLOCK_K=block, num_warps=warps,
     )
     names = ("kkt_residual", "ball_residual", "duality_gap", "worst_improvement", "dual_objective", "multiplier_sum")
     diagnostics: dict[str, Tensor] = dict(zip(names, facts.unbind()))

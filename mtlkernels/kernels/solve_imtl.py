@@ -16,9 +16,8 @@ from torch import Tensor
 from ..methods import imtl
 from ..methods.base import Solution
 from . import kspace
+from .kspace import MAX_TASKS
 
-#: the largest K solved in registers (BLOCK_K ≤ 64); beyond it the torch solver runs
-MAX_TASKS = 64
 
 # the tolerances of mtlkernels.methods.imtl (= csrc/solvers/imtl.h), as kernel constants
 PIVOT_TOL = tl.constexpr(imtl.PIVOT_TOL)
@@ -115,10 +114,10 @@ def imtl_solve(gram: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
     flags = torch.empty(3, dtype=torch.bool, device=device)
     rank = torch.empty((), dtype=torch.int32, device=device)
     residual = torch.empty((), dtype=torch.float64, device=device)
-    block = max(16, triton.next_power_of_2(K))
+    block, warps = kspace.launch_config(K)
     _imtl_solve_kernel[(1,)](
         gram.contiguous(), weights, zero_tasks, flags[0], flags[1], flags[2], rank, residual, K,
-        BLOCK_K=block, num_warps=8 if block >= 64 else 4,
+        BLOCK_K=block, num_warps=warps,
     )
     diagnostics = {
         "fallback": flags[0], "unique": flags[1], "degenerate": flags[2], "rank": rank,

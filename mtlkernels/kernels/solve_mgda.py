@@ -19,9 +19,8 @@ from torch import Tensor
 from ..methods import mgda
 from ..methods.base import Solution
 from . import kspace
+from .kspace import MAX_TASKS
 
-#: the largest K solved in registers (BLOCK_K ≤ 64); beyond it the torch solver runs
-MAX_TASKS = 64
 
 TOLERANCE = tl.constexpr(mgda.TOLERANCE)
 DEPENDENT_PIVOT = tl.constexpr(mgda.DEPENDENT_PIVOT)
@@ -184,13 +183,13 @@ def mgda_solve(gram: Tensor, losses: Tensor | None, normalization: str, combinat
     )
     if normalization in ("loss", "loss+") and losses is None:
         raise ValueError(f"normalization={normalization!r} needs the K loss values")
-    block = max(16, triton.next_power_of_2(K))
+    block, warps = kspace.launch_config(K)
     _mgda_solve_kernel[(1,)](
         gram.contiguous(), out["weights"] if losses is None else losses.contiguous(), out["weights"],
         out["simplex_weights"], out["normalizers"], out["kkt_residual"], out["objective"], out["iterations"],
         out["support"], K,
         NORMALIZATION=NORMALIZATION_CODES[normalization], NORMALIZED=combination == "normalized", BLOCK_K=block,
-        num_warps=8 if block >= 64 else 4,
+        num_warps=warps,
     )
     return out
 

@@ -17,9 +17,8 @@ from torch import Tensor
 from ..methods import nash_mtl
 from ..methods.base import Solution
 from . import kspace
+from .kspace import MAX_TASKS
 
-#: the largest K solved in registers (BLOCK_K ≤ 64); beyond it the torch solver runs
-MAX_TASKS = 64
 
 MAX_NEWTON_STEPS = tl.constexpr(nash_mtl._MAX_NEWTON_STEPS)
 CONVERGED_DECREMENT2 = tl.constexpr(nash_mtl._CONVERGED_DECREMENT2)
@@ -182,12 +181,12 @@ def nash_mtl_solve(
     iterations = torch.empty((), dtype=torch.int32, device=device)
     converged = torch.empty((), dtype=torch.bool, device=device)
     certificates = torch.empty(4, dtype=torch.float64, device=device)
-    block = max(16, triton.next_power_of_2(K))
+    block, warps = kspace.launch_config(K)
     _nash_mtl_solve_kernel[(1,)](
         gram.contiguous(), alpha if previous is None else previous.contiguous(), alpha, weights, dropped,
         iterations, converged, certificates, K,
         MAX_NORM=float(max_norm), HAS_PREVIOUS=previous is not None, REUSE=reuse, BLOCK_K=block,
-        num_warps=8 if block >= 64 else 4,
+        num_warps=warps,
     )
     diagnostics = {
         "residual": certificates[0], "kept_residual": certificates[1], "direction_norm": certificates[2],
