@@ -16,6 +16,9 @@ model (same initial weights, same batch), as:
 - ``torchjd``: torchjd 0.18's autojac, ``mtl_backward(losses, features=z)`` (the trunk's Jacobian
   into ``.jac``, vmapped over the K rows) then ``jac_to_grad(trunk.parameters(), aggregator)``.
 
+The ways of one row are timed round-robin, the baselines included (:func:`measure_interleaved`),
+so each tax is a ratio of times taken under the same machine load.
+
 Peak memory (``peak_<way>_bytes``): the largest number of bytes held by tensors that the steps
 allocated, above the model, the batch and the optimizer's construction, over steady-state steps
 (the persistent buffers a first step creates — Adam moments, the [K, N] workspace — count).
@@ -30,6 +33,8 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import statistics
+import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -42,7 +47,7 @@ from torch import Tensor
 from .. import peers
 from ..optim import CAGrad, IMTL, MGDAUB, MultiTaskOptimizer, NashMTL, PCGrad
 from .suites import Row
-from .timing import Timing, measure
+from .timing import Timing, _quantile
 
 #: suite name of each path: parameter gradients (the exact path) and the shared representation
 PATHS = {"step": False, "step-features": True}
@@ -336,50 +341,78 @@ class StepRow(Row):
         return out
 
 
+def measure_interleaved(
+    steps: dict[str, Callable[[], None]], device: torch.device, min_time_s: float, max_rounds: int = 50
+) -> dict[str, Timing]:
+    """Time several ways of stepping round-robin — one call of each per round — until every way has
+    run ``min_time_s`` (at least 3 rounds) or ``max_rounds``; their ratios then see the same machine
+    load, which on a shared machine drifts far more over a minute than within a round. CUDA: device
+    events around each call, after overwriting a buffer larger than L2 (as :func:`.timing.measure`)."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    flush = torch.empty(64 * 2**20, dtype=torch.int32, device=device) if device.type == "cuda" else None
+    for _ in range(max_rounds):
+        for name, run in steps.items():
+            if flush is not None:
+                flush.zero_()
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                run()
+                end.record()
+                end.synchronize()
+                times[name].append(start.elapsed_time(end) / 1e3)
+            else:
+                t0 = time.perf_counter()
+                run()
+                times[name].append(time.perf_counter() - t0)
+        if len(times[next(iter(steps))]) >= 3 and all(sum(t) >= min_time_s for t in times.values()):
+            break
+    return {name: Timing(statistics.median(t), _quantile(t, 0.2), _quantile(t, 0.8), len(t)) for name, t in times.items()}
+
+
 @functools.lru_cache(maxsize=1)
-def _problem_and_baselines(K: int, N: int, dtype: torch.dtype, device: torch.device, min_time_s: float) -> tuple[StepProblem, Timing, Timing, dict[str, float]]:
-    """The model and batch of a configuration, and its two baselines (shared by every method's rows)."""
+def _problem_and_baselines(K: int, N: int, dtype: torch.dtype, device: torch.device) -> tuple[StepProblem, dict[str, TrainingStep], dict[str, float]]:
+    """The model and batch of a configuration, its two baseline steps (warm, reused by every
+    method's rows) and their peak memory."""
     problem = StepProblem.build(K, N, dtype, device)
-    timings, peaks = [], {}
-    for name, make in (("plain", plain_step), ("per_task_backward", per_task_backward_step)):
-        step = make(problem)
-        peaks[name] = peak_step_bytes(step, device)
-        timings.append(measure(step, device, min_time_s=min_time_s))
-    return problem, timings[0], timings[1], peaks
+    baselines = {"plain": plain_step(problem), "per_task_backward": per_task_backward_step(problem)}
+    return problem, baselines, {name: peak_step_bytes(run, device) for name, run in baselines.items()}
 
 
 def step_case(
     method: str, K: int, N: int, dtype: torch.dtype, device: torch.device, min_time_s: float,
     with_peers: bool = True, features: bool = False,
 ) -> StepRow:
-    """Time one training step of ``method`` our way and the peers' ways, beside the two baselines.
+    """Time one training step of ``method`` our way and the peers' ways, interleaved with the two
+    baselines (:func:`measure_interleaved`), and the peak memory of each.
 
     N is the trunk's target size (the row carries the actual parameter count); ``features``
     selects the features path (suite ``step-features``) instead of the parameter path (``step``).
     """
-    problem, plain, per_task, baseline_peaks = _problem_and_baselines(K, N, dtype, device, min_time_s)
+    problem, baselines, baseline_peaks = _problem_and_baselines(K, N, dtype, device)
     suite = "step-features" if features else "step"
-    row = StepRow(suite, method, K, problem.N, str(dtype).removeprefix("torch."), device.type,
-                  per_task_backward=per_task, batch=len(problem.inputs))
-    row.floor_s = plain.median_s
+    row = StepRow(suite, method, K, problem.N, str(dtype).removeprefix("torch."), device.type, batch=len(problem.inputs))
     row.peak_bytes.update(baseline_peaks)
-    steps: dict[str, Callable[[], TrainingStep]] = {"mtlkernels": lambda: mtlkernels_step(problem, method, features)}
+    makers: dict[str, Callable[[], TrainingStep]] = {"mtlkernels": lambda: mtlkernels_step(problem, method, features)}
     if with_peers:
-        steps.update(peer_steps(problem, method, features, row.skipped))
+        makers.update(peer_steps(problem, method, features, row.skipped))
+    ways: dict[str, TrainingStep] = dict(baselines)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="MGDAUB.backward got no features=")
         warnings.filterwarnings("ignore", message="You are solving a parameterized problem that is not DPP")  # torchjd's NashMTL
-        for name, make in steps.items():
-            step = make()
+        for name, make in makers.items():
+            run = make()
             try:
-                peak = peak_step_bytes(step, device)
+                row.peak_bytes[name] = peak_step_bytes(run, device)  # also the warm-up
             except Exception as error:  # a peer that cannot run this configuration is reported, not fatal
                 if name == "mtlkernels":
                     raise
                 row.skipped[name] = f"failed: {type(error).__name__}: {error}"
                 continue
-            row.peak_bytes[name] = peak
-            row.times[name] = measure(step, device, min_time_s=min_time_s)
+            ways[name] = run
+        timings = measure_interleaved(ways, device, min_time_s)
+    row.floor_s = timings.pop("plain").median_s
+    row.per_task_backward = timings.pop("per_task_backward")
+    row.times = timings
     return row
 
 
