@@ -145,3 +145,20 @@ def test_libmtl_two_tasks_is_exact_in_the_interior():
     _, w_theirs = _libmtl_mgda(dominated, "none", torch.ones(2, dtype=torch.float64))
     assert w_theirs.tolist() == pytest.approx([0.999, 0.001])
     assert mk.aggregate(dominated, "mgda").weights.tolist() == [1.0, 0.0]
+
+
+def test_libmtl_failures_documented():
+    """Two LibMTL 1.1.5 failures the docs list, where ours returns the exact answer: its best-pair
+    search starts from a cost of 1e8, so gradients whose every pair costs more leave it without a
+    pair; and a zero gradient with "l2" divides 0/0 (for K = 2 it then has no pair either; for
+    K ≥ 3 its loop never ends, so that is not run here)."""
+    big = conflicting_J(3, 20, seed=1) * 1e5  # every ‖gᵢ‖² ≈ 1e11
+    with pytest.raises(UnboundLocalError):
+        _libmtl_mgda(big, "none", torch.ones(3, dtype=torch.float64))
+    res = mk.aggregate(big, "mgda")
+    ref = mk.reference.mgda(big)
+    torch.testing.assert_close(res.direction, ref.direction, rtol=1e-9, atol=1e-9 * float(big.norm(dim=1).max()))
+    zero = torch.tensor([[0.0, 0.0], [1.0, 2.0]], dtype=torch.float64)
+    with pytest.raises(UnboundLocalError):
+        _libmtl_mgda(zero, "l2", torch.ones(2, dtype=torch.float64))
+    assert mk.aggregate(zero, "mgda", normalization="l2").weights.tolist() == [1.0, 0.0]
