@@ -66,7 +66,10 @@ def normalizers(gram: Tensor, normalization: str, losses: Tensor | None) -> Tens
 
 def kkt_residual(Q: Tensor, w: Tensor) -> float:
     """KKT residual of min_{w ∈ Δ} wᵀQw: with g = Qw, λ = wᵀQw, m = Σ wᵢ√Qᵢᵢ, the largest of
-    |gᵢ − λ| over the support and max(0, λ − gᵢ) off it, each over m·(√Qᵢᵢ + m). 0 when m = 0."""
+    |gᵢ − λ| over the support and max(0, λ − gᵢ) off it, each over m·(√Qᵢᵢ + m). 0 when m = 0.
+    Computed in float64, for any solver's weights w [K] on the simplex."""
+    Q = Q.to(torch.float64)
+    w = w.to(device=Q.device, dtype=torch.float64)
     lengths = Q.diagonal().clamp_min(0).sqrt()
     g = Q @ w
     objective = w @ g

@@ -33,6 +33,17 @@ TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-5, torch.bfloat16: 2e-2, tor
 KKT_TOLERANCE = 1e-6
 
 
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """The solves work on K×K tensors, where torch's thread pool only adds synchronisation (and on
+    a shared machine its spin-waits dominate the time)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+
 def _losses(K: int, seed: int = 7) -> torch.Tensor:
     return torch.rand(K, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) + 0.25
 

@@ -25,6 +25,17 @@ from peers import libmtl_weighting, torchjd_aggregation
 ROUNDING = 1e-12
 
 
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """The solves work on K×K tensors, where torch's thread pool only adds synchronisation (and on
+    a shared machine its spin-waits dominate the time)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+
 def _cases(K: int, N: int) -> list[tuple[str, torch.Tensor]]:
     return [("random", random_J(K, N, seed=K)), *adversarial_cases(K, N, seed=K)]
 
