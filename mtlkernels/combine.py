@@ -34,7 +34,7 @@ def _combine_torch(weights: Tensor, blocks: list[Tensor], outs: list[Tensor], ac
 
 def _combine_cpp(weights: Tensor, blocks: list[Tensor], outs: list[Tensor], accumulate: bool) -> None:
     """d = wᵀJ straight into ``outs`` by one pass over J: OpenMP over column chunks, each column
-    summed over k in order in float32 (float64 for float64 J) (csrc/kernels/combine_cpu.cpp)."""
+    summed over k in order in float64 (csrc/kernels/combine_cpu.cpp)."""
     blocks = cpp_blocks(blocks)
     for i, (out, block) in enumerate(zip(outs, blocks)):
         if out.device.type != "cpu" or out.dtype not in CPP_DTYPES or not out.is_contiguous():
@@ -43,8 +43,7 @@ def _combine_cpp(weights: Tensor, blocks: list[Tensor], outs: list[Tensor], accu
             )
         if out.numel() != block.shape[1]:
             raise ValueError(f"out[{i}] has {out.numel()} elements; block {i} of J has {block.shape[1]} columns")
-    acc = torch.float64 if blocks[0].dtype == torch.float64 else torch.float32
-    w = weights.detach().to(device="cpu", dtype=acc).contiguous()
+    w = weights.detach().to(device="cpu", dtype=torch.float64).contiguous()
     _extension.extension().combine_cpu(
         w.data_ptr(),
         [b.data_ptr() for b in blocks],

@@ -1,7 +1,8 @@
 // Pass 2 on the CPU: the direction d = wᵀJ, block i of J written straight into out[i].
 //
-// Each column is Σ_k w_k·J[k, c], summed over k in order in float32 (float64 for float64 J),
-// then rounded once to the output's dtype (after adding the output's old value when accumulating).
+// Each column is Σ_k w_k·J[k, c], summed over k in order in float64 (free: the pass is bound by
+// memory, and a weight beyond float32's range still gives its finite term w_k·g_k), then rounded
+// once to the output's dtype (after adding the output's old value when accumulating).
 // Columns are independent, so the result does not depend on the thread count. The columns are
 // cut into chunks run in parallel; a chunk is walked in panels (the next one prefetched), and a
 // panel kVectors vectors of columns at a time, held in registers while the K rows stream past.
@@ -20,50 +21,37 @@ constexpr int kVectors = 4;                 // vectors of columns accumulated in
 constexpr int64_t kChunkColumns = 1 << 14;  // columns per unit of parallel work
 constexpr int64_t kPanelBytes = 32 << 10;   // K rows × panel columns of J prefetched at a time
 
-template <typename In>
-using AccOf = std::conditional_t<std::is_same_v<In, double>, double, float>;
-
-// Accumulating adds the old output in the wider of Acc and Out (as torch's add_ does).
-template <typename Acc, typename Out>
-using SumOf = std::conditional_t<std::is_same_v<Acc, double> || std::is_same_v<Out, double>, double, float>;
-
-// out[c] (+)= Σ_k w[k]·x[k·ld + c] for c < cols.
+// out[c] (+)= Σ_k w[k]·x[k·ld + c] for c < cols, in double.
 template <typename In, typename Out>
-void combine_columns(const In* x, int64_t ld, int K, const AccOf<In>* w, Out* out, int64_t cols, bool accumulate) {
-  using Acc = AccOf<In>;
-  using Sum = SumOf<Acc, Out>;
-  constexpr int n = lanes<Acc>;
+void combine_columns(const In* x, int64_t ld, int K, const double* w, Out* out, int64_t cols, bool accumulate) {
+  constexpr int n = lanes<double>;
   constexpr int64_t step = kVectors * n;
   int64_t c0 = 0;
   for (; c0 + step <= cols; c0 += step) {
-    SimdOf<Acc, n> acc[kVectors];
-    for (int v = 0; v < kVectors; ++v) acc[v] = SimdOf<Acc, n>{};
+    SimdOf<double, n> acc[kVectors];
+    for (int v = 0; v < kVectors; ++v) acc[v] = SimdOf<double, n>{};
     for (int k = 0; k < K; ++k) {
       const In* row = x + k * ld + c0;
-      for (int v = 0; v < kVectors; ++v) acc[v] += w[k] * load_as<Acc, n>(row + v * n);
+      for (int v = 0; v < kVectors; ++v) acc[v] += w[k] * load_as<double, n>(row + v * n);
     }
     for (int v = 0; v < kVectors; ++v) {
       Out* dst = out + c0 + v * n;
-      if (accumulate)
-        store_as<Out, n, Sum>(dst, load_as<Sum, n>(dst) + __builtin_convertvector(acc[v], SimdOf<Sum, n>));
-      else
-        store_as<Out, n, Acc>(dst, acc[v]);
+      store_as<Out, n, double>(dst, accumulate ? load_as<double, n>(dst) + acc[v] : acc[v]);
     }
   }
   for (int64_t c = c0; c < cols; ++c) {
-    Acc acc = 0;
+    double acc = 0;
     for (int k = 0; k < K; ++k) acc += w[k] * to_float(x[k * ld + c]);
-    out[c] = accumulate ? from_acc<Out>(static_cast<Sum>(to_float(out[c])) + static_cast<Sum>(acc))
-                        : from_acc<Out>(acc);
+    out[c] = from_acc<Out>(accumulate ? to_float(out[c]) + acc : acc);
   }
 }
 
 // out[c] (+)= Σ_k w[k]·x[k·ld + c] for c < cols, panel by panel, each panel's successor (up to
 // `ahead` more columns of the block) prefetched before the panel is combined.
 template <typename In, typename Out>
-void combine_chunk(const In* x, int64_t ld, int K, const AccOf<In>* w, Out* out, int64_t cols, int64_t ahead,
+void combine_chunk(const In* x, int64_t ld, int K, const double* w, Out* out, int64_t cols, int64_t ahead,
                    bool accumulate) {
-  const int64_t panel = std::max<int64_t>(kVectors * lanes<AccOf<In>>, kPanelBytes / (K * int64_t{sizeof(In)}));
+  const int64_t panel = std::max<int64_t>(kVectors * lanes<double>, kPanelBytes / (K * int64_t{sizeof(In)}));
   for (int64_t c0 = 0; c0 < cols; c0 += panel) {
     const int64_t width = std::min(panel, cols - c0);
     prefetch_rows(x + c0 + width, ld, K, std::min(panel, cols + ahead - c0 - width));
@@ -104,7 +92,7 @@ void combine_cpu(uintptr_t weights_ptr, const std::vector<uintptr_t>& pointers, 
     visit_dtype(in_type, [&](auto in_tag) {
       using In = decltype(in_tag);
       const In* x = static_cast<const In*>(block.data) + chunk.start;
-      const auto* w = reinterpret_cast<const AccOf<In>*>(weights_ptr);
+      const auto* w = reinterpret_cast<const double*>(weights_ptr);
       visit_dtype(out_types[chunk.block], [&](auto out_tag) {
         using Out = decltype(out_tag);
         Out* out = reinterpret_cast<Out*>(out_pointers[chunk.block]) + chunk.start;
@@ -121,8 +109,7 @@ Registration reg([](py::module_& m) {
         py::arg("accumulate"),
         "d = wᵀJ of the blocks [K, cols[i]] at pointers[i] (row stride row_strides[i] elements, unit column "
         "stride, dtype float32/float64/float16/bfloat16) into the contiguous outputs at out_pointers[i] (dtype "
-        "out_dtypes[i]), adding to them when accumulate. The K weights at weights_ptr are float64 for float64 J, "
-        "else float32.");
+        "out_dtypes[i]), adding to them when accumulate; the K weights at weights_ptr are float64.");
 });
 
 }  // namespace

@@ -1,6 +1,7 @@
 """The C++ CPU combination kernel (csrc/kernels/combine_cpu.cpp) against float64 torch: d = wᵀJ
 into NaN-poisoned outputs, over sizes, dtypes (J's and the outputs'), block lists with awkward
-strides, accumulate mode, extreme scales, NaN propagation, determinism, the torch backend, errors."""
+strides, accumulate mode, extreme scales and weights, NaN propagation, determinism, the torch
+backend, errors."""
 import importlib
 
 import pytest
@@ -16,8 +17,10 @@ from cases import random_J
 pytestmark = pytest.mark.skipif(not _extension.available, reason=f"C++ extension not built: {_extension.import_error}")
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
-#: unit roundoff of each dtype (outputs are rounded once; sums run in float32, float64 for float64 J)
+#: unit roundoff of each output dtype; the sums run in float64, and a 16-bit output is rounded
+#: from float64 through float32 (as torch does), which adds up to 2⁻²⁴ relative
 ROUNDOFF = {torch.float64: 2.0**-53, torch.float32: 2.0**-24, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
+FLOAT32_STAGE = {torch.bfloat16: 2.0**-24, torch.float16: 2.0**-24}
 
 
 def weights(K: int, seed: int = 0) -> torch.Tensor:
@@ -29,16 +32,15 @@ def nan_outputs(sizes: list[int], dtype: torch.dtype) -> list[torch.Tensor]:
 
 
 def assert_combination(out: torch.Tensor, w: torch.Tensor, J: torch.Tensor, base: torch.Tensor | None = None) -> None:
-    """out = (base +) wᵀJ rounded once to out's dtype: |out − d| ≤ u_out·|d| + K·u_acc·(|w|ᵀ|J| + |base|)
-    + the spacing of out's subnormals, d in float64 from the weights as the kernel takes them (cast
-    to its accumulation dtype)."""
-    acc = torch.float64 if J.dtype == torch.float64 else torch.float32
-    w64, J64 = w.to(acc).double(), J.double()
+    """out = (base +) wᵀJ, summed in float64 and rounded once to out's dtype:
+    |out − d| ≤ u_out·|d| + (K+1)·2⁻⁵³·(|w|ᵀ|J| + |base|) + the spacing of out's subnormals."""
+    w64, J64 = w.double(), J.double()
     d, scale = w64 @ J64, w64.abs() @ J64.abs()
     if base is not None:
         d, scale = d + base.double(), scale + base.double().abs()
     subnormal = torch.finfo(out.dtype).smallest_normal * torch.finfo(out.dtype).eps
-    bound = ROUNDOFF[out.dtype] * d.abs() + max(J.shape[0], 2) * ROUNDOFF[acc] * scale + subnormal
+    unit = ROUNDOFF[out.dtype] + FLOAT32_STAGE.get(out.dtype, 0.0)
+    bound = unit * d.abs() + (J.shape[0] + 1) * 2.0**-53 * scale + subnormal
     error = (out.double().reshape(-1) - d).abs()
     assert not out.isnan().any(), "an output element was not written"
     assert (error <= bound).all(), f"max error / bound = {(error / bound.clamp_min(1e-300)).max():.3g}"
@@ -116,6 +118,21 @@ def test_extreme_scales(exponent):
     (out,) = nan_outputs([3001], torch.float32)
     _combine_cpp(w, [J], [out], False)
     assert_combination(out, w, J)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_weights_beyond_float32_range(dtype):
+    """A weight of 1e40 on a 1e-20 gradient is a finite term (PCGrad/CAGrad give such weights on
+    the 1e-20..1e20 case): the weights stay float64 and so do the sums."""
+    J = random_J(3, 2000, seed=12, dtype=torch.float64)
+    J[0] *= 1e-20
+    J = J.to(dtype)
+    w = torch.tensor([1e40, 0.5, -2.0], dtype=torch.float64)
+    (out,) = nan_outputs([2000], dtype)
+    _combine_cpp(w, [J], [out], False)
+    assert torch.isfinite(out).all()
+    assert_combination(out, w, J)
+    torch.testing.assert_close(out, mk.combine(w, J, backend="torch"))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
