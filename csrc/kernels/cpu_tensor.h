@@ -258,7 +258,7 @@ inline void prefetch_rows(const In* x, int64_t row_stride, int K, int64_t cols) 
 }
 
 // Below this many elements of J a pass runs on the calling thread (a parallel region costs more).
-constexpr int64_t kParallelMinElements = int64_t{1} << 16;
+constexpr int64_t kParallelMinElements = int64_t{1} << 18;
 
 // A 64-byte-aligned buffer of n Ts, zero-filled.
 template <typename T>
