@@ -26,7 +26,8 @@ class AggregationResult:
     Attributes:
         direction: d = Σₖ wₖ·gₖ: [N] for a [K, N] J, a list of [n_i] for a list of blocks, or the
             ``out`` tensors when given.
-        weights: [K] weights (float32; float64 for float64 J).
+        weights: [K] float64 weights, as solved: a weight can leave the float32 range while its
+            term wₖ·gₖ does not (PCGrad projecting a 1e20 gradient off a 1e-20 one gives ~1e40).
         gram: Γ = J·Jᵀ [K, K] as accumulated (float64 on the CPU).
         method: the method's name.
         diagnostics: the solver's certificate and facts (see each method's docs).
@@ -54,10 +55,6 @@ class AggregationResult:
     def conflicts(self) -> Tensor:
         """Number of task pairs i < j with gᵢ·gⱼ < 0 (a 0-d tensor; no host sync)."""
         return torch.triu(self.gram < 0, diagonal=1).sum()
-
-
-def _weights_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 class Aggregator:
@@ -110,7 +107,7 @@ class Aggregator:
             if bad:
                 raise ValueError(f"task gradient(s) {bad} contain a non-finite entry (NaN or Inf)")
         solution = self.weighting(gram, losses)
-        weights = solution.weights.to(device=blocks[0].device, dtype=_weights_dtype(blocks[0].dtype))
+        weights = solution.weights.to(device=blocks[0].device, dtype=torch.float64)
         if outs is None:
             outs = [torch.empty(b.shape[1], dtype=b.dtype, device=b.device) for b in blocks]
             accumulate = False

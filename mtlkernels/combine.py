@@ -2,7 +2,9 @@
 
 With ``out`` a list of tensors (e.g. each shared parameter's ``.grad``), block i of J is
 combined straight into ``out[i]``; when J is one [K, N] tensor, ``out`` splits its columns in
-order. Products are accumulated in at least float32 and rounded once to the output dtype.
+order. The weights are float64 and the products are accumulated in float64 — free, as the pass is
+memory-bound — so a weight beyond the float32 range (PCGrad projecting a 1e20 gradient off a
+1e-20 one gives ~1e40) still gives the finite term wₖ·gₖ; each output is rounded once to its dtype.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ _TORCH_CHUNK_ELEMS = 1 << 22
 
 
 def _combine_torch(weights: Tensor, blocks: list[Tensor], outs: list[Tensor], accumulate: bool) -> None:
-    acc = torch.promote_types(blocks[0].dtype, torch.float32)
+    acc = torch.float64
     w = weights.to(device=blocks[0].device, dtype=acc)
     step = max(1, _TORCH_CHUNK_ELEMS // blocks[0].shape[0])
     for block, out in zip(blocks, outs):

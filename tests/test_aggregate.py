@@ -19,7 +19,7 @@ def test_dtypes(dtype):
     J = random_J(3, 257, dtype=dtype)
     res = mk.aggregate(J)
     assert res.direction.dtype == dtype
-    assert res.weights.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert res.weights.dtype == torch.float64  # as solved; see test_weights_beyond_float32
     expected = res.weights.double() @ J.double()
     tol = {torch.float64: 1e-12, torch.float32: 1e-6}.get(dtype, 1e-2)
     torch.testing.assert_close(res.direction.double(), expected, rtol=tol, atol=tol)
@@ -82,3 +82,17 @@ def test_cosine_and_conflicts():
     res = mk.aggregate(J)
     torch.testing.assert_close(res.cosine, torch.tensor([[1.0, -1, 0], [-1, 1, 0], [0, 0, 0]], dtype=torch.float64))
     assert int(res.conflicts) == 1
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp", "triton"])
+def test_weights_beyond_float32(backend):
+    """A weight may leave the float32 range while its term does not: the combination is exact."""
+    from mtlkernels.backend import available
+
+    if not available(backend, torch.device("cpu")):
+        pytest.skip(f"backend {backend!r} is not available here")
+    J = torch.zeros(2, 3)
+    J[0, 0], J[1, 1] = 1e-20, 1.0
+    w = torch.tensor([1e40, 2.0], dtype=torch.float64)  # 1e40 overflows float32
+    d = mk.combine(w, J, backend=backend)
+    torch.testing.assert_close(d, torch.tensor([1e20, 2.0, 0.0]))

@@ -3,8 +3,10 @@
 A persistent grid walks the columns of all blocks through an address table (see :mod:`._launch`):
 block b of J ([K, n_b], any row stride) is combined into out[b] (contiguous, n_b elements, e.g. a
 parameter's ``.grad``), optionally added to what out[b] holds. The weights are read from device
-memory, products are summed in float32 (float64 for float64 J), and each output element is rounded
-once to its tensor's dtype.
+memory as float64 and products are summed in float64 — a weight may lie beyond the float32 range
+while its term does not, and the pass is memory-bound, so the wide FMAs cost nothing (H100: ~20
+float64 FMAs per loaded element are available at full bandwidth) — and each output element is
+rounded once to its tensor's dtype.
 """
 from __future__ import annotations
 
@@ -25,12 +27,12 @@ STEP_BYTES = 32 * 1024
 def _combine_chunk(
     x_ptr, out_ptr, w_ptr, src, stride, dst, n, col0, K,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, K_TILES: tl.constexpr, MASK_COLS: tl.constexpr,
-    ACCUMULATE: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    ACCUMULATE: tl.constexpr,
 ):
     """out[dst + col0 + i] (+)= Σₖ w[k]·x[src + k·stride + col0 + i] for i < BLOCK_N (and < n if MASK_COLS)."""
     cols = col0 + tl.arange(0, BLOCK_N)
     col_mask = cols < n
-    d = tl.zeros([BLOCK_N], dtype=ACC_DTYPE)
+    d = tl.zeros([BLOCK_N], dtype=tl.float64)
     for kt in tl.static_range(K_TILES):  # unrolled: every row tile's loads can be in flight together
         task = kt * BLOCK_K + tl.arange(0, BLOCK_K)
         w = tl.load(w_ptr + task, mask=task < K, other=0.0)
@@ -38,13 +40,15 @@ def _combine_chunk(
         if MASK_COLS:
             mask = mask & col_mask[None, :]
         x = tl.load(x_ptr + src + task[:, None].to(tl.int64) * stride + cols[None, :], mask=mask, other=0.0)
-        d += tl.sum(w[:, None] * x.to(ACC_DTYPE), axis=0)
+        d += tl.sum(w[:, None] * x.to(tl.float64), axis=0)
     out = out_ptr + dst + cols
     if ACCUMULATE:
         if MASK_COLS:
-            d += tl.load(out, mask=col_mask, other=0.0).to(ACC_DTYPE)
+            d += tl.load(out, mask=col_mask, other=0.0).to(tl.float64)
         else:
-            d += tl.load(out).to(ACC_DTYPE)
+            d += tl.load(out).to(tl.float64)
+    if out_ptr.dtype.element_ty != tl.float64:  # round via float32: one well-defined step per dtype
+        d = d.to(tl.float32)
     if MASK_COLS:
         tl.store(out, d.to(out_ptr.dtype.element_ty), mask=col_mask)
     else:
@@ -55,7 +59,7 @@ def _combine_chunk(
 def _combine_kernel(
     x_ptr, out_ptr, w_ptr, table_ptr, K, PROGRAM_RECORDS,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, K_TILES: tl.constexpr, ALIGNED: tl.constexpr, VEC_X: tl.constexpr,
-    VEC_OUT: tl.constexpr, ACCUMULATE: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    VEC_OUT: tl.constexpr, ACCUMULATE: tl.constexpr,
 ):
     """Program p combines the chunks [programs[p], programs[p+1]) of the address table."""
     program = table_ptr + PROGRAM_RECORDS + 2 * tl.program_id(0)
@@ -77,10 +81,10 @@ def _combine_kernel(
         full_stop = tl.minimum(stop, first + n // BLOCK_N)
         for c in range(chunk, full_stop):  # whole chunks: no column mask, 16-byte accesses
             _combine_chunk(x_ptr, out_ptr, w_ptr, src, stride, dst, n, (c - first) * BLOCK_N, K,
-                           BLOCK_N, BLOCK_K, K_TILES, False, ACCUMULATE, ACC_DTYPE)
+                           BLOCK_N, BLOCK_K, K_TILES, False, ACCUMULATE)
         if full_stop < stop:  # the block's last, partial chunk
             _combine_chunk(x_ptr, out_ptr, w_ptr, src, stride, dst, n, (full_stop - first) * BLOCK_N, K,
-                           BLOCK_N, BLOCK_K, K_TILES, True, ACCUMULATE, ACC_DTYPE)
+                           BLOCK_N, BLOCK_K, K_TILES, True, ACCUMULATE)
         chunk = stop
         block += 1
 
@@ -110,7 +114,7 @@ def triton_combine(
     """out[b] (+)= wᵀ·blocks[b] for every block, one launch per output dtype, no host sync.
 
     Args:
-        weights: [K] on J's device (any float dtype; cast to the accumulation dtype on the device).
+        weights: [K] on J's device (any float dtype; used as float64, on the device).
         blocks: [K, n_b] fp16/bf16/fp32/fp64, one device and dtype, any row stride.
         outs: contiguous outputs with n_b elements each, on J's device.
         accumulate: add into the outputs instead of overwriting them.
@@ -121,8 +125,7 @@ def triton_combine(
         return
     blocks = _launch.unit_column_stride([b for b, _ in pairs])
     K, dtype, device = blocks[0].shape[0], blocks[0].dtype, blocks[0].device
-    wide = dtype == torch.float64
-    w = weights.to(device=device, dtype=torch.float64 if wide else torch.float32).contiguous()
+    w = weights.to(device=device, dtype=torch.float64).contiguous()
     config = config or combine_config(K, dtype, device)
     by_dtype: dict[torch.dtype, list[int]] = {}
     for i, (_, o) in enumerate(pairs):
@@ -135,7 +138,7 @@ def triton_combine(
             srcs[table.src_base], dsts[table.dst_base], w, table.table, K, table.program_records,
             BLOCK_N=config.block_n, BLOCK_K=config.block_k, K_TILES=triton.cdiv(K, config.block_k), ALIGNED=table.aligned,
             VEC_X=_launch.vector_width(dtype), VEC_OUT=_launch.vector_width(out_dtype),
-            ACCUMULATE=accumulate, ACC_DTYPE=tl.float64 if wide else tl.float32, num_warps=config.num_warps,
+            ACCUMULATE=accumulate, num_warps=config.num_warps,
         )
 
 

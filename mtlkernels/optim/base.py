@@ -353,7 +353,7 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         self._write_combination(weights, ws.rows, roles.shared)
         self._write_private(weights, ws.private_views, roles)
         self._write_owned_grads(values, grad_scale)
-        return self._record(gram, solution, values, roles, ws.rows.dtype)
+        return self._record(gram, solution, values, roles)
 
     def _backward_features(
         self, losses: list[Tensor], values: Tensor, features: Tensor | Sequence[Tensor], roles: ParameterRoles,
@@ -402,7 +402,7 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         self._accumulate(roles.shared, [v[0] for v in ws.direction])
         self._write_private(weights, ws.private_views, roles)
         self._write_owned_grads(values, grad_scale)
-        return self._record(gram, solution, values, roles, rows.dtype)
+        return self._record(gram, solution, values, roles)
 
     # -- pieces ---------------------------------------------------------------------------------
     def _trainable(self) -> list[Tensor]:
@@ -539,9 +539,8 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
             else:
                 p.grad.add_(v.view_as(p.grad))
 
-    def _record(self, gram: Tensor, solution: Any, values: Tensor, roles: ParameterRoles, dtype: torch.dtype) -> AggregationResult:
-        weights = solution.weights.to(torch.float64 if dtype == torch.float64 else torch.float32)
-        self.last = AggregationResult([p.grad for p in roles.shared], weights, gram, self.weighting.name, dict(solution.diagnostics))
+    def _record(self, gram: Tensor, solution: Any, values: Tensor, roles: ParameterRoles) -> AggregationResult:
+        self.last = AggregationResult([p.grad for p in roles.shared], solution.weights, gram, self.weighting.name, dict(solution.diagnostics))
         self.last_losses = values
         return self.last
 

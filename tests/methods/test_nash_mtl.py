@@ -272,7 +272,7 @@ def test_low_precision_J(dtype, backend):
             continue  # beyond the range of float16/bfloat16 storage
         J = J.to(dtype)
         result = mk.aggregate(J, "nash_mtl", backend=backend)
-        assert result.direction.dtype == dtype and result.weights.dtype == torch.float32
+        assert result.direction.dtype == dtype and result.weights.dtype == torch.float64
         assert bool(torch.isfinite(result.weights).all()) and bool(torch.isfinite(result.direction).all()), name
         reference = mk.reference.nash_mtl(J)
         assert result.diagnostics["dropped_tasks"] == reference.info["dropped_tasks"], name

@@ -28,7 +28,7 @@ def test_autocast_bf16_step_equals_manual(features):
         expected = manual_grads(model, x, y, direction_of, features=features)
     for a, e in zip(grads_of(model), expected):
         torch.testing.assert_close(a, e.float(), rtol=1e-5, atol=1e-6 * float(e.abs().max()))
-    assert last.weights.dtype == torch.float32
+    assert last.weights.dtype == torch.float64
 
 
 def _one_step(model, opt, scaler=None, features=False, loss_factor=1.0):
