@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ._checks import Jacobian, as_blocks
 from .combine import combine_blocks, output_blocks
-from .gram import gram_blocks
+from .gram import gram_blocks, gram_blocks_float64
 from .methods import Weighting, make_weighting
 
 
@@ -68,6 +68,8 @@ class Aggregator:
             pass over J). Default ``None``: check on the CPU, where it is free; skip on CUDA, where
             reading the answer costs a host synchronisation (a non-finite gradient then gives
             non-finite weights and direction). ``True`` checks everywhere, ``False`` nowhere.
+            A float32-accumulated Γ (CUDA) that overflowed — gradients ≳ 1e19 — is recomputed in
+            float64 when checked, so only a real NaN/Inf in J raises.
         **options: the method's options (see its Weighting class).
     """
 
@@ -102,7 +104,9 @@ class Aggregator:
         outs = output_blocks(blocks, out) if out is not None else None
         gram = gram_blocks(blocks, self.backend)
         check = self.check_finite if self.check_finite is not None else gram.device.type == "cpu"
-        if check:
+        if check and not bool(torch.isfinite(gram.diagonal()).all()):
+            if gram.dtype != torch.float64:  # a float32 accumulation overflows for gradients ≳ 1e19
+                gram = gram_blocks_float64(blocks)
             bad = (~torch.isfinite(gram.diagonal())).nonzero().flatten().tolist()
             if bad:
                 raise ValueError(f"task gradient(s) {bad} contain a non-finite entry (NaN or Inf)")

@@ -26,10 +26,11 @@ def accumulation_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 or device.type == "cpu" else torch.float32
 
 
-def _gram_torch(blocks: list[Tensor]) -> Tensor:
-    """Reference-quality fallback: Γ = Σ_chunks Jc·Jcᵀ with each chunk upcast to the accumulation dtype."""
+def _gram_torch(blocks: list[Tensor], acc: torch.dtype | None = None) -> Tensor:
+    """Reference-quality fallback: Γ = Σ_chunks Jc·Jcᵀ with each chunk upcast to ``acc`` (default:
+    the accumulation dtype)."""
     K, device = blocks[0].shape[0], blocks[0].device
-    acc = accumulation_dtype(blocks[0].dtype, device)
+    acc = acc or accumulation_dtype(blocks[0].dtype, device)
     gram = torch.zeros(K, K, dtype=acc, device=device)
     step = max(1, _TORCH_CHUNK_ELEMS // K)
     for block in blocks:
@@ -77,6 +78,13 @@ _IMPLS: dict[str, Callable[[list[Tensor]], Tensor]] = {"torch": _gram_torch, "tr
 def gram_blocks(blocks: list[Tensor], backend: str = "auto") -> Tensor:
     """Γ of already-checked blocks, in the accumulation dtype (see :func:`accumulation_dtype`)."""
     return _backend.select("gram", _IMPLS, backend, blocks[0].device)(blocks)
+
+
+def gram_blocks_float64(blocks: list[Tensor]) -> Tensor:
+    """Γ accumulated in float64 on J's device (torch, chunked): the exact recomputation used when a
+    float32-accumulated Γ came out non-finite, to tell an overflow (gradients ≳ 1e19) from a
+    NaN/Inf in J."""
+    return _gram_torch(blocks, torch.float64)
 
 
 def gram(J: Jacobian, *, backend: str = "auto", dtype: torch.dtype | None = None) -> Tensor:

@@ -96,3 +96,20 @@ def test_weights_beyond_float32(backend):
     w = torch.tensor([1e40, 2.0], dtype=torch.float64)  # 1e40 overflows float32
     d = mk.combine(w, J, backend=backend)
     torch.testing.assert_close(d, torch.tensor([1e20, 2.0, 0.0]))
+
+
+def test_float32_gram_overflow_is_not_a_nan():
+    """Triton accumulates Γ in float32: rows of 1e20 overflow it. When checked, Γ is recomputed in
+    float64 and only a real NaN/Inf in J raises."""
+    from mtlkernels.backend import available
+
+    if not available("triton", torch.device("cpu")):
+        pytest.skip("Triton on CPU tensors needs TRITON_INTERPRET=1")
+    J = random_J(3, 64, dtype=torch.float32)
+    J[1] *= 1e20
+    res = mk.aggregate(J, "mean", backend="triton", check_finite=True)
+    assert res.gram.dtype == torch.float64 and torch.isfinite(res.gram).all()
+    torch.testing.assert_close(res.gram, J.double() @ J.double().T, rtol=1e-6, atol=0)
+    J[2, 5] = float("nan")
+    with pytest.raises(ValueError, match=r"\[2\].*non-finite"):
+        mk.aggregate(J, "mean", backend="triton", check_finite=True)

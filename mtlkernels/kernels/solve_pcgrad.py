@@ -10,6 +10,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ..methods.base import Solution
+from ..methods.pcgrad import PCGradWeighting
+
 
 @triton.jit
 def _pcgrad_solve_kernel(gram_ptr, order_ptr, weights_ptr, projections_ptr, K, MEAN: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -50,3 +53,13 @@ def pcgrad_solve(gram: Tensor, order: Tensor, mean: bool) -> tuple[Tensor, Tenso
         MEAN=mean, BLOCK_K=max(16, triton.next_power_of_2(K)),
     )
     return weights, projections
+
+
+def solve_triton(self: PCGradWeighting, gram: Tensor, losses: Tensor | None) -> Solution:
+    """The weighting's "triton" solver: one program, no host sync.
+
+    Diagnostics hold device tensors: "projections" (0-d) and "order"; the orthogonality residual
+    is not computed on the device."""
+    order = self.visiting_orders(gram.shape[0], gram.device)
+    weights, projections = pcgrad_solve(gram.detach(), order, self.reduction == "mean")
+    return Solution(weights, {"projections": projections, "order": order})

@@ -7,6 +7,7 @@ inputs, dispatches through :mod:`mtlkernels.backend`, and carries the optimizer-
 """
 from __future__ import annotations
 
+import importlib
 from abc import ABC
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
@@ -31,6 +32,16 @@ class Solution:
 
 
 SolveFn = Callable[["Weighting", Tensor, "Tensor | None"], Solution]
+
+
+def triton_solver(module: str) -> SolveFn:
+    """The on-device solve ``mtlkernels.kernels.<module>.solve_triton``, imported on first use, so
+    importing a method never imports triton (and the kernel module may import the method's)."""
+
+    def solve(self: "Weighting", gram: Tensor, losses: "Tensor | None") -> Solution:
+        return importlib.import_module(f"mtlkernels.kernels.{module}").solve_triton(self, gram, losses)
+
+    return solve
 
 
 class Weighting(ABC):

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from .._extension import extension
-from .base import Solution, Weighting
+from .base import Solution, Weighting, triton_solver
 
 #: Cholesky pivots of C below this (C's diagonal is 1) send the solve to the fallback
 PIVOT_TOL = 1e-14
@@ -161,7 +161,7 @@ class IMTLWeighting(Weighting):
     """
 
     name = "imtl"
-    solvers = {"torch": _solve_torch, "cpp": _solve_cpp}
+    solvers = {"torch": _solve_torch, "cpp": _solve_cpp, "triton": triton_solver("solve_imtl")}
 
     def __init__(self, *, backend: str = "auto") -> None:
         super().__init__(backend=backend)

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from .._checks import check_option
 from .._extension import extension
-from .base import Solution, Weighting
+from .base import Solution, Weighting, triton_solver
 
 NORMALIZATIONS = ("none", "l2", "loss", "loss+")
 COMBINATIONS = ("original", "normalized")
@@ -220,7 +220,7 @@ class MGDAWeighting(Weighting):
     """
 
     name = "mgda"
-    solvers = {"torch": _solve_torch, "cpp": _solve_cpp}
+    solvers = {"torch": _solve_torch, "cpp": _solve_cpp, "triton": triton_solver("solve_mgda")}
 
     def __init__(self, *, normalization: str = "none", combination: str = "original", backend: str = "auto") -> None:
         super().__init__(backend=backend)

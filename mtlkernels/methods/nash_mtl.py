@@ -33,7 +33,7 @@ from torch import Tensor
 
 from .._checks import check_option
 from .._extension import extension
-from .base import Solution, Weighting
+from .base import Solution, Weighting, triton_solver
 
 if TYPE_CHECKING:
     from ..aggregate import Aggregator
@@ -269,7 +269,7 @@ class NashMTLWeighting(Weighting):
     """
 
     name = "nash_mtl"
-    solvers = {"torch": _solve_torch, "cpp": _solve_cpp}
+    solvers = {"torch": _solve_torch, "cpp": _solve_cpp, "triton": triton_solver("solve_nash_mtl")}
 
     def __init__(
         self,

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from .._checks import check_option
 from .._extension import extension
-from .base import Solution, Weighting
+from .base import Solution, Weighting, triton_solver
 
 REDUCTIONS = ("sum", "mean")
 
@@ -114,18 +114,6 @@ def _solve_cpp(self: "PCGradWeighting", gram: Tensor, losses: Tensor | None) -> 
     return Solution(weights if gram.device.type == "cpu" else weights.to(gram.device), diagnostics)
 
 
-def _solve_triton(self: "PCGradWeighting", gram: Tensor, losses: Tensor | None) -> Solution:
-    """The single-program Triton solve (:mod:`mtlkernels.kernels.solve_pcgrad`): no host sync.
-
-    Diagnostics hold device tensors: "projections" (0-d) and "order"; the orthogonality residual
-    is not computed on the device."""
-    from ..kernels.solve_pcgrad import pcgrad_solve
-
-    order = self.visiting_orders(gram.shape[0], gram.device)
-    weights, projections = pcgrad_solve(gram.detach(), order, self.reduction == "mean")
-    return Solution(weights, {"projections": projections, "order": order})
-
-
 class PCGradWeighting(Weighting):
     """PCGrad: project each task gradient off the ones it conflicts with, in turn; sum the results.
 
@@ -184,4 +172,4 @@ class PCGradWeighting(Weighting):
     def options(self) -> dict[str, Any]:
         return {"reduction": self.reduction, "order": self.order, "generator": self.generator, "backend": self.backend}
 
-    solvers = {"torch": _solve_torch, "cpp": _solve_cpp, "triton": _solve_triton}
+    solvers = {"torch": _solve_torch, "cpp": _solve_cpp, "triton": triton_solver("solve_pcgrad")}
