@@ -118,42 +118,48 @@ def cholesky(A, mask, n, BLOCK_K: tl.constexpr, rtol):
     """L with A = L·Lᵀ on the rows/columns where ``mask`` holds (L is the identity elsewhere), and
     whether it succeeded: every pivot d must be finite and > rtol·max masked |Aᵢᵢ| (as
     csrc/solvers/dense.h's cholesky_solve, whose left-looking sums run in the same order as these
-    right-looking updates). Indices ≥ n must be unmasked. A failed pivot leaves a finite L.
+    right-looking updates). Indices ≥ n must be unmasked; unmasked columns cost no update, so the
+    dependent steps are the masked ones. A failed pivot leaves a finite L.
     """
     offs = tl.arange(0, BLOCK_K)
     eye = tl.where(offs[:, None] == offs[None, :], 1.0, 0.0).to(tl.float64)
     S = tl.where(mask[:, None] & mask[None, :], A, eye)
     tol = rtol * tl.max(tl.where(mask, tl.abs(diagonal(A, BLOCK_K)), 0.0), axis=0)
     L = eye
-    failed = tl.zeros([1], dtype=tl.int32)
+    flags = mask.to(tl.int32)
+    failed = 0
     for j in range(n):
-        col = tl.reshape(tl.gather(S, tl.full([BLOCK_K, 1], j, tl.int32), axis=1), [BLOCK_K])
-        d = tl.gather(col, tl.full([1], j, tl.int32), axis=0)
-        masked = tl.gather(mask.to(tl.int32), tl.full([1], j, tl.int32), axis=0) != 0
-        good = (d > tol) & (tl.abs(d) < float("inf"))
-        failed = failed | (masked & ~good).to(tl.int32)
-        l = tl.where(offs >= j, col / tl.sqrt(tl.where(good, d, 1.0)), 0.0)
-        S = S - l[:, None] * l[None, :]
-        L = tl.where(offs[None, :] == j, l[:, None], L)
-    return L, tl.max(failed, axis=0) == 0
+        if tl.reshape(tl.gather(flags, tl.full([1], j, tl.int32), axis=0), []) != 0:
+            col = tl.reshape(tl.gather(S, tl.full([BLOCK_K, 1], j, tl.int32), axis=1), [BLOCK_K])
+            d = tl.reshape(tl.gather(col, tl.full([1], j, tl.int32), axis=0), [])
+            good = (d > tol) & (tl.abs(d) < float("inf"))
+            failed = failed | (~good).to(tl.int32)
+            l = tl.where(offs >= j, col / tl.sqrt(tl.where(good, d, 1.0)), 0.0)
+            S = S - l[:, None] * l[None, :]
+            L = tl.where(offs[None, :] == j, l[:, None], L)
+    return L, failed == 0
 
 
 @triton.jit
-def cholesky_solve(L, b, n, BLOCK_K: tl.constexpr):
-    """x with L·Lᵀ·x = b (forward then backward substitution; indices ≥ n keep b)."""
+def cholesky_solve(L, b, mask, n, BLOCK_K: tl.constexpr):
+    """x with L·Lᵀ·x = b for L from :func:`cholesky` with the same ``mask`` (forward then backward
+    substitution over the masked indices; the others keep b)."""
     offs = tl.arange(0, BLOCK_K)
     diag = diagonal(L, BLOCK_K)
+    flags = mask.to(tl.int32)
     y = b.to(tl.float64)
     for j in range(n):  # L·y = b, column by column
-        l = tl.reshape(tl.gather(L, tl.full([BLOCK_K, 1], j, tl.int32), axis=1), [BLOCK_K])
-        y_j = tl.gather(y / diag, tl.full([1], j, tl.int32), axis=0)
-        y = tl.where(offs == j, y_j, tl.where(offs > j, y - l * y_j, y))
+        if tl.reshape(tl.gather(flags, tl.full([1], j, tl.int32), axis=0), []) != 0:
+            l = tl.reshape(tl.gather(L, tl.full([BLOCK_K, 1], j, tl.int32), axis=1), [BLOCK_K])
+            y_j = tl.gather(y / diag, tl.full([1], j, tl.int32), axis=0)
+            y = tl.where(offs == j, y_j, tl.where(offs > j, y - l * y_j, y))
     x = y
     for t in range(n):  # Lᵀ·x = y, from the last row up: x_j, then subtract L[j, :j]·x_j
         j = n - 1 - t
-        l = tl.reshape(tl.gather(L, tl.full([1, BLOCK_K], j, tl.int32), axis=0), [BLOCK_K])
-        x_j = tl.gather(x / diag, tl.full([1], j, tl.int32), axis=0)
-        x = tl.where(offs == j, x_j, tl.where(offs < j, x - l * x_j, x))
+        if tl.reshape(tl.gather(flags, tl.full([1], j, tl.int32), axis=0), []) != 0:
+            l = tl.reshape(tl.gather(L, tl.full([1, BLOCK_K], j, tl.int32), axis=0), [BLOCK_K])
+            x_j = tl.gather(x / diag, tl.full([1], j, tl.int32), axis=0)
+            x = tl.where(offs == j, x_j, tl.where(offs < j, x - l * x_j, x))
     return x
 
 

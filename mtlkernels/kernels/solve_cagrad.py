@@ -61,9 +61,9 @@ def _cagrad_active_solve(A, sigma, S, y1, y2, K, BLOCK_K: tl.constexpr, PAIR: tl
     consistent1 = tl.sum(S.to(tl.int32), axis=0) >= 0
     consistent2 = consistent1
     if positive_definite:
-        x1 = kspace.cholesky_solve(L, rhs1, K, BLOCK_K)
+        x1 = kspace.cholesky_solve(L, rhs1, S, K, BLOCK_K)
         if PAIR:
-            x2 = kspace.cholesky_solve(L, rhs2, K, BLOCK_K)
+            x2 = kspace.cholesky_solve(L, rhs2, S, K, BLOCK_K)
     else:
         lam, V = kspace.symmetric_eigen(M, K, BLOCK_K, MAX_SWEEPS)
         largest = tl.max(tl.where(S, tl.abs(lam), 0.0), axis=0)

@@ -4,7 +4,8 @@ nᵢ = √Γᵢᵢ, C = N⁻¹ΓN⁻¹; β = C⁻¹𝟙 by Cholesky, w = N⁻¹�
 α₂..K = g₁Uᵀ(DUᵀ)⁻¹, α₁ = 1 − Σα₂..K (Liu et al., "Towards Impartial Multi-task Learning", ICLR 2021).
 The same algorithm, tolerances and degenerate conventions as csrc/solvers/imtl.h: zero gradients
 get weight 0 (all zero: 𝟙/K); a singular C or Σ(N⁻¹β) ≈ 0 takes the fallback — C's eigen-decomposition
-by Jacobi rotations, then the impartial w with Σw = 1 of least ‖N·w‖ — and none existing gives w = 0.
+by Jacobi rotations (in parallel order; cyclic there), then the impartial w with Σw = 1 of least
+‖N·w‖ — and none existing gives w = 0.
 """
 from __future__ import annotations
 
@@ -74,7 +75,7 @@ def _imtl_solve_kernel(
 
     # closed form: β = C⁻¹𝟙 by Cholesky, γ = N⁻¹β, w = γ/Σγ
     L, positive_definite = kspace.cholesky(C, active, K, BLOCK_K, PIVOT_TOL)
-    gamma = tl.where(active, kspace.cholesky_solve(L, tl.where(active, 1.0, 0.0), K, BLOCK_K) / n, 0.0)
+    gamma = tl.where(active, kspace.cholesky_solve(L, tl.where(active, 1.0, 0.0), active, K, BLOCK_K) / n, 0.0)
     gamma_sum = tl.sum(gamma, axis=0)
     closed_form = positive_definite & (tl.abs(gamma_sum) > SUM_RTOL * tl.sum(tl.abs(gamma), axis=0)) & (m > 0)
     alpha = tl.where(closed_form, gamma / tl.where(closed_form, gamma_sum, 1.0), 0.0)

@@ -52,7 +52,7 @@ def _mgda_affine_minimizer(Q, active, added, lengths, K, BLOCK_K: tl.constexpr):
     M_unit = tl.where(offs[:, None] == offs[None, :], 1.0, M / (unit[:, None] * unit[None, :]))
     L, independent = kspace.cholesky(M_unit, others, K, BLOCK_K, DEPENDENT_PIVOT)
     rhs = tl.where(others, -(q_b - q_bb) / unit, 0.0)  # −Δ̂ᵢ·p_b
-    beta = tl.where(others, kspace.cholesky_solve(L, rhs, K, BLOCK_K) / unit, 0.0)
+    beta = tl.where(others, kspace.cholesky_solve(L, rhs, others, K, BLOCK_K) / unit, 0.0)
     alpha = tl.where(offs == base, 1.0 - tl.sum(beta, axis=0), beta)
     return alpha, distinct & independent
 

@@ -62,7 +62,7 @@ def _nash_mtl_barrier_newton(C, beta, kept, K, BLOCK_K: tl.constexpr):
             L, factored = kspace.cholesky(H, kept, K, BLOCK_K, 0.0)
             attempts += 1
         if factored:
-            step = -tl.where(kept, kspace.cholesky_solve(L, gradient, K, BLOCK_K), 0.0)
+            step = -tl.where(kept, kspace.cholesky_solve(L, gradient, kept, K, BLOCK_K), 0.0)
             decrement2 = -tl.sum(gradient * step, axis=0)
             decrement = tl.sqrt(tl.maximum(decrement2, 0.0))
             if decrement2 <= CONVERGED_DECREMENT2:
