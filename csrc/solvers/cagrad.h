@@ -19,11 +19,13 @@
 
 namespace mtlkernels::cagrad {
 
-constexpr double kPivotTolerance = 1e-14;       // Cholesky pivot² of the unit-diagonal active matrix
+constexpr double kPivotTolerance = 1e-12;       // Cholesky pivot² of the unit-diagonal active matrix
 constexpr double kEigenRcond = 1e-12;           // dropped eigenvalues in the singular case
-constexpr double kConsistencyTolerance = 1e-6;  // relative least-squares residual of a consistent system
+constexpr double kConsistencyTolerance = 1e-6;  // y along dropped eigenvectors, relative: consistent
+constexpr double kRateTolerance = 1e-9;         // an inactive task enters when dgᵢ·d/dμ < 1 − this
 constexpr double kRefineTolerance = 1e-13;      // per-task KKT test of the final face
 constexpr double kHullTolerance = 1e-14;        // stopping test of the hull point's active-set method
+constexpr double kHullZeroTolerance = 1e-7;     // 0 ∈ conv{gᵢ}: ‖Σwᵢgᵢ‖ below this fraction of Σwᵢ‖gᵢ‖
 
 struct Result {
   std::vector<double> multipliers;  // u ≥ 0, [K]
@@ -34,8 +36,8 @@ struct Result {
 };
 
 // A_SS·x = y through M = A_SS/(σσᵀ): Cholesky, or — once Cholesky finds M singular — least squares
-// on M's eigen-decomposition, reporting the part of the scaled y in M's null space (non-zero: the
-// system is inconsistent).
+// on M's eigen-decomposition without the eigenvalues below kEigenRcond·λ_max, telling a consistent
+// singular system (duplicate gradients) from an inconsistent one.
 class ActiveSystem {
  public:
   ActiveSystem(const std::vector<double>& A, int K, const std::vector<double>& sigma, const std::vector<int>& S)
@@ -45,45 +47,66 @@ class ActiveSystem {
       for (int j = 0; j < n_; ++j) M_[i * n_ + j] = A[static_cast<size_t>(S[i]) * K + S[j]] / (sigma_[i] * sigma_[j]);
   }
 
-  // x with A_SS·x = y; false (least-squares x, null-space part in `null_part`) when inconsistent.
-  bool solve(const std::vector<double>& y, std::vector<double>& x, std::vector<double>& null_part) {
-    std::vector<double> rhs(n_);
+  // Least-squares x with A_SS·x = y, with one step of iterative refinement; false when
+  // inconsistent: the scaled y has a component along a dropped eigenvector v beyond
+  // kConsistencyTolerance relative to |v|ᵀ|y| (its cancellation scale).
+  bool solve(const std::vector<double>& y, std::vector<double>& x) {
+    std::vector<double> rhs(n_), correction(n_), residual(n_);
     for (int i = 0; i < n_; ++i) rhs[i] = y[i] / sigma_[i];
-    x.assign(n_, 0.0);
-    null_part.assign(n_, 0.0);
-    bool consistent = true;
-    const bool positive_definite =
-        eigenvalues_.empty() && dense::cholesky_solve(M_.data(), rhs.data(), x.data(), n_, kPivotTolerance);
-    if (!positive_definite) {
-      if (eigenvalues_.empty()) {
-        eigenvalues_.resize(n_);
-        V_.resize(static_cast<size_t>(n_) * n_);
-        dense::symmetric_eigen(M_.data(), eigenvalues_.data(), V_.data(), n_);
-      }
-      double largest = 0.0;
-      for (double e : eigenvalues_) largest = std::max(largest, std::fabs(e));
-      std::fill(x.begin(), x.end(), 0.0);
-      for (int k = 0; k < n_; ++k) {
-        double coefficient = 0.0;
-        for (int i = 0; i < n_; ++i) coefficient += V_[i * n_ + k] * rhs[i];
-        const bool keep = eigenvalues_[k] > kEigenRcond * largest;
-        for (int i = 0; i < n_; ++i) {
-          if (keep)
-            x[i] += coefficient / eigenvalues_[k] * V_[i * n_ + k];
-          else
-            null_part[i] += coefficient * V_[i * n_ + k];
-        }
-      }
-      double null_sq = 0.0, rhs_sq = 0.0;
-      for (int i = 0; i < n_; ++i) null_sq += null_part[i] * null_part[i], rhs_sq += rhs[i] * rhs[i];
-      consistent = std::sqrt(null_sq) <= kConsistencyTolerance * std::sqrt(rhs_sq);
-      if (consistent) std::fill(null_part.begin(), null_part.end(), 0.0);
+    const bool consistent = apply_inverse(rhs, x);
+    for (int i = 0; i < n_; ++i) {
+      double s = rhs[i];
+      for (int j = 0; j < n_; ++j) s -= M_[i * n_ + j] * x[j];
+      residual[i] = s;
     }
-    for (int i = 0; i < n_; ++i) x[i] /= sigma_[i];
+    apply_inverse(residual, correction);
+    for (int i = 0; i < n_; ++i) x[i] = (x[i] + correction[i]) / sigma_[i];
     return consistent;
   }
 
+  // z with A_SS·z ≈ 0 involving the last task most: the last unit vector projected onto the dropped
+  // eigenvectors' span, unscaled (after an inconsistent solve).
+  void null_vector(std::vector<double>& z) const {
+    double largest = 0.0;
+    for (double e : eigenvalues_) largest = std::max(largest, std::fabs(e));
+    z.assign(n_, 0.0);
+    for (int k = 0; k < n_; ++k) {
+      if (eigenvalues_[k] > kEigenRcond * largest) continue;
+      for (int i = 0; i < n_; ++i) z[i] += V_[i * n_ + k] * V_[(n_ - 1) * n_ + k];
+    }
+    for (int i = 0; i < n_; ++i) z[i] /= sigma_[i];
+  }
+
  private:
+  // x = M⁻¹·rhs (Cholesky), or the least-squares solution on the kept eigenvalues once Cholesky has
+  // found M singular; false when rhs has a component along a dropped eigenvector (inconsistent).
+  bool apply_inverse(const std::vector<double>& rhs, std::vector<double>& x) {
+    x.assign(n_, 0.0);
+    if (eigenvalues_.empty() && dense::cholesky_solve(M_.data(), rhs.data(), x.data(), n_, kPivotTolerance)) return true;
+    if (eigenvalues_.empty()) {
+      eigenvalues_.resize(n_);
+      V_.resize(static_cast<size_t>(n_) * n_);
+      dense::symmetric_eigen(M_.data(), eigenvalues_.data(), V_.data(), n_);
+    }
+    double largest = 0.0;
+    for (double e : eigenvalues_) largest = std::max(largest, std::fabs(e));
+    bool consistent = true;
+    std::fill(x.begin(), x.end(), 0.0);
+    for (int k = 0; k < n_; ++k) {
+      double coefficient = 0.0, magnitude = 0.0;
+      for (int i = 0; i < n_; ++i) {
+        coefficient += V_[i * n_ + k] * rhs[i];
+        magnitude += std::fabs(V_[i * n_ + k] * rhs[i]);
+      }
+      if (eigenvalues_[k] > kEigenRcond * largest) {
+        for (int i = 0; i < n_; ++i) x[i] += coefficient / eigenvalues_[k] * V_[i * n_ + k];
+      } else if (std::fabs(coefficient) > kConsistencyTolerance * magnitude) {
+        consistent = false;
+      }
+    }
+    return consistent;
+  }
+
   int n_;
   std::vector<double> sigma_, M_, eigenvalues_, V_;
 };
@@ -114,16 +137,16 @@ inline bool face_solution(const Problem& P, const std::vector<int>& S, bool at_z
                           double& mu) {
   const int n = static_cast<int>(S.size());
   ActiveSystem system(P.A, P.K, P.sigma, S);
-  std::vector<double> ones(n, 1.0), b_S(n), delta, beta, null_part;
+  std::vector<double> ones(n, 1.0), b_S(n), delta, beta;
   for (int i = 0; i < n; ++i) b_S[i] = P.b[S[i]];
-  if (!system.solve(b_S, beta, null_part)) return false;
+  if (!system.solve(b_S, beta)) return false;
   u_S.resize(n);
   if (at_zero) {
     mu = 0.0;
     for (int i = 0; i < n; ++i) u_S[i] = -beta[i];
     return true;
   }
-  if (!system.solve(ones, delta, null_part)) return false;
+  if (!system.solve(ones, delta)) return false;
   double q = 0.0, p = 0.0, constant = -P.radius_sq;
   for (int i = 0; i < n; ++i) q += delta[i], p += beta[i], constant += b_S[i] * beta[i];
   const double discriminant = p * p - q * constant;
@@ -135,8 +158,8 @@ inline bool face_solution(const Problem& P, const std::vector<int>& S, bool at_z
 }
 
 // Re-solve the final face and fix its active set task by task, each task's KKT condition judged at
-// its own scale ‖gᵢ‖·(‖g₀‖ + √φ): the path's running μ loses the precision of tasks whose
-// gradients are many orders of magnitude smaller than the active ones.
+// its scale (‖gᵢ‖ + min_S‖gⱼ‖)·(‖g₀‖ + √φ): the path's running μ loses the precision of tasks whose
+// gradients are many orders of magnitude smaller than the active ones. u is kept when no face passes.
 inline void refine(const Problem& P, bool at_zero, std::vector<double>& u) {
   const int K = P.K;
   std::vector<int> S;
@@ -146,7 +169,11 @@ inline void refine(const Problem& P, bool at_zero, std::vector<double>& u) {
   std::vector<double> u_S, candidate(K);
   for (int round = 0; round < 2 * K + 10 && !S.empty(); ++round) {
     double mu;
-    if (!face_solution(P, S, at_zero, u_S, mu)) return;
+    if (!face_solution(P, S, at_zero, u_S, mu)) {  // the ball is out of reach: drop the task nearest to leaving
+      S.erase(std::min_element(S.begin(), S.end(),
+                               [&](int i, int j) { return u[i] * P.sigma[i] < u[j] * P.sigma[j]; }));
+      continue;
+    }
     const int n = static_cast<int>(S.size());
     int most_negative = 0;
     double lowest = 0.0, largest = 0.0;
@@ -161,11 +188,13 @@ inline void refine(const Problem& P, bool at_zero, std::vector<double>& u) {
     }
     std::fill(candidate.begin(), candidate.end(), 0.0);
     for (int i = 0; i < n; ++i) candidate[S[i]] = std::max(u_S[i], 0.0);
+    double reference_norm = P.sigma[S[0]];  // μ is gᵢ·d of the active tasks, exact to their scale
+    for (int i : S) reference_norm = std::min(reference_norm, P.sigma[i]);
     int worst = -1;
     double worst_violation = kRefineTolerance;
     for (int i = 0; i < K; ++i) {
       if (!(P.sigma[i] > 0) || std::find(S.begin(), S.end(), i) != S.end()) continue;
-      const double scale = std::max(P.sigma[i] * d_scale, std::numeric_limits<double>::min());
+      const double scale = (P.sigma[i] + reference_norm) * d_scale;
       const double violation = (mu - (P.b[i] + P.row_dot(i, candidate))) / scale;
       if (violation > worst_violation) worst_violation = violation, worst = i;
     }
@@ -178,14 +207,22 @@ inline void refine(const Problem& P, bool at_zero, std::vector<double>& u) {
   }
 }
 
-// w on the simplex with Σᵢ wᵢgᵢ ≈ 0, given 0 ∈ conv{gᵢ} (the degenerate case's dual point):
-// Lawson–Hanson's active-set method for min_{w≥0} ‖Jᵀw‖² + (𝟙ᵀw − 1)² in Gram form on
-// Q = A + 𝟙𝟙ᵀ; as the hull's min-norm point is 0, the minimiser has Jᵀw = 0 and 𝟙ᵀw = 1.
+// w on the simplex with Σᵢ wᵢgᵢ ≈ 0 when 0 ∈ conv{gᵢ} (the degenerate case's dual point; the best
+// such attempt otherwise): the zero gradients if any, else w ∝ v/‖gᵢ‖ with v from Lawson–Hanson's
+// active-set method for min_{v≥0} ‖Σᵢ vᵢĝᵢ‖² + (𝟙ᵀv − 1)² on the unit vectors ĝᵢ (Gram form,
+// Q = A/(σσᵀ) + 𝟙𝟙ᵀ): when 0 ∈ conv{ĝᵢ} the minimiser has Σᵢvᵢĝᵢ = 0 and 𝟙ᵀv = 1.
 inline std::vector<double> hull_zero_point(const Problem& P) {
   const int K = P.K;
-  std::vector<double> Q(P.A), q_sigma(K), w(K, 0.0), z, null_part;
-  for (double& x : Q) x += 1.0;
-  for (int i = 0; i < K; ++i) q_sigma[i] = std::sqrt(Q[static_cast<size_t>(i) * K + i]);
+  std::vector<double> w(K, 0.0);
+  if (P.has_zero_row) {
+    int count = 0;
+    for (int i = 0; i < K; ++i) count += !(P.sigma[i] > 0);
+    for (int i = 0; i < K; ++i) w[i] = P.sigma[i] > 0 ? 0.0 : 1.0 / count;
+    return w;
+  }
+  std::vector<double> Q(static_cast<size_t>(K) * K), q_sigma(K, std::sqrt(2.0)), z;
+  for (int i = 0; i < K; ++i)
+    for (int j = 0; j < K; ++j) Q[i * K + j] = P.A[static_cast<size_t>(i) * K + j] / (P.sigma[i] * P.sigma[j]) + 1.0;
   std::vector<bool> passive(K, false);
   for (int round = 0; round < 3 * K + 10; ++round) {
     int j = -1;
@@ -204,7 +241,7 @@ inline std::vector<double> hull_zero_point(const Problem& P) {
         if (passive[i]) S.push_back(i);
       if (S.empty()) break;
       ActiveSystem system(Q, K, q_sigma, S);
-      system.solve(std::vector<double>(S.size(), 1.0), z, null_part);
+      system.solve(std::vector<double>(S.size(), 1.0), z);
       const int n = static_cast<int>(S.size());
       int blocking = -1;
       double ratio = std::numeric_limits<double>::infinity();
@@ -224,7 +261,7 @@ inline std::vector<double> hull_zero_point(const Problem& P) {
     }
   }
   double total = 0.0;
-  for (double& x : w) total += (x = std::max(x, 0.0));
+  for (int i = 0; i < K; ++i) total += (w[i] = std::max(w[i], 0.0) / P.sigma[i]);
   for (double& x : w) x = total > 0 ? x / total : 1.0 / K;
   return w;
 }
@@ -255,12 +292,14 @@ inline void certify(const Problem& P, const std::vector<double>& u, const std::v
       any_active = true;
       if (smallest < 0 || P.sigma[i] < P.sigma[smallest]) smallest = i;
     }
-  const double mu = !any_active ? primal : (!dual_point.empty() ? 0.0 : r[smallest]);
+  const bool from_active = any_active && dual_point.empty();
+  const double mu = !any_active ? primal : (from_active ? r[smallest] : 0.0);
+  const double reference_norm = from_active ? P.sigma[smallest] : 0.0;
   double kkt = 0.0, top = 0.0;
   for (int i = 0; i < K; ++i) {
     top = std::max(top, P.sigma[i]);
     if (P.sigma[i] <= 0) continue;
-    const double scale = std::max(P.sigma[i] * d_scale, std::numeric_limits<double>::min());
+    const double scale = std::max((P.sigma[i] + reference_norm) * d_scale, std::numeric_limits<double>::min());
     const double violation = u[i] > 0 ? std::fabs(r[i] - mu) : std::max(mu - r[i], 0.0);
     kkt = std::max(kkt, violation / scale);
   }
@@ -270,6 +309,36 @@ inline void certify(const Problem& P, const std::vector<double>& u, const std::v
   out.duality_gap = top > 0 ? (dual - primal) / top : 0.0;
   out.worst_improvement = primal;
   out.dual_objective = dual;
+}
+
+
+// ‖Σᵢ wᵢgᵢ‖ ≤ kHullZeroTolerance·Σᵢ wᵢ‖gᵢ‖ (the square root of Γ's rounding).
+inline bool is_zero_combination(const Problem& P, const std::vector<double>& w) {
+  double scale = 0.0;
+  for (int i = 0; i < P.K; ++i) scale += w[i] * P.sigma[i];
+  return P.quadratic(w) <= (kHullZeroTolerance * scale) * (kHullZeroTolerance * scale);
+}
+
+// A degenerate pivot at μ = 0 when the entering task (last of S, uⱼ = 0) depends on the active ones,
+// Σₖ zₖgₖ = 0 with mixed signs (e.g. parallel gradients of different norms): move u_S along z (d does
+// not change) until an active task's multiplier reaches 0. Returns its position in S, or −1 when z
+// has no sign change.
+inline int swap(const Problem& P, const std::vector<int>& S, std::vector<double> z, std::vector<double>& u) {
+  const int n = static_cast<int>(S.size());
+  if (z[n - 1] < 0)
+    for (double& x : z) x = -x;
+  if (!(z[n - 1] > 0)) return -1;
+  double largest = 0.0;  // the sign test on zₖ‖gₖ‖, at each task's scale
+  for (int k = 0; k < n; ++k) largest = std::max(largest, std::fabs(z[k] * P.sigma[S[k]]));
+  int leaving = -1;
+  double ratio = std::numeric_limits<double>::infinity();
+  for (int k = 0; k < n; ++k)
+    if (z[k] * P.sigma[S[k]] < -kConsistencyTolerance * largest && u[S[k]] / -z[k] < ratio)
+      ratio = u[S[k]] / -z[k], leaving = k;
+  if (leaving < 0) return -1;
+  for (int k = 0; k < n; ++k) u[S[k]] = std::max(u[S[k]] + ratio * z[k], 0.0);
+  u[S[leaving]] = 0.0;
+  return leaving;
 }
 
 // Solve for a trace-normalised Gram A (K×K, row-major, symmetric) and c ≥ 0.
@@ -318,17 +387,25 @@ inline Result solve_normalized(const std::vector<double>& A, int K, double c) {
   }
 
   std::vector<int> S{first};
-  std::vector<double> ones, delta, null_part, rate(K), r(K);
-  bool reached_ball = false;
+  std::vector<int> blocked;  // tasks that left without μ moving may not re-enter until it moves (no cycling)
+  std::vector<double> ones, delta, rate(K), r(K), z;
   for (int iteration = 1; iteration < 50 * K + 100 && !S.empty(); ++iteration) {
     out.iterations = iteration;
     const int n = static_cast<int>(S.size());
     ones.assign(n, 1.0);
     ActiveSystem system(P.A, K, P.sigma, S);
-    if (!system.solve(ones, delta, null_part)) {  // μ cannot rise: it reached 0 with 0 ∈ conv{gᵢ}
-      out.degenerate = true;
-      dual_point = hull_zero_point(P);
-      break;
+    if (!system.solve(ones, delta)) {  // the entering gradient depends on the active ones: μ = 0 here
+      std::vector<double> hull_point = hull_zero_point(P);
+      system.null_vector(z);
+      const int leaving = is_zero_combination(P, hull_point) ? -1 : swap(P, S, z, u);
+      if (leaving < 0) {  // μ cannot rise: 0 ∈ conv{gᵢ}
+        out.degenerate = true;
+        dual_point = hull_point;
+        break;
+      }
+      blocked.push_back(S[leaving]);  // d unchanged: u moved along Jᵀz = 0 until this task reached 0
+      S.erase(S.begin() + leaving);
+      continue;
     }
     for (int i = 0; i < K; ++i) {
       double rate_i = 0.0, r_i = P.b[i];
@@ -353,7 +430,10 @@ inline Result solve_normalized(const std::vector<double>& A, int K, double c) {
     int index = -1;
     if (P.has_zero_row && -mu < step) step = std::max(-mu, 0.0), event = kCap;
     for (int i = 0; i < K; ++i) {
-      if (!(P.sigma[i] > 0) || !(rate[i] < 1) || std::find(S.begin(), S.end(), i) != S.end()) continue;
+      // rows moving with μ (duplicates) never enter
+      if (!(P.sigma[i] > 0) || !(rate[i] < 1 - kRateTolerance) || std::find(S.begin(), S.end(), i) != S.end() ||
+          std::find(blocked.begin(), blocked.end(), i) != blocked.end())
+        continue;
       const double t = std::max(r[i] - mu, 0.0) / (1 - rate[i]);
       if (t < step) step = t, event = kEnter, index = i;
     }
@@ -364,10 +444,8 @@ inline Result solve_normalized(const std::vector<double>& A, int K, double c) {
     }
     for (int k = 0; k < n; ++k) u[S[k]] += step * delta[k];
     mu += step;
-    if (event == kBall) {
-      reached_ball = true;
-      break;
-    }
+    if (step > 0) blocked.clear();
+    if (event == kBall) break;
     if (event == kCap) {
       out.degenerate = true;
       zero_rows_point();
@@ -377,11 +455,12 @@ inline Result solve_normalized(const std::vector<double>& A, int K, double c) {
       S.push_back(index);
     } else {
       u[S[index]] = 0.0;
+      if (step == 0) blocked.push_back(S[index]);
       S.erase(S.begin() + index);
     }
   }
   for (double& x : u) x = std::max(x, 0.0);
-  if (reached_ball || out.degenerate) refine(P, out.degenerate, u);
+  refine(P, out.degenerate, u);  // after the ball, at μ = 0, or at the iteration cap
   certify(P, u, dual_point, c, out);
   return out;
 }

@@ -31,16 +31,20 @@ from .base import Solution, Weighting
 
 RESCALES = (0, 1, 2)
 
-#: a Cholesky pivot of the unit-diagonal active matrix below this means "singular"
-PIVOT_TOLERANCE = 1e-14
+#: the unit-diagonal active matrix is "singular" below this smallest eigenvalue (Cholesky pivot in C++)
+PIVOT_TOLERANCE = 1e-12
 #: eigenvalues below this (relative) are dropped in the singular case's least-squares solve
 EIGEN_RCOND = 1e-12
-#: a singular active system is consistent when its least-squares residual is below this (relative)
+#: a singular system is consistent when y along each dropped eigenvector is below this (relative)
 CONSISTENCY_TOLERANCE = 1e-6
-#: the final face's KKT conditions, per task relative to ‖gᵢ‖·(‖g₀‖ + √φ)
+#: an inactive task enters when gᵢ·d falls behind μ, dgᵢ·d/dμ < 1 − RATE_TOLERANCE
+RATE_TOLERANCE = 1e-9
+#: the final face's KKT conditions, per task relative to (‖gᵢ‖ + ‖g_ref‖)·(‖g₀‖ + √φ)
 REFINE_TOLERANCE = 1e-13
 #: stopping test of the hull point's active-set method
 HULL_TOLERANCE = 1e-14
+#: 0 ∈ conv{gᵢ} when the hull point's ‖Σwᵢgᵢ‖ is below this fraction of Σwᵢ‖gᵢ‖
+HULL_ZERO_TOLERANCE = 1e-7
 
 
 def rescale_factor(c: float, rescale: int) -> float:
@@ -49,44 +53,60 @@ def rescale_factor(c: float, rescale: int) -> float:
 
 
 class _ActiveSystem:
-    """Solves A_SS·x = y on the active set through the unit-diagonal M = A_SS/(σσᵀ): Cholesky when M
-    is numerically positive definite, else least squares on its eigen-decomposition, telling a
-    consistent singular system (duplicate gradients) from an inconsistent one."""
+    """Solves A_SS·x = y on the active set through the unit-diagonal M = A_SS/(σσᵀ) and its
+    eigen-decomposition: exactly when M is numerically positive definite (λ_min > PIVOT_TOLERANCE,
+    where a Cholesky factorisation succeeds), else by least squares without the eigenvalues below
+    EIGEN_RCOND·λ_max, telling a consistent singular system (duplicate gradients) from an
+    inconsistent one. One step of iterative refinement recovers the digits an ill-conditioned M
+    costs."""
 
     def __init__(self, A_active: Tensor, sigma: Tensor) -> None:
         self.sigma = sigma
-        M = A_active / (sigma[:, None] * sigma[None, :])
-        L, info = torch.linalg.cholesky_ex(M)
-        self.cholesky = L if int(info) == 0 and bool((L.diagonal() ** 2 > PIVOT_TOLERANCE).all()) else None
-        if self.cholesky is None:
-            eigenvalues, self.V = torch.linalg.eigh(M)
-            self.keep = eigenvalues > EIGEN_RCOND * eigenvalues.abs().max()
-            self.eigenvalues = eigenvalues
+        self.M = A_active / (sigma[:, None] * sigma[None, :])
+        self.eigenvalues, self.V = torch.linalg.eigh(self.M)
+        if float(self.eigenvalues[0]) > PIVOT_TOLERANCE:
+            self.keep = torch.ones_like(self.eigenvalues, dtype=torch.bool)
+        else:
+            self.keep = self.eigenvalues > EIGEN_RCOND * float(self.eigenvalues.abs().max())
 
-    def solve(self, y: Tensor) -> tuple[Tensor, Tensor | None]:
-        """(x, None), or (least-squares x, the part of the scaled y in M's null space) if inconsistent."""
+    def _apply_inverse(self, rhs: Tensor) -> Tensor:
+        return self.V[:, self.keep] @ ((self.V[:, self.keep].T @ rhs) / self.eigenvalues[self.keep])
+
+    def solve(self, y: Tensor) -> tuple[Tensor, bool]:
+        """(x, consistent): least squares x; inconsistent when the scaled y has a component along a
+        dropped eigenvector v beyond CONSISTENCY_TOLERANCE relative to |v|ᵀ|y| (its cancellation
+        scale, so gradients of any norm count alike)."""
         rhs = y / self.sigma
-        if self.cholesky is not None:
-            return torch.cholesky_solve(rhs[:, None], self.cholesky)[:, 0] / self.sigma, None
-        coefficients = self.V.T @ rhs
-        x = self.V[:, self.keep] @ (coefficients[self.keep] / self.eigenvalues[self.keep])
-        null_part = self.V[:, ~self.keep] @ coefficients[~self.keep]
-        consistent = float(null_part.norm()) <= CONSISTENCY_TOLERANCE * float(rhs.norm())
-        return x / self.sigma, None if consistent else null_part
+        x = self._apply_inverse(rhs)
+        x = x + self._apply_inverse(rhs - self.M @ x)
+        dropped = ~self.keep
+        coefficients = self.V[:, dropped].T @ rhs
+        magnitudes = self.V[:, dropped].abs().T @ rhs.abs()
+        consistent = bool((coefficients.abs() <= CONSISTENCY_TOLERANCE * magnitudes).all())
+        return x / self.sigma, consistent
+
+    def null_vector(self) -> Tensor:
+        """z with A_SS·z ≈ 0 involving the last task most: the last unit vector projected onto the
+        dropped eigenvectors' span, unscaled."""
+        dropped = self.V[:, ~self.keep]
+        return (dropped @ dropped[-1]) / self.sigma
 
 
-def _hull_zero_point(A: Tensor) -> Tensor:
-    """w on the simplex with Σᵢ wᵢgᵢ ≈ 0, given 0 ∈ conv{gᵢ} (the degenerate case's dual point).
-
-    Lawson–Hanson's active-set method for min_{w≥0} ‖Jᵀw‖² + (𝟙ᵀw − 1)², in Gram form on
-    Q = A + 𝟙𝟙ᵀ: since the hull's min-norm point is 0, the minimiser has Jᵀw = 0 and 𝟙ᵀw = 1."""
+def _hull_zero_point(A: Tensor, sigma: Tensor) -> Tensor:
+    """w on the simplex with Σᵢ wᵢgᵢ ≈ 0 when 0 ∈ conv{gᵢ} (the degenerate case's dual point; the
+    best such attempt otherwise): the zero gradients if any, else w ∝ v/‖gᵢ‖ with v from
+    Lawson–Hanson's active-set method for min_{v≥0} ‖Σᵢ vᵢĝᵢ‖² + (𝟙ᵀv − 1)² on the unit vectors
+    ĝᵢ (Gram form, Q = A/(σσᵀ) + 𝟙𝟙ᵀ): when 0 ∈ conv{ĝᵢ} the minimiser has Σᵢvᵢĝᵢ = 0, 𝟙ᵀv = 1."""
     K = A.shape[0]
-    Q = A + 1.0
+    if not bool((sigma > 0).all()):
+        zero_rows = (sigma == 0).to(A.dtype)
+        return zero_rows / zero_rows.sum()
+    Q = A / (sigma[:, None] * sigma[None, :]) + 1.0
     ones = torch.ones(K, dtype=A.dtype)
-    w = torch.zeros(K, dtype=A.dtype)
+    v = torch.zeros(K, dtype=A.dtype)
     passive = torch.zeros(K, dtype=torch.bool)
     for _ in range(3 * K + 10):
-        gradient = ones - Q @ w  # −½ × the objective's gradient
+        gradient = ones - Q @ v  # −½ × the objective's gradient
         candidates = torch.where(passive, -torch.inf, gradient)
         j = int(candidates.argmax())
         if float(candidates[j]) <= HULL_TOLERANCE:
@@ -96,19 +116,19 @@ def _hull_zero_point(A: Tensor) -> Tensor:
             P = passive.nonzero().flatten()
             z_P, _ = _ActiveSystem(Q[P][:, P], Q.diagonal()[P].sqrt()).solve(ones[P])
             if bool((z_P > 0).all()):
-                w = torch.zeros(K, dtype=A.dtype)
-                w[P] = z_P
+                v = torch.zeros(K, dtype=A.dtype)
+                v[P] = z_P
                 break
-            w_P = w[P]
+            v_P = v[P]
             blocking = z_P <= 0
-            ratios = torch.where(blocking, w_P / torch.where(blocking, w_P - z_P, 1), torch.inf)
+            ratios = torch.where(blocking, v_P / torch.where(blocking, v_P - z_P, 1), torch.inf)
             k = int(ratios.argmin())
-            w[P] = w_P + float(ratios[k]) * (z_P - w_P)
-            w[P[k]] = 0.0
-            passive &= w > 0
+            v[P] = v_P + float(ratios[k]) * (z_P - v_P)
+            v[P[k]] = 0.0
+            passive &= v > 0
             if not bool(passive.any()):
                 break
-    w = w.clamp_min(0)
+    w = v.clamp_min(0) / sigma
     return w / w.sum() if float(w.sum()) > 0 else torch.full((K,), 1.0 / K, dtype=A.dtype)
 
 
@@ -120,13 +140,13 @@ def _face_solution(
     root of u_SᵀA_SS·u_S = qμ² − 2pμ + b_Sᵀβ = φ (q = 𝟙ᵀδ, p = 𝟙ᵀβ). None when inconsistent."""
     S = torch.tensor(active)
     system = _ActiveSystem(A[S][:, S], sigma[S])
-    beta, null_beta = system.solve(b[S])
-    if null_beta is not None:
+    beta, consistent = system.solve(b[S])
+    if not consistent:
         return None
     if at_zero:
         return -beta, 0.0
-    delta, null_delta = system.solve(torch.ones(len(active), dtype=A.dtype))
-    if null_delta is not None:
+    delta, consistent = system.solve(torch.ones(len(active), dtype=A.dtype))
+    if not consistent:
         return None
     q, p, constant = float(delta.sum()), float(beta.sum()), float(b[S] @ beta) - radius_sq
     discriminant = p * p - q * constant
@@ -141,14 +161,18 @@ def _refine(
     A: Tensor, b: Tensor, sigma: Tensor, u: Tensor, radius_sq: float, mean_sq: float, at_zero: bool = False
 ) -> Tensor:
     """Re-solve the final face directly and fix its active set task by task, judging each task's
-    KKT condition at its own scale ‖gᵢ‖·(‖g₀‖ + √φ): the path's running μ loses the precision of
-    tasks whose gradients are many orders of magnitude smaller than the active ones."""
+    KKT condition at its scale (‖gᵢ‖ + min_S‖gⱼ‖)·(‖g₀‖ + √φ): the path's running μ loses the precision of
+    tasks whose gradients are many orders of magnitude smaller than the active ones. Returns u
+    unchanged when no face passes."""
     K = A.shape[0]
     active = u.nonzero().flatten().tolist()
     for _ in range(2 * K + 10):
-        face = _face_solution(A, b, sigma, active, radius_sq, at_zero) if active else None
-        if face is None:
+        if not active:
             return u
+        face = _face_solution(A, b, sigma, active, radius_sq, at_zero)
+        if face is None:  # the ball is out of this face's reach: drop the task nearest to leaving
+            del active[int((u[active] * sigma[active]).argmin())]
+            continue
         u_S, mu = face
         scale = sigma[active] * math.sqrt(mean_sq)
         if float((u_S * scale).min()) < -REFINE_TOLERANCE * float((u_S * scale).abs().max()):
@@ -158,7 +182,8 @@ def _refine(
         candidate[active] = u_S.clamp_min(0)
         r = b + A @ candidate
         d_scale = math.sqrt(mean_sq) + math.sqrt(radius_sq)  # ≥ ‖d‖
-        violation = torch.where(sigma > 0, (mu - r) / (sigma * d_scale).clamp_min(torch.finfo(A.dtype).tiny), 0.0)
+        reference_norm = float(sigma[active].min())  # μ is gᵢ·d of the active tasks, exact to their scale
+        violation = torch.where(sigma > 0, (mu - r) / ((sigma + reference_norm) * d_scale), 0.0)
         violation[active] = 0.0
         j = int(violation.argmax())
         if float(violation[j]) > REFINE_TOLERANCE:
@@ -166,6 +191,30 @@ def _refine(
             continue
         return candidate
     return u
+
+
+def _is_zero_combination(A: Tensor, sigma: Tensor, w: Tensor) -> bool:
+    """‖Σᵢ wᵢgᵢ‖ ≤ HULL_ZERO_TOLERANCE·Σᵢ wᵢ‖gᵢ‖ (the square root of Γ's rounding)."""
+    return float(w @ A @ w) <= (HULL_ZERO_TOLERANCE * float(w @ sigma)) ** 2
+
+
+def _swap(u_S: Tensor, z: Tensor, sigma_S: Tensor) -> int | None:
+    """A degenerate pivot at μ = 0 when the entering task (last of S, uⱼ = 0) depends on the active
+    ones, Σₖ zₖgₖ = 0 with mixed signs (e.g. parallel gradients of different norms): move u_S along z
+    (d does not change) until an active task's multiplier reaches 0; that task leaves. Updates u_S
+    in place and returns the leaving position, or None when z has no sign change."""
+    z = z if float(z[-1]) >= 0 else -z
+    if not float(z[-1]) > 0:
+        return None
+    contribution = z * sigma_S  # zₖ‖gₖ‖: the sign test at each task's scale
+    falling = contribution < -CONSISTENCY_TOLERANCE * float(contribution.abs().max())
+    if not bool(falling.any()):
+        return None
+    ratios = torch.where(falling, u_S / torch.where(falling, -z, 1), torch.inf)
+    k = int(ratios.argmin())
+    u_S.add_(float(ratios[k]) * z).clamp_(min=0)
+    u_S[k] = 0.0
+    return k
 
 
 def solve_normalized(A: Tensor, c: float) -> tuple[Tensor, dict[str, Any]]:
@@ -190,15 +239,24 @@ def solve_normalized(A: Tensor, c: float) -> tuple[Tensor, dict[str, Any]]:
         facts.update(degenerate=True, dual_point=(~nonzero).to(A.dtype) / float((~nonzero).sum()))
         return u, facts
     active = [int(candidates.argmin())]
+    blocked: list[int] = []  # tasks that left without μ moving may not re-enter until it moves (no cycling)
     for iteration in range(1, 50 * K + 100):
         facts["iterations"] = iteration
         S = torch.tensor(active)
-        delta, null_part = _ActiveSystem(A[S][:, S], sigma[S]).solve(torch.ones(len(active), dtype=A.dtype))
-        if null_part is not None:  # μ cannot rise: it reached 0 with 0 ∈ conv{gᵢ}
-            facts.update(degenerate=True, dual_point=_hull_zero_point(A))
-            return _refine(A, b, sigma, u.clamp_(min=0), radius_sq, mean_sq, at_zero=True), facts
-        rate = A[:, S] @ delta  # d(gᵢ·d)/dμ
+        system = _ActiveSystem(A[S][:, S], sigma[S])
+        delta, consistent = system.solve(torch.ones(len(active), dtype=A.dtype))
         u_S = u[S]
+        if not consistent:  # the entering gradient depends on the active ones: μ = 0 here
+            hull_point = _hull_zero_point(A, sigma)
+            leaving = None if _is_zero_combination(A, sigma, hull_point) else _swap(u_S, system.null_vector(), sigma[S])
+            if leaving is None:  # μ cannot rise: 0 ∈ conv{gᵢ}
+                facts.update(degenerate=True, dual_point=hull_point)
+                return _refine(A, b, sigma, u.clamp_(min=0), radius_sq, mean_sq, at_zero=True), facts
+            u[S] = u_S  # d unchanged: u moved along Jᵀz = 0 until task `leaving` reached 0
+            blocked.append(active[leaving])
+            del active[leaving]
+            continue
+        rate = A[:, S] @ delta  # d(gᵢ·d)/dμ
         r = b + A[:, S] @ u_S
         rho = float(u_S @ A[S][:, S] @ u_S)
         p, q = float(u_S @ rate[S]), float(delta @ rate[S])
@@ -209,7 +267,8 @@ def solve_normalized(A: Tensor, c: float) -> tuple[Tensor, dict[str, Any]]:
             step, event = max(-mu, 0.0), "cap"
         inactive = nonzero.clone()
         inactive[S] = False
-        closing = inactive & (rate < 1)
+        inactive[blocked] = False
+        closing = inactive & (rate < 1 - RATE_TOLERANCE)  # rows moving with μ (duplicates) never enter
         if bool(closing.any()):
             times = torch.where(closing, (r - mu).clamp_min(0) / torch.where(closing, 1 - rate, 1), torch.inf)
             j = int(times.argmin())
@@ -223,6 +282,8 @@ def solve_normalized(A: Tensor, c: float) -> tuple[Tensor, dict[str, Any]]:
                 step, event, index = float(times[j]), "leave", j
         u[S] = u_S + step * delta
         mu += step
+        if step > 0:
+            blocked.clear()
         if event == "ball":
             return _refine(A, b, sigma, u.clamp_(min=0), radius_sq, mean_sq), facts
         if event == "cap":
@@ -233,16 +294,18 @@ def solve_normalized(A: Tensor, c: float) -> tuple[Tensor, dict[str, Any]]:
             active.append(index)
         else:
             u[active[index]] = 0.0
+            if step == 0:
+                blocked.append(active[index])
             del active[index]
-    return u.clamp_(min=0), facts
+    return _refine(A, b, sigma, u.clamp_(min=0), radius_sq, mean_sq), facts  # iteration cap: fix what is left
 
 
 def certificate(A: Tensor, u: Tensor, c: float, dual_point: Tensor | None) -> dict[str, float]:
     """Optimality certificate of multipliers u for a trace-normalised Gram A, d = g₀ + Jᵀu.
 
-    ``kkt_residual``: d's optimality conditions, task i judged at its own scale ‖gᵢ‖·(‖g₀‖ + √φ):
-    gᵢ·d = μ where uᵢ > 0 and gᵢ·d ≥ μ elsewhere, μ = gᵢ·d of the smallest active gradient (0 in
-    the degenerate case). ``ball_residual``: (‖d − g₀‖ − √φ)/√φ, ≈ 0 when the ball is reached,
+    ``kkt_residual``: d's optimality conditions gᵢ·d = μ where uᵢ > 0 and gᵢ·d ≥ μ elsewhere, μ the
+    smallest active gradient g_ref's g_ref·d (0 in the degenerate case), task i judged at the scale
+    of that comparison's rounding, (‖gᵢ‖ + ‖g_ref‖)·(‖g₀‖ + √φ). ``ball_residual``: (‖d − g₀‖ − √φ)/√φ, ≈ 0 when the ball is reached,
     < 0 in the degenerate case. ``duality_gap``: (D(w) − P(d))/(maxᵢ‖gᵢ‖·(‖g₀‖ + √φ)) with
     P(d) = minᵢ gᵢ·d and D(w) = g_w·g₀ + √φ‖g_w‖ the paper's dual at w = u/Σu (or the given dual
     point): ≥ 0 by weak duality, 0 at the optimum. Also returns P (``worst_improvement``) and D."""
@@ -258,13 +321,16 @@ def certificate(A: Tensor, u: Tensor, c: float, dual_point: Tensor | None) -> di
     w = dual_point if dual_point is not None else u / u.sum()
     dual = float(w @ b) + radius * math.sqrt(max(float(w @ A @ w), 0.0))
     active = u > 0
+    reference_norm = 0.0
     if not bool(active.any()):
         mu = primal
     elif dual_point is not None:
         mu = 0.0
     else:
-        mu = float(r[torch.where(active, sigma, torch.inf).argmin()])
-    violation = torch.where(active, (r - mu).abs(), (mu - r).clamp_min(0)) / (sigma * d_scale).clamp_min(torch.finfo(A.dtype).tiny)
+        smallest = int(torch.where(active, sigma, torch.inf).argmin())
+        mu, reference_norm = float(r[smallest]), float(sigma[smallest])
+    scale = ((sigma + reference_norm) * d_scale).clamp_min(torch.finfo(A.dtype).tiny)
+    violation = torch.where(active, (r - mu).abs(), (mu - r).clamp_min(0)) / scale
     top = float(sigma.max()) * d_scale
     return {
         "kkt_residual": float(torch.where(sigma > 0, violation, 0.0).max()),

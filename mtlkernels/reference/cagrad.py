@@ -8,8 +8,9 @@ so the weights are 1/K + (√φ/‖g_w‖)·w*; then d is divided by 1+c² (resc
 and multiplied by K when ``sum_scale``.
 
 Solvers (generic, on the full vectors; scipy is imported inside the functions that need it):
-the dual by SLSQP with analytic gradients from two starts, then Newton steps on the face of the
-simplex it found, adding and dropping tasks until the KKT conditions hold to rounding.
+the dual by an active-set Newton method on the faces of the simplex (adding and dropping tasks
+until the KKT conditions hold to rounding, an exact pairwise line search where Newton stalls),
+started from the vertex of least F and, until one start is certified, from the next vertices.
 
 The degenerate case: when 0 ∈ conv{gᵢ} and the ball constraint is slack at the optimum, g_w* = 0,
 the formula is 0/0 and every d of the ball with minᵢ gᵢ·d = 0 is optimal. The reference then
@@ -53,23 +54,6 @@ def _dual(J: np.ndarray, g0: np.ndarray, radius: float, w: np.ndarray) -> tuple[
     norm = float(np.linalg.norm(g_w))
     direction = g0 + (radius / norm) * g_w if norm > 0 else g0
     return float(g_w @ g0) + radius * norm, J @ direction, g_w
-
-
-def _slsqp(J: np.ndarray, g0: np.ndarray, radius: float, start: np.ndarray) -> np.ndarray:
-    from scipy.optimize import minimize
-
-    K = J.shape[0]
-    result = minimize(
-        lambda w: _dual(J, g0, radius, w)[0],
-        start,
-        jac=lambda w: _dual(J, g0, radius, w)[1],
-        method="SLSQP",
-        bounds=[(0.0, 1.0)] * K,
-        constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0, "jac": lambda w: np.ones(K)}],
-        options={"ftol": 1e-16, "maxiter": 1000},
-    )
-    w = np.clip(result.x, 0.0, None)
-    return w / w.sum()
 
 
 def _newton_step(J_face: np.ndarray, w_face: np.ndarray, g_w: np.ndarray, radius: float, gradient: np.ndarray) -> np.ndarray:
@@ -137,7 +121,7 @@ def _polish(J: np.ndarray, g0: np.ndarray, radius: float, w: np.ndarray) -> tupl
     w = w / w.sum()
     steps = 0
     for _ in range(4 * K + 20):
-        for _ in range(200):
+        for _ in range(100):
             value, gradient, g_w = _dual(J, g0, radius, w)
             residual = np.abs(gradient - value) / row_scale
             if np.linalg.norm(g_w) == 0 or residual[active].max() <= KKT_TOLERANCE:
@@ -178,28 +162,20 @@ def _polish(J: np.ndarray, g0: np.ndarray, radius: float, w: np.ndarray) -> tupl
 
 
 def _hull_zero_point(J: np.ndarray) -> np.ndarray | None:
-    """w on the simplex with Σᵢ wᵢgᵢ = 0 when 0 ∈ conv{gᵢ} (a zero row, or the min-norm point of the
-    unit vectors' hull, found by SLSQP, shorter than HULL_TOLERANCE), else None."""
-    from scipy.optimize import minimize
+    """w on the simplex with Σᵢ wᵢgᵢ = 0 when 0 ∈ conv{gᵢ}, else None. A zero row is such a
+    point; otherwise scipy's NNLS on the unit vectors ĝᵢ: min_{v≥0} ‖Σᵢ vᵢĝᵢ‖² + (Σᵢvᵢ − 1)² has
+    residual ≈ the distance from 0 to conv{ĝᵢ}, and 0 when Σᵢ vᵢĝᵢ = 0 with Σᵢvᵢ = 1."""
+    from scipy.optimize import nnls
 
     norms = np.linalg.norm(J, axis=1)
-    K = J.shape[0]
     if (norms == 0).any():
         return (norms == 0) / float((norms == 0).sum())
-    U = J / norms[:, None]
-    G = U @ U.T
-    result = minimize(
-        lambda v: float(v @ G @ v),
-        np.full(K, 1.0 / K),
-        jac=lambda v: 2.0 * G @ v,
-        method="SLSQP",
-        bounds=[(0.0, 1.0)] * K,
-        constraints=[{"type": "eq", "fun": lambda v: v.sum() - 1.0, "jac": lambda v: np.ones(K)}],
-        options={"ftol": 1e-20, "maxiter": 1000},
-    )
-    v = np.clip(result.x, 0.0, None)
-    v = v / v.sum()
-    if float(np.linalg.norm(v @ U)) > HULL_TOLERANCE:
+    K = J.shape[0]
+    system = np.vstack([(J / norms[:, None]).T, np.ones((1, K))])
+    target = np.zeros(system.shape[0])
+    target[-1] = 1.0
+    v, residual = nnls(system, target, maxiter=50 * K)
+    if residual > HULL_TOLERANCE or v.sum() == 0:
         return None
     w = v / norms  # Σ vᵢ·gᵢ/‖gᵢ‖ = 0 ⇒ Σ (vᵢ/‖gᵢ‖)·gᵢ = 0
     return w / w.sum()
@@ -243,11 +219,11 @@ def cagrad(J: Tensor, *, c: float = 0.5, rescale: int = 1, sum_scale: bool = Fal
             if degenerate:
                 multipliers, dual_weights = u, hull_point
         if not degenerate:
-            vertex = np.eye(K)[int(np.argmin([_dual(rows, g0, radius, e)[0] for e in np.eye(K)]))]
-            starts = [vertex] + [_slsqp(rows, g0, radius, start) for start in (np.full(K, 1.0 / K), vertex)]
-            polished = [_polish(rows, g0, radius, start) for start in starts]
-            if all(p[1]["kkt_residual"] > KKT_TOLERANCE for p in polished):  # try every vertex
-                polished += [_polish(rows, g0, radius, start) for start in np.eye(K)]
+            polished = []
+            for vertex in np.eye(K)[np.argsort([_dual(rows, g0, radius, e)[0] for e in np.eye(K)])]:
+                polished.append(_polish(rows, g0, radius, vertex))
+                if polished[-1][1]["kkt_residual"] <= KKT_TOLERANCE:
+                    break
             dual_weights, info = min(polished, key=lambda p: (p[1]["kkt_residual"] > KKT_TOLERANCE, _dual(rows, g0, radius, p[0])[0]))
             g_w = dual_weights @ rows
             multipliers = (radius / np.linalg.norm(g_w)) * dual_weights
