@@ -24,6 +24,7 @@ import pytest
 import torch
 
 from mtlkernels.methods import PCGradWeighting
+from mtlkernels.peers import torchjd_pcgrad_orders as torchjd_orders
 
 KS = (2, 4, 8, 16, 32, 64)
 N = 1000
@@ -55,16 +56,6 @@ def authors_loop(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
                 c[j] -= inner / gram[j, j]
         weights += c
     return weights, torch.tensor(rows)
-
-
-def torchjd_orders(K: int, seed: int) -> torch.Tensor:
-    """The permutations torchjd draws after torch.manual_seed(seed), task i moved first in row i."""
-    torch.manual_seed(seed)
-    rows = []
-    for i in range(K):
-        permutation = torch.randperm(K).tolist()
-        rows.append([i] + [j for j in permutation if j != i])
-    return torch.tensor(rows)
 
 
 def exact_weights(gram: torch.Tensor, order: torch.Tensor) -> np.ndarray:

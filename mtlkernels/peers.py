@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import random
 import sys
 import types
 from typing import Any, Callable
@@ -108,3 +109,29 @@ def torchjd_aggregator(method: str, K: int, **kwargs: Any) -> Callable[[Tensor],
     if method == "cagrad":
         kwargs.setdefault("c", 0.5)
     return cls(**kwargs)
+
+
+def torchjd_pcgrad_orders(K: int, seed: int) -> Tensor:
+    """The visiting orders torchjd's PCGrad uses after ``torch.manual_seed(seed)`` — one
+    ``torch.randperm(K)`` per task from the global RNG, skipping i — as our ``order=``: the same
+    permutations with i moved to the front of row i (a first visit to i is a no-op). Re-seed
+    with the same value before calling torchjd."""
+    torch.manual_seed(seed)
+    rows = []
+    for i in range(K):
+        permutation = torch.randperm(K).tolist()
+        rows.append([i] + [j for j in permutation if j != i])
+    return torch.tensor(rows)
+
+
+def libmtl_pcgrad_orders(K: int, seed: int) -> Tensor:
+    """The visiting orders LibMTL's PCGrad uses after ``random.seed(seed)`` — one
+    ``random.shuffle(range(K))`` per task, i included wherever it lands — as our ``order=``,
+    unchanged. Re-seed with the same value before calling LibMTL."""
+    random.seed(seed)
+    rows = []
+    for _ in range(K):
+        row = list(range(K))
+        random.shuffle(row)
+        rows.append(row)
+    return torch.tensor(rows)

@@ -97,33 +97,12 @@ def check_reference(method: str, case: str, J: Tensor, seed: int, backend: str) 
     return Check(method, case, "reference", error, tol, None if cert is None else float(cert))
 
 
-def _torchjd_orders(K: int, seed: int) -> Tensor:
-    """torchjd's PCGrad permutations after torch.manual_seed(seed), task i moved to the front of row i."""
-    torch.manual_seed(seed)
-    rows = []
-    for i in range(K):
-        permutation = torch.randperm(K).tolist()
-        rows.append([i] + [j for j in permutation if j != i])
-    return torch.tensor(rows)
-
-
-def _libmtl_orders(K: int, seed: int) -> Tensor:
-    """LibMTL's PCGrad shuffles after random.seed(seed), one per task."""
-    random.seed(seed)
-    rows = []
-    for _ in range(K):
-        row = list(range(K))
-        random.shuffle(row)
-        rows.append(row)
-    return torch.tensor(rows)
-
-
 def _torchjd_run(method: str, J: Tensor, seed: int) -> tuple[Tensor, dict[str, Any]]:
     """torchjd's direction on J and our options that select its convention."""
     K = J.shape[0]
     options: dict[str, Any] = {}
     if method == "pcgrad":
-        options["order"] = _torchjd_orders(K, seed)
+        options["order"] = peers.torchjd_pcgrad_orders(K, seed)
         torch.manual_seed(seed)
     if method == "cagrad":
         options["rescale"] = 0
@@ -136,7 +115,7 @@ def _libmtl_run(method: str, J: Tensor, seed: int) -> tuple[Tensor, dict[str, An
     kwargs: dict[str, Any] = {}
     options: dict[str, Any] = {}
     if method == "pcgrad":
-        options["order"] = _libmtl_orders(K, seed)
+        options["order"] = peers.libmtl_pcgrad_orders(K, seed)
         random.seed(seed)
     elif method == "cagrad":
         kwargs = {"calpha": 0.5, "rescale": 1}

@@ -23,6 +23,8 @@ import mtlkernels as mk
 from cases import adversarial_cases, conflicting_J, random_J
 from mtlkernels import _extension
 from mtlkernels.methods import PCGradWeighting
+from mtlkernels.peers import libmtl_pcgrad_orders as libmtl_orders
+from mtlkernels.peers import torchjd_pcgrad_orders as torchjd_orders
 from peers import libmtl_direction, torchjd_aggregation
 
 BACKENDS = ["torch", pytest.param("cpp", marks=pytest.mark.skipif(not _extension.available, reason="C++ extension not built"))]
@@ -31,27 +33,6 @@ CASES = [(K, N, "random", random_J(K, N, seed=K)) for K in (1, 2, 3, 5, 8) for N
 CASES += [(K, N, "conflicting", conflicting_J(K, N, seed=K)) for K in (3, 8, 17) for N in (7, 300)]
 CASES += [(K, 50, name, J) for K in (2, 3, 8) for name, J in adversarial_cases(K, 50, seed=K)]
 IDS = [f"K{K}-N{N}-{name}" for K, N, name, _ in CASES]
-
-
-def torchjd_orders(K: int, seed: int) -> torch.Tensor:
-    """The permutations torchjd's PCGrad draws after ``torch.manual_seed(seed)``, i moved first in row i."""
-    torch.manual_seed(seed)
-    rows = []
-    for i in range(K):
-        permutation = torch.randperm(K).tolist()
-        rows.append([i] + [j for j in permutation if j != i])
-    return torch.tensor(rows)
-
-
-def libmtl_orders(K: int, seed: int) -> torch.Tensor:
-    """The shuffles LibMTL's PCGrad makes after ``random.seed(seed)``, one per task, in task order."""
-    random.seed(seed)
-    rows = []
-    for _ in range(K):
-        row = list(range(K))
-        random.shuffle(row)
-        rows.append(row)
-    return torch.tensor(rows)
 
 
 def assert_close_on_scale(actual: torch.Tensor, expected: torch.Tensor, J: torch.Tensor, rtol: float) -> None:
