@@ -15,7 +15,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..methods import imtl
-from ..methods.base import Solution
+from ..methods.base import Solution, host_gram
 from . import kspace
 from .kspace import MAX_TASKS
 
@@ -139,6 +139,6 @@ def solve_triton(self: imtl.IMTLWeighting, gram: Tensor, losses: Tensor | None) 
     if gram.dtype not in (torch.float32, torch.float64):
         gram = gram.to(torch.float32)
     if gram.device.type == "cpu":
-        imtl.checked_gram(gram)
+        host_gram(gram)
     weights, diagnostics = imtl_solve(gram)
     return Solution(weights, diagnostics)

@@ -12,6 +12,7 @@ from abc import ABC
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
+import torch
 from torch import Tensor
 
 from .. import backend as _backend
@@ -32,6 +33,18 @@ class Solution:
 
 
 SolveFn = Callable[["Weighting", Tensor, "Tensor | None"], Solution]
+
+
+def host_gram(gram: Tensor) -> Tensor:
+    """Γ as a C-contiguous float64 CPU tensor, checked: a ValueError names a non-finite entry or a
+    negative diagonal entry (then Γ is not J·Jᵀ of real gradients)."""
+    gram = gram.detach().to(device="cpu", dtype=torch.float64).contiguous()
+    if not bool(torch.isfinite(gram).all()):
+        raise ValueError("the Gram matrix has a non-finite entry (NaN or Inf)")
+    negative = (gram.diagonal() < 0).nonzero().flatten().tolist()
+    if negative:
+        raise ValueError(f"the Gram matrix has negative diagonal entries at {negative}: it is not J·Jᵀ")
+    return gram
 
 
 def triton_solver(module: str) -> SolveFn:

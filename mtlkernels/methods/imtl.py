@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from .._extension import extension
-from .base import Solution, Weighting, triton_solver
+from .base import Solution, Weighting, host_gram, triton_solver
 
 #: Cholesky pivots of C below this (C's diagonal is 1) send the solve to the fallback
 PIVOT_TOL = 1e-14
@@ -35,17 +35,6 @@ RANK_RCOND = 1e-8
 CONSISTENCY_RTOL = 1e-3
 #: the C++ solve's limit (csrc/solvers/binding.h kMaxTasks); "auto" uses the torch solve beyond it
 CPP_MAX_TASKS = 256
-
-
-def checked_gram(gram: Tensor) -> Tensor:
-    """Γ as a C-contiguous float64 CPU tensor; ValueError if it has a non-finite entry or a negative diagonal."""
-    gram = gram.detach().to(device="cpu", dtype=torch.float64).contiguous()
-    if not bool(torch.isfinite(gram).all()):
-        raise ValueError("the Gram matrix has a non-finite entry (NaN or Inf)")
-    negative = (gram.diagonal() < 0).nonzero().flatten().tolist()
-    if negative:
-        raise ValueError(f"the Gram matrix has negative diagonal entries at {negative}: it is not J·Jᵀ")
-    return gram
 
 
 def equal_projection_residual(gram: Tensor, weights: Tensor) -> float:
@@ -122,7 +111,7 @@ def _solve_active(cosine: Tensor, norms: Tensor) -> tuple[Tensor, dict[str, Any]
 
 
 def _solve_torch(self: "IMTLWeighting", gram: Tensor, losses: Tensor | None) -> Solution:
-    G = checked_gram(gram)
+    G = host_gram(gram)
     K = G.shape[0]
     norms = G.diagonal().sqrt()
     active = norms > 0

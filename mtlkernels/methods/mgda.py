@@ -18,7 +18,7 @@ from torch import Tensor
 
 from .._checks import check_option
 from .._extension import extension
-from .base import Solution, Weighting, triton_solver
+from .base import Solution, Weighting, host_gram, triton_solver
 
 NORMALIZATIONS = ("none", "l2", "loss", "loss+")
 COMBINATIONS = ("original", "normalized")
@@ -33,13 +33,8 @@ DEPENDENT_PIVOT = 1e-15
 
 
 def check_gram_entries(gram: Tensor) -> Tensor:
-    """Γ as a symmetric float64 CPU tensor; a ValueError for a non-finite entry or a negative diagonal."""
-    G = gram.detach().to(device="cpu", dtype=torch.float64)
-    if not bool(torch.isfinite(G).all()):
-        raise ValueError("the Gram matrix has a non-finite entry (NaN or Inf)")
-    negative = (G.diagonal() < 0).nonzero().flatten().tolist()
-    if negative:
-        raise ValueError(f"the Gram matrix has negative diagonal entries at {negative}: it is not J·Jᵀ")
+    """Γ as a symmetric float64 CPU tensor, checked by :func:`host_gram`."""
+    G = host_gram(gram)
     return (G + G.T) / 2
 
 

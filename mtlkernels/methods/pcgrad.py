@@ -13,7 +13,7 @@ from torch import Tensor
 
 from .._checks import check_option
 from .._extension import extension
-from .base import Solution, Weighting, triton_solver
+from .base import Solution, Weighting, host_gram, triton_solver
 
 REDUCTIONS = ("sum", "mean")
 
@@ -59,20 +59,9 @@ def draw_orders(K: int, generator: torch.Generator | None, device: torch.device 
     return torch.from_numpy(np.argsort(keys, axis=1))
 
 
-def _gram_on_cpu(gram: Tensor) -> Tensor:
-    """Γ as a C-contiguous float64 CPU tensor, checked: finite, no negative diagonal entry."""
-    gram = gram.detach().to(device="cpu", dtype=torch.float64).contiguous()
-    if not bool(torch.isfinite(gram).all()):
-        raise ValueError("the Gram matrix has a non-finite entry (NaN or Inf)")
-    negative = (gram.diagonal() < 0).nonzero().flatten().tolist()
-    if negative:
-        raise ValueError(f"the Gram matrix has negative diagonal entries at {negative}: it is not J·Jᵀ")
-    return gram
-
-
 def _solve_torch(self: "PCGradWeighting", gram: Tensor, losses: Tensor | None) -> Solution:
     """All K tasks advance together: step t visits task order[i, t] for every task i at once."""
-    G = _gram_on_cpu(gram)
+    G = host_gram(gram)
     K = G.shape[0]
     order = self.visiting_orders(K)
     visited_at_step = order.T.contiguous()  # row t: the task each task visits at step t
