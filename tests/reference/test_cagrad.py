@@ -66,7 +66,7 @@ def test_torchjd_matches(K, N, c):
             assert error <= TORCHJD_RTOL * size, f"{name} {what}: off torchjd by {error:.3g} (size {size:.3g})"
 
 
-@pytest.mark.parametrize("K, N", [(2, 7), (3, 100), (5, 100), (17, 7)])
+@pytest.mark.parametrize("K, N", [(3, 7), (3, 100), (5, 100), (8, 1000)])
 def test_torchjd_degenerate_convention(K, N):
     """0 ∈ conv{gᵢ} with the ball not reached (g_w* = 0): torchjd returns zero weights (d = 0: "on
     the Pareto front"); ours returns the optimal d nearest g₀, the projection of g₀ onto
