@@ -4,12 +4,14 @@ d = argmax_{‖d − g₀‖ ≤ √φ} minᵢ gᵢ·d = g₀ + Jᵀu, φ = c²�
 "Conflict-Averse Gradient Descent for Multi-task Learning", NeurIPS 2021), by csrc/solvers/cagrad.h's
 exact algorithm: with A = Γ/tr Γ and b = A𝟙/K, u(μ) = argmin_{u≥0} ½uᵀAu + (b − μ𝟙)ᵀu follows a
 piecewise-linear path in μ (tasks enter and leave the active set S at breakpoints) until uᵀAu = φ;
-a hull of the gradients containing 0 stops the path at μ = 0 (the degenerate case, its dual point
-by Lawson–Hanson); the last face is then re-solved directly and its active set checked task by
-task. Systems on S go through the unit-diagonal A_SS/(σσᵀ): Cholesky, or least squares
-on its Jacobi eigen-decomposition once Cholesky finds it singular. Ties are broken as there
-(entering task: lowest index; leaving task: earliest added); the Cholesky factorisations run in
-task-index order (insertion order there), which changes rounding only.
+an entering gradient that depends on the active ones either swaps one out along the null vector
+(d unchanged) or, when the gradients' hull contains 0, stops the path at μ = 0 (the degenerate
+case, its dual point by Lawson–Hanson); the last face is then re-solved directly and its active
+set checked task by task. Systems on S go through the unit-diagonal A_SS/(σσᵀ): Cholesky, or least
+squares on its Jacobi eigen-decomposition once Cholesky finds it singular, each with one step of
+iterative refinement. Ties are broken as there (entering task: lowest index; leaving task:
+earliest added); the Cholesky factorisations run in task-index order (insertion order there),
+which changes rounding only.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ CONSISTENCY_TOLERANCE = tl.constexpr(1e-6)
 RATE_TOLERANCE = tl.constexpr(1e-9)
 REFINE_TOLERANCE = tl.constexpr(1e-13)
 HULL_TOLERANCE = tl.constexpr(1e-14)
+HULL_ZERO_TOLERANCE = tl.constexpr(1e-7)
 #: Jacobi sweeps of the singular systems' eigen-decomposition (csrc/solvers/dense.h's default)
 MAX_SWEEPS = tl.constexpr(64)
 #: the smallest normal double (std::numeric_limits<double>::min())
@@ -46,11 +49,14 @@ LEAVE = tl.constexpr(3)
 
 
 @triton.jit
-def _cagrad_active_solve(A, sigma, S, y1, y2, K, BLOCK_K: tl.constexpr, PAIR: tl.constexpr):
-    """x with A_SS·x = y (for y1, and y2 when PAIR), through M = A_SS/(σσᵀ): Cholesky, or least
-    squares without M's eigenvalues below EIGEN_RCOND·λ_max once Cholesky fails. Returns
-    (x1, x2, consistent1, consistent2): consistent is False when the scaled y has a component along
-    a dropped eigenvector v beyond CONSISTENCY_TOLERANCE·|v|ᵀ|y| (csrc/solvers/cagrad.h ActiveSystem)."""
+def _cagrad_active_solve(A, sigma, S, y1, y2, last, K, BLOCK_K: tl.constexpr, PAIR: tl.constexpr):
+    """x with A_SS·x = y (for y1, and y2 when PAIR) through M = A_SS/(σσᵀ): Cholesky, or least
+    squares without M's eigenvalues below EIGEN_RCOND·λ_max once Cholesky fails; one step of
+    iterative refinement either way (csrc/solvers/cagrad.h ActiveSystem). Returns
+    (x1, x2, consistent1, consistent2, z): consistent is False when the scaled y has a component
+    along a dropped eigenvector v beyond CONSISTENCY_TOLERANCE·|v|ᵀ|y|; z (least squares only) is
+    the unit vector of task ``last`` projected onto the dropped eigenvectors, unscaled: A_SS·z ≈ 0."""
+    offs = tl.arange(0, BLOCK_K)
     safe_sigma = tl.where(S, sigma, 1.0)
     M = tl.where(S[:, None] & S[None, :], A / (safe_sigma[:, None] * safe_sigma[None, :]), 0.0)
     rhs1 = tl.where(S, y1 / safe_sigma, 0.0)
@@ -58,12 +64,15 @@ def _cagrad_active_solve(A, sigma, S, y1, y2, K, BLOCK_K: tl.constexpr, PAIR: tl
     L, positive_definite = kspace.cholesky(M, S, K, BLOCK_K, PIVOT_TOLERANCE)
     x1 = tl.zeros([BLOCK_K], dtype=tl.float64)
     x2 = tl.zeros([BLOCK_K], dtype=tl.float64)
+    z = tl.zeros([BLOCK_K], dtype=tl.float64)
     consistent1 = tl.sum(S.to(tl.int32), axis=0) >= 0
     consistent2 = consistent1
     if positive_definite:
         x1 = kspace.cholesky_solve(L, rhs1, S, K, BLOCK_K)
+        x1 += kspace.cholesky_solve(L, tl.where(S, rhs1 - kspace.matvec(M, x1), 0.0), S, K, BLOCK_K)
         if PAIR:
             x2 = kspace.cholesky_solve(L, rhs2, S, K, BLOCK_K)
+            x2 += kspace.cholesky_solve(L, tl.where(S, rhs2 - kspace.matvec(M, x2), 0.0), S, K, BLOCK_K)
     else:
         lam, V = kspace.symmetric_eigen(M, K, BLOCK_K, MAX_SWEEPS)
         largest = tl.max(tl.where(S, tl.abs(lam), 0.0), axis=0)
@@ -72,16 +81,25 @@ def _cagrad_active_solve(A, sigma, S, y1, y2, K, BLOCK_K: tl.constexpr, PAIR: tl
         inverse = tl.where(keep, 1.0 / tl.where(keep, lam, 1.0), 0.0)
         coefficients = tl.sum(V * rhs1[:, None], axis=0)
         magnitudes = tl.sum(tl.abs(V * rhs1[:, None]), axis=0)
-        x1 = kspace.matvec(V, coefficients * inverse)
         consistent1 = tl.sum((drop & (tl.abs(coefficients) > CONSISTENCY_TOLERANCE * magnitudes)).to(tl.int32), axis=0) == 0
+        x1 = kspace.matvec(V, coefficients * inverse)
+        residual = tl.where(S, rhs1 - kspace.matvec(M, x1), 0.0)
+        x1 += kspace.matvec(V, tl.sum(V * residual[:, None], axis=0) * inverse)
         if PAIR:
             coefficients = tl.sum(V * rhs2[:, None], axis=0)
             magnitudes = tl.sum(tl.abs(V * rhs2[:, None]), axis=0)
-            x2 = kspace.matvec(V, coefficients * inverse)
             consistent2 = (
                 tl.sum((drop & (tl.abs(coefficients) > CONSISTENCY_TOLERANCE * magnitudes)).to(tl.int32), axis=0) == 0
             )
-    return tl.where(S, x1 / safe_sigma, 0.0), tl.where(S, x2 / safe_sigma, 0.0), consistent1, consistent2
+            x2 = kspace.matvec(V, coefficients * inverse)
+            residual = tl.where(S, rhs2 - kspace.matvec(M, x2), 0.0)
+            x2 += kspace.matvec(V, tl.sum(V * residual[:, None], axis=0) * inverse)
+        last_row = tl.sum(tl.where(offs[:, None] == last, V, 0.0), axis=0)  # V[last, k]
+        z = kspace.matvec(V, tl.where(drop, last_row, 0.0))
+    return (
+        tl.where(S, x1 / safe_sigma, 0.0), tl.where(S, x2 / safe_sigma, 0.0), consistent1, consistent2,
+        tl.where(S, z / safe_sigma, 0.0),
+    )
 
 
 @triton.jit
@@ -89,7 +107,7 @@ def _cagrad_face(A, b, sigma, S, radius_sq, at_zero, K, BLOCK_K: tl.constexpr):
     """(u_S, μ, ok) on the face S solved directly: A_SS·u_S + b_S = μ𝟙, u_S = μδ − β with A_SS·δ = 𝟙,
     A_SS·β = b_S; μ = 0 when ``at_zero``, else the larger root of qμ² − 2pμ + b_Sᵀβ = φ."""
     ones = tl.where(S, 1.0, 0.0).to(tl.float64)
-    beta, delta, beta_ok, delta_ok = _cagrad_active_solve(A, sigma, S, b, ones, K, BLOCK_K, True)
+    beta, delta, beta_ok, delta_ok, _ = _cagrad_active_solve(A, sigma, S, b, ones, 0, K, BLOCK_K, True)
     q = tl.sum(delta, axis=0)
     p = tl.sum(beta, axis=0)
     constant = tl.sum(tl.where(S, b, 0.0) * beta, axis=0) - radius_sq
@@ -148,43 +166,58 @@ def _cagrad_refine(A, b, sigma, u, radius_sq, mean_sq, at_zero, K, BLOCK_K: tl.c
 
 
 @triton.jit
-def _cagrad_hull_zero_point(A, K, BLOCK_K: tl.constexpr):
-    """w on the simplex with Σᵢ wᵢgᵢ ≈ 0, given 0 ∈ conv{gᵢ}: Lawson–Hanson's active-set method for
-    min_{w≥0} ‖Jᵀw‖² + (𝟙ᵀw − 1)² on Q = A + 𝟙𝟙ᵀ (csrc/solvers/cagrad.h hull_zero_point)."""
+def _cagrad_hull_zero_point(A, sigma, has_zero_row, K, BLOCK_K: tl.constexpr):
+    """w on the simplex with Σᵢ wᵢgᵢ ≈ 0 when 0 ∈ conv{gᵢ} (the degenerate case's dual point; the
+    best such attempt otherwise): the zero gradients if any, else w ∝ v/‖gᵢ‖ with v from
+    Lawson–Hanson's active-set method for min_{v≥0} ‖Σᵢ vᵢĝᵢ‖² + (𝟙ᵀv − 1)² on the unit vectors,
+    in Gram form on Q = A/(σσᵀ) + 𝟙𝟙ᵀ (csrc/solvers/cagrad.h hull_zero_point)."""
     offs = tl.arange(0, BLOCK_K)
     in_k = offs < K
-    Q = tl.where(in_k[:, None] & in_k[None, :], A + 1.0, 0.0)
-    q_sigma = tl.sqrt(tl.where(in_k, kspace.diagonal(Q, BLOCK_K), 1.0))
     ones = tl.where(in_k, 1.0, 0.0).to(tl.float64)
     w = tl.zeros([BLOCK_K], dtype=tl.float64)
-    passive = offs < 0
-    rounds = 0
-    running = 1
-    while (running != 0) & (rounds < 3 * K + 10):
-        rounds += 1
-        gradient = tl.where(in_k & ~passive, 1.0 - kspace.matvec(Q, w), -float("inf"))  # −½ ∇
-        if tl.max(gradient, axis=0) > HULL_TOLERANCE:
-            passive = passive | (offs == tl.argmax(gradient, axis=0))
-            inner = 0
-            while (tl.sum(passive.to(tl.int32), axis=0) > 0) & (inner <= K):  # each pass drops a task or ends
-                inner += 1
-                z, _, _, _ = _cagrad_active_solve(Q, q_sigma, passive, ones, ones, K, BLOCK_K, False)
-                ratios = w / (w - z)
-                ratios = tl.where(passive & (z <= 0.0) & (ratios == ratios), ratios, float("inf"))
-                ratio = tl.min(ratios, axis=0)
-                if ratio < float("inf"):
-                    blocking = tl.argmin(ratios, axis=0)
-                    w = tl.where(passive, w + ratio * (z - w), w)
-                    w = tl.where(offs == blocking, 0.0, w)
-                    passive = passive & (w > 0.0)
-                else:
-                    w = tl.where(passive, z, 0.0)
-                    inner = K + 1
-        else:
-            running = 0
-    w = tl.maximum(w, 0.0)
-    total = tl.sum(w, axis=0)
-    return tl.where(in_k, tl.where(total > 0.0, w / tl.where(total > 0.0, total, 1.0), 1.0 / tl.sum(ones, axis=0)), 0.0)
+    if has_zero_row:
+        zero_rows = tl.where(in_k & ~(sigma > 0.0), 1.0, 0.0).to(tl.float64)
+        w = zero_rows / tl.sum(zero_rows, axis=0)
+    else:
+        safe_sigma = tl.where(in_k, sigma, 1.0)
+        Q = tl.where(in_k[:, None] & in_k[None, :], A / (safe_sigma[:, None] * safe_sigma[None, :]) + 1.0, 0.0)
+        q_sigma = tl.sqrt(tl.where(in_k, 2.0, 1.0).to(tl.float64))  # √Qᵢᵢ = √2
+        passive = offs < 0
+        rounds = 0
+        running = 1
+        while (running != 0) & (rounds < 3 * K + 10):
+            rounds += 1
+            gradient = tl.where(in_k & ~passive, 1.0 - kspace.matvec(Q, w), -float("inf"))  # −½ ∇
+            if tl.max(gradient, axis=0) > HULL_TOLERANCE:
+                passive = passive | (offs == tl.argmax(gradient, axis=0))
+                inner = 0
+                while (tl.sum(passive.to(tl.int32), axis=0) > 0) & (inner <= K):  # each pass drops a task or ends
+                    inner += 1
+                    z, _, _, _, _ = _cagrad_active_solve(Q, q_sigma, passive, ones, ones, 0, K, BLOCK_K, False)
+                    ratios = w / (w - z)
+                    ratios = tl.where(passive & (z <= 0.0) & (ratios == ratios), ratios, float("inf"))
+                    ratio = tl.min(ratios, axis=0)
+                    if ratio < float("inf"):
+                        blocking = tl.argmin(ratios, axis=0)
+                        w = tl.where(passive, w + ratio * (z - w), w)
+                        w = tl.where(offs == blocking, 0.0, w)
+                        passive = passive & (w > 0.0)
+                    else:
+                        w = tl.where(passive, z, 0.0)
+                        inner = K + 1
+            else:
+                running = 0
+        w = tl.maximum(w, 0.0) / safe_sigma
+        total = tl.sum(w, axis=0)
+        w = tl.where(in_k, tl.where(total > 0.0, w / tl.where(total > 0.0, total, 1.0), 1.0 / tl.sum(ones, axis=0)), 0.0)
+    return w
+
+
+@triton.jit
+def _cagrad_is_zero_combination(A, sigma, w):
+    """‖Σᵢ wᵢgᵢ‖ ≤ HULL_ZERO_TOLERANCE·Σᵢ wᵢ‖gᵢ‖ (the square root of Γ's rounding)."""
+    scale = HULL_ZERO_TOLERANCE * tl.sum(w * sigma, axis=0)
+    return tl.sum(w * kspace.matvec(A, w), axis=0) <= scale * scale
 
 
 @triton.jit
@@ -227,11 +260,13 @@ def _cagrad_solve_kernel(
         S = offs == first
         added = tl.where(S, 0, NEVER)
         clock = 1
+        blocked = offs < 0  # tasks that left without μ moving may not re-enter until it moves (no cycling)
         running = 1
         iteration = 1
         while (running != 0) & (iteration < 50 * K + 100) & (tl.sum(S.to(tl.int32), axis=0) > 0):
             iterations = iteration
-            delta, _, consistent, _ = _cagrad_active_solve(A, sigma, S, ones, ones, K, BLOCK_K, False)
+            last = tl.argmax(tl.where(S, added, -1), axis=0)  # the latest added task
+            delta, _, consistent, _, z = _cagrad_active_solve(A, sigma, S, ones, ones, last, K, BLOCK_K, False)
             if consistent:
                 A_S = tl.where(S[None, :], A, 0.0)
                 rate = kspace.matvec(A_S, delta)  # d(gᵢ·d)/dμ
@@ -248,20 +283,24 @@ def _cagrad_solve_kernel(
                     step = tl.maximum(-mu, 0.0)
                     event = tl.full([], CAP, tl.int32)
                 # rows moving with μ (duplicates) never enter
-                entering = tl.where(
-                    nonzero & (rate < 1.0 - RATE_TOLERANCE) & ~S, tl.maximum(r - mu, 0.0) / (1.0 - rate), float("inf")
+                enter_times = tl.where(
+                    nonzero & (rate < 1.0 - RATE_TOLERANCE) & ~S & ~blocked,
+                    tl.maximum(r - mu, 0.0) / (1.0 - rate),
+                    float("inf"),
                 )
-                if tl.min(entering, axis=0) < step:
-                    step = tl.min(entering, axis=0)
+                if tl.min(enter_times, axis=0) < step:
+                    step = tl.min(enter_times, axis=0)
                     event = tl.full([], ENTER, tl.int32)
-                    index = tl.argmin(entering, axis=0)
-                leaving = tl.where(S & (delta < 0.0), -u / tl.where(S & (delta < 0.0), delta, -1.0), float("inf"))
-                if tl.min(leaving, axis=0) < step:
-                    step = tl.min(leaving, axis=0)
+                    index = tl.argmin(enter_times, axis=0)
+                leave_times = tl.where(S & (delta < 0.0), -u / tl.where(S & (delta < 0.0), delta, -1.0), float("inf"))
+                if tl.min(leave_times, axis=0) < step:
+                    step = tl.min(leave_times, axis=0)
                     event = tl.full([], LEAVE, tl.int32)
-                    index = tl.argmin(tl.where(leaving == step, added, NEVER), axis=0)
+                    index = tl.argmin(tl.where(leave_times == step, added, NEVER), axis=0)
                 u = tl.where(S, u + step * delta, u)
                 mu += step
+                if step > 0.0:
+                    blocked = offs < 0
                 if event == BALL:
                     running = 0
                 elif event == CAP:
@@ -275,13 +314,36 @@ def _cagrad_solve_kernel(
                     clock += 1
                 else:
                     u = tl.where(offs == index, 0.0, u)
+                    if step == 0.0:
+                        blocked = blocked | (offs == index)
                     S = S & (offs != index)
                     added = tl.where(S, added, NEVER)
-            else:  # μ cannot rise: it reached 0 with 0 ∈ conv{gᵢ}
-                degenerate = 1
-                dual_point = _cagrad_hull_zero_point(A, K, BLOCK_K)
-                has_dual_point = 1
-                running = 0
+            else:  # the entering gradient depends on the active ones: μ = 0 here
+                hull_point = _cagrad_hull_zero_point(A, sigma, has_zero_row, K, BLOCK_K)
+                # a degenerate pivot (Σ zₖgₖ = 0 with mixed signs, e.g. parallel gradients of different
+                # norms): move u_S along z, d unchanged, until an active multiplier reaches 0
+                z = tl.where(tl.sum(tl.where(offs == last, z, 0.0), axis=0) < 0.0, -z, z)
+                scaled = tl.where(S, z * sigma, 0.0)
+                candidates = S & (scaled < -CONSISTENCY_TOLERANCE * tl.max(tl.abs(scaled), axis=0))
+                ratios = tl.where(candidates, u / tl.where(candidates, -z, 1.0), float("inf"))
+                ratio = tl.min(ratios, axis=0)
+                swapped_out = tl.argmin(tl.where(candidates & (ratios == ratio), added, NEVER), axis=0)
+                swap = (
+                    ~_cagrad_is_zero_combination(A, sigma, hull_point)
+                    & (tl.sum(tl.where(offs == last, z, 0.0), axis=0) > 0.0)
+                    & (ratio < float("inf"))
+                )
+                if swap:
+                    u = tl.where(S, tl.maximum(u + ratio * z, 0.0), u)
+                    u = tl.where(offs == swapped_out, 0.0, u)
+                    blocked = blocked | (offs == swapped_out)
+                    S = S & (offs != swapped_out)
+                    added = tl.where(S, added, NEVER)
+                else:  # μ cannot rise: 0 ∈ conv{gᵢ}
+                    degenerate = 1
+                    dual_point = hull_point
+                    has_dual_point = 1
+                    running = 0
             iteration += 1
         u = _cagrad_refine(  # after the ball, at μ = 0, or at the iteration cap
             A, b, sigma, tl.maximum(u, 0.0), radius_sq, mean_sq, degenerate != 0, K, BLOCK_K
