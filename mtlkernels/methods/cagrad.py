@@ -27,7 +27,7 @@ from torch import Tensor
 
 from .._checks import check_option
 from .._extension import extension
-from .base import Solution, Weighting
+from .base import Solution, Weighting, host_gram
 
 RESCALES = (0, 1, 2)
 
@@ -360,11 +360,7 @@ def finish(self: "CAGradWeighting", gram: Tensor, u: Tensor, facts: dict[str, An
 
 def normalized_gram(gram: Tensor) -> tuple[Tensor, float]:
     """(Γ/tr Γ symmetrised, in float64 on the CPU; tr Γ), with checks that name the problem."""
-    G = gram.detach().to(device="cpu", dtype=torch.float64)
-    if not bool(torch.isfinite(G).all()):
-        raise ValueError("the Gram matrix has a non-finite entry (NaN or Inf)")
-    if bool((G.diagonal() < 0).any()):
-        raise ValueError("the Gram matrix has a negative diagonal entry: it is not J·Jᵀ of real gradients")
+    G = host_gram(gram)
     trace = float(G.diagonal().sum())
     if trace == 0:
         return torch.zeros_like(G), 0.0
@@ -380,9 +376,12 @@ def _solve_torch(self: "CAGradWeighting", gram: Tensor, losses: Tensor | None) -
 
 def _solve_cpp(self: "CAGradWeighting", gram: Tensor, losses: Tensor | None) -> Solution:
     factor = (gram.shape[0] if self.sum_scale else 1.0) / rescale_factor(self.c, self.rescale)
-    G = gram.detach().to(device="cpu", dtype=torch.float64).contiguous()
-    weights, diagnostics = extension().cagrad_solve(G.numpy(), self.c, factor)
-    return Solution(torch.from_numpy(weights).to(gram.device), diagnostics)
+    device = gram.device
+    if not (device.type == "cpu" and gram.dtype == torch.float64 and gram.is_contiguous()):  # C++ checks values
+        gram = gram.to(device="cpu", dtype=torch.float64).contiguous()
+    weights, diagnostics = extension().cagrad_solve(gram.detach().numpy(), self.c, factor)
+    weights = torch.from_numpy(weights)
+    return Solution(weights if device.type == "cpu" else weights.to(device), diagnostics)
 
 
 class CAGradWeighting(Weighting):
