@@ -27,7 +27,7 @@ from torch import Tensor
 
 from .._checks import check_option
 from .._extension import extension
-from .base import Solution, Weighting, host_gram
+from .base import Solution, Weighting, host_gram, triton_solver
 
 RESCALES = (0, 1, 2)
 
@@ -393,7 +393,8 @@ class CAGradWeighting(Weighting):
             by 1 + c.
         sum_scale: multiply d by K, as the authors' scripts do "to match the sum loss" (default off,
             like LibMTL and torchjd).
-        backend: "auto", "torch" or "cpp" (the exact K-space solve in C++).
+        backend: "auto", "torch", "cpp" (the K-space solve in C++) or "triton" (the same algorithm in
+            one on-device Triton program, mtlkernels.kernels.solve_cagrad).
 
     Diagnostics: ``duality_gap`` and ``ball_residual`` (the certificate, see :func:`certificate`),
     ``worst_improvement`` (minᵢ gᵢ·d before rescaling, Γ's units), ``dual_objective`` (the paper's
@@ -419,4 +420,4 @@ class CAGradWeighting(Weighting):
     def options(self) -> dict[str, Any]:
         return {"c": self.c, "rescale": self.rescale, "sum_scale": self.sum_scale}
 
-    solvers = {"torch": _solve_torch, "cpp": _solve_cpp}
+    solvers = {"torch": _solve_torch, "cpp": _solve_cpp, "triton": triton_solver("solve_cagrad")}
