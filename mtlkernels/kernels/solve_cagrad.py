@@ -21,7 +21,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..methods import cagrad
-from ..methods.base import Solution
+from ..methods.base import Solution, host_gram
 from . import kspace
 from .kspace import MAX_TASKS
 
@@ -420,7 +420,7 @@ def solve_triton(self: cagrad.CAGradWeighting, gram: Tensor, losses: Tensor | No
     if gram.dtype not in (torch.float32, torch.float64):
         gram = gram.to(torch.float32)
     if gram.device.type == "cpu":
-        cagrad.normalized_gram(gram)
+        host_gram(gram)
     factor = (gram.shape[0] if self.sum_scale else 1.0) / cagrad.rescale_factor(self.c, self.rescale)
     weights, diagnostics = cagrad_solve(gram, self.c, factor)
     return Solution(weights, diagnostics)

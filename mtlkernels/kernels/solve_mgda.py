@@ -17,7 +17,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..methods import mgda
-from ..methods.base import Solution
+from ..methods.base import Solution, host_gram
 from . import kspace
 from .kspace import MAX_TASKS
 
@@ -208,7 +208,7 @@ def solve_triton(self: mgda.MGDAWeighting, gram: Tensor, losses: Tensor | None) 
     if gram.dtype not in (torch.float32, torch.float64):
         gram = gram.to(torch.float32)
     if gram.device.type == "cpu":
-        mgda.check_gram_entries(gram)
+        host_gram(gram)
     if losses is not None:
         losses = losses.to(device=gram.device, dtype=torch.float64, non_blocking=True)
     out = mgda_solve(gram, losses, self.normalization, self.combination)

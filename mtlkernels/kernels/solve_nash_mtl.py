@@ -15,7 +15,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..methods import nash_mtl
-from ..methods.base import Solution
+from ..methods.base import Solution, host_gram
 from . import kspace
 from .kspace import MAX_TASKS
 
@@ -201,15 +201,15 @@ def solve_triton(self: nash_mtl.NashMTLWeighting, gram: Tensor, losses: Tensor |
     reuse is decided by the host step counter. solver="ccp" and K > :data:`MAX_TASKS` run the
     torch solver (a host copy and synchronisation).
 
-    Γ is checked (finite) only on CPU tensors, where it is free; on CUDA a non-finite Γ gives
-    non-finite weights, as ``mtlkernels.aggregate``'s ``check_finite`` documents.
+    Γ is checked (finite, non-negative diagonal) only on CPU tensors, where it is free; on CUDA a
+    non-finite Γ gives non-finite weights, as ``mtlkernels.aggregate``'s ``check_finite`` documents.
     """
     if self.solver == "ccp" or gram.shape[0] > MAX_TASKS:
         return type(self).solvers["torch"](self, gram, losses)
     if gram.dtype not in (torch.float32, torch.float64):
         gram = gram.to(torch.float32)
     if gram.device.type == "cpu":
-        self._host_gram(gram)
+        host_gram(gram)
     reused, previous = self._plan(gram)
     if previous is not None:
         previous = previous.to(device=gram.device, dtype=torch.float64, non_blocking=True)

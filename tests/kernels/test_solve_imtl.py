@@ -66,11 +66,24 @@ def check_against_cpp(name: str, gram: torch.Tensor, weights: torch.Tensor, diag
     assert weights.dtype == torch.float64 and weights.device.type == DEVICE
     for key in FLAGS:
         assert diagnostics[key].device.type == DEVICE and diagnostics[key].dim() == 0
-        assert diagnostics[key].item() == cpp.diagnostics[key], (name, key)
     zero_tasks = diagnostics["zero_tasks"].cpu().nonzero().flatten().tolist()
     assert zero_tasks == cpp.diagnostics["zero_tasks"], name
+    assert bool(diagnostics["fallback"]) == cpp.diagnostics["fallback"], name
     residual = float(diagnostics["residual"])
     assert residual == pytest.approx(equal_projection_residual(G, weights), abs=1e-15), name
+    if name == "structured" and cpp.diagnostics["fallback"]:
+        # rows copied, negated, scaled by 1e±20 and K > N put eigenvalues of C near the 1e-8 rank
+        # cutoff and Σ(N⁻¹β) near its 1e-12 test: there the C++ (Jacobi), torch (LAPACK) and this
+        # solve decide at rounding level and agree on the weights to ~1e-6 — so the flags must
+        # match one of the two host solvers, and the weights that one's
+        host = [cpp, IMTLWeighting(backend="torch")(G)]
+        agreeing = [h for h in host if all(diagnostics[key].item() == h.diagnostics[key] for key in FLAGS)]
+        assert agreeing, (name, {key: diagnostics[key].item() for key in FLAGS}, [h.diagnostics for h in host])
+        assert residual <= 1e-7, (name, residual)
+        assert scaled_error(G, weights, agreeing[0].weights) <= 1e-5, name
+        return
+    for key in FLAGS:
+        assert diagnostics[key].item() == cpp.diagnostics[key], (name, key)
     if name == "near_collinear":
         # the weights hang on Γ's 1e-12 second differences (condition ~1e12): C++ built with FMA and
         # the kernel round differently there, so the certificate is the comparison; the fallback
