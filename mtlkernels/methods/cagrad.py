@@ -305,10 +305,11 @@ def certificate(A: Tensor, u: Tensor, c: float, dual_point: Tensor | None) -> di
 
     ``kkt_residual``: d's optimality conditions gᵢ·d = μ where uᵢ > 0 and gᵢ·d ≥ μ elsewhere, μ the
     smallest active gradient g_ref's g_ref·d (0 in the degenerate case), task i judged at the scale
-    of that comparison's rounding, (‖gᵢ‖ + ‖g_ref‖)·(‖g₀‖ + √φ). ``ball_residual``: (‖d − g₀‖ − √φ)/√φ, ≈ 0 when the ball is reached,
-    < 0 in the degenerate case. ``duality_gap``: (D(w) − P(d))/(maxᵢ‖gᵢ‖·(‖g₀‖ + √φ)) with
-    P(d) = minᵢ gᵢ·d and D(w) = g_w·g₀ + √φ‖g_w‖ the paper's dual at w = u/Σu (or the given dual
-    point): ≥ 0 by weak duality, 0 at the optimum. Also returns P (``worst_improvement``) and D."""
+    of that comparison's rounding, (‖gᵢ‖ + ‖g_ref‖)·(‖g₀‖ + √φ). ``ball_residual``:
+    (‖d − g₀‖ − √φ)/√φ, ≈ 0 when the ball is reached, < 0 in the degenerate case. ``duality_gap``:
+    (D(w) − P(d))/(maxᵢ‖gᵢ‖·(‖g₀‖ + √φ)) with P(d) = minᵢ gᵢ·d and D(w) = g_w·g₀ + √φ‖g_w‖ the
+    paper's dual at w = u/Σu (or the given dual point): ≥ 0 by weak duality, 0 at the optimum.
+    Also returns P (``worst_improvement``) and D (``dual_objective``)."""
     K = A.shape[0]
     b = A.sum(dim=1) / K
     mean_sq = max(float(b.sum()) / K, 0.0)
@@ -341,7 +342,9 @@ def certificate(A: Tensor, u: Tensor, c: float, dual_point: Tensor | None) -> di
     }
 
 
-def finish(self: "CAGradWeighting", gram: Tensor, u: Tensor, facts: dict[str, Any], A: Tensor, trace: float) -> Solution:
+def finish(
+    self: "CAGradWeighting", gram: Tensor, u: Tensor, facts: dict[str, Any], A: Tensor, trace: float
+) -> Solution:
     """Weights (1/K + u)·(K if sum_scale)/rescale factor on gram's device, and the diagnostics."""
     K = gram.shape[0]
     factor = (K if self.sum_scale else 1.0) / rescale_factor(self.c, self.rescale)
@@ -396,10 +399,11 @@ class CAGradWeighting(Weighting):
         backend: "auto", "torch", "cpp" (the K-space solve in C++) or "triton" (the same algorithm in
             one on-device Triton program, mtlkernels.kernels.solve_cagrad).
 
-    Diagnostics: ``duality_gap`` and ``ball_residual`` (the certificate, see :func:`certificate`),
-    ``worst_improvement`` (minᵢ gᵢ·d before rescaling, Γ's units), ``dual_objective`` (the paper's
-    dual at our dual point), ``multiplier_sum`` (Σu = √φ/‖g_w‖), ``active_set`` (tasks with uᵢ > 0),
-    ``degenerate`` (the μ = 0 projection case), ``iterations`` (breakpoints of the path).
+    Diagnostics: ``kkt_residual``, ``ball_residual`` and ``duality_gap`` (the certificate, see
+    :func:`certificate`), ``worst_improvement`` (minᵢ gᵢ·d before rescaling, Γ's units),
+    ``dual_objective`` (the paper's dual at our dual point), ``multiplier_sum`` (Σu = √φ/‖g_w‖),
+    ``active_set`` (tasks with uᵢ > 0), ``degenerate`` (the μ = 0 projection case), ``iterations``
+    (breakpoints of the path).
     """
 
     name = "cagrad"

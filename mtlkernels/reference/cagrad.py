@@ -28,7 +28,7 @@ from ._result import ReferenceResult
 
 RESCALES = (0, 1, 2)
 
-#: 0 ∈ conv{gᵢ/‖gᵢ‖} when the hull's min-norm point (of unit vectors) is shorter than this
+#: 0 ∈ conv{gᵢ} when the distance from 0 to the hull of the unit vectors ĝᵢ is below this
 HULL_TOLERANCE = 1e-7
 #: KKT conditions of the dual, per task relative to ‖gᵢ‖·(‖g₀‖ + √φ)
 KKT_TOLERANCE = 1e-13
@@ -40,6 +40,7 @@ def rescale_factor(c: float, rescale: int) -> float:
 
 
 def check_options(c: float, rescale: int, sum_scale: bool) -> None:
+    """A ValueError naming the option when c, rescale or sum_scale is out of range."""
     if not isinstance(c, (int, float)) or isinstance(c, bool) or not np.isfinite(c) or c < 0:
         raise ValueError(f"c={c!r} must be a finite number ≥ 0")
     if rescale not in RESCALES or isinstance(rescale, bool):
@@ -56,7 +57,9 @@ def _dual(J: np.ndarray, g0: np.ndarray, radius: float, w: np.ndarray) -> tuple[
     return float(g_w @ g0) + radius * norm, J @ direction, g_w
 
 
-def _newton_step(J_face: np.ndarray, w_face: np.ndarray, g_w: np.ndarray, radius: float, gradient: np.ndarray) -> np.ndarray:
+def _newton_step(
+    J_face: np.ndarray, w_face: np.ndarray, g_w: np.ndarray, radius: float, gradient: np.ndarray
+) -> np.ndarray:
     """Minimiser Δ of the dual's quadratic model on the face of the simplex (𝟙ᵀΔ = 0).
 
     Hessian (√φ/‖g_w‖)·(G − qqᵀ/‖g_w‖²), G = J_face·J_faceᵀ, q = J_face·g_w; F is linear along w,
@@ -81,7 +84,9 @@ def _newton_step(J_face: np.ndarray, w_face: np.ndarray, g_w: np.ndarray, radius
     return Z @ (y * scale)
 
 
-def _pairwise_step(J: np.ndarray, g0: np.ndarray, radius: float, w: np.ndarray, active: np.ndarray, gradient: np.ndarray) -> np.ndarray:
+def _pairwise_step(
+    J: np.ndarray, g0: np.ndarray, radius: float, w: np.ndarray, active: np.ndarray, gradient: np.ndarray
+) -> np.ndarray:
     """Move weight t ∈ [0, wᵢ] from the active task i of largest gᵢ·d to the task j of smallest,
     t minimising F exactly (bisection on the sign of F's derivative gⱼ·d − gᵢ·d along the move);
     updates ``active`` in place."""
@@ -224,7 +229,9 @@ def cagrad(J: Tensor, *, c: float = 0.5, rescale: int = 1, sum_scale: bool = Fal
                 polished.append(_polish(rows, g0, radius, vertex))
                 if polished[-1][1]["kkt_residual"] <= KKT_TOLERANCE:
                     break
-            dual_weights, info = min(polished, key=lambda p: (p[1]["kkt_residual"] > KKT_TOLERANCE, _dual(rows, g0, radius, p[0])[0]))
+            dual_weights, info = min(
+                polished, key=lambda p: (p[1]["kkt_residual"] > KKT_TOLERANCE, _dual(rows, g0, radius, p[0])[0])
+            )
             g_w = dual_weights @ rows
             multipliers = (radius / np.linalg.norm(g_w)) * dual_weights
 

@@ -21,7 +21,8 @@ from mtlkernels import _extension
 from mtlkernels.methods import CAGradWeighting
 from mtlkernels.methods.cagrad import rescale_factor
 
-BACKENDS = ["torch", pytest.param("cpp", marks=pytest.mark.skipif(not _extension.available, reason="C++ extension not built"))]
+NO_CPP = pytest.mark.skipif(not _extension.available, reason="C++ extension not built")
+BACKENDS = ["torch", pytest.param("cpp", marks=NO_CPP)]
 SOLVERS = ["torch", "cpp"] if _extension.available else ["torch"]
 RTOL = {torch.float32: 1e-5, torch.float64: 1e-9}
 #: the Gram-space solve is exact to rounding: float64 weights vs the reference on the same data
@@ -34,7 +35,8 @@ def _cases(K: int, N: int) -> list[tuple[str, torch.Tensor]]:
 
 
 @functools.lru_cache(maxsize=None)
-def _reference(K: int, N: int, name: str, dtype: torch.dtype, c: float = 0.5, rescale: int = 1) -> mk.reference.ReferenceResult:
+def _reference(K: int, N: int, name: str, dtype: torch.dtype, c: float = 0.5, rescale: int = 1):
+    """The reference on case ``name`` (cached: several tests compare against the same J)."""
     J = dict(_cases(K, N))[name].to(dtype)
     return mk.reference.cagrad(J, c=c, rescale=rescale)
 
@@ -123,9 +125,10 @@ def test_matches_reference(K, N, dtype):
         gram = mk.gram(J, dtype=torch.float64)
         for backend in SOLVERS:
             weights = CAGradWeighting(backend=backend)(gram).weights
-            assert_close_to_reference(J, weights, weights @ J.double(), reference, SOLVE_RTOL, unique, f"{name} {backend} solve")
+            what = f"{name} {backend}"
+            assert_close_to_reference(J, weights, weights @ J.double(), reference, SOLVE_RTOL, unique, what + " solve")
             result = mk.aggregate(J, "cagrad", backend=backend)
-            assert_close_to_reference(J, result.weights, result.direction, reference, RTOL[dtype], unique, f"{name} {backend}")
+            assert_close_to_reference(J, result.weights, result.direction, reference, RTOL[dtype], unique, what)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -186,7 +189,7 @@ def _degenerate_J(draw_kind: str, K: int, N: int, seed: int, log_scales: list[fl
 KINDS = st.sampled_from(["random", "low_rank", "duplicate", "opposite", "zero"])
 
 
-@pytest.mark.skipif(not _extension.available, reason="C++ extension not built")
+@NO_CPP
 @settings(max_examples=60, deadline=None)
 @given(
     kind=KINDS,
@@ -338,7 +341,8 @@ def test_scale_invariant_and_permutation_equivariant(backend):
     for s in (1e-15, 1e15):
         torch.testing.assert_close(mk.aggregate(J * s, "cagrad", backend=backend).weights, weights, rtol=1e-12, atol=0)
     permutation = torch.randperm(6, generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(mk.aggregate(J[permutation], "cagrad", backend=backend).weights, weights[permutation], rtol=1e-10, atol=1e-14)
+    permuted = mk.aggregate(J[permutation], "cagrad", backend=backend).weights
+    torch.testing.assert_close(permuted, weights[permutation], rtol=1e-10, atol=1e-14)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -427,7 +431,7 @@ def test_bad_gram(backend):
         weighting(torch.ones(2, 3, dtype=torch.float64))
 
 
-@pytest.mark.skipif(not _extension.available, reason="C++ extension not built")
+@NO_CPP
 def test_cpp_errors_reach_python():
     with pytest.raises(ValueError, match="c must be"):
         _extension.extension().cagrad_solve(torch.eye(2, dtype=torch.float64).numpy(), -1.0, 1.0)
