@@ -342,7 +342,8 @@ class NashMTLWeighting(Weighting):
                 f"has K = {K}; call reset() when the tasks change"
             )
         reused = self._alpha is not None and self._step % self.update_weights_every != 0
-        return reused, self._alpha
+        # α lives where the last solve ran (the Triton solve keeps it on the GPU): follow Γ
+        return reused, None if self._alpha is None else self._alpha.to(gram.device)
 
     def _finish(self, gram: Tensor, alpha: Tensor, weights: Tensor, facts: dict[str, Any], reused: bool) -> Solution:
         self._alpha = alpha
