@@ -21,11 +21,14 @@ constexpr int kVectors = 4;                 // vectors of columns accumulated in
 constexpr int64_t kChunkColumns = 1 << 14;  // columns per unit of parallel work
 constexpr int64_t kPanelBytes = 32 << 10;   // K rows × panel columns of J prefetched at a time
 
-// out[c] (+)= Σ_k w[k]·x[k·ld + c] for c < cols, in double.
+// out[c] (+)= Σ_k w[k]·x[k·ld + c] for c < cols, in double, with the prefetches of the next
+// panel spread over the steps.
 template <typename In, typename Out>
-void combine_columns(const In* x, int64_t ld, int K, const double* w, Out* out, int64_t cols, bool accumulate) {
+void combine_columns(const In* x, int64_t ld, int K, const double* w, Out* out, int64_t cols, bool accumulate,
+                     PrefetchCursor& prefetch) {
   constexpr int n = lanes<double>;
   constexpr int64_t step = kVectors * n;
+  const int prefetches = static_cast<int>((prefetch.lines_left() * step + cols - 1) / std::max<int64_t>(cols, 1));
   int64_t c0 = 0;
   for (; c0 + step <= cols; c0 += step) {
     SimdOf<double, n> acc[kVectors];
@@ -38,6 +41,7 @@ void combine_columns(const In* x, int64_t ld, int K, const double* w, Out* out, 
       Out* dst = out + c0 + v * n;
       store_as<Out, n, double>(dst, accumulate ? load_as<double, n>(dst) + acc[v] : acc[v]);
     }
+    for (int i = 0; i < prefetches; ++i) prefetch.step();
   }
   for (int64_t c = c0; c < cols; ++c) {
     double acc = 0;
@@ -47,15 +51,15 @@ void combine_columns(const In* x, int64_t ld, int K, const double* w, Out* out, 
 }
 
 // out[c] (+)= Σ_k w[k]·x[k·ld + c] for c < cols, panel by panel, each panel's successor (up to
-// `ahead` more columns of the block) prefetched before the panel is combined.
+// `ahead` more columns of the block) prefetched while the panel is combined.
 template <typename In, typename Out>
 void combine_chunk(const In* x, int64_t ld, int K, const double* w, Out* out, int64_t cols, int64_t ahead,
                    bool accumulate) {
   const int64_t panel = std::max<int64_t>(kVectors * lanes<double>, kPanelBytes / (K * int64_t{sizeof(In)}));
   for (int64_t c0 = 0; c0 < cols; c0 += panel) {
     const int64_t width = std::min(panel, cols - c0);
-    prefetch_rows(x + c0 + width, ld, K, std::min(panel, cols + ahead - c0 - width));
-    combine_columns(x + c0, ld, K, w, out + c0, width, accumulate);
+    PrefetchCursor next_panel(x + c0 + width, ld, K, std::min(panel, cols + ahead - c0 - width));
+    combine_columns(x + c0, ld, K, w, out + c0, width, accumulate, next_panel);
   }
 }
 

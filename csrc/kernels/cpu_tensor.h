@@ -246,16 +246,44 @@ inline std::vector<Block> make_blocks(const std::vector<uintptr_t>& pointers, co
   return blocks;
 }
 
-// Fetch `cols` columns of K rows (row_stride elements apart) into L2 ahead of their use: a pass
-// walks J panel by panel, K rows at once, and the hardware prefetchers, which stop at 4 KiB pages
-// and track few streams, fall behind; prefetching the next panel while this one is worked on
-// keeps the memory busy.
-template <typename In>
-inline void prefetch_rows(const In* x, int64_t row_stride, int K, int64_t cols) {
-  constexpr int64_t line = 64 / sizeof(In);
-  for (int r = 0; r < K; ++r)
-    for (int64_t c = 0; c < cols; c += line) __builtin_prefetch(x + r * row_stride + c, 0, 1);
-}
+// Prefetches K rows × `cols` columns of J (rows row_stride elements apart) into L2, one cache
+// line per step(), meant to be called from inside a compute loop. A pass walks J panel by panel,
+// K rows at once: the hardware prefetchers stop at 4 KiB pages (a panel row is about one page)
+// and fall behind, and a burst of hundreds of prefetches would just wait for the few line-fill
+// buffers. Spread over the work on the current panel, the next panel's lines keep the memory busy
+// while the core computes.
+class PrefetchCursor {
+ public:
+  PrefetchCursor() = default;
+  template <typename In>
+  PrefetchCursor(const In* x, int64_t row_stride, int K, int64_t cols)
+      : row_(reinterpret_cast<const char*>(x)),
+        row_stride_(row_stride * int64_t{sizeof(In)}),
+        row_bytes_(cols * int64_t{sizeof(In)}),
+        rows_left_(cols > 0 ? K : 0) {}
+
+  // Lines still to fetch.
+  int64_t lines_left() const {
+    return rows_left_ == 0 ? 0 : (rows_left_ * row_bytes_ - offset_ + kLine - 1) / kLine;
+  }
+
+  void step() {
+    if (rows_left_ == 0) return;
+    __builtin_prefetch(row_ + offset_, 0, 1);
+    offset_ += kLine;
+    if (offset_ >= row_bytes_) {
+      offset_ = 0;
+      row_ += row_stride_;
+      --rows_left_;
+    }
+  }
+
+ private:
+  static constexpr int64_t kLine = 64;
+  const char* row_ = nullptr;
+  int64_t row_stride_ = 0, row_bytes_ = 0, offset_ = 0;
+  int rows_left_ = 0;
+};
 
 // Below this many elements of J a pass runs on the calling thread (a parallel region costs more).
 constexpr int64_t kParallelMinElements = int64_t{1} << 18;

@@ -4,7 +4,7 @@
 // panels of all K rows (≈ kPanelBytes). A panel is read in place when J holds what the tiles
 // multiply, else converted once into an L2-resident buffer; all K(K+1)/2 products are then added
 // in 4×4 tiles of Γ held in vector registers, into per-lane running sums in double, while the
-// next panel is prefetched. Panels are grouped into chunks, the chunks dealt in order to a fixed
+// tiles' loops prefetch the next panel a line at a time. Panels are grouped into chunks, the chunks dealt in order to a fixed
 // number of slots, each with its own partial Γ, and the slots summed in order: the result depends
 // on neither scheduling nor the thread count.
 //
@@ -88,10 +88,11 @@ template <typename Math>
 using LaneSums = SimdOf<double, TileMath<Math>::lanes>;
 
 // sums[p·kTileRows + q] += per lane Σ x[i0+p, c]·x[j0+q, c] for p < RI, q < RJ over `vectors`
-// vectors of columns (rows ld elements apart). Diagonal tiles (i0 == j0) fill q ≥ p only.
+// vectors of columns (rows ld elements apart), prefetching `prefetches` lines per vector.
+// Diagonal tiles (i0 == j0) fill q ≥ p only.
 template <typename Math, bool Diagonal, int RI, int RJ>
 void gram_tile(const ElementOf<Math>* rows_i, const ElementOf<Math>* rows_j, int64_t ld, int64_t vectors,
-               LaneSums<Math>* sums) {
+               LaneSums<Math>* sums, PrefetchCursor& prefetch, int prefetches) {
   using T = TileMath<Math>;
   typename T::Acc acc[RI][RJ];
   for (int p = 0; p < RI; ++p)
@@ -102,6 +103,7 @@ void gram_tile(const ElementOf<Math>* rows_i, const ElementOf<Math>* rows_j, int
     for (int q = 0; q < RJ; ++q) b[q] = Diagonal ? a[q] : T::load(rows_j + q * ld + v * T::columns);
     for (int p = 0; p < RI; ++p)
       for (int q = Diagonal ? p : 0; q < RJ; ++q) acc[p][q] = T::mac(acc[p][q], a[p], b[q]);
+    for (int i = 0; i < prefetches; ++i) prefetch.step();
   }
   for (int p = 0; p < RI; ++p)
     for (int q = Diagonal ? p : 0; q < RJ; ++q)
@@ -109,7 +111,8 @@ void gram_tile(const ElementOf<Math>* rows_i, const ElementOf<Math>* rows_j, int
 }
 
 template <typename Math>
-using TileFn = void (*)(const ElementOf<Math>*, const ElementOf<Math>*, int64_t, int64_t, LaneSums<Math>*);
+using TileFn = void (*)(const ElementOf<Math>*, const ElementOf<Math>*, int64_t, int64_t, LaneSums<Math>*,
+                        PrefetchCursor&, int);
 
 template <typename Math, int RI>
 TileFn<Math> off_diagonal_tile(int rj) {
@@ -132,13 +135,17 @@ TileFn<Math> pick_tile(bool diagonal, int ri, int rj) {
   }
 }
 
-// sums += every tile of Γ over `vectors` vectors of columns of the K rows at x (ld apart).
+// sums += every tile of Γ over `vectors` vectors of columns of the K rows at x (ld apart), the
+// prefetches spread evenly over the tiles' loops.
 template <typename Math>
-void add_tiles(const ElementOf<Math>* x, int64_t ld, int K, int64_t vectors, LaneSums<Math>* sums) {
+void add_tiles(const ElementOf<Math>* x, int64_t ld, int K, int64_t vectors, LaneSums<Math>* sums,
+               PrefetchCursor& prefetch) {
+  const int64_t groups = (K + kTileRows - 1) / kTileRows, steps = groups * (groups + 1) / 2 * vectors;
+  const int prefetches = static_cast<int>((prefetch.lines_left() + steps - 1) / steps);
   for (int i0 = 0; i0 < K; i0 += kTileRows)
     for (int j0 = i0; j0 < K; j0 += kTileRows, sums += kTileRows * kTileRows) {
       const TileFn<Math> tile = pick_tile<Math>(i0 == j0, std::min(kTileRows, K - i0), std::min(kTileRows, K - j0));
-      tile(x + i0 * ld, x + j0 * ld, ld, vectors, sums);
+      tile(x + i0 * ld, x + j0 * ld, ld, vectors, sums, prefetch, prefetches);
     }
 }
 
@@ -174,20 +181,20 @@ struct Workspace {
 
 // sums += Γ of the K × cols panel at x (rows row_stride apart): read in place when J holds the
 // tiles' element type, else converted into the workspace first; the columns past the last whole
-// vector are copied, zero-padded, into the workspace either way.
+// vector are copied, zero-padded, into the workspace either way. `prefetch` walks the next panel.
 template <typename In, typename Math>
-void add_panel(const In* x, int64_t row_stride, int64_t cols, const Workspace<Math>& ws) {
+void add_panel(const In* x, int64_t row_stride, int64_t cols, const Workspace<Math>& ws, PrefetchCursor& prefetch) {
   constexpr int columns = TileMath<Math>::columns;
   const int64_t whole = cols / columns, padded = (cols + columns - 1) / columns * columns;
   if constexpr (std::is_same_v<In, ElementOf<Math>>) {
-    if (whole > 0) add_tiles<Math>(x, row_stride, ws.K, whole, ws.sums);
+    if (whole > 0) add_tiles<Math>(x, row_stride, ws.K, whole, ws.sums, prefetch);
     if (padded > whole * columns) {
       convert_rows(x + whole * columns, row_stride, ws.K, cols - whole * columns, columns, ws.ld, ws.panel);
-      add_tiles<Math>(ws.panel, ws.ld, ws.K, 1, ws.sums);
+      add_tiles<Math>(ws.panel, ws.ld, ws.K, 1, ws.sums, prefetch);
     }
   } else {
     convert_rows(x, row_stride, ws.K, cols, padded, ws.ld, ws.panel);
-    add_tiles<Math>(ws.panel, ws.ld, ws.K, padded / columns, ws.sums);
+    add_tiles<Math>(ws.panel, ws.ld, ws.K, padded / columns, ws.sums, prefetch);
   }
 }
 
@@ -222,10 +229,11 @@ void gram_slot(const std::vector<Block>& blocks, const Chunk* first, const Chunk
     const In* x = static_cast<const In*>(block.data) + chunk->start;
     for (int64_t c0 = 0; c0 < chunk->cols; c0 += ws.ld) {
       const int64_t cols = std::min(ws.ld, chunk->cols - c0);
-      prefetch_rows(x + c0 + cols, block.row_stride, K, std::min(ws.ld, block.cols - chunk->start - c0 - cols));
+      PrefetchCursor next_panel(x + c0 + cols, block.row_stride, K,
+                                std::min(ws.ld, block.cols - chunk->start - c0 - cols));
       if constexpr (std::is_same_v<In, BFloat16> && !std::is_same_v<Math, double>)
         track_row_max(x + c0, block.row_stride, K, cols, row_max_bits);
-      add_panel<In, Math>(x + c0, block.row_stride, cols, ws);
+      add_panel<In, Math>(x + c0, block.row_stride, cols, ws, next_panel);
     }
   }
   const LaneSums<Math>* sums = ws.sums;
