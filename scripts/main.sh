@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Set up (scripts/setup.sh) and run the main job on built-in data.
+# Set up (scripts/setup.sh) and run the main job: the CPU-sized benchmark suite — every method's
+# aggregate() beside plain torch, torchjd, LibMTL and the memory floor measured in the same run,
+# plus the Gram and combination passes alone — printing the table and writing
+# bench/out/results.{json,csv} and PNG plots. Extra arguments go to `python -m mtlkernels.bench`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
-python -m mtlkernels.demo "$@"
+python -m mtlkernels.bench --suite cpu-small --out bench/out "$@"
