@@ -2,7 +2,7 @@
 // strides and a dtype name, already checked by the launcher), the four element types with their
 // conversions to and from float/double, one value or one vector at a time.
 #pragma once
-#if defined(__F16C__) || defined(__AVX512F__)
+#if defined(__F16C__) || defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 #include <omp.h>
@@ -139,16 +139,41 @@ inline void float_to_half(Half* p, SimdOf<float, n> f) {
   for (int i = 0; i < n; ++i) p[i] = from_acc<Half>(f[i]);
 }
 
+// bfloat16 → float32 of n values: zero-extend each to 32 bits and shift it into the top half (AVX
+// instructions where the target has them: GCC splits the generic vector version clumsily).
+template <int n>
+inline SimdOf<float, n> bfloat16_to_float(const BFloat16* p) {
+  SimdOf<float, n> f;
+#if defined(__AVX512F__)
+  if constexpr (n % 16 == 0) {
+    for (int i = 0; i < n; i += 16) {
+      const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i));
+      const __mmask16 all = static_cast<__mmask16>(-1);  // masked forms: GCC 12 warns on the unmasked ones
+      const __m512i v = _mm512_maskz_slli_epi32(all, _mm512_maskz_cvtepu16_epi32(all, h), 16);
+      std::memcpy(reinterpret_cast<char*>(&f) + i * sizeof(float), &v, sizeof v);
+    }
+    return f;
+  }
+#endif
+#if defined(__AVX2__)
+  if constexpr (n % 8 == 0) {
+    for (int i = 0; i < n; i += 8) {
+      const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i));
+      const __m256i v = _mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16);
+      std::memcpy(reinterpret_cast<char*>(&f) + i * sizeof(float), &v, sizeof v);
+    }
+    return f;
+  }
+#endif
+  for (int i = 0; i < n; ++i) f[i] = to_float(p[i]);
+  return f;
+}
+
 // n consecutive elements at p, converted to Acc (float or double).
 template <typename Acc, int n, typename In>
 inline SimdOf<Acc, n> load_as(const In* p) {
   if constexpr (std::is_same_v<In, BFloat16>) {
-    SimdOf<uint16_t, n> bits;
-    std::memcpy(&bits, p, sizeof bits);
-    const SimdOf<uint32_t, n> wide = __builtin_convertvector(bits, SimdOf<uint32_t, n>) << 16;
-    SimdOf<float, n> f;
-    std::memcpy(&f, &wide, sizeof f);
-    return __builtin_convertvector(f, SimdOf<Acc, n>);
+    return __builtin_convertvector(bfloat16_to_float<n>(p), SimdOf<Acc, n>);
   } else if constexpr (std::is_same_v<In, Half>) {
     return __builtin_convertvector(half_to_float<n>(p), SimdOf<Acc, n>);
   } else {
