@@ -148,7 +148,7 @@ inline SimdOf<float, n> bfloat16_to_float(const BFloat16* p) {
   if constexpr (n % 16 == 0) {
     for (int i = 0; i < n; i += 16) {
       const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i));
-      const __mmask16 all = static_cast<__mmask16>(-1);  // masked forms: GCC 12 warns on the unmasked ones
+      const __mmask16 all = static_cast<__mmask16>(-1);  // masked forms: see widen()
       const __m512i v = _mm512_maskz_slli_epi32(all, _mm512_maskz_cvtepu16_epi32(all, h), 16);
       std::memcpy(reinterpret_cast<char*>(&f) + i * sizeof(float), &v, sizeof v);
     }
@@ -169,13 +169,65 @@ inline SimdOf<float, n> bfloat16_to_float(const BFloat16* p) {
   return f;
 }
 
+// float32 ↔ float64 of n values, eight to a 512-bit register with AVX-512 (GCC lowers the
+// generic conversion in 256-bit halves plus shuffles). The masked forms (all lanes) avoid GCC 12's
+// -Wmaybe-uninitialized inside the unmasked intrinsics.
+template <int n>
+inline SimdOf<double, n> widen(SimdOf<float, n> f) {
+#if defined(__AVX512F__)
+  if constexpr (n % 8 == 0) {
+    SimdOf<double, n> d;
+    for (int i = 0; i < n; i += 8) {
+      __m256 part;
+      std::memcpy(&part, reinterpret_cast<const char*>(&f) + i * sizeof(float), sizeof part);
+      const __m512d wide = _mm512_maskz_cvtps_pd(static_cast<__mmask8>(-1), part);
+      std::memcpy(reinterpret_cast<char*>(&d) + i * sizeof(double), &wide, sizeof wide);
+    }
+    return d;
+  }
+#endif
+  return __builtin_convertvector(f, SimdOf<double, n>);
+}
+
+template <int n>
+inline SimdOf<float, n> narrow(SimdOf<double, n> d) {
+#if defined(__AVX512F__)
+  if constexpr (n % 8 == 0) {
+    SimdOf<float, n> f;
+    for (int i = 0; i < n; i += 8) {
+      __m512d part;
+      std::memcpy(&part, reinterpret_cast<const char*>(&d) + i * sizeof(double), sizeof part);
+      const __m256 small = _mm512_maskz_cvtpd_ps(static_cast<__mmask8>(-1), part);
+      std::memcpy(reinterpret_cast<char*>(&f) + i * sizeof(float), &small, sizeof small);
+    }
+    return f;
+  }
+#endif
+  return __builtin_convertvector(d, SimdOf<float, n>);
+}
+
+// n values of T as float32 (T float32 or float64).
+template <int n, typename T>
+inline SimdOf<float, n> as_float(SimdOf<T, n> v) {
+  if constexpr (std::is_same_v<T, double>)
+    return narrow<n>(v);
+  else
+    return v;
+}
+
 // n consecutive elements at p, converted to Acc (float or double).
 template <typename Acc, int n, typename In>
 inline SimdOf<Acc, n> load_as(const In* p) {
-  if constexpr (std::is_same_v<In, BFloat16>) {
-    return __builtin_convertvector(bfloat16_to_float<n>(p), SimdOf<Acc, n>);
+  if constexpr (std::is_same_v<In, Acc>) {
+    SimdOf<Acc, n> v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+  } else if constexpr (std::is_same_v<Acc, double>) {
+    return widen<n>(load_as<float, n>(p));
+  } else if constexpr (std::is_same_v<In, BFloat16>) {
+    return bfloat16_to_float<n>(p);
   } else if constexpr (std::is_same_v<In, Half>) {
-    return __builtin_convertvector(half_to_float<n>(p), SimdOf<Acc, n>);
+    return half_to_float<n>(p);
   } else {
     SimdOf<In, n> v;
     std::memcpy(&v, p, sizeof v);
@@ -187,7 +239,7 @@ inline SimdOf<Acc, n> load_as(const In* p) {
 template <typename Out, int n, typename T>
 inline void store_as(Out* p, SimdOf<T, n> v) {
   if constexpr (std::is_same_v<Out, BFloat16>) {
-    const SimdOf<float, n> f = __builtin_convertvector(v, SimdOf<float, n>);
+    const SimdOf<float, n> f = as_float<n, T>(v);
     SimdOf<uint32_t, n> bits;
     std::memcpy(&bits, &f, sizeof bits);
     const SimdOf<uint32_t, n> rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16;
@@ -196,7 +248,10 @@ inline void store_as(Out* p, SimdOf<T, n> v) {
     const SimdOf<uint16_t, n> out = __builtin_convertvector(is_nan ? quiet_nan : rounded, SimdOf<uint16_t, n>);
     std::memcpy(p, &out, sizeof out);
   } else if constexpr (std::is_same_v<Out, Half>) {
-    float_to_half<n>(p, __builtin_convertvector(v, SimdOf<float, n>));
+    float_to_half<n>(p, as_float<n, T>(v));
+  } else if constexpr (std::is_same_v<Out, float>) {
+    const SimdOf<float, n> out = as_float<n, T>(v);
+    std::memcpy(p, &out, sizeof out);
   } else {
     const SimdOf<Out, n> out = __builtin_convertvector(v, SimdOf<Out, n>);
     std::memcpy(p, &out, sizeof out);
