@@ -2,6 +2,8 @@
 into NaN-poisoned outputs, over sizes, dtypes (J's and the outputs'), block lists with awkward
 strides, accumulate mode, extreme scales and weights, NaN propagation, determinism, the torch
 backend, errors."""
+from __future__ import annotations
+
 import importlib
 
 import pytest

@@ -1,6 +1,8 @@
 """The C++ CPU Gram kernel (csrc/kernels/gram_cpu.cpp) against float64 torch: sizes, dtypes,
 block lists with awkward strides, extreme scales, NaN/Inf rows, determinism, the torch backend,
 errors, and the missing-extension fallback."""
+from __future__ import annotations
+
 import importlib
 
 import pytest
