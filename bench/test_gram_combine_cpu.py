@@ -10,9 +10,11 @@ timed for ``gram`` (ours ``mk.gram(J, backend="cpp")`` → float64 Γ; torch ``J
 i.e. w @ J). The floor is one read of J, the faster of ``J.sum()`` and the extension's streaming
 read (``_C.read_floor_cpu``), measured in the same run right before the case. The Gram pass reads
 J once; the combination reads J once and writes d (N elements): both are compared with one read.
+Before each timed call of ours, the floor and torch are timed once (pytest-benchmark's ``setup``),
+so the three share the machine's state; each is summarised by its median over ``ROUNDS`` rounds.
 
 ``extra_info`` and the printed line carry: median ms of ours, of torch and of the floor, the ratio
-of ours to the floor and the speed-up of ours over torch (medians of ``ROUNDS`` timed calls), the
+of ours to the floor and the speed-up of ours over torch, the
 same ratios from the minima (``*_min``: on a shared machine, the least disturbed calls), and the
 error of ours and of torch against float64 (Γ: max |Γ̂ᵢⱼ − Γᵢⱼ|/(‖gᵢ‖‖gⱼ‖); d: max |d̂ − d|/(|w|ᵀ|J|)).
 With ``MTLK_BENCH_RESULTS`` set, the table is also written to ``$MTLK_BENCH_RESULTS/cpu_kernels.md``.
@@ -39,28 +41,23 @@ TINY = os.environ.get("MTLK_BENCH_TINY", "0") not in ("", "0")
 KS = (2, 8, 32)
 NS = (10**4,) if TINY else (10**6, 10**7)
 DTYPES = (torch.float32, torch.bfloat16)
-ROUNDS = 3 if TINY else 9
+ROUNDS = 3 if TINY else 11
 REFERENCE_CHUNK = 1 << 20  # columns per float64 chunk of the reference (bounds its memory)
 ROWS: list[dict] = []
 
 
-def timings_s(fn: Callable[[], object], rounds: int = ROUNDS) -> tuple[float, float]:
-    """(median, min) seconds of ``rounds`` timed calls after one warm-up call."""
+def seconds(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
     fn()
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), min(times)
+    return time.perf_counter() - start
 
 
-def read_floor_s(J: torch.Tensor) -> tuple[float, float]:
-    """One streaming read of J, (median, min) seconds: the faster of torch's sum and the extension's read."""
+def read_floor(J: torch.Tensor) -> Callable[[], float]:
+    """Times one streaming read of J: the faster of torch's sum and the extension's read."""
     ext = _extension.extension()
     cpp_read = lambda: ext.read_floor_cpu([J.data_ptr()], [J.shape[1]], [J.stride(0)], J.shape[0], CPP_DTYPES[J.dtype])
     torch_read = lambda: J.sum(dtype=torch.float32)
-    return min(timings_s(cpp_read), timings_s(torch_read))
+    return lambda: min(seconds(cpp_read), seconds(torch_read))
 
 
 def make_J(K: int, N: int, dtype: torch.dtype) -> torch.Tensor:
@@ -138,11 +135,17 @@ def test_pass(benchmark, op, K, N, dtype):
         ours = lambda: mk.combine(w, J, out=[d], backend="cpp")[0]
         theirs = lambda: torch.mv(J.T, w, out=d)
         error = lambda result: combine_error(result, w, J)
-    floor, floor_min = read_floor_s(J)
-    torch_s, torch_min = timings_s(theirs)
+    time_floor, floor_times, torch_times = read_floor(J), [], []
+
+    def time_floor_and_torch() -> None:  # before each timed call of ours: all three see the same load
+        floor_times.append(time_floor())
+        torch_times.append(seconds(theirs))
+
     torch_error = error(theirs())
-    benchmark.pedantic(ours, rounds=ROUNDS, warmup_rounds=1, iterations=1)
+    benchmark.pedantic(ours, setup=time_floor_and_torch, rounds=ROUNDS, warmup_rounds=1, iterations=1)
     ours_s, ours_min = benchmark.stats.stats.median, benchmark.stats.stats.min
+    floor, floor_min = statistics.median(floor_times), min(floor_times)
+    torch_s, torch_min = statistics.median(torch_times), min(torch_times)
     info = {
         "op": op, "K": K, "N": N, "dtype": CPP_DTYPES[dtype], "threads": torch.get_num_threads(),
         "bytes": J.numel() * J.element_size(),
