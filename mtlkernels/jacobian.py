@@ -24,7 +24,7 @@ GRAD_MODES = ("auto", "loop", "batched")
 
 def resolve_grad_mode(mode: str) -> str:
     """``"auto"`` → ``"loop"``: on the CPU the batched path is never faster (measured, see
-    docs/sections/optimizers.md); on CUDA it saves launches but multiplies the backward's peak
+    README.md, "Drop-in optimizers"); on CUDA it saves launches but multiplies the backward's peak
     gradient memory by K and needs vmap batching rules for every op, so it is opt-in."""
     check_option("grad_mode", mode, GRAD_MODES)
     return "loop" if mode == "auto" else mode

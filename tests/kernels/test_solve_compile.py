@@ -6,7 +6,7 @@ each kernel goes through the whole compiler (TTIR → PTX → cubin, ptxas from 
 BLOCK_K = 16, for a float32 Γ and for K = 1 (which Triton specialises as a constant), in a
 subprocess without TRITON_INTERPRET. On a CUDA machine the GPU tests of each solve compile them for
 real instead. The full sweep (BLOCK_K up to 64, register and spill counts) is in
-docs/sections/gpu_solves.md.
+README.md, "On-device K-space solves".
 """
 import os
 import subprocess
