@@ -1,9 +1,10 @@
 """Pass 1 over the task gradients: the Gram matrix Γ = J·Jᵀ (K×K).
 
 Every method's weights depend on J only through Γ, so this is the only full read of J before the
-K-space solve. On the CPU Γ is accumulated in float64 (no overflow or underflow for gradients of
-any float32 scale, so a NaN/Inf on Γ's diagonal means a NaN/Inf in that row of J); on CUDA in
-float32 (float64 for float64 J).
+K-space solve. On the CPU Γ is accumulated in float64 (16-bit J: exact products summed in float32
+over short runs, then float64) — no overflow or underflow for gradients of any float32 scale, so a
+NaN/Inf on Γ's diagonal means a NaN/Inf in that row of J; on CUDA in float32 (float64 for float64
+J; a checked overflow is recomputed in float64, see :class:`mtlkernels.Aggregator`).
 """
 from __future__ import annotations
 

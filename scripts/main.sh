@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
-# Our extension's OpenMP runtime and torch's are separate: spinning idle threads of one steal the
-# cores of the other (8 ms stalls on a 2-core machine), so idle OpenMP threads sleep instead.
+# Idle OpenMP threads spin-wait by default; on a small shared machine that stalls short calls by a
+# scheduler quantum (8 ms seen on 2 cores), so idle OpenMP threads sleep instead.
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 python -m mtlkernels.bench --suite cpu-small --out bench/out "$@"
