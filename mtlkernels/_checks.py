@@ -1,6 +1,8 @@
 """Input checks shared by every entry point: clear messages that name the problem."""
 from __future__ import annotations
 
+import math
+from numbers import Real
 from typing import Sequence, Union
 
 import torch
@@ -79,3 +81,43 @@ def check_option(name: str, value: object, allowed: Sequence[object]) -> None:
     """Raise a ValueError naming the option when ``value`` is not one of ``allowed``."""
     if value not in allowed:
         raise ValueError(f"{name}={value!r} is not supported; choose one of {list(allowed)}")
+
+
+def check_real(name: str, value: object, *, minimum: float = -math.inf, strict: bool = False) -> float:
+    """``value`` as a finite Python float ≥ ``minimum`` (> when ``strict``), else a ValueError naming
+    the option. Accepts Python and NumPy reals and 0-d real tensors; rejects bools and complex values."""
+    if isinstance(value, Tensor) and value.dim() == 0 and not value.is_complex() and value.dtype != torch.bool:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise ValueError(f"{name}={value!r} must be a real number; got {type(value).__name__}")
+    number = float(value)
+    low_ok = number > minimum if strict else number >= minimum
+    if not math.isfinite(number) or not low_ok:
+        bound = f" {'>' if strict else '≥'} {minimum:g}" if minimum > -math.inf else ""
+        raise ValueError(f"{name}={value!r} must be a finite number{bound}")
+    return number
+
+
+def check_optional_bool(name: str, value: object) -> bool | None:
+    """``value`` when it is True, False or None, else a ValueError naming the option (so that a
+    string such as "yes" or "false" is not taken for its truth value)."""
+    if value is not None and not isinstance(value, bool):
+        raise ValueError(f"{name}={value!r} must be True, False or None")
+    return value
+
+
+def check_weights(weights: object, K: int) -> Tensor:
+    """The K weights as a real tensor: a tensor or a sequence of real numbers; a ValueError names a
+    wrong shape, a TypeError a complex, boolean or non-numeric input."""
+    if not isinstance(weights, Tensor):
+        if isinstance(weights, (str, bytes)) or not isinstance(weights, Sequence):
+            raise TypeError(f"weights must be a tensor or a sequence of K = {K} numbers; got {type(weights).__name__}")
+        for k, w in enumerate(weights):
+            if isinstance(w, bool) or not isinstance(w, Real):
+                raise TypeError(f"weights[{k}]={w!r} is not a real number")
+        weights = torch.tensor([float(w) for w in weights], dtype=torch.float64)
+    if weights.is_complex() or weights.dtype == torch.bool:
+        raise TypeError(f"weights have dtype {weights.dtype}; expected real numbers")
+    if weights.dim() != 1 or weights.shape[0] != K:
+        raise ValueError(f"weights must have shape [{K}] for K = {K} tasks; got {tuple(weights.shape)}")
+    return weights

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from ._checks import Jacobian, as_blocks
+from ._checks import Jacobian, as_blocks, check_optional_bool
 from .combine import combine_blocks, output_blocks
 from .gram import gram_blocks, gram_blocks_float64
 from .methods import Weighting, make_weighting
@@ -81,12 +81,13 @@ class Aggregator:
         else:
             self.weighting = make_weighting(method, backend=backend, **options)
         self.backend = backend
-        self.check_finite = check_finite
+        self.check_finite = check_optional_bool("check_finite", check_finite)
 
     @property
     def method(self) -> str:
         return self.weighting.name
 
+    @torch.no_grad()
     def __call__(
         self,
         J: Jacobian,
@@ -98,7 +99,8 @@ class Aggregator:
         """Aggregate the task gradients J ([K, N] or list of [K, n_i] blocks).
 
         ``losses`` are needed by loss-normalised MGDA; ``out``/``accumulate`` write the direction
-        into given tensors (e.g. ``.grad``) as :func:`mtlkernels.combine` does.
+        into given tensors (e.g. ``.grad``) as :func:`mtlkernels.combine` does. J is read as
+        values (as ``torch.optim`` reads ``.grad``): the result never requires grad, on any backend.
         """
         blocks, single = as_blocks(J)
         outs = output_blocks(blocks, out) if out is not None else None

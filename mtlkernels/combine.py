@@ -15,7 +15,7 @@ from torch import Tensor
 
 from . import _extension
 from . import backend as _backend
-from ._checks import Jacobian, as_blocks
+from ._checks import Jacobian, as_blocks, check_weights
 from .kernels import triton_combine
 from .gram import CPP_DTYPES, cpp_blocks
 
@@ -64,8 +64,14 @@ _IMPLS: dict[str, Callable[[Tensor, list[Tensor], list[Tensor], bool], None]] = 
 
 def output_blocks(blocks: list[Tensor], out: Sequence[Tensor]) -> list[Tensor]:
     """Match ``out`` to J's blocks: per-block outputs, or J's columns split in the order of ``out``."""
+    if isinstance(out, Tensor):
+        raise TypeError("out must be a list of tensors (e.g. [t] for one output), not a tensor")
     out = list(out)
     for i, o in enumerate(out):
+        if not isinstance(o, Tensor):
+            raise TypeError(f"out[{i}] is a {type(o).__name__}; expected a tensor")
+        if not o.is_floating_point():
+            raise TypeError(f"out[{i}] has dtype {o.dtype}; the direction needs a floating-point output")
         if not o.is_contiguous():
             raise ValueError(f"out[{i}] must be contiguous")
         if o.device != blocks[0].device:
@@ -95,8 +101,9 @@ def combine_blocks(
     _backend.select("combine", _IMPLS, backend, blocks[0].device)(weights, blocks, outs, accumulate)
 
 
+@torch.no_grad()
 def combine(
-    weights: Tensor,
+    weights: Tensor | Sequence[float],
     J: Jacobian,
     *,
     out: Sequence[Tensor] | None = None,
@@ -106,17 +113,16 @@ def combine(
     """d = Σₖ wₖ·J[k], the combination of the task gradients with weights w [K].
 
     Args:
-        weights: [K] weights.
+        weights: [K] real weights (a tensor, or a sequence of numbers).
         J: [K, N] tensor or list of blocks [K, n_i].
         out: optional list of contiguous tensors to write into (e.g. parameters' ``.grad``).
         accumulate: add into ``out`` instead of overwriting it.
     Returns:
         ``out`` when given; else [N] for one J tensor, or a list of [n_i] for a list of blocks.
+        Not differentiable, like the other passes: the result never requires grad.
     """
     blocks, single = as_blocks(J)
-    K = blocks[0].shape[0]
-    if weights.dim() != 1 or weights.shape[0] != K:
-        raise ValueError(f"weights must have shape [{K}] for K = {K} tasks; got {tuple(weights.shape)}")
+    weights = check_weights(weights, blocks[0].shape[0])
     if out is None:
         outs = [torch.empty(b.shape[1], dtype=b.dtype, device=b.device) for b in blocks]
         accumulate = False

@@ -88,6 +88,7 @@ def gram_blocks_float64(blocks: list[Tensor]) -> Tensor:
     return _gram_torch(blocks, torch.float64)
 
 
+@torch.no_grad()
 def gram(J: Jacobian, *, backend: str = "auto", dtype: torch.dtype | None = None) -> Tensor:
     """Γ = J·Jᵀ, the K×K Gram matrix of the task gradients.
 
@@ -95,6 +96,8 @@ def gram(J: Jacobian, *, backend: str = "auto", dtype: torch.dtype | None = None
         J: [K, N] tensor, or a list of per-parameter blocks [K, n_i] (no flattening copy is made).
         backend: "auto", "torch", "cpp" or "triton" (see :mod:`mtlkernels.backend`).
         dtype: dtype of the result; default float64 for float64 J, else float32.
+
+    Not differentiable, like the other passes: the result never requires grad.
     """
     blocks, _ = as_blocks(J)
     result = gram_blocks(blocks, backend)

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._checks import check_option
+from .._checks import check_option, check_real
 from .._extension import extension
 from .base import Solution, Weighting, host_gram, triton_solver
 
@@ -410,8 +410,7 @@ class CAGradWeighting(Weighting):
 
     def __init__(self, *, c: float = 0.5, rescale: int = 1, sum_scale: bool = False, backend: str = "auto") -> None:
         super().__init__(backend=backend)
-        if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or c < 0:
-            raise ValueError(f"c={c!r} must be a finite number ≥ 0")
+        c = check_real("c", c, minimum=0.0)
         if isinstance(rescale, bool):
             raise ValueError(f"rescale={rescale!r} is not supported; choose one of {list(RESCALES)}")
         check_option("rescale", rescale, RESCALES)
