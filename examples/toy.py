@@ -76,7 +76,9 @@ def plot(trajectories: dict[str, list[torch.Tensor]], path: str) -> None:
     grid = torch.linspace(-11, 11, 300, dtype=torch.float64)
     X1, X2 = torch.meshgrid(grid, grid, indexing="xy")
     mean_objective = objectives(torch.stack([X1, X2], dim=-1)).mean(-1)
-    fig, axes = plt.subplots(2, 3, figsize=(13, 8.5))
+    columns = min(3, len(trajectories))
+    rows = -(-len(trajectories) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.4 * columns, 4.25 * rows), squeeze=False)
     for ax, (method, paths) in zip(axes.flat, trajectories.items()):
         ax.contour(X1.numpy(), X2.numpy(), mean_objective.numpy(), levels=25, cmap="viridis", linewidths=0.8)
         ax.plot([-7, 7], [FRONT_X2, FRONT_X2], color="gray", linewidth=5, alpha=0.6, label="Pareto front")
