@@ -8,6 +8,7 @@ default here is 2500 steps of lr 1e-2 (about the same distance, ~40× less time)
     python examples/toy.py                               # PNG + table + JSON in examples/out/
     python examples/toy.py --lr 1e-3 --steps 100000      # the paper's schedule (long)
     python examples/toy.py --quick                       # 60 steps, for CI
+    python examples/toy.py --methods CAGrad              # one method (names as in METHODS)
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ FRONT_X2 = -8.3552
 METHODS = {
     "mean": lambda opt: MultiTaskOptimizer(opt, method="mean"),
     "PCGrad": lambda opt: PCGrad(opt, seed=0),
-    "CAGrad": lambda opt: CAGrad(opt, c=0.5),
+    "CAGrad": lambda opt: CAGrad(opt, c=0.5, rescale=2),  # the authors' toy script: c = 0.5, ÷ (1 + c)
     "Nash-MTL": lambda opt: NashMTL(opt),
     "IMTL-G": lambda opt: IMTL(opt, imtl_l=False),  # the losses go negative: no IMTL-L log-scales
     "MGDA": lambda opt: MGDAUB(opt, normalization="none"),  # negative losses: no loss normalisation
@@ -75,7 +76,9 @@ def plot(trajectories: dict[str, list[torch.Tensor]], path: str) -> None:
     grid = torch.linspace(-11, 11, 300, dtype=torch.float64)
     X1, X2 = torch.meshgrid(grid, grid, indexing="xy")
     mean_objective = objectives(torch.stack([X1, X2], dim=-1)).mean(-1)
-    fig, axes = plt.subplots(2, 3, figsize=(13, 8.5))
+    columns = min(3, len(trajectories))
+    rows = -(-len(trajectories) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.4 * columns, 4.25 * rows), squeeze=False)
     for ax, (method, paths) in zip(axes.flat, trajectories.items()):
         ax.contour(X1.numpy(), X2.numpy(), mean_objective.numpy(), levels=25, cmap="viridis", linewidths=0.8)
         ax.plot([-7, 7], [FRONT_X2, FRONT_X2], color="gray", linewidth=5, alpha=0.6, label="Pareto front")
@@ -87,6 +90,8 @@ def plot(trajectories: dict[str, list[torch.Tensor]], path: str) -> None:
         ax.set_xlim(-11, 11)
         ax.set_ylim(-11, 11)
         ax.set_aspect("equal")
+    for ax in axes.flat[len(trajectories):]:
+        ax.set_visible(False)
     axes.flat[0].legend(loc="upper right", fontsize=8)
     fig.suptitle("Toy problem of CAGrad (NeurIPS 2021): trajectories over the contours of ½(L₁+L₂)")
     fig.tight_layout()
@@ -99,16 +104,21 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="60 steps (CI)")
     parser.add_argument("--steps", type=int, default=2500, help="Adam steps per run (the paper: 100000)")
     parser.add_argument("--lr", type=float, default=1e-2, help="Adam's learning rate (the paper: 1e-3)")
+    parser.add_argument("--methods", type=lambda text: text.split(","), default=list(METHODS),
+                        help="comma-separated subset of: " + ", ".join(METHODS))
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"))
     args = parser.parse_args(argv)
     steps = 60 if args.quick else args.steps
+    unknown = sorted(set(args.methods) - set(METHODS))
+    if unknown:
+        parser.error(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
     os.makedirs(args.out, exist_ok=True)
     torch.manual_seed(0)
 
     trajectories: dict[str, list[torch.Tensor]] = {}
     rows = []
     print(f"{'method':<10} {'start':>14} {'final x':>20} {'L1':>9} {'L2':>9} {'to front':>9} {'s':>6}")
-    for method in METHODS:
+    for method in args.methods:
         trajectories[method] = []
         for start in STARTS:
             began = time.perf_counter()
