@@ -21,13 +21,15 @@ from mtlkernels import _extension
 
 METHODS = tuple(mk.METHODS)
 BACKENDS = ("torch", "cpp", "triton")
+CPP_AVAILABLE = _extension.available
 
 _TRITON_HERE = importlib.util.find_spec("triton") is not None and (
     torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 )
 _BACKEND_MARKS = {
+    "auto": [],
     "torch": [],
-    "cpp": [pytest.mark.skipif(not _extension.available, reason="C++ extension not built")],
+    "cpp": [pytest.mark.skipif(not CPP_AVAILABLE, reason="C++ extension not built")],
     "triton": [pytest.mark.skipif(not _TRITON_HERE, reason="needs triton and CUDA, or TRITON_INTERPRET=1")],
 }
 
@@ -99,10 +101,9 @@ def restrict(order: Tensor, keep: Tensor) -> Tensor:
 
 # -- running -----------------------------------------------------------------------------------------
 def run(J: Tensor, method: str, backend: str, **options: Any) -> mk.AggregationResult:
-    """mk.aggregate on the backend's device; the result's tensors come back to the CPU."""
-    dev = device(backend)
-    moved = {k: v.to(dev) if isinstance(v, Tensor) and k == "losses" else v for k, v in options.items()}
-    result = mk.aggregate(J.to(dev), method, backend=backend, **moved)
+    """mk.aggregate of J on the backend's device (options, losses included, as given: host values);
+    the direction and weights come back to the CPU."""
+    result = mk.aggregate(J.to(device(backend)), method, backend=backend, **options)
     result.direction = result.direction.cpu()
     result.weights = result.weights.cpu()
     return result
