@@ -12,7 +12,7 @@ path of MGDA-UB, Sener & Koltun 2018). Tensors that a loss does not reach get a 
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -36,6 +36,10 @@ def check_losses(losses: Sequence[Tensor] | Tensor, expected: int | None = None)
         if losses.dim() > 1:
             raise ValueError(f"losses must be a sequence or a 1-D tensor of K scalars; got shape {tuple(losses.shape)}")
         losses = list(losses.reshape(-1).unbind())
+    elif isinstance(losses, Mapping):
+        raise TypeError("losses is a mapping; pass its values in task order, e.g. list(losses.values())")
+    elif isinstance(losses, (str, bytes)) or not isinstance(losses, Iterable):
+        raise TypeError(f"losses must be a sequence of K scalar tensors or a 1-D tensor; got a {type(losses).__name__}")
     else:
         losses = list(losses)
     if not losses:

@@ -94,6 +94,10 @@ def test_one_dimensional_loss_tensor_and_features():
         ([torch.tensor(1.0)], "task 0 does not require grad"),
         ([torch.tensor(1.0, requires_grad=True), 3.0], "task 1 is a float"),
         (torch.ones(2, 2, requires_grad=True), "1-D tensor"),
+        (1.0, "sequence of K scalar tensors or a 1-D tensor; got a float"),
+        (None, "got a NoneType"),
+        ("ab", "got a str"),
+        ({"depth": torch.tensor(1.0, requires_grad=True)}, "losses is a mapping"),
     ],
 )
 def test_bad_losses(losses, message):
