@@ -98,7 +98,8 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         grad_mode: "auto" (default, = "loop"), "loop" (K ``autograd.grad`` calls) or "batched" (one
             call with ``is_grads_batched=True``); see :func:`mtlkernels.jacobian.resolve_grad_mode`.
         on_nonfinite: "raise" (default: :class:`NonFiniteError` naming the task) or "skip" (the
-            next ``step()`` does nothing); parameters, ``.grad`` and state are left untouched.
+            next ``step()`` does nothing unless a successful ``backward`` comes first);
+            parameters, ``.grad`` and state are left untouched.
         distributed: "auto", "none", "replicated" (DDP) or "sharded"; see
             :mod:`mtlkernels.optim.distributed`.
         process_group: the torch.distributed group (default: the world).
@@ -212,7 +213,7 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """The wrapped optimizer's step; does nothing after a skipped (non-finite) backward."""
+        """The wrapped optimizer's step; does nothing when the last backward was skipped (non-finite)."""
         if self._skip_step:
             self._skip_step = False
             return None
@@ -228,19 +229,43 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a :meth:`state_dict`: everything is checked first, so a mismatch raises and changes nothing."""
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"state_dict must be a dict; got {type(state_dict).__name__}")
         missing = {"optimizer", "method", "num_tasks"} - set(state_dict)
         if missing:
             raise ValueError(
                 f"not a state_dict of {type(self).__name__}: missing {sorted(missing)} "
                 "(a plain optimizer's state_dict goes to the wrapped optimizer: opt.optimizer.load_state_dict)"
             )
-        if self.num_tasks is not None and state_dict["num_tasks"] not in (None, self.num_tasks):
-            raise ValueError(f"the state_dict is for K = {state_dict['num_tasks']} tasks; this optimizer has K = {self.num_tasks}")
-        if state_dict["num_tasks"] is not None:
-            self._set_num_tasks(state_dict["num_tasks"])
+        K = state_dict["num_tasks"]
+        if K is not None and (isinstance(K, bool) or not isinstance(K, int) or K < 1):
+            raise ValueError(f"state_dict['num_tasks'] must be None or a positive int; got {K!r}")
+        if self.num_tasks is not None and K not in (None, self.num_tasks):
+            raise ValueError(f"the state_dict is for K = {K} tasks; this optimizer has K = {self.num_tasks}")
+        num_skipped = state_dict.get("num_skipped", 0)
+        if isinstance(num_skipped, bool) or not isinstance(num_skipped, int) or num_skipped < 0:
+            raise ValueError(f"state_dict['num_skipped'] must be an int >= 0; got {num_skipped!r}")
+        self._check_optimizer_state(state_dict["optimizer"], self.num_tasks if K is None else K)
+        method = copy.deepcopy(state_dict["method"])
+        self._check_method_state(method, self.num_tasks if K is None else K)
+        if K is not None:
+            self._set_num_tasks(K)
         self.optimizer.load_state_dict(state_dict["optimizer"])
-        self._load_method_state(copy.deepcopy(state_dict["method"]))
-        self.num_skipped = state_dict.get("num_skipped", 0)
+        self._load_method_state(method)
+        self.num_skipped = num_skipped
+
+    def _check_optimizer_state(self, state: Any, K: int | None) -> None:
+        """The wrapped optimizer's part has its groups (as the wrapped optimizer checks, counting
+        the groups that K adds, e.g. IMTL-L's log-scales), so that loading it cannot fail midway."""
+        if not isinstance(state, dict) or not {"state", "param_groups"} <= set(state):
+            raise ValueError("state_dict['optimizer'] is not a torch optimizer's state_dict (keys 'state' and 'param_groups')")
+        sizes = [len(group["params"]) for group in self.param_groups] + self._groups_added(K)
+        saved = [len(group["params"]) for group in state["param_groups"]]
+        if saved != sizes:
+            raise ValueError(
+                f"state_dict['optimizer'] has parameter groups of sizes {saved}; this optimizer's are {sizes}"
+            )
 
     def __getstate__(self) -> dict[str, Any]:
         return self.__dict__
@@ -259,8 +284,19 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
     def _method_state(self) -> dict[str, Any]:
         return {"weighting": self.weighting.state_dict()}
 
+    def _check_method_state(self, state: Any, K: int | None) -> None:
+        """Raise if :meth:`_load_method_state` would reject ``state``; changes nothing (the
+        weighting's part is tried on a copy of the weighting)."""
+        if not isinstance(state, dict) or "weighting" not in state:
+            raise ValueError("state_dict['method'] must be a dict with the key 'weighting'")
+        copy.deepcopy(self.weighting).load_state_dict(copy.deepcopy(state["weighting"]))
+
     def _load_method_state(self, state: dict[str, Any]) -> None:
         self.weighting.load_state_dict(state["weighting"])
+
+    def _groups_added(self, K: int | None) -> list[int]:
+        """Sizes of the parameter groups :meth:`_set_num_tasks` (K) would add to the wrapped optimizer."""
+        return []
 
     def _set_num_tasks(self, K: int) -> None:
         """Called with K when it becomes known (constructor, first backward, load_state_dict)."""
@@ -542,6 +578,7 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
     def _record(self, gram: Tensor, solution: Any, values: Tensor, roles: ParameterRoles) -> AggregationResult:
         self.last = AggregationResult([p.grad for p in roles.shared], solution.weights, gram, self.weighting.name, dict(solution.diagnostics))
         self.last_losses = values
+        self._skip_step = False  # a skipped backward's pending no-op step is superseded by this one
         return self.last
 
     def diagnostics(self) -> dict[str, Any]:

@@ -68,10 +68,21 @@ class IMTL(MultiTaskOptimizer):
             state["log_scales"] = self.log_scales.detach().clone()
         return state
 
+    def _groups_added(self, K: int | None) -> list[int]:
+        return [1] if self.imtl_l and self.log_scales is None and K is not None else []
+
+    def _check_method_state(self, state: Any, K: int | None) -> None:
+        super()._check_method_state(state, K)
+        if "log_scales" in state:
+            scales = state["log_scales"]
+            if not self.imtl_l:
+                raise ValueError("the state_dict holds IMTL-L log-scales but this IMTL has imtl_l=False")
+            if not isinstance(scales, Tensor) or not scales.is_floating_point() or tuple(scales.shape) != (K,):
+                shown = tuple(scales.shape) if isinstance(scales, Tensor) else type(scales).__name__
+                raise ValueError(f"the state_dict's log-scales must be a float tensor of shape ({K},); got {shown}")
+
     def _load_method_state(self, state: dict[str, Any]) -> None:
         super()._load_method_state(state)
         if "log_scales" in state:
-            if self.log_scales is None:
-                raise ValueError("the state_dict holds IMTL-L log-scales but this IMTL has imtl_l=False")
             with torch.no_grad():
                 self.log_scales.copy_(state["log_scales"])

@@ -1,0 +1,142 @@
+"""Training patterns and inputs that used to give wrong gradients or partial writes: a skipped
+step followed by a good one, a state_dict that does not fit, losses that are not a sequence,
+features the losses do not reach, roles seen on a batch where a task is absent, parameters of
+several dtypes. Each bad input raises naming the problem and leaves everything bit-identical."""
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+from mtlkernels.optim import CAGrad, IMTL, NashMTL, PCGrad
+from mtl_model import TrunkHeads, batch, same_state, snapshot, task_losses
+
+
+def _train(model, opt, steps, seed=0, K=3):
+    for step in range(steps):
+        x, y = batch(K=K, seed=seed + step)
+        opt.zero_grad(set_to_none=True)
+        opt.backward(task_losses(model, x, y)[0])
+        opt.step()
+
+
+def _wrapper_facts(opt):
+    """The wrapper's own bookkeeping that a rejected call must leave as it was."""
+    return {
+        "num_tasks": opt.num_tasks,
+        "groups": [len(group["params"]) for group in opt.param_groups],
+        "roles": None if opt.roles is None else (
+            [id(p) for p in opt.roles.shared], [id(p) for p in opt.roles.private], list(opt.roles.private_tasks)
+        ),
+        "skip": opt._skip_step,
+        "num_skipped": opt.num_skipped,
+    }
+
+
+# -- on_nonfinite="skip" ----------------------------------------------------------------------------
+def test_a_good_backward_after_a_skipped_one_steps():
+    model = TrunkHeads(K=3, seed=1)
+    opt = CAGrad(torch.optim.SGD(model.parameters(), lr=0.1), on_nonfinite="skip")
+    x, y = batch(K=3, seed=2)
+    losses, _ = task_losses(model, x, y)
+    assert opt.backward([losses[0], losses[1] * float("nan"), losses[2]]) is None  # skipped: `continue`
+    opt.zero_grad(set_to_none=True)
+    assert opt.backward(task_losses(model, x, y)[0]) is not None
+    before = [p.detach().clone() for p in model.parameters()]
+    grads = [p.grad.clone() for p in model.parameters()]
+    opt.step()
+    for p, p0, g in zip(model.parameters(), before, grads):
+        torch.testing.assert_close(p.detach(), p0 - 0.1 * g, rtol=1e-12, atol=1e-15)  # plain SGD: p ← p − lr·g
+    assert opt.num_skipped == 1
+
+
+def test_a_skipped_backward_still_skips_the_next_step():
+    model = TrunkHeads(K=3, seed=1)
+    opt = CAGrad(torch.optim.SGD(model.parameters(), lr=0.1), on_nonfinite="skip")
+    _train(model, opt, 1)
+    x, y = batch(K=3, seed=2)
+    losses, _ = task_losses(model, x, y)
+    assert opt.backward([losses[0], losses[1], losses[2] + float("inf")]) is None
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.step()
+    assert all(torch.equal(p.detach(), p0) for p, p0 in zip(model.parameters(), before))
+
+
+# -- load_state_dict -------------------------------------------------------------------------------
+def _trained_pair(wrapper, options, other_options=None):
+    """Two wrappers over equal models trained differently: loading b's state into a changes it."""
+    a_model, b_model = TrunkHeads(K=3, seed=4), TrunkHeads(K=3, seed=4)
+    a = wrapper(torch.optim.Adam(a_model.parameters(), lr=1e-2), **options)
+    b = wrapper(torch.optim.Adam(b_model.parameters(), lr=3e-2), **(options if other_options is None else other_options))
+    _train(a_model, a, 2, seed=0)
+    _train(b_model, b, 3, seed=10)
+    return a_model, a, b
+
+
+def _corrupt(state, where, value):
+    state = copy.deepcopy(state)
+    target = state
+    for key in where[:-1]:
+        target = target[key]
+    target[where[-1]] = value
+    return state
+
+
+LOAD_CASES = {
+    "nash_alpha_nonfinite": (NashMTL, {}, None, ("method", "weighting", "alpha"), torch.tensor([1.0, float("nan"), 1.0], dtype=torch.float64), "non-finite"),
+    "nash_bad_step": (NashMTL, {}, None, ("method", "weighting", "step"), -1, "step"),
+    "pcgrad_generator_garbage": (PCGrad, {"seed": 3}, None, ("method", "generator"), torch.zeros(3, dtype=torch.uint8), "generator state"),
+    "pcgrad_without_generator": (PCGrad, {}, {"seed": 3}, None, None, "global RNG"),
+    "imtl_scales_shape": (IMTL, {}, None, ("method", "log_scales"), torch.zeros(4, dtype=torch.float64), r"shape \(3,\)"),
+    "imtl_g_gets_scales": (IMTL, {"imtl_l": False}, {}, None, None, "parameter groups of sizes"),
+    "bad_num_skipped": (CAGrad, {}, None, ("num_skipped",), -2, "num_skipped"),
+    "method_not_a_dict": (CAGrad, {}, None, ("method",), [], "'weighting'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LOAD_CASES))
+def test_load_state_dict_that_does_not_fit_changes_nothing(case):
+    wrapper, options, other_options, where, value, message = LOAD_CASES[case]
+    model, opt, source = _trained_pair(wrapper, options, other_options)
+    state = source.state_dict() if where is None else _corrupt(source.state_dict(), where, value)
+    before, facts = snapshot(model, opt), _wrapper_facts(opt)
+    with pytest.raises(ValueError, match=message):
+        opt.load_state_dict(state)
+    same_state(snapshot(model, opt), before)
+    assert _wrapper_facts(opt) == facts
+    _train(model, opt, 1, seed=20)  # and it trains on
+
+
+def test_load_state_dict_before_k_is_known_changes_nothing():
+    """IMTL-L adds its log-scales group once K is known: a rejected state must not add it."""
+    model, _, source = _trained_pair(IMTL, {})
+    fresh = IMTL(torch.optim.Adam(model.parameters(), lr=1e-2))
+    bad = _corrupt(source.state_dict(), ("method", "weighting"), {"alpha": None})
+    before, facts = snapshot(model, fresh), _wrapper_facts(fresh)
+    with pytest.raises(ValueError, match="stateless"):
+        fresh.load_state_dict(bad)
+    same_state(snapshot(model, fresh), before)
+    assert _wrapper_facts(fresh) == facts and fresh.log_scales is None and len(fresh.param_groups) == 1
+    fresh.load_state_dict(source.state_dict())  # the good one loads whole
+    assert fresh.num_tasks == 3 and len(fresh.param_groups) == 2
+    assert torch.equal(fresh.log_scales.detach(), source.log_scales.detach())
+    same_state(fresh.state_dict(), source.state_dict())
+
+
+# -- losses that are not a sequence of tensors -----------------------------------------------------
+@pytest.mark.parametrize("losses, error, message", [
+    (1.0, TypeError, "sequence of K scalar tensors or a 1-D tensor; got a float"),
+    (None, TypeError, "got a NoneType"),
+])
+def test_losses_that_are_not_a_sequence(losses, error, message):
+    model = TrunkHeads(K=3, seed=5)
+    opt = CAGrad(torch.optim.SGD(model.parameters(), lr=0.1))
+    _train(model, opt, 1)
+    before, facts = snapshot(model, opt), _wrapper_facts(opt)
+    with pytest.raises(error, match=message):
+        opt.backward(losses)
+    x, y = batch(K=3)
+    with pytest.raises(ValueError, match="got 1 losses; expected K = 3"):
+        opt.backward(sum(task_losses(model, x, y)[0]))  # the summed loss, a 0-d tensor
+    same_state(snapshot(model, opt), before)
+    assert _wrapper_facts(opt) == facts
