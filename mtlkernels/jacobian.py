@@ -8,7 +8,8 @@ Two ways to get the rows, both writing into views of one preallocated [K, N] buf
   ``grad_outputs`` and ``is_grads_batched=True`` (vmap over the backward pass).
 
 The inputs are shared parameters (the exact path) or a shared representation z (the "features"
-path of MGDA-UB, Sener & Koltun 2018). Tensors that a loss does not reach get a zero row block.
+path of MGDA-UB, Sener & Koltun 2018). Tensors that a loss does not reach get a zero row block;
+``reach=True`` and :func:`reaches` tell them from reached tensors whose gradient is zero.
 """
 from __future__ import annotations
 
@@ -80,7 +81,8 @@ def fill_task_gradients(
     private_out: Sequence[Tensor] = (),
     mode: str = "loop",
     retain_graph: bool = False,
-) -> None:
+    reach: bool = False,
+) -> list[list[bool]] | None:
     """rows[k] ← ∇_{inputs} L_k, and, in the same backward passes, private_out[j] ← Σ_{k ∈ tasks_j}
     ∇_{private_inputs[j]} L_k for the tensors only some tasks own (heads: the plain gradient of Σ L).
 
@@ -91,11 +93,18 @@ def fill_task_gradients(
         private_inputs / private_out: the private tensors and where their summed gradient goes.
         mode: "loop" or "batched" (resolve "auto" with :func:`resolve_grad_mode` first).
         retain_graph: keep the graph after the last pass (as ``Tensor.backward`` does).
+        reach: also say which inputs each loss reaches.
+
+    Returns:
+        With ``reach=True``, reached[k][i]: whether L_k's autograd graph reaches inputs[i] (an
+        unreached input's gradient is None, a reached one's may be zero); in "loop" mode it comes
+        free with the gradients, in "batched" mode from :func:`reaches`. Else None.
     """
     K = len(losses)
     blocks = column_views(rows, inputs)
     for out in private_out:
         out.zero_()
+    reached = [[False] * len(inputs) for _ in range(K)] if reach else None
     if mode == "loop":
         for k, loss in enumerate(losses):
             own = list(private[k]) if private else []
@@ -105,8 +114,10 @@ def fill_task_gradients(
                 retain_graph=retain_graph or k < K - 1,
                 allow_unused=True,
             )
-            for block, g in zip(blocks, grads[: len(inputs)]):
+            for i, (block, g) in enumerate(zip(blocks, grads[: len(inputs)])):
                 block[k].copy_(g) if g is not None else block[k].zero_()
+                if reached is not None:
+                    reached[k][i] = g is not None
             for j, g in zip(own, grads[len(inputs) :]):
                 if g is not None:
                     private_out[j].add_(g)
@@ -127,8 +138,44 @@ def fill_task_gradients(
         for out, g in zip(private_out, grads[len(inputs) :]):
             if g is not None:
                 out.copy_(g.sum(0))  # rows of the tasks that do not reach it are zero
+        if reached is not None:  # one pass for all tasks: None only says that no task reaches the input
+            reached = reaches(losses, inputs)
     else:
         raise ValueError(f"grad_mode={mode!r} must be resolved to 'loop' or 'batched' first")
+    return reached
+
+
+def reaches(losses: Sequence[Tensor], inputs: Sequence[Tensor]) -> list[list[bool]]:
+    """reached[k][i]: whether the autograd graph of losses[k] reaches inputs[i], i.e. whether
+    ``torch.autograd.grad(losses[k], inputs[i], allow_unused=True)`` gives a tensor (perhaps zero)
+    rather than None. A walk over the graph's edges, no arithmetic: an input is reached through
+    its own output of a node, so a tensor returned beside the ones the loss uses (another output
+    of the same node, e.g. of a compiled forward) is not reached."""
+    edge_of = torch.autograd.graph.get_gradient_edge
+    targets: dict[tuple[object, int], list[int]] = {}
+    for i, t in enumerate(inputs):
+        edge = edge_of(t)
+        targets.setdefault((edge.node, edge.output_nr), []).append(i)
+    reached = []
+    for loss in losses:
+        found = [False] * len(inputs)
+        root = edge_of(loss)
+        pending, seen_edges, seen_nodes = [(root.node, root.output_nr)], set(), set()
+        left = len(targets)
+        while pending and left:
+            edge = pending.pop()
+            if edge in seen_edges:
+                continue
+            seen_edges.add(edge)
+            if edge in targets:
+                left -= 1
+                for i in targets[edge]:
+                    found[i] = True
+            if edge[0] not in seen_nodes:
+                seen_nodes.add(edge[0])
+                pending.extend((node, nr) for node, nr in edge[0].next_functions if node is not None)
+        reached.append(found)
+    return reached
 
 
 def jacobian(

@@ -103,7 +103,7 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         distributed: "auto", "none", "replicated" (DDP) or "sharded"; see
             :mod:`mtlkernels.optim.distributed`.
         process_group: the torch.distributed group (default: the world).
-        num_tasks: K, checked on every ``backward`` (default: set by the first one).
+        num_tasks: K, checked on every ``backward`` (default: set by the first successful one).
         backend: "auto", "torch", "cpp" or "triton", for the Gram, the solve and the combination.
         **options: the method's options (its Weighting's arguments).
     """
@@ -336,9 +336,6 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
             when the step was skipped.
         """
         losses = check_losses(losses, self.num_tasks)
-        K = len(losses)
-        if self.num_tasks is None:
-            self._set_num_tasks(K)
         roles = self._roles if self._roles is not None else self._detect_roles(losses)
         multipliers = self._loss_multipliers()
         differentiated = losses if multipliers is None else [l * m for l, m in zip(losses, multipliers.to(losses[0].device))]
@@ -386,6 +383,7 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
             return self._give_up(problem, roles, grad_scaler)
         solution = self.weighting(gram, values)
         weights = solution.weights.to(device=ws.rows.device, dtype=torch.float64)
+        self._commit(K, roles)
         self._write_combination(weights, ws.rows, roles.shared)
         self._write_private(weights, ws.private_views, roles)
         self._write_owned_grads(values, grad_scale)
@@ -404,10 +402,11 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
                 raise ValueError(f"features[{i}] must be a tensor in the losses' autograd graph (requires_grad=True)")
         rows = self._feature_rows_for(K, features)
         ws = self._workspace_for(K, roles, with_rows=False)
-        fill_task_gradients(
+        reached = fill_task_gradients(
             losses, features, rows, private=roles.by_task(K), private_inputs=roles.private,
-            private_out=ws.private_views, mode=grad_mode, retain_graph=True,
+            private_out=ws.private_views, mode=grad_mode, retain_graph=True, reach=True,
         )
+        self._check_features_reached(reached)
         gram = gram_blocks([rows], self.backend)
         if grad_scale != 1.0:
             gram = gram / grad_scale**2
@@ -435,12 +434,36 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
                 otherwise="the gradient of Σ wₖ·Lₖ over the shared parameters holds NaN/Inf (every ∂Lₖ/∂z is finite)",
             )
             return self._give_up(problem, roles, grad_scaler)
+        self._commit(K, roles)
         self._accumulate(roles.shared, [v[0] for v in ws.direction])
         self._write_private(weights, ws.private_views, roles)
         self._write_owned_grads(values, grad_scale)
         return self._record(gram, solution, values, roles)
 
     # -- pieces ---------------------------------------------------------------------------------
+    def _commit(self, K: int, roles: ParameterRoles) -> None:
+        """Keep what a backward established, once it is sure to write: K (fixed by the first
+        successful backward, which adds e.g. IMTL-L's log-scales) and the parameter roles."""
+        if self.num_tasks is None:
+            self._set_num_tasks(K)
+
+    @staticmethod
+    def _check_features_reached(reached: list[list[bool]]) -> None:
+        """Every loss must reach some feature and every feature some loss through autograd (a
+        reached feature whose gradient is zero in this batch is fine: the task adds nothing)."""
+        lost = [k for k, row in enumerate(reached) if not any(row)]
+        if lost:
+            tasks = ", ".join(map(str, lost))
+            raise ValueError(
+                f"the loss of task{'s' if len(lost) > 1 else ''} {tasks} does not reach the features through "
+                "autograd (its gradient is None, not zero): pass as features= the tensor the heads are computed "
+                "from (not a detached copy, nor a second output of a compiled forward beside the heads' outputs)"
+            )
+        unused = [i for i in range(len(reached[0])) if not any(row[i] for row in reached)]
+        if unused:
+            named = ", ".join(f"features[{i}]" for i in unused)
+            raise ValueError(f"{named} reached by no task's loss through autograd: every feature must feed some task")
+
     def _trainable(self) -> list[Tensor]:
         owned = {id(p) for p in self._owned}
         seen: set[int] = set()

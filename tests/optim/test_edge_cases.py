@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from mtlkernels.optim import CAGrad, IMTL, NashMTL, PCGrad
+from mtlkernels import reference
+from mtlkernels.optim import CAGrad, IMTL, MGDAUB, NashMTL, PCGrad
 from mtl_model import TrunkHeads, batch, same_state, snapshot, task_losses
 
 
@@ -140,3 +141,97 @@ def test_losses_that_are_not_a_sequence(losses, error, message):
         opt.backward(sum(task_losses(model, x, y)[0]))  # the summed loss, a 0-d tensor
     same_state(snapshot(model, opt), before)
     assert _wrapper_facts(opt) == facts
+
+
+# -- features the losses do not reach --------------------------------------------------------------
+class _SideBySide(torch.autograd.Function):
+    """z and the heads' outputs as two outputs of one node, as a compiled forward returns them."""
+
+    @staticmethod
+    def forward(ctx, z, out):
+        return z.clone(), out.clone()
+
+    @staticmethod
+    def backward(ctx, grad_z, grad_out):
+        return grad_z, grad_out
+
+
+def _side_by_side(model, x, y):
+    z, out = _SideBySide.apply(*model(x))
+    return [((out[:, k] - y[:, k]) ** 2).mean() for k in range(y.shape[1])], z
+
+
+def _detached(model, x, y):
+    losses, z = task_losses(model, x, y)
+    return losses, z.detach().requires_grad_()
+
+
+def _one_task_around_z(model, x, y):
+    losses, z = task_losses(model, x, y)
+    losses[2] = (model.trunk[0].weight ** 2).sum()  # uses the trunk, but not through z
+    return losses, z
+
+
+UNREACHED = {
+    "detached": (_detached, "tasks 0, 1, 2 does not reach the features"),
+    "side_by_side": (_side_by_side, "tasks 0, 1, 2 does not reach the features"),
+    "one_task_around": (_one_task_around_z, "task 2 does not reach the features"),
+}
+
+
+@pytest.mark.parametrize("grad_mode", ["loop", "batched"])
+@pytest.mark.parametrize("case", sorted(UNREACHED))
+@pytest.mark.parametrize("wrapper", [NashMTL, MGDAUB, CAGrad, IMTL])
+@pytest.mark.parametrize("trained", [True], ids=["later"])
+def test_features_the_losses_do_not_reach(wrapper, case, grad_mode, trained):
+    model = TrunkHeads(K=3, seed=6)
+    opt = wrapper(torch.optim.Adam(model.parameters(), lr=1e-2), grad_mode=grad_mode)
+    if trained:
+        for step in range(2):
+            x, y = batch(K=3, seed=30 + step)
+            opt.zero_grad(set_to_none=True)
+            losses, z = task_losses(model, x, y)
+            opt.backward(losses, features=z)
+            opt.step()
+    forward, message = UNREACHED[case]
+    x, y = batch(K=3, seed=40)
+    losses, z = forward(model, x, y)
+    before, facts = snapshot(model, opt), _wrapper_facts(opt)
+    with pytest.raises(ValueError, match=message):
+        opt.backward(losses, features=z)
+    same_state(snapshot(model, opt), before)
+    assert _wrapper_facts(opt) == facts
+
+
+@pytest.mark.parametrize("grad_mode", ["loop", "batched"])
+def test_features_reached_with_a_zero_gradient_are_fine(grad_mode):
+    """A task without labels in the batch reaches z with gradient 0: a legitimate step."""
+    model = TrunkHeads(K=3, seed=7)
+    opt = CAGrad(torch.optim.SGD(model.parameters(), lr=0.1), c=0.5, grad_mode=grad_mode)
+    x, y = batch(K=3, seed=8)
+    z, out = model(x)
+    present = torch.zeros(x.shape[0], dtype=torch.bool)  # task 1 has no labels here
+    losses = [((out[:, 0] - y[:, 0]) ** 2).mean(),
+              ((out[:, 1] - y[:, 1]) ** 2 * present).sum() / present.sum().clamp(min=1),
+              ((out[:, 2] - y[:, 2]) ** 2).mean()]
+    Jz = torch.stack([torch.autograd.grad(l, z, retain_graph=True)[0].reshape(-1) for l in losses])
+    assert torch.count_nonzero(Jz[1]) == 0
+    last = opt.backward(losses, features=z)
+    torch.testing.assert_close(last.weights, reference.cagrad(Jz, c=0.5).weights, rtol=1e-9, atol=1e-12)
+
+
+def test_every_feature_must_feed_some_task():
+    model = TrunkHeads(K=3, seed=8)
+    opt = MGDAUB(torch.optim.SGD(model.parameters(), lr=0.1))
+    x, y = batch(K=3)
+    losses, z = task_losses(model, x, y)
+    stray = torch.ones(3, requires_grad=True) * 2
+    before = snapshot(model, opt)
+    with pytest.raises(ValueError, match=r"features\[1\] reached by no task"):
+        opt.backward(losses, features=[z, stray])
+    same_state(snapshot(model, opt), before)
+    # two features, each reached by some of the tasks: fine
+    z, _ = model(x)
+    left, right = z[:, :2], z[:, 2:]
+    losses = [(left ** 2).mean(), (right ** 2).mean(), (left.sum(1) * right.sum(1)).mean()]
+    assert opt.backward(losses, features=[left, right]) is not None
