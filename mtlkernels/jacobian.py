@@ -13,6 +13,7 @@ path of MGDA-UB, Sener & Koltun 2018). Tensors that a loss does not reach get a 
 """
 from __future__ import annotations
 
+import functools
 from typing import Iterable, Mapping, Sequence
 
 import torch
@@ -57,6 +58,13 @@ def check_losses(losses: Sequence[Tensor] | Tensor, expected: int | None = None)
         if not loss.requires_grad:
             raise ValueError(f"loss of task {k} does not require grad: it is not connected to any trainable parameter")
     return losses
+
+
+def common_dtype(tensors: Sequence[Tensor]) -> torch.dtype | None:
+    """The dtype that holds every tensor's values exactly (``torch.promote_types`` over them); None
+    for no tensors."""
+    dtypes = {t.dtype for t in tensors}
+    return functools.reduce(torch.promote_types, dtypes) if dtypes else None
 
 
 def column_views(buffer: Tensor, inputs: Sequence[Tensor]) -> list[Tensor]:
@@ -122,7 +130,7 @@ def fill_task_gradients(
                 if g is not None:
                     private_out[j].add_(g)
     elif mode == "batched":
-        dtype = losses[0].dtype if all(loss.dtype == losses[0].dtype for loss in losses) else torch.float32
+        dtype = common_dtype(losses)
         stacked = torch.stack([loss.reshape(()).to(dtype) for loss in losses])
         eye = torch.eye(K, dtype=stacked.dtype, device=stacked.device)
         grads = torch.autograd.grad(
@@ -187,7 +195,8 @@ def jacobian(
     retain_graph: bool = False,
 ) -> Tensor:
     """J [K, N]: row k is ∇L_k with respect to ``inputs`` (flattened in order; zero where L_k does
-    not reach an input). ``out`` is a preallocated [K, N] buffer to reuse across steps.
+    not reach an input), in the inputs' common dtype (:func:`common_dtype`: exact for each).
+    ``out`` is a preallocated [K, N] buffer to reuse across steps.
     """
     losses = check_losses(losses)
     inputs = list(inputs)
@@ -195,8 +204,7 @@ def jacobian(
         raise ValueError("got no inputs to differentiate with respect to")
     N = sum(t.numel() for t in inputs)
     if out is None:
-        dtype = inputs[0].dtype if all(t.dtype == inputs[0].dtype for t in inputs) else torch.float32
-        out = torch.empty(len(losses), N, dtype=dtype, device=inputs[0].device)
+        out = torch.empty(len(losses), N, dtype=common_dtype(inputs), device=inputs[0].device)
     elif out.shape != (len(losses), N) or not out.is_contiguous():
         raise ValueError(f"out must be a contiguous [{len(losses)}, {N}] tensor; got {tuple(out.shape)}")
     fill_task_gradients(losses, inputs, out, mode=resolve_grad_mode(mode), retain_graph=retain_graph)

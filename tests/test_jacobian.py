@@ -154,3 +154,22 @@ def test_reach_tells_unreached_from_zero_gradients(mode):
     assert oracle == expected
     assert torch.count_nonzero(rows[1, 12 + 12 + 9 : 12 + 12 + 9 + 4]) == 0  # reached, zero: task 1 on a
     assert fill_task_gradients(losses, inputs, rows, mode=mode, retain_graph=True) is None
+
+
+@pytest.mark.parametrize("mode", ["loop", "batched"])
+def test_inputs_of_several_dtypes_give_j_in_their_common_dtype(mode):
+    a = torch.randn(3, dtype=torch.float32, requires_grad=True)
+    b = torch.randn(2, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(2, dtype=torch.bfloat16, requires_grad=True)
+    losses = [(a.double() ** 2).sum() + (b * 3).sum(), (c.float() * 5).sum() + (a * b[0].float()).sum()]
+    J = jacobian(losses, [a, b, c], mode=mode)
+    assert J.dtype == torch.float64
+    expected = torch.zeros(2, 7, dtype=torch.float64)
+    expected[0, :3] = 2 * a.detach().double()
+    expected[0, 3:5] = 3
+    expected[1, :3] = b[0].detach().float().double()
+    expected[1, 3] = a.detach().sum().double()
+    expected[1, 5:] = 5
+    torch.testing.assert_close(J, expected, rtol=1e-6, atol=1e-6)
+    J16 = jacobian([(c.float() ** 2).sum(), (a * 2).sum()], [a, c], mode=mode)
+    assert J16.dtype == torch.float32

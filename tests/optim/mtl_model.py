@@ -22,8 +22,8 @@ class TrunkHeads(nn.Module):
         self.to(dtype)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        z = self.trunk(x)
-        return z, torch.cat([h(z) for h in self.heads], dim=1)
+        z = self.trunk(x)  # heads of another dtype (set after construction) get z in theirs
+        return z, torch.cat([h(z.to(h.weight.dtype)).to(z.dtype) for h in self.heads], dim=1)
 
 
 def batch(K: int = 3, B: int = 16, d_in: int = 6, seed: int = 1, dtype=torch.float64) -> tuple[Tensor, Tensor]:
