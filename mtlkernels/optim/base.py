@@ -591,8 +591,8 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
     def _workspace_for(self, K: int, roles: ParameterRoles, with_rows: bool) -> _Workspace:
         params = roles.shared + roles.private
         device = params[0].device if params else torch.device("cpu")
-        layout = tuple((id(p), p.dtype, p.numel()) for p in roles.shared), tuple((id(p), p.dtype, p.numel()) for p in roles.private)
-        key = (K, with_rows, layout, device)
+        layout = [tuple((id(p), p.dtype, p.numel()) for p in group) for group in (roles.shared, roles.private)]
+        key = (K, with_rows, *layout, device)
         if self._workspace is None or self._workspace.key != key:
             self._workspace = _Workspace(K, roles, with_rows, key, device)
         return self._workspace

@@ -15,8 +15,9 @@ class IMTL(MultiTaskOptimizer):
 
     Args:
         optimizer: the wrapped torch optimizer; the log-scales s [K] (zeros) join it as a new
-            parameter group once K is known (``num_tasks=`` or the first ``backward``). Create LR
-            schedulers after that, or pass ``num_tasks=``, so that they see the group.
+            parameter group once K is known (``num_tasks=`` or the first successful
+            ``backward``). Create LR schedulers after that, or pass ``num_tasks=``, so that they
+            see the group.
         imtl_l: True (default): the hybrid of the paper and LibMTL (IMTL-G on the gradients of
             the scaled losses e^{sᵢ}Lᵢ; sᵢ gets ∂/∂sᵢ = e^{sᵢ}Lᵢ − 1). False: IMTL-G alone (nash-mtl's
             ``IMTLG``).

@@ -83,10 +83,14 @@ def _corrupt(state, where, value):
     return state
 
 
+_NAN_ALPHA = torch.tensor([1.0, float("nan"), 1.0], dtype=torch.float64)
+#: (wrapper, its options, the source's options (None: the same), the entry to corrupt (None: the
+#: source's state as is), the value put there, the expected message)
 LOAD_CASES = {
-    "nash_alpha_nonfinite": (NashMTL, {}, None, ("method", "weighting", "alpha"), torch.tensor([1.0, float("nan"), 1.0], dtype=torch.float64), "non-finite"),
+    "nash_alpha_nonfinite": (NashMTL, {}, None, ("method", "weighting", "alpha"), _NAN_ALPHA, "non-finite"),
     "nash_bad_step": (NashMTL, {}, None, ("method", "weighting", "step"), -1, "step"),
-    "pcgrad_generator_garbage": (PCGrad, {"seed": 3}, None, ("method", "generator"), torch.zeros(3, dtype=torch.uint8), "generator state"),
+    "pcgrad_generator_garbage": (PCGrad, {"seed": 3}, None, ("method", "generator"), torch.zeros(3, dtype=torch.uint8),
+                                 "generator state"),
     "pcgrad_without_generator": (PCGrad, {}, {"seed": 3}, None, None, "global RNG"),
     "imtl_scales_shape": (IMTL, {}, None, ("method", "log_scales"), torch.zeros(4, dtype=torch.float64), r"shape \(3,\)"),
     "imtl_g_gets_scales": (IMTL, {"imtl_l": False}, {}, None, None, "parameter groups of sizes"),
