@@ -8,11 +8,13 @@ Two ways to get the rows, both writing into views of one preallocated [K, N] buf
   ``grad_outputs`` and ``is_grads_batched=True`` (vmap over the backward pass).
 
 The inputs are shared parameters (the exact path) or a shared representation z (the "features"
-path of MGDA-UB, Sener & Koltun 2018). Tensors that a loss does not reach get a zero row block.
+path of MGDA-UB, Sener & Koltun 2018). Tensors that a loss does not reach get a zero row block;
+``reach=True`` and :func:`reaches` tell them from reached tensors whose gradient is zero.
 """
 from __future__ import annotations
 
-from typing import Sequence
+import functools
+from typing import Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -36,6 +38,10 @@ def check_losses(losses: Sequence[Tensor] | Tensor, expected: int | None = None)
         if losses.dim() > 1:
             raise ValueError(f"losses must be a sequence or a 1-D tensor of K scalars; got shape {tuple(losses.shape)}")
         losses = list(losses.reshape(-1).unbind())
+    elif isinstance(losses, Mapping):
+        raise TypeError("losses is a mapping; pass its values in task order, e.g. list(losses.values())")
+    elif isinstance(losses, (str, bytes)) or not isinstance(losses, Iterable):
+        raise TypeError(f"losses must be a sequence of K scalar tensors or a 1-D tensor; got a {type(losses).__name__}")
     else:
         losses = list(losses)
     if not losses:
@@ -52,6 +58,13 @@ def check_losses(losses: Sequence[Tensor] | Tensor, expected: int | None = None)
         if not loss.requires_grad:
             raise ValueError(f"loss of task {k} does not require grad: it is not connected to any trainable parameter")
     return losses
+
+
+def common_dtype(tensors: Sequence[Tensor]) -> torch.dtype | None:
+    """The dtype that holds every tensor's values exactly (``torch.promote_types`` over them); None
+    for no tensors."""
+    dtypes = {t.dtype for t in tensors}
+    return functools.reduce(torch.promote_types, dtypes) if dtypes else None
 
 
 def column_views(buffer: Tensor, inputs: Sequence[Tensor]) -> list[Tensor]:
@@ -76,7 +89,8 @@ def fill_task_gradients(
     private_out: Sequence[Tensor] = (),
     mode: str = "loop",
     retain_graph: bool = False,
-) -> None:
+    reach: bool = False,
+) -> list[list[bool]] | None:
     """rows[k] ← ∇_{inputs} L_k, and, in the same backward passes, private_out[j] ← Σ_{k ∈ tasks_j}
     ∇_{private_inputs[j]} L_k for the tensors only some tasks own (heads: the plain gradient of Σ L).
 
@@ -87,11 +101,18 @@ def fill_task_gradients(
         private_inputs / private_out: the private tensors and where their summed gradient goes.
         mode: "loop" or "batched" (resolve "auto" with :func:`resolve_grad_mode` first).
         retain_graph: keep the graph after the last pass (as ``Tensor.backward`` does).
+        reach: also say which inputs each loss reaches.
+
+    Returns:
+        With ``reach=True``, reached[k][i]: whether L_k's autograd graph reaches inputs[i] (an
+        unreached input's gradient is None, a reached one's may be zero); in "loop" mode it comes
+        free with the gradients, in "batched" mode from :func:`reaches`. Else None.
     """
     K = len(losses)
     blocks = column_views(rows, inputs)
     for out in private_out:
         out.zero_()
+    reached = [[False] * len(inputs) for _ in range(K)] if reach else None
     if mode == "loop":
         for k, loss in enumerate(losses):
             own = list(private[k]) if private else []
@@ -101,13 +122,15 @@ def fill_task_gradients(
                 retain_graph=retain_graph or k < K - 1,
                 allow_unused=True,
             )
-            for block, g in zip(blocks, grads[: len(inputs)]):
+            for i, (block, g) in enumerate(zip(blocks, grads[: len(inputs)])):
                 block[k].copy_(g) if g is not None else block[k].zero_()
+                if reached is not None:
+                    reached[k][i] = g is not None
             for j, g in zip(own, grads[len(inputs) :]):
                 if g is not None:
                     private_out[j].add_(g)
     elif mode == "batched":
-        dtype = losses[0].dtype if all(loss.dtype == losses[0].dtype for loss in losses) else torch.float32
+        dtype = common_dtype(losses)
         stacked = torch.stack([loss.reshape(()).to(dtype) for loss in losses])
         eye = torch.eye(K, dtype=stacked.dtype, device=stacked.device)
         grads = torch.autograd.grad(
@@ -123,8 +146,44 @@ def fill_task_gradients(
         for out, g in zip(private_out, grads[len(inputs) :]):
             if g is not None:
                 out.copy_(g.sum(0))  # rows of the tasks that do not reach it are zero
+        if reached is not None:  # one pass for all tasks: None only says that no task reaches the input
+            reached = reaches(losses, inputs)
     else:
         raise ValueError(f"grad_mode={mode!r} must be resolved to 'loop' or 'batched' first")
+    return reached
+
+
+def reaches(losses: Sequence[Tensor], inputs: Sequence[Tensor]) -> list[list[bool]]:
+    """reached[k][i]: whether the autograd graph of losses[k] reaches inputs[i], i.e. whether
+    ``torch.autograd.grad(losses[k], inputs[i], allow_unused=True)`` gives a tensor (perhaps zero)
+    rather than None. A walk over the graph's edges, no arithmetic: an input is reached through
+    its own output of a node, so a tensor returned beside the ones the loss uses (another output
+    of the same node, e.g. of a compiled forward) is not reached."""
+    edge_of = torch.autograd.graph.get_gradient_edge
+    targets: dict[tuple[object, int], list[int]] = {}
+    for i, t in enumerate(inputs):
+        edge = edge_of(t)
+        targets.setdefault((edge.node, edge.output_nr), []).append(i)
+    reached = []
+    for loss in losses:
+        found = [False] * len(inputs)
+        root = edge_of(loss)
+        pending, seen_edges, seen_nodes = [(root.node, root.output_nr)], set(), set()
+        left = len(targets)
+        while pending and left:
+            edge = pending.pop()
+            if edge in seen_edges:
+                continue
+            seen_edges.add(edge)
+            if edge in targets:
+                left -= 1
+                for i in targets[edge]:
+                    found[i] = True
+            if edge[0] not in seen_nodes:
+                seen_nodes.add(edge[0])
+                pending.extend((node, nr) for node, nr in edge[0].next_functions if node is not None)
+        reached.append(found)
+    return reached
 
 
 def jacobian(
@@ -136,7 +195,8 @@ def jacobian(
     retain_graph: bool = False,
 ) -> Tensor:
     """J [K, N]: row k is ∇L_k with respect to ``inputs`` (flattened in order; zero where L_k does
-    not reach an input). ``out`` is a preallocated [K, N] buffer to reuse across steps.
+    not reach an input), in the inputs' common dtype (:func:`common_dtype`: exact for each).
+    ``out`` is a preallocated [K, N] buffer to reuse across steps.
     """
     losses = check_losses(losses)
     inputs = list(inputs)
@@ -144,8 +204,7 @@ def jacobian(
         raise ValueError("got no inputs to differentiate with respect to")
     N = sum(t.numel() for t in inputs)
     if out is None:
-        dtype = inputs[0].dtype if all(t.dtype == inputs[0].dtype for t in inputs) else torch.float32
-        out = torch.empty(len(losses), N, dtype=dtype, device=inputs[0].device)
+        out = torch.empty(len(losses), N, dtype=common_dtype(inputs), device=inputs[0].device)
     elif out.shape != (len(losses), N) or not out.is_contiguous():
         raise ValueError(f"out must be a contiguous [{len(losses)}, {N}] tensor; got {tuple(out.shape)}")
     fill_task_gradients(losses, inputs, out, mode=resolve_grad_mode(mode), retain_graph=retain_graph)

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from mtlkernels.jacobian import check_losses, fill_task_gradients, jacobian, resolve_grad_mode
+from mtlkernels.jacobian import check_losses, fill_task_gradients, jacobian, reaches, resolve_grad_mode
 
 
 def _net(seed: int = 0):
@@ -94,6 +94,10 @@ def test_one_dimensional_loss_tensor_and_features():
         ([torch.tensor(1.0)], "task 0 does not require grad"),
         ([torch.tensor(1.0, requires_grad=True), 3.0], "task 1 is a float"),
         (torch.ones(2, 2, requires_grad=True), "1-D tensor"),
+        (1.0, "sequence of K scalar tensors or a 1-D tensor; got a float"),
+        (None, "got a NoneType"),
+        ("ab", "got a str"),
+        ({"depth": torch.tensor(1.0, requires_grad=True)}, "losses is a mapping"),
     ],
 )
 def test_bad_losses(losses, message):
@@ -110,3 +114,62 @@ def test_wrong_count_and_modes():
     assert resolve_grad_mode("auto") == "loop" and resolve_grad_mode("batched") == "batched"
     with pytest.raises(ValueError, match="contiguous"):
         jacobian([loss * 2], [loss], out=torch.empty(1, 2))
+
+
+class _SideBySide(torch.autograd.Function):
+    """One node with two outputs, as a compiled forward returning z beside the heads' output."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x * 2, (x * 2).sum(1) * 3
+
+    @staticmethod
+    def backward(ctx, grad_z, grad_out):  # an output the loss does not use comes as zeros
+        return grad_z * 2 + grad_out[:, None] * 6
+
+
+@pytest.mark.parametrize("mode", ["loop", "batched"])
+def test_reach_tells_unreached_from_zero_gradients(mode):
+    w = torch.randn(3, 3, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(4, 3, dtype=torch.float64)
+    h = x @ w
+    z, out = _SideBySide.apply(h)  # z is returned beside out; the losses use out only
+    a, b = h.split([1, 2], dim=1)
+    losses = [
+        out.sum(),  # reaches h (and w), not z
+        (a * 0).sum(),  # reaches a with a zero gradient; b is another output of the same split
+        (z ** 2).sum() + (w.detach() ** 2).sum(),  # reaches z, h and w
+    ]
+    inputs = [z, h, w, a, b]
+    expected = [
+        [False, True, True, False, False],
+        [False, True, True, True, False],
+        [True, True, True, False, False],
+    ]
+    rows = torch.empty(3, sum(t.numel() for t in inputs), dtype=torch.float64)
+    assert fill_task_gradients(losses, inputs, rows, mode=mode, retain_graph=True, reach=True) == expected
+    assert reaches(losses, inputs) == expected
+    # the oracle: autograd's own answer, one input at a time
+    oracle = [[torch.autograd.grad(l, t, retain_graph=True, allow_unused=True)[0] is not None for t in inputs] for l in losses]
+    assert oracle == expected
+    assert torch.count_nonzero(rows[1, 12 + 12 + 9 : 12 + 12 + 9 + 4]) == 0  # reached, zero: task 1 on a
+    assert fill_task_gradients(losses, inputs, rows, mode=mode, retain_graph=True) is None
+
+
+@pytest.mark.parametrize("mode", ["loop", "batched"])
+def test_inputs_of_several_dtypes_give_j_in_their_common_dtype(mode):
+    a = torch.randn(3, dtype=torch.float32, requires_grad=True)
+    b = torch.randn(2, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(2, dtype=torch.bfloat16, requires_grad=True)
+    losses = [(a.double() ** 2).sum() + (b * 3).sum(), (c.float() * 5).sum() + (a * b[0].float()).sum()]
+    J = jacobian(losses, [a, b, c], mode=mode)
+    assert J.dtype == torch.float64
+    expected = torch.zeros(2, 7, dtype=torch.float64)
+    expected[0, :3] = 2 * a.detach().double()
+    expected[0, 3:5] = 3
+    expected[1, :3] = b[0].detach().float().double()
+    expected[1, 3] = a.detach().sum().double()
+    expected[1, 5:] = 5
+    torch.testing.assert_close(J, expected, rtol=1e-6, atol=1e-6)
+    J16 = jacobian([(c.float() ** 2).sum(), (a * 2).sum()], [a, c], mode=mode)
+    assert J16.dtype == torch.float32

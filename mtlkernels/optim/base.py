@@ -26,7 +26,7 @@ from .._checks import check_option
 from ..aggregate import AggregationResult
 from ..combine import combine
 from ..gram import gram_blocks
-from ..jacobian import GRAD_MODES, check_losses, column_views, fill_task_gradients, resolve_grad_mode
+from ..jacobian import GRAD_MODES, check_losses, column_views, common_dtype, fill_task_gradients, resolve_grad_mode
 from ..methods import Weighting, make_weighting
 from . import distributed as _dist
 
@@ -62,22 +62,48 @@ class ParameterRoles:
 
 
 class _Workspace:
-    """One flat buffer reused across steps: [K·N_shared task-gradient rows (or N_shared for the
-    direction, features path) | N_private plain gradients | K loss values], so data-parallel
-    training averages it with ONE all-reduce."""
+    """The flat buffers reused across steps: K·N_shared task-gradient rows (or N_shared for the
+    direction, features path), N_private plain gradients and K loss values. The rows are in the
+    shared parameters' common dtype, the plain gradients in the private ones'; when the two agree
+    (the usual case) it is ONE buffer, so data-parallel training averages it with one all-reduce.
+    ``buffers`` are what the replicated path averages, ``gradient_parts`` the parts holding
+    gradients. Each ``.grad`` is written in its parameter's dtype."""
 
-    def __init__(self, K: int, roles: ParameterRoles, with_rows: bool, dtype: torch.dtype, device: torch.device):
+    def __init__(self, K: int, roles: ParameterRoles, with_rows: bool, key: tuple, device: torch.device) -> None:
+        shared_dtype = common_dtype(roles.shared) or common_dtype(roles.private) or torch.float32
+        private_dtype = common_dtype(roles.private) or shared_dtype
         n_shared = sum(p.numel() for p in roles.shared)
         n_private = sum(p.numel() for p in roles.private)
         head = K * n_shared if with_rows else n_shared
-        self.key = (K, id(roles), with_rows, dtype, device)
-        self.storage = torch.empty(head + n_private + K, dtype=dtype, device=device)
-        self.rows = self.storage[:head].view(K, n_shared) if with_rows else None
-        self.direction = None if with_rows else column_views(self.storage[:head].view(1, n_shared), roles.shared)
-        self.private = self.storage[head : head + n_private]
+        self.key = key
+        if private_dtype == shared_dtype:
+            storage = torch.empty(head + n_private + K, dtype=shared_dtype, device=device)
+            front, self.private, self.losses = storage[:head], storage[head : head + n_private], storage[head + n_private :]
+            self.buffers, self.gradient_parts = [storage], [storage[: head + n_private]]
+        else:
+            main = torch.empty(head + K, dtype=shared_dtype, device=device)
+            self.private = torch.empty(n_private, dtype=private_dtype, device=device)
+            front, self.losses = main[:head], main[head:]
+            self.buffers, self.gradient_parts = [main, self.private], [front, self.private]
+        self.rows = front.view(K, n_shared) if with_rows else None
+        self.direction = None if with_rows else column_views(front.view(1, n_shared), roles.shared)
         self.private_views = [v[0] for v in column_views(self.private.view(1, n_private), roles.private)]
-        self.gradients = self.storage[: head + n_private]
-        self.losses = self.storage[head + n_private :]
+
+
+@dataclass
+class _RoleEvidence:
+    """What the backwards so far showed about the parameters (of ``ids``, in the wrapped
+    optimizer's order): used[k, j] — task k's gradient on parameter j was nonzero in some batch;
+    reached[k, j] — task k's graph reached it (its gradient was not None) in some batch."""
+
+    ids: tuple[int, ...]
+    used: Tensor
+    reached: Tensor
+
+    @property
+    def complete(self) -> bool:
+        """Every task has had a nonzero gradient somewhere: its use of each parameter is known."""
+        return bool(self.used.any(1).all())
 
 
 class MultiTaskOptimizer(torch.optim.Optimizer):
@@ -90,21 +116,32 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         optimizer: the torch optimizer that applies the update (any ``torch.optim.Optimizer``).
         method: any name of :data:`mtlkernels.METHODS` (default "mean", plain averaging); the
             subclasses PCGrad, CAGrad, NashMTL, IMTL and MGDAUB fix it and name its options.
-        shared_params: the parameters that get the aggregated direction. Default: detected at the
-            first ``backward`` (those with a nonzero gradient from two or more losses) and cached.
-            Other reached parameters get the plain gradient of Σ Lₖ (the authors' convention).
+        shared_params: the parameters that get the aggregated direction. Default: those two or
+            more tasks use (see "Roles" below). Other reached parameters get the plain gradient of
+            Σ Lₖ (the authors' convention).
         task_specific: "plain" (default, ∇ Σ Lₖ) or "weighted" (wₖ·∇Lₖ, as a backward of Σ wₖLₖ
             gives: Nash-MTL's and MGDA-UB's code) for the parameters only one task reaches.
         grad_mode: "auto" (default, = "loop"), "loop" (K ``autograd.grad`` calls) or "batched" (one
             call with ``is_grads_batched=True``); see :func:`mtlkernels.jacobian.resolve_grad_mode`.
         on_nonfinite: "raise" (default: :class:`NonFiniteError` naming the task) or "skip" (the
-            next ``step()`` does nothing); parameters, ``.grad`` and state are left untouched.
+            next ``step()`` does nothing unless a successful ``backward`` comes first);
+            parameters, ``.grad`` and state are left untouched.
         distributed: "auto", "none", "replicated" (DDP) or "sharded"; see
             :mod:`mtlkernels.optim.distributed`.
         process_group: the torch.distributed group (default: the world).
-        num_tasks: K, checked on every ``backward`` (default: set by the first one).
+        num_tasks: K, checked on every ``backward`` (default: set by the first successful one).
         backend: "auto", "torch", "cpp" or "triton", for the Gram, the solve and the combination.
         **options: the method's options (its Weighting's arguments).
+
+    Roles: task k uses parameter p when ∂Lₖ/∂p was nonzero in some batch (a head that a
+    ``torch.cat`` or indexing of the outputs connects to every loss gets exact zeros from the
+    other tasks, so it stays its task's own); a parameter two or more tasks use is shared. A task
+    with a zero gradient on every parameter (no labels in the batch) shows nothing about its use:
+    until every task has had a nonzero gradient, each ``backward`` detects again (K extra gradient
+    passes), merges what it sees with the earlier batches, and counts a task not yet seen as using
+    every parameter its graph reaches — so no layer the absent task may share is taken for another
+    task's own, and the roles kept in the end do not depend on which batch came first. Only a
+    successful ``backward`` keeps anything; ``shared_params=`` pins the shared set.
     """
 
     method: ClassVar[str] = "mean"
@@ -156,6 +193,7 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         self._owned: list[Tensor] = []  # parameters this wrapper adds (IMTL-L log-scales)
         self._shared_ids = None if shared_params is None else self._check_shared(shared_params)
         self._roles: ParameterRoles | None = None
+        self._evidence: _RoleEvidence | None = None
         self._workspace: _Workspace | None = None
         self._feature_rows: Tensor | None = None
         self._skip_step = False
@@ -173,7 +211,7 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
 
     @property
     def roles(self) -> ParameterRoles | None:
-        """The shared and task-specific parameters (None until the first ``backward``)."""
+        """The shared and task-specific parameters of the last successful ``backward`` (None before)."""
         return self._roles
 
     # -- the torch.optim.Optimizer surface, delegated to the wrapped optimizer ------------------
@@ -205,6 +243,7 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         """Add a group to the wrapped optimizer; parameter roles are detected again."""
         self.optimizer.add_param_group(param_group)
         self._roles = None
+        self._evidence = None
         self._workspace = None
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -212,7 +251,7 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """The wrapped optimizer's step; does nothing after a skipped (non-finite) backward."""
+        """The wrapped optimizer's step; does nothing when the last backward was skipped (non-finite)."""
         if self._skip_step:
             self._skip_step = False
             return None
@@ -228,19 +267,43 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a :meth:`state_dict`: everything is checked first, so a mismatch raises and changes nothing."""
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"state_dict must be a dict; got {type(state_dict).__name__}")
         missing = {"optimizer", "method", "num_tasks"} - set(state_dict)
         if missing:
             raise ValueError(
                 f"not a state_dict of {type(self).__name__}: missing {sorted(missing)} "
                 "(a plain optimizer's state_dict goes to the wrapped optimizer: opt.optimizer.load_state_dict)"
             )
-        if self.num_tasks is not None and state_dict["num_tasks"] not in (None, self.num_tasks):
-            raise ValueError(f"the state_dict is for K = {state_dict['num_tasks']} tasks; this optimizer has K = {self.num_tasks}")
-        if state_dict["num_tasks"] is not None:
-            self._set_num_tasks(state_dict["num_tasks"])
+        K = state_dict["num_tasks"]
+        if K is not None and (isinstance(K, bool) or not isinstance(K, int) or K < 1):
+            raise ValueError(f"state_dict['num_tasks'] must be None or a positive int; got {K!r}")
+        if self.num_tasks is not None and K not in (None, self.num_tasks):
+            raise ValueError(f"the state_dict is for K = {K} tasks; this optimizer has K = {self.num_tasks}")
+        num_skipped = state_dict.get("num_skipped", 0)
+        if isinstance(num_skipped, bool) or not isinstance(num_skipped, int) or num_skipped < 0:
+            raise ValueError(f"state_dict['num_skipped'] must be an int >= 0; got {num_skipped!r}")
+        self._check_optimizer_state(state_dict["optimizer"], self.num_tasks if K is None else K)
+        method = copy.deepcopy(state_dict["method"])
+        self._check_method_state(method, self.num_tasks if K is None else K)
+        if K is not None:
+            self._set_num_tasks(K)
         self.optimizer.load_state_dict(state_dict["optimizer"])
-        self._load_method_state(copy.deepcopy(state_dict["method"]))
-        self.num_skipped = state_dict.get("num_skipped", 0)
+        self._load_method_state(method)
+        self.num_skipped = num_skipped
+
+    def _check_optimizer_state(self, state: Any, K: int | None) -> None:
+        """The wrapped optimizer's part has its groups (as the wrapped optimizer checks, counting
+        the groups that K adds, e.g. IMTL-L's log-scales), so that loading it cannot fail midway."""
+        if not isinstance(state, dict) or not {"state", "param_groups"} <= set(state):
+            raise ValueError("state_dict['optimizer'] is not a torch optimizer's state_dict (keys 'state' and 'param_groups')")
+        sizes = [len(group["params"]) for group in self.param_groups] + self._groups_added(K)
+        saved = [len(group["params"]) for group in state["param_groups"]]
+        if saved != sizes:
+            raise ValueError(
+                f"state_dict['optimizer'] has parameter groups of sizes {saved}; this optimizer's are {sizes}"
+            )
 
     def __getstate__(self) -> dict[str, Any]:
         return self.__dict__
@@ -259,8 +322,19 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
     def _method_state(self) -> dict[str, Any]:
         return {"weighting": self.weighting.state_dict()}
 
+    def _check_method_state(self, state: Any, K: int | None) -> None:
+        """Raise if :meth:`_load_method_state` would reject ``state``; changes nothing (the
+        weighting's part is tried on a copy of the weighting)."""
+        if not isinstance(state, dict) or "weighting" not in state:
+            raise ValueError("state_dict['method'] must be a dict with the key 'weighting'")
+        copy.deepcopy(self.weighting).load_state_dict(copy.deepcopy(state["weighting"]))
+
     def _load_method_state(self, state: dict[str, Any]) -> None:
         self.weighting.load_state_dict(state["weighting"])
+
+    def _groups_added(self, K: int | None) -> list[int]:
+        """Sizes of the parameter groups :meth:`_set_num_tasks` (K) would add to the wrapped optimizer."""
+        return []
 
     def _set_num_tasks(self, K: int) -> None:
         """Called with K when it becomes known (constructor, first backward, load_state_dict)."""
@@ -300,10 +374,10 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
             when the step was skipped.
         """
         losses = check_losses(losses, self.num_tasks)
-        K = len(losses)
-        if self.num_tasks is None:
-            self._set_num_tasks(K)
-        roles = self._roles if self._roles is not None else self._detect_roles(losses)
+        if self._evidence is not None and self._evidence.complete:
+            roles, evidence = self._roles, None
+        else:
+            roles, evidence = self._detect_roles(losses)
         multipliers = self._loss_multipliers()
         differentiated = losses if multipliers is None else [l * m for l, m in zip(losses, multipliers.to(losses[0].device))]
         grad_scale = 1.0
@@ -314,14 +388,16 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         mode = _dist.resolve_mode(self.distributed, self.process_group)
         grad_mode = resolve_grad_mode(self.grad_mode)
         if features is None:
-            return self._backward_parameters(differentiated, values, roles, mode, grad_mode, grad_scale, grad_scaler, retain_graph)
+            return self._backward_parameters(
+                differentiated, values, roles, evidence, mode, grad_mode, grad_scale, grad_scaler, retain_graph
+            )
         return self._backward_features(
-            differentiated, values, features, roles, mode, grad_mode, grad_scale, grad_scaler, retain_graph
+            differentiated, values, features, roles, evidence, mode, grad_mode, grad_scale, grad_scaler, retain_graph
         )
 
     def _backward_parameters(
-        self, losses: list[Tensor], values: Tensor, roles: ParameterRoles, mode: str, grad_mode: str,
-        grad_scale: float, grad_scaler: Any, retain_graph: bool,
+        self, losses: list[Tensor], values: Tensor, roles: ParameterRoles, evidence: _RoleEvidence | None, mode: str,
+        grad_mode: str, grad_scale: float, grad_scaler: Any, retain_graph: bool,
     ) -> AggregationResult | None:
         K = len(losses)
         if not roles.shared:
@@ -336,7 +412,8 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         )
         if mode == "replicated":
             ws.losses.copy_(values)
-            _dist.all_reduce_mean_(ws.storage, self.process_group)
+            for buffer in ws.buffers:
+                _dist.all_reduce_mean_(buffer, self.process_group)
             values = ws.losses.to(torch.float64)
         gram = gram_blocks([ws.rows], self.backend)
         if grad_scale != 1.0:
@@ -350,6 +427,7 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
             return self._give_up(problem, roles, grad_scaler)
         solution = self.weighting(gram, values)
         weights = solution.weights.to(device=ws.rows.device, dtype=torch.float64)
+        self._commit(K, roles, evidence)
         self._write_combination(weights, ws.rows, roles.shared)
         self._write_private(weights, ws.private_views, roles)
         self._write_owned_grads(values, grad_scale)
@@ -357,7 +435,7 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
 
     def _backward_features(
         self, losses: list[Tensor], values: Tensor, features: Tensor | Sequence[Tensor], roles: ParameterRoles,
-        mode: str, grad_mode: str, grad_scale: float, grad_scaler: Any, retain_graph: bool,
+        evidence: _RoleEvidence | None, mode: str, grad_mode: str, grad_scale: float, grad_scaler: Any, retain_graph: bool,
     ) -> AggregationResult | None:
         K = len(losses)
         if mode == "sharded":
@@ -368,10 +446,11 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
                 raise ValueError(f"features[{i}] must be a tensor in the losses' autograd graph (requires_grad=True)")
         rows = self._feature_rows_for(K, features)
         ws = self._workspace_for(K, roles, with_rows=False)
-        fill_task_gradients(
+        reached = fill_task_gradients(
             losses, features, rows, private=roles.by_task(K), private_inputs=roles.private,
-            private_out=ws.private_views, mode=grad_mode, retain_graph=True,
+            private_out=ws.private_views, mode=grad_mode, retain_graph=True, reach=True,
         )
+        self._check_features_reached(reached)
         gram = gram_blocks([rows], self.backend)
         if grad_scale != 1.0:
             gram = gram / grad_scale**2
@@ -391,20 +470,47 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
             for out, g in zip(ws.direction, grads):
                 out[0].copy_(g) if g is not None else out[0].zero_()
         if mode == "replicated":
-            _dist.all_reduce_mean_(ws.gradients, self.process_group)
-        if not bool(torch.isfinite(ws.gradients).all()):
+            for part in ws.gradient_parts:
+                _dist.all_reduce_mean_(part, self.process_group)
+        if not all(bool(torch.isfinite(part).all()) for part in ws.gradient_parts):
             self._load_method_state(saved)
             problem = self._nonfinite_problem(
                 values, gram, torch.zeros((), dtype=torch.bool), ws.private_views, roles,
                 otherwise="the gradient of Σ wₖ·Lₖ over the shared parameters holds NaN/Inf (every ∂Lₖ/∂z is finite)",
             )
             return self._give_up(problem, roles, grad_scaler)
+        self._commit(K, roles, evidence)
         self._accumulate(roles.shared, [v[0] for v in ws.direction])
         self._write_private(weights, ws.private_views, roles)
         self._write_owned_grads(values, grad_scale)
         return self._record(gram, solution, values, roles)
 
     # -- pieces ---------------------------------------------------------------------------------
+    def _commit(self, K: int, roles: ParameterRoles, evidence: _RoleEvidence | None) -> None:
+        """Keep what a backward established, once it is sure to write: K (fixed by the first
+        successful backward, which adds e.g. IMTL-L's log-scales), the roles and their evidence."""
+        if self.num_tasks is None:
+            self._set_num_tasks(K)
+        if evidence is not None:
+            self._roles, self._evidence = roles, evidence
+
+    @staticmethod
+    def _check_features_reached(reached: list[list[bool]]) -> None:
+        """Every loss must reach some feature and every feature some loss through autograd (a
+        reached feature whose gradient is zero in this batch is fine: the task adds nothing)."""
+        lost = [k for k, row in enumerate(reached) if not any(row)]
+        if lost:
+            tasks = ", ".join(map(str, lost))
+            raise ValueError(
+                f"the loss of task{'s' if len(lost) > 1 else ''} {tasks} does not reach the features through "
+                "autograd (its gradient is None, not zero): pass as features= the tensor the heads are computed "
+                "from (not a detached copy, nor a second output of a compiled forward beside the heads' outputs)"
+            )
+        unused = [i for i in range(len(reached[0])) if not any(row[i] for row in reached)]
+        if unused:
+            named = ", ".join(f"features[{i}]" for i in unused)
+            raise ValueError(f"{named} reached by no task's loss through autograd: every feature must feed some task")
+
     def _trainable(self) -> list[Tensor]:
         owned = {id(p) for p in self._owned}
         seen: set[int] = set()
@@ -426,12 +532,18 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
                 raise ValueError(f"shared_params[{i}] is not a trainable parameter of the wrapped optimizer")
         return {id(p) for p in shared}
 
-    def _detect_roles(self, losses: list[Tensor]) -> ParameterRoles:
-        """Task k uses parameter p when ∂Lₖ/∂p is not None and not identically zero at the first
-        backward (one extra loop of K ``autograd.grad`` calls, once; the zero test catches heads
-        that a ``torch.cat``/indexing of the outputs connects to every loss). A parameter whose
-        gradients are all zero falls back to the tasks whose graph reaches it. Shared = used by
-        two or more tasks (by K = 1: by the one), or the given ``shared_params``."""
+    def _detect_roles(self, losses: list[Tensor]) -> tuple[ParameterRoles, _RoleEvidence]:
+        """The roles from this batch's gradients merged with the evidence of the earlier ones (see
+        the class docstring); nothing is kept until the backward succeeds (:meth:`_commit`).
+
+        One extra loop of K ``autograd.grad`` calls over every trainable parameter. Task k uses
+        parameter p when ∂Lₖ/∂p was nonzero in some batch: the zero test catches heads that a
+        ``torch.cat``/indexing of the outputs connects to every loss. A task that had a zero
+        gradient on every parameter in every batch so far (absent: e.g. no labels) counts as
+        using what its graph reaches, so that a layer it shares is not taken for another task's
+        own; a parameter with only zero gradients falls back to the tasks whose graph reaches
+        it. Shared = used by two or more tasks (by K = 1: by the one), or the given
+        ``shared_params``."""
         params = self._trainable()
         K = len(losses)
         flags = []
@@ -443,18 +555,27 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         counts = torch.stack(flags).view(K, 2, len(params)).to(torch.float64)
         if _dist.resolve_mode(self.distributed, self.process_group) == "replicated":  # same roles on every rank
             _dist.all_reduce_sum_(counts, self.process_group)
-        reached, used = (counts > 0).unbind(1)
+        reached, used = (counts > 0).cpu().unbind(1)
         for k in range(K):
             if not bool(reached[k].any()):
                 raise ValueError(f"loss of task {k} does not depend on any trainable parameter of the wrapped optimizer")
+        ids = tuple(id(p) for p in params)
+        prior = self._evidence
+        if prior is not None and prior.ids == ids and prior.used.shape[0] == K:
+            used, reached = used | prior.used, reached | prior.reached
+        evidence = _RoleEvidence(ids, used, reached)
+        absent = ~used.any(1)
+        owners = used | (absent[:, None] & reached)
+        owners = torch.where(owners.any(0), owners, reached)
         shared, private, private_tasks = [], [], []
         for j, p in enumerate(params):
-            column = used[:, j] if bool(used[:, j].any()) else reached[:, j]
-            tasks = tuple(column.nonzero().flatten().tolist())
+            tasks = tuple(owners[:, j].nonzero().flatten().tolist())
             is_shared = id(p) in self._shared_ids if self._shared_ids is not None else len(tasks) >= min(2, K)
             if is_shared:
                 shared.append(p)
             elif tasks:
+                if bool(used[:, j].any()):  # owned by the tasks seen using it (matters when pinned)
+                    tasks = tuple(used[:, j].nonzero().flatten().tolist())
                 if len(tasks) > 1 and self.task_specific == "weighted":
                     raise ValueError(
                         f"a parameter of shape {tuple(p.shape)} is used by tasks {list(tasks)} but is not shared; "
@@ -465,22 +586,20 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         devices = {p.device for p in shared + private}
         if len(devices) > 1:
             raise ValueError(f"the parameters are on several devices {sorted(map(str, devices))}; one device per process is supported")
-        self._roles = ParameterRoles(shared, private, private_tasks)
-        return self._roles
+        return ParameterRoles(shared, private, private_tasks), evidence
 
     def _workspace_for(self, K: int, roles: ParameterRoles, with_rows: bool) -> _Workspace:
         params = roles.shared + roles.private
-        dtypes = {p.dtype for p in params}
-        dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
         device = params[0].device if params else torch.device("cpu")
-        key = (K, id(roles), with_rows, dtype, device)
+        layout = [tuple((id(p), p.dtype, p.numel()) for p in group) for group in (roles.shared, roles.private)]
+        key = (K, with_rows, *layout, device)
         if self._workspace is None or self._workspace.key != key:
-            self._workspace = _Workspace(K, roles, with_rows, dtype, device)
+            self._workspace = _Workspace(K, roles, with_rows, key, device)
         return self._workspace
 
     def _feature_rows_for(self, K: int, features: list[Tensor]) -> Tensor:
         M = sum(z.numel() for z in features)
-        dtype = features[0].dtype if all(z.dtype == features[0].dtype for z in features) else torch.float32
+        dtype = common_dtype(features)
         rows = self._feature_rows
         if rows is None or rows.shape != (K, M) or rows.dtype != dtype or rows.device != features[0].device:
             rows = self._feature_rows = torch.empty(K, M, dtype=dtype, device=features[0].device)
@@ -535,13 +654,14 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
     def _accumulate(params: list[Tensor], values: list[Tensor]) -> None:
         for p, v in zip(params, values):
             if p.grad is None:
-                p.grad = v.detach().clone(memory_format=torch.contiguous_format).view_as(p)
+                p.grad = v.detach().to(dtype=p.dtype, memory_format=torch.contiguous_format, copy=True).view_as(p)
             else:
-                p.grad.add_(v.view_as(p.grad))
+                p.grad.add_(v.view_as(p.grad))  # rounded to .grad's dtype
 
     def _record(self, gram: Tensor, solution: Any, values: Tensor, roles: ParameterRoles) -> AggregationResult:
         self.last = AggregationResult([p.grad for p in roles.shared], solution.weights, gram, self.weighting.name, dict(solution.diagnostics))
         self.last_losses = values
+        self._skip_step = False  # a skipped backward's pending no-op step is superseded by this one
         return self.last
 
     def diagnostics(self) -> dict[str, Any]:

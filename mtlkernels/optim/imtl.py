@@ -15,8 +15,9 @@ class IMTL(MultiTaskOptimizer):
 
     Args:
         optimizer: the wrapped torch optimizer; the log-scales s [K] (zeros) join it as a new
-            parameter group once K is known (``num_tasks=`` or the first ``backward``). Create LR
-            schedulers after that, or pass ``num_tasks=``, so that they see the group.
+            parameter group once K is known (``num_tasks=`` or the first successful
+            ``backward``). Create LR schedulers after that, or pass ``num_tasks=``, so that they
+            see the group.
         imtl_l: True (default): the hybrid of the paper and LibMTL (IMTL-G on the gradients of
             the scaled losses e^{sᵢ}Lᵢ; sᵢ gets ∂/∂sᵢ = e^{sᵢ}Lᵢ − 1). False: IMTL-G alone (nash-mtl's
             ``IMTLG``).
@@ -68,10 +69,21 @@ class IMTL(MultiTaskOptimizer):
             state["log_scales"] = self.log_scales.detach().clone()
         return state
 
+    def _groups_added(self, K: int | None) -> list[int]:
+        return [1] if self.imtl_l and self.log_scales is None and K is not None else []
+
+    def _check_method_state(self, state: Any, K: int | None) -> None:
+        super()._check_method_state(state, K)
+        if "log_scales" in state:
+            scales = state["log_scales"]
+            if not self.imtl_l:
+                raise ValueError("the state_dict holds IMTL-L log-scales but this IMTL has imtl_l=False")
+            if not isinstance(scales, Tensor) or not scales.is_floating_point() or tuple(scales.shape) != (K,):
+                shown = tuple(scales.shape) if isinstance(scales, Tensor) else type(scales).__name__
+                raise ValueError(f"the state_dict's log-scales must be a float tensor of shape ({K},); got {shown}")
+
     def _load_method_state(self, state: dict[str, Any]) -> None:
         super()._load_method_state(state)
         if "log_scales" in state:
-            if self.log_scales is None:
-                raise ValueError("the state_dict holds IMTL-L log-scales but this IMTL has imtl_l=False")
             with torch.no_grad():
                 self.log_scales.copy_(state["log_scales"])

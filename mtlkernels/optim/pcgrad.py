@@ -47,9 +47,17 @@ class PCGrad(MultiTaskOptimizer):
             state["generator"] = self.weighting.generator.get_state()
         return state
 
-    def _load_method_state(self, state: dict[str, Any]) -> None:
-        super()._load_method_state(state)
+    def _check_method_state(self, state: Any, K: int | None) -> None:
+        super()._check_method_state(state, K)
         if "generator" in state:
             if self.weighting.generator is None:
                 raise ValueError("the state_dict holds a generator state but this PCGrad draws from torch's global RNG")
+            try:
+                torch.Generator().set_state(state["generator"])
+            except (RuntimeError, TypeError) as error:
+                raise ValueError(f"the state_dict's generator state is not a CPU generator's state: {error}") from None
+
+    def _load_method_state(self, state: dict[str, Any]) -> None:
+        super()._load_method_state(state)
+        if "generator" in state:
             self.weighting.generator.set_state(state["generator"])

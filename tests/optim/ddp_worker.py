@@ -12,23 +12,29 @@ import torch.nn as nn
 from mtlkernels.optim import CAGrad, IMTL, MGDAUB, NashMTL, PCGrad
 from mtl_model import TrunkHeads, batch, task_losses
 
-#: (name, wrapper, options, features path?)
+#: (name, wrapper, options, features path?, the heads' dtype (None: the trunk's, float64))
 SCENARIOS = [
-    ("cagrad", CAGrad, {}, False),
-    ("mgda_loss+", MGDAUB, {"normalization": "loss+"}, False),
-    ("mgda_features", MGDAUB, {"normalization": "loss+"}, True),
-    ("nash_features", NashMTL, {}, True),
-    ("imtl", IMTL, {}, False),
-    ("pcgrad_batched", PCGrad, {"seed": 1, "grad_mode": "batched"}, False),
+    ("cagrad", CAGrad, {}, False, None),
+    ("mgda_loss+", MGDAUB, {"normalization": "loss+"}, False, None),
+    ("mgda_features", MGDAUB, {"normalization": "loss+"}, True, None),
+    ("nash_features", NashMTL, {}, True, None),
+    ("imtl", IMTL, {}, False, None),
+    ("pcgrad_batched", PCGrad, {"seed": 1, "grad_mode": "batched"}, False, None),
+    ("cagrad_float32_heads", CAGrad, {}, False, torch.float32),  # two buffers, two all-reduces
+    ("mgda_features_float32_heads", MGDAUB, {"normalization": "loss+"}, True, torch.float32),
 ]
 STEPS = 2
 B = 16
 
 
-def run_scenario(wrapper, options, features, rank: int | None, world: int, sharded: bool = False) -> dict:
+def run_scenario(
+    wrapper, options, features, heads_dtype, rank: int | None, world: int, sharded: bool = False
+) -> dict:
     """Two steps; rank None = one process on the full batch. Returns the parameters and the
     last step's gradients (model order) and weights."""
     model = TrunkHeads(K=3, seed=0)
+    if heads_dtype is not None:
+        model.heads.to(heads_dtype)
     params = list(model.parameters())
     trunk = list(model.trunk.parameters())
     if sharded and rank is not None:  # this rank owns every other trunk tensor, and the heads
@@ -62,8 +68,8 @@ def worker(rank: int, world: int, port: int, out_path: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        results = {name: run_scenario(w, o, f, rank, world) for name, w, o, f in SCENARIOS}
-        results["sharded"] = run_scenario(CAGrad, {}, False, rank, world, sharded=True)
+        results = {name: run_scenario(w, o, f, h, rank, world) for name, w, o, f, h in SCENARIOS}
+        results["sharded"] = run_scenario(CAGrad, {}, False, None, rank, world, sharded=True)
         torch.save(results, f"{out_path}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()

@@ -3,6 +3,7 @@ reproduce: per-task gradients with torch.autograd.grad, the float64 reference of
 and the plain gradient for the heads."""
 from __future__ import annotations
 
+import copy
 from typing import Callable
 
 import torch
@@ -21,8 +22,8 @@ class TrunkHeads(nn.Module):
         self.to(dtype)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        z = self.trunk(x)
-        return z, torch.cat([h(z) for h in self.heads], dim=1)
+        z = self.trunk(x)  # heads of another dtype (set after construction) get z in theirs
+        return z, torch.cat([h(z.to(h.weight.dtype)).to(z.dtype) for h in self.heads], dim=1)
 
 
 def batch(K: int = 3, B: int = 16, d_in: int = 6, seed: int = 1, dtype=torch.float64) -> tuple[Tensor, Tensor]:
@@ -70,3 +71,31 @@ def manual_grads(
 
 def grads_of(model: nn.Module) -> list[Tensor]:
     return [p.grad.detach().clone() if p.grad is not None else None for p in model.parameters()]
+
+
+def same_state(a, b, where="state"):
+    """Assert exact equality of nested state (tensors bit for bit, NaN-aware)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.shape == b.shape and a.dtype == b.dtype, where
+        assert torch.equal(a, b) or bool(((a == b) | (a.isnan() & b.isnan())).all()), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            same_state(a[key], b[key], f"{where}[{key!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            same_state(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def snapshot(model: nn.Module, opt) -> dict:
+    """Copies of everything a multi-task step may change: parameters, .grad, the wrapper's own
+    parameters and gradients, and the whole state_dict (wrapped optimizer and method)."""
+    return {
+        "params": [p.detach().clone() for p in model.parameters()],
+        "grads": grads_of(model),
+        "owned": [(p.detach().clone(), None if p.grad is None else p.grad.clone()) for p in opt._owned],
+        "optimizer": copy.deepcopy(opt.state_dict()),
+    }

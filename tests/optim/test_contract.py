@@ -1,7 +1,6 @@
 """The torch-optimizer contract: param_groups/state shared with the wrapped optimizer, LR
 schedulers, add_param_group, state_dict round trip (bit-identical continuation), repr; the
 non-finite step that leaves everything untouched; clear errors on bad input."""
-import copy
 import io
 import warnings
 
@@ -9,33 +8,7 @@ import pytest
 import torch
 
 from mtlkernels.optim import CAGrad, IMTL, MGDAUB, MultiTaskOptimizer, NashMTL, NonFiniteError, PCGrad
-from mtl_model import TrunkHeads, batch, grads_of, task_losses
-
-
-def _same(a, b, where="state"):
-    """Exact equality of nested state (tensors bit for bit, NaN-aware)."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.shape == b.shape and a.dtype == b.dtype, where
-        assert torch.equal(a, b) or bool(((a == b) | (a.isnan() & b.isnan())).all()), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for key in a:
-            _same(a[key], b[key], f"{where}[{key!r}]")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _same(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
-
-
-def _snapshot(model, opt):
-    return {
-        "params": [p.detach().clone() for p in model.parameters()],
-        "grads": grads_of(model),
-        "owned": [(p.detach().clone(), None if p.grad is None else p.grad.clone()) for p in opt._owned],
-        "optimizer": copy.deepcopy(opt.state_dict()),
-    }
+from mtl_model import TrunkHeads, batch, same_state, snapshot, task_losses
 
 
 def _train(model, opt, steps, start, features=False):
@@ -74,7 +47,7 @@ def test_state_dict_round_trip_continues_bit_identically(wrapper, options, featu
     _train(resumed, opt2, 3, 3, features)
     for p, q in zip(model.parameters(), resumed.parameters()):
         assert torch.equal(p, q)
-    _same(opt.state_dict(), opt2.state_dict())
+    same_state(opt.state_dict(), opt2.state_dict())
 
 
 def test_is_a_torch_optimizer_sharing_groups_and_state():
@@ -159,7 +132,7 @@ def test_nonfinite_step_leaves_everything_untouched(wrapper, options, case, on_n
     x, y = batch(K=3, seed=50)
     losses, z = task_losses(model, x, y)
     opt.backward(losses, features=z if features else None)  # gradients present before the bad call
-    before = _snapshot(model, opt)
+    before = snapshot(model, opt)
     corrupt, message = BAD_STEPS[case]
     losses, z = task_losses(model, x, y)
     bad = corrupt(model, losses)
@@ -172,10 +145,10 @@ def test_nonfinite_step_leaves_everything_untouched(wrapper, options, case, on_n
         assert opt.backward(bad, features=z if features else None) is None
         assert opt.num_skipped == 1 and opt.last is None and opt.diagnostics() == {}
         opt.step()  # does nothing
-    after = _snapshot(model, opt)
+    after = snapshot(model, opt)
     assert after["optimizer"].pop("num_skipped") == (1 if on_nonfinite == "skip" else 0)
     before["optimizer"].pop("num_skipped")
-    _same(before, after)
+    same_state(before, after)
     _train(model, opt, 1, 10, features)  # and training goes on
     assert all(torch.isfinite(p).all() for p in model.parameters())
 

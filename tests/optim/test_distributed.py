@@ -38,17 +38,18 @@ def _close(actual, expected):
         torch.testing.assert_close(a, e, rtol=1e-6, atol=1e-6 * max(float(e.abs().max()), 1.0))
 
 
-@pytest.mark.parametrize("name, wrapper, options, features", SCENARIOS, ids=[s[0] for s in SCENARIOS])
-def test_two_ranks_equal_one_process_on_the_full_batch(ranks, name, wrapper, options, features):
-    single = run_scenario(wrapper, options, features, rank=None, world=1)
+@pytest.mark.parametrize("name, wrapper, options, features, heads_dtype", SCENARIOS, ids=[s[0] for s in SCENARIOS])
+def test_two_ranks_equal_one_process_on_the_full_batch(ranks, name, wrapper, options, features, heads_dtype):
+    single = run_scenario(wrapper, options, features, heads_dtype, rank=None, world=1)
     for result in ranks:
+        assert [g.dtype for g in result[name]["grads"]] == [p.dtype for p in single["params"]]
         _close(result[name]["grads"], single["grads"])
         _close(result[name]["params"], single["params"])
         torch.testing.assert_close(result[name]["weights"], single["weights"], rtol=1e-6, atol=1e-9)
 
 
 def test_sharded_gram_all_reduce_equals_full_computation(ranks):
-    single = run_scenario(CAGrad, {}, False, rank=None, world=1)
+    single = run_scenario(CAGrad, {}, False, None, rank=None, world=1)
     n_trunk = 4
     for rank, result in enumerate(ranks):
         owned = list(range(rank, n_trunk, WORLD)) + list(range(n_trunk, len(single["params"])))
