@@ -6,7 +6,7 @@ whole optimizer backward (CAGrad) after the same forward, on the CPU.
 Times are the median CPU time of the process (``time.process_time``) with one torch thread, so
 that they hold on a shared machine; wall time on an idle core is about the same.
 
-    python examples/grad_modes.py            # the table of README.md, "Drop-in optimizers"
+    python examples/grad_modes.py            # the table of docs/optimizers.md
     python examples/grad_modes.py --quick    # one tiny configuration, for CI
 """
 from __future__ import annotations
