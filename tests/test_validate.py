@@ -3,7 +3,8 @@ and every installed peer, and everything passes."""
 import pytest
 import torch
 
-from mtlkernels import METHODS, peers
+from mtlkernels import METHODS
+from peers import installed_peers
 from mtlkernels.validate import main, relative_error
 
 
@@ -14,7 +15,7 @@ def test_validate_passes_everywhere(capsys, tmp_path):
     out = capsys.readouterr().out
     assert {c.method for c in checks} == set(METHODS)
     assert {c.against for c in checks if c.against == "reference"} == {"reference"}
-    expected_peers = {p for p, ok in peers.installed().items() if ok}
+    expected_peers = {p for p, ok in installed_peers().items() if ok}
     assert {c.against.split()[0] for c in checks} == {"reference"} | expected_peers
     assert any(c.case == str(saved) for c in checks)
     failed = [c for c in checks if not c.passed]
