@@ -41,3 +41,14 @@ def test_bad_gradients_file(tmp_path):
     torch.save(torch.randn(5), saved)
     with pytest.raises(SystemExit, match="expected a saved"):
         main(["--K", "2", "--N", "10", "--gradients", str(saved), "--no-peers", "--methods", "mean"])
+
+
+def test_peer_that_cannot_be_imported_is_left_out_with_its_reason(capsys, monkeypatch):
+    from mtlkernels.testing import peers
+
+    reason = "import LibMTL.weighting fails: ModuleNotFoundError: No module named 'torchvision'"
+    real = peers.missing_reason
+    monkeypatch.setattr(peers, "missing_reason", lambda peer: reason if peer == "libmtl" else real(peer))
+    checks = main(["--K", "2", "--N", "10", "--methods", "pcgrad"])
+    assert not any(c.against.startswith("libmtl") for c in checks)
+    assert f"libmtl left out: {reason}" in capsys.readouterr().out
