@@ -28,16 +28,17 @@ import torch
 
 from mtlkernels.methods import CAGradWeighting
 from mtlkernels.methods.cagrad import certificate, normalized_gram
+from mtlkernels.testing.cases import random_J
+from peers import torchjd_aggregation
 
 KS = (2, 4, 8, 16, 32, 64)
 N = 1000
 C = 0.5
 SOLVERS = ("authors_slsqp", "cpp", "torch", "torchjd")
-MEDIANS_US: dict[tuple[int, str], float] = {}
 
 
 def random_gram(K: int, seed: int = 0) -> torch.Tensor:
-    J = torch.randn(K, N, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    J = random_J(K, N, seed)
     return J @ J.T
 
 
@@ -69,7 +70,7 @@ def solve_function(solver: str):
     if solver == "authors_slsqp":
         return authors_slsqp
     if solver == "torchjd":
-        return pytest.importorskip("torchjd.aggregation").CAGradWeighting(c=C)
+        return torchjd_aggregation().CAGradWeighting(c=C)
     weighting = CAGradWeighting(c=C, rescale=0, backend=solver)
     return lambda gram: weighting(gram).weights
 
@@ -93,18 +94,9 @@ def certificates(solver: str, K: int, seeds: range = range(5)) -> dict[str, floa
 
 
 @pytest.mark.parametrize("K, solver", [(K, s) for K in KS for s in SOLVERS], ids=[f"K{K}-{s}" for K in KS for s in SOLVERS])
-def test_solve_cagrad(benchmark, capsys, K, solver):
+def test_solve_cagrad(benchmark, record, K, solver):
     gram = random_gram(K)
     solve = solve_function(solver)
     benchmark.group = f"cagrad solve K={K}"
     benchmark(solve, gram)
-    median_us = benchmark.stats.stats.median * 1e6
-    MEDIANS_US[K, solver] = median_us
-    benchmark.extra_info.update(certificates(solver, K))
-    benchmark.extra_info["median_us"] = median_us
-    baseline = MEDIANS_US.get((K, "authors_slsqp"))
-    if baseline is not None:
-        benchmark.extra_info["speedup_vs_authors_slsqp"] = baseline / median_us
-    info = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in benchmark.extra_info.items())
-    with capsys.disabled():
-        print(f"\nK={K:3d} {solver:13s} {info}")
+    record(benchmark, solver, ("authors_slsqp",), **certificates(solver, K))

@@ -29,26 +29,16 @@ from torch import Tensor
 
 import mtlkernels as mk
 from mtlkernels.methods.imtl import IMTLWeighting, equal_projection_residual
+from mtlkernels.testing.cases import against_first_J
+from peers import require_peer, torchjd_aggregation
 
 KS = (2, 4, 8, 16, 32, 64)
 N = 1000
 SOLVERS = ("libmtl_closed_form", "torchjd", "reference", "cpp", "torch")
 BASELINES = ("libmtl_closed_form", "torchjd", "reference")
-MEDIANS_US: dict[tuple[int, str], float] = {}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def random_J(K: int, seed: int = 0) -> Tensor:
-    J = torch.randn(K, N, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    J[1::2] -= 1.5 * J[0]
-    return J
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def libmtl_closed_form(J: Tensor) -> Tensor:
@@ -63,7 +53,7 @@ def libmtl_closed_form(J: Tensor) -> Tensor:
 
 def exact_weights(gram: Tensor, digits: int = 40) -> Tensor:
     """w* = N⁻¹C⁻¹𝟙 / Σ(N⁻¹C⁻¹𝟙) from Γ in ``digits``-digit arithmetic."""
-    mpmath = pytest.importorskip("mpmath")
+    mpmath = require_peer("mpmath")
     K = gram.shape[0]
     with mpmath.workdps(digits):
         G = mpmath.matrix(gram.tolist())
@@ -83,7 +73,7 @@ def solver_call(solver: str, J: Tensor):
     if solver == "libmtl_closed_form":
         return libmtl_closed_form, J.float()
     if solver == "torchjd":
-        return pytest.importorskip("torchjd.aggregation").IMTLGWeighting(), (J @ J.T).float()
+        return torchjd_aggregation().IMTLGWeighting(), (J @ J.T).float()
     if solver == "reference":
         return lambda J64: mk.reference.imtl(J64).weights, J
     weighting = IMTLWeighting(backend=solver)
@@ -98,18 +88,10 @@ def certificate(weights: Tensor, gram: Tensor, exact: Tensor) -> dict[str, float
 
 
 @pytest.mark.parametrize("K, solver", [(K, s) for K in KS for s in SOLVERS], ids=[f"K{K}-{s}" for K in KS for s in SOLVERS])
-def test_solve_imtl(benchmark, K, solver):
-    J = random_J(K)
+def test_solve_imtl(benchmark, record, K, solver):
+    J = against_first_J(K, N)
     gram = J @ J.T
     solve, argument = solver_call(solver, J)
     benchmark.group = f"imtl solve K={K}"
     weights = benchmark(solve, argument)
-    median_us = benchmark.stats.stats.median * 1e6
-    MEDIANS_US[K, solver] = median_us
-    benchmark.extra_info["median_us"] = median_us
-    benchmark.extra_info.update(certificate(weights, gram, exact_weights(gram)))
-    for baseline in BASELINES:
-        if baseline != solver and (K, baseline) in MEDIANS_US:
-            benchmark.extra_info[f"speedup_vs_{baseline}"] = MEDIANS_US[K, baseline] / median_us
-    info = ", ".join(f"{k}={v:.3g}" for k, v in benchmark.extra_info.items())
-    print(f"\nK={K:3d} {solver:18s} {info}")
+    record(benchmark, solver, BASELINES, **certificate(weights, gram, exact_weights(gram)))

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from mtlkernels.methods import NashMTLWeighting
+from peers import require_peer, torchjd_aggregation
 
 KS = (2, 4, 8, 16, 32, 64)
 N = 1000
@@ -45,15 +46,9 @@ STEPS = 32
 SOLVERS = ("authors_ccp", "torchjd", "cpp", "torch")
 BASELINES = ("authors_ccp", "torchjd")
 ROUNDS = {"authors_ccp": 3 * STEPS // 4, "torchjd": STEPS // 4, "cpp": 200 * STEPS, "torch": 4 * STEPS}
-MEDIANS_US: dict[tuple[int, str], float] = {}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def gradient_sequence(K: int, seed: int = 0) -> list[Tensor]:
@@ -113,7 +108,7 @@ def make_solver(solver: str, K: int) -> Callable[[Tensor, Tensor], object]:
         ccp = AuthorsCCP(K)
         return lambda J, gram: ccp(gram)
     if solver == "torchjd":
-        weighting = pytest.importorskip("torchjd.aggregation").NashMTL(n_tasks=K, max_norm=0.0).weighting
+        weighting = torchjd_aggregation().NashMTL(n_tasks=K, max_norm=0.0).weighting
         return lambda J, gram: weighting(J)
     weighting = NashMTLWeighting(backend=solver, max_norm=0.0)
     return lambda J, gram: weighting(gram).weights
@@ -127,8 +122,8 @@ def residual(gram: Tensor, alpha: object) -> float:
 @pytest.mark.filterwarnings("ignore:You are solving a parameterized problem that is not DPP")
 @pytest.mark.filterwarnings("ignore:Solution may be inaccurate")
 @pytest.mark.parametrize("K, solver", [(K, s) for K in KS for s in SOLVERS], ids=[f"K{K}-{s}" for K in KS for s in SOLVERS])
-def test_solve_nash_mtl(benchmark, K, solver):
-    pytest.importorskip("cvxpy")
+def test_solve_nash_mtl(benchmark, record, K, solver):
+    require_peer("cvxpy")
     sequence = gradient_sequence(K)
     grams = [J @ J.T for J in sequence]
     solve = make_solver(solver, K)
@@ -144,13 +139,4 @@ def test_solve_nash_mtl(benchmark, K, solver):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         benchmark.pedantic(next_step, rounds=ROUNDS[solver], iterations=1)
-    median_us = benchmark.stats.stats.median * 1e6
-    MEDIANS_US[K, solver] = median_us
-    benchmark.extra_info["median_us"] = median_us
-    benchmark.extra_info["residual_median"] = float(np.median(residuals))
-    benchmark.extra_info["residual_max"] = max(residuals)
-    for baseline in BASELINES:
-        if baseline != solver and (K, baseline) in MEDIANS_US:
-            benchmark.extra_info[f"speedup_vs_{baseline}"] = MEDIANS_US[K, baseline] / median_us
-    info = ", ".join(f"{k}={v:.3g}" for k, v in benchmark.extra_info.items())
-    print(f"\nK={K:3d} {solver:12s} {info}")
+    record(benchmark, solver, BASELINES, residual_median=float(np.median(residuals)), residual_max=max(residuals))

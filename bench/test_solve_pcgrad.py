@@ -24,16 +24,17 @@ import pytest
 import torch
 
 from mtlkernels.methods import PCGradWeighting
-from mtlkernels.peers import torchjd_pcgrad_orders as torchjd_orders
+from mtlkernels.testing.cases import random_J
+from mtlkernels.testing.peers import torchjd_pcgrad_orders as torchjd_orders
+from peers import torchjd_aggregation
 
 KS = (2, 4, 8, 16, 32, 64)
 N = 1000
 SOLVERS = ("authors_loop", "cpp", "torch", "torchjd")
-MEDIANS_US: dict[tuple[int, str], float] = {}
 
 
 def random_gram(K: int, seed: int = 0) -> torch.Tensor:
-    J = torch.randn(K, N, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    J = random_J(K, N, seed)
     return J @ J.T
 
 
@@ -93,7 +94,7 @@ def certificate(solver: str, K: int, seeds: range = range(5)) -> dict[str, float
             weights, used = authors_loop(gram)
             assert torch.equal(used, order)
         elif solver == "torchjd":
-            weights = pytest.importorskip("torchjd.aggregation").PCGradWeighting()(gram)
+            weights = torchjd_aggregation().PCGradWeighting()(gram)
         else:
             solution = PCGradWeighting(backend=solver, order=order)(gram)
             weights = solution.weights
@@ -108,23 +109,14 @@ def solve_function(solver: str):
     if solver == "authors_loop":
         return lambda gram: authors_loop(gram)[0]
     if solver == "torchjd":
-        return pytest.importorskip("torchjd.aggregation").PCGradWeighting()
+        return torchjd_aggregation().PCGradWeighting()
     return PCGradWeighting(backend=solver, generator=torch.Generator().manual_seed(0))
 
 
 @pytest.mark.parametrize("K, solver", [(K, s) for K in KS for s in SOLVERS], ids=[f"K{K}-{s}" for K in KS for s in SOLVERS])
-def test_solve_pcgrad(benchmark, capsys, K, solver):
+def test_solve_pcgrad(benchmark, record, K, solver):
     gram = random_gram(K)
     solve = solve_function(solver)
     benchmark.group = f"pcgrad solve K={K}"
     benchmark(solve, gram)
-    median_us = benchmark.stats.stats.median * 1e6
-    MEDIANS_US[K, solver] = median_us
-    benchmark.extra_info.update(certificate(solver, K))
-    benchmark.extra_info["median_us"] = median_us
-    baseline = MEDIANS_US.get((K, "authors_loop"))
-    if baseline is not None:
-        benchmark.extra_info["speedup_vs_authors_loop"] = baseline / median_us
-    info = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in benchmark.extra_info.items())
-    with capsys.disabled():
-        print(f"\nK={K:3d} {solver:13s} {info}")
+    record(benchmark, solver, ("authors_loop",), **certificate(solver, K))

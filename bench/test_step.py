@@ -25,6 +25,7 @@ import torch
 
 from mtlkernels.bench import step
 from mtlkernels.bench.suites import METHODS
+from peers import require_peers
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 KS = tuple(int(k) for k in os.environ.get("MTLK_STEP_K", "2,4").split(","))
@@ -55,7 +56,8 @@ def training_step(problem: step.StepProblem, method: str, way: str) -> step.Trai
     peer = way.removesuffix("_features")
     make = step.peer_steps(problem, method, features, skipped).get(peer)
     if make is None:
-        pytest.skip(skipped.get(peer) or f"{peer} is not installed, or mtlkernels.peers does not drive its {method}")
+        require_peers(peer)
+        pytest.skip(skipped.get(peer) or f"mtlkernels.testing.peers does not drive {peer}'s {method}")
     return make()
 
 

@@ -1,137 +1,29 @@
-"""The peer libraries, driven on the same task gradients as mtlkernels: torchjd and LibMTL.
+"""Deprecated alias of :mod:`mtlkernels.testing.peers`; import from there. Kept so that existing
+``from mtlkernels.peers import ...`` lines keep working."""
+from .testing.peers import (
+    LIBMTL_CLASSES,
+    TORCHJD_CLASSES,
+    installed,
+    libmtl_direction,
+    libmtl_driver,
+    libmtl_pcgrad_orders,
+    libmtl_run,
+    libmtl_weighting,
+    missing_reason,
+    torchjd_aggregator,
+    torchjd_pcgrad_orders,
+)
 
-Used by the validation command, the benchmarks and the tests (never by the library itself).
-Both are optional: :func:`installed` says which are importable.
-
-LibMTL 1.1.5's package ``__init__`` imports torchvision (which would drag in a CUDA build of
-torch), so it is installed with ``pip install --no-deps LibMTL==1.1.5`` and loaded here without
-running that ``__init__``: a bare module object named ``LibMTL`` whose ``__path__`` is the
-installed folder goes into ``sys.modules``, after which ``import LibMTL.weighting.<Name>`` works.
-A weighting class is then driven standalone on one shared parameter θ with per-task losses
-Lₖ = gₖ·θ + 1, so task k's gradient is exactly row k of the matrix given.
-"""
-from __future__ import annotations
-
-import importlib
-import importlib.util
-import random
-import sys
-import types
-from typing import Any, Callable
-
-import torch
-from torch import Tensor
-
-#: which of our methods each peer implements, and its class name there
-TORCHJD_CLASSES = {"mean": "Mean", "pcgrad": "PCGrad", "cagrad": "CAGrad", "nash_mtl": "NashMTL", "imtl": "IMTLG", "mgda": "MGDA"}
-LIBMTL_CLASSES = {"pcgrad": "PCGrad", "cagrad": "CAGrad", "imtl": "IMTL", "mgda": "MGDA"}
-
-
-def installed() -> dict[str, bool]:
-    """{"torchjd": importable, "libmtl": importable}."""
-    return {"torchjd": importlib.util.find_spec("torchjd") is not None, "libmtl": _libmtl_folder() is not None}
-
-
-def _libmtl_folder() -> str | None:
-    if "LibMTL" in sys.modules:
-        return list(sys.modules["LibMTL"].__path__)[0]
-    spec = importlib.util.find_spec("LibMTL")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return list(spec.submodule_search_locations)[0]
-
-
-def libmtl_weighting(name: str) -> type:
-    """The LibMTL weighting class ``name`` (e.g. "PCGrad"), loaded without torchvision."""
-    if "LibMTL" not in sys.modules:
-        folder = _libmtl_folder()
-        if folder is None:
-            raise ImportError("LibMTL is not installed (pip install --no-deps LibMTL==1.1.5)")
-        package = types.ModuleType("LibMTL")
-        package.__path__ = [folder]
-        sys.modules["LibMTL"] = package
-    return getattr(importlib.import_module(f"LibMTL.weighting.{name}"), name)
-
-
-def libmtl_driver(name: str, K: int, N: int, dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu") -> Any:
-    """An instance of LibMTL's weighting ``name`` on one shared parameter θ [N] (``driver.theta``)."""
-    cls = libmtl_weighting(name)
-
-    class Driver(cls):  # type: ignore[misc, valid-type]
-        def __init__(self) -> None:
-            super().__init__()
-            self.task_num = K
-            self.device = torch.device(device)
-            self.rep_grad = False
-            self.theta = torch.zeros(N, dtype=dtype, device=device, requires_grad=True)
-            self.init_param()
-
-        def get_share_params(self):
-            return [self.theta]
-
-        def zero_grad_share_params(self):
-            if self.theta.grad is not None:
-                self.theta.grad.zero_()
-
-    return Driver()
-
-
-def libmtl_run(driver: Any, J: Tensor, **kwargs: Any) -> tuple[Tensor, Any]:
-    """One LibMTL ``backward`` on task gradients J [K, N]; returns (θ.grad it wrote, its return value).
-
-    Each loss is Lₖ = gₖ·θ + 1 computed separately, so each of LibMTL's K backward passes reads
-    one row of J, as in a real model. LibMTL allocates its [K, N] buffer with torch's default
-    dtype, so that is set to J's dtype for the call.
-    """
-    losses = torch.stack([(J[k] * driver.theta).sum() for k in range(J.shape[0])]) + 1.0
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(J.dtype if J.dtype in (torch.float32, torch.float64) else torch.float32)
-    try:
-        returned = driver.backward(losses, **kwargs)
-    finally:
-        torch.set_default_dtype(previous)
-    return driver.theta.grad.detach().clone(), returned
-
-
-def libmtl_direction(name: str, J: Tensor, **kwargs: Any) -> tuple[Tensor, Any]:
-    """LibMTL weighting ``name`` applied once to J [K, N]: (shared gradient, backward's return)."""
-    driver = libmtl_driver(name, J.shape[0], J.shape[1], J.dtype, J.device)
-    return libmtl_run(driver, J, **kwargs)
-
-
-def torchjd_aggregator(method: str, K: int, **kwargs: Any) -> Callable[[Tensor], Tensor]:
-    """torchjd's aggregator for ``method`` (constructor kwargs passed through): J [K, N] → d [N]."""
-    from torchjd import aggregation
-
-    cls = getattr(aggregation, TORCHJD_CLASSES[method])
-    if method == "nash_mtl":
-        kwargs.setdefault("n_tasks", K)
-    if method == "cagrad":
-        kwargs.setdefault("c", 0.5)
-    return cls(**kwargs)
-
-
-def torchjd_pcgrad_orders(K: int, seed: int) -> Tensor:
-    """The visiting orders torchjd's PCGrad uses after ``torch.manual_seed(seed)`` — one
-    ``torch.randperm(K)`` per task from the global RNG, skipping i — as our ``order=``: the same
-    permutations with i moved to the front of row i (a first visit to i is a no-op). Re-seed
-    with the same value before calling torchjd."""
-    torch.manual_seed(seed)
-    rows = []
-    for i in range(K):
-        permutation = torch.randperm(K).tolist()
-        rows.append([i] + [j for j in permutation if j != i])
-    return torch.tensor(rows)
-
-
-def libmtl_pcgrad_orders(K: int, seed: int) -> Tensor:
-    """The visiting orders LibMTL's PCGrad uses after ``random.seed(seed)`` — one
-    ``random.shuffle(range(K))`` per task, i included wherever it lands — as our ``order=``,
-    unchanged. Re-seed with the same value before calling LibMTL."""
-    random.seed(seed)
-    rows = []
-    for _ in range(K):
-        row = list(range(K))
-        random.shuffle(row)
-        rows.append(row)
-    return torch.tensor(rows)
+__all__ = [
+    "LIBMTL_CLASSES",
+    "TORCHJD_CLASSES",
+    "installed",
+    "libmtl_direction",
+    "libmtl_driver",
+    "libmtl_pcgrad_orders",
+    "libmtl_run",
+    "libmtl_weighting",
+    "missing_reason",
+    "torchjd_aggregator",
+    "torchjd_pcgrad_orders",
+]

@@ -3,14 +3,16 @@
 For every method, on random and adversarial task gradients (and, with ``--gradients FILE``, on
 gradients saved from your own model with ``torch.save(J, FILE)``, J [K, N]), compares
 :func:`mtlkernels.aggregate` against the float64 reference of :mod:`mtlkernels.reference` and
-against every installed peer (torchjd, LibMTL) run with the matching convention, and prints the
-relative error, the solver's certificate, and pass/fail. Exit status 1 when anything fails.
+against every importable peer (torchjd, LibMTL) run with the matching convention, and prints the
+relative error, the solver's certificate, and pass/fail. A peer that cannot be imported is left
+out, and the report says why (LibMTL 1.1.5's package imports torchvision's model zoo, so it needs
+a torchvision that still has it). Exit status 1 when anything fails.
 
 Error measure: ‖d − d_ref‖ / (‖d_ref‖ + F·Σᵢ|wᵢ|‖gᵢ‖/tol), which passes when
 ‖d − d_ref‖ ≤ tol·‖d_ref‖ + F·Σᵢ|wᵢ|‖gᵢ‖: relative to the direction, plus the rounding floor F of
 the dtype times the size of the terms (that floor is all that is meaningful when the terms cancel,
 d ≈ 0, e.g. two opposite gradients). MGDA against a peer compares objective values ‖d‖² instead:
-ours is the exact minimum, the peers' Frank–Wolfe stops early (METHODS.md).
+ours is the exact minimum, the peers' Frank–Wolfe stops early.
 """
 from __future__ import annotations
 
@@ -23,10 +25,11 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from . import peers, reference
+from . import reference
 from .aggregate import aggregate
-from .cases import adversarial_cases, conflicting_J, random_J
 from .methods import METHODS
+from .testing import peers
+from .testing.cases import adversarial_cases, conflicting_J, random_J
 
 #: the diagnostics key that certifies each method's solve (0 = exact)
 CERTIFICATES = {
@@ -196,8 +199,11 @@ def main(argv: list[str] | None = None) -> list[Check]:
 
 
 def report(checks: list[Check], args: argparse.Namespace) -> None:
+    have = peers.installed() if args.peers else {}
     print(f"mtlkernels validation · backend={args.backend} · N={args.N} · peers: "
-          + (", ".join(p for p, ok in peers.installed().items() if ok) if args.peers else "off"))
+          + (", ".join(p for p, ok in have.items() if ok) or "none" if args.peers else "off"))
+    for peer in (p for p, ok in have.items() if not ok):
+        print(f"  {peer} left out: {peers.missing_reason(peer)}")
     print(f"{'method':<9} {'against':<10} {'checks':>6} {'max error':>10} {'tolerance':>10} {'max certificate':>16}  result")
     failed = [c for c in checks if not c.passed]
     for method in dict.fromkeys(c.method for c in checks):

@@ -13,6 +13,6 @@ if ! python -c "import torch" 2>/dev/null; then
 fi
 pip install -e ".[test]"
 # LibMTL 1.1.5 is a test oracle; its metadata requires torchvision, which it does not need for
-# the weighting modules we load (see tests/peers.py), so its own dependencies are not installed.
+# the weighting modules the tests load (see tests/peers.py), so its own dependencies are not installed.
 pip install --no-deps LibMTL==1.1.5
 python -c "import mtlkernels, mtlkernels._extension as e; assert e.available, e.import_error; print('mtlkernels', mtlkernels.__version__, 'ready')"

@@ -1,17 +1,23 @@
 """Test-wide setup. Without CUDA, Triton kernels run through the interpreter on CPU tensors; the
-variable must be set before triton.jit decorates any kernel, i.e. before mtlkernels is imported."""
+variable must be set before triton.jit decorates any kernel, i.e. before mtlkernels is imported.
+
+Shared helpers live beside this file and are imported by name: _devices.py (device and skip
+marks), cases.py (task-gradient families), peers.py (peer oracles; MTLKERNELS_REQUIRE_PEERS=1
+turns a missing peer from a skip into a failure)."""
 import os
 import sys
 
+import pytest
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-sys.path.insert(0, os.path.dirname(__file__))  # shared helpers: cases.py, peers.py
+sys.path.insert(0, os.path.dirname(__file__))
 
-import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
+
+from peers import load_libmtl_without_torchvision  # noqa: E402
 
 # Reproducible property tests: each test draws the same examples on every run (CI included), so a
 # red run is a real regression, not a lucky draw. HYPOTHESIS_PROFILE=explore draws fresh ones.
@@ -19,4 +25,15 @@ settings.register_profile("ci", derandomize=True, database=None)
 settings.register_profile("explore", derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+load_libmtl_without_torchvision()
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """torch single-threaded for a module (``pytestmark = pytest.mark.usefixtures("single_thread")``),
+    restored after: K×K linear algebra gains nothing from torch's thread pool, and on a loaded
+    machine its spin-waits make each tiny call take milliseconds."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

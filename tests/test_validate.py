@@ -3,7 +3,8 @@ and every installed peer, and everything passes."""
 import pytest
 import torch
 
-from mtlkernels import METHODS, peers
+from mtlkernels import METHODS
+from peers import installed_peers
 from mtlkernels.validate import main, relative_error
 
 
@@ -14,7 +15,7 @@ def test_validate_passes_everywhere(capsys, tmp_path):
     out = capsys.readouterr().out
     assert {c.method for c in checks} == set(METHODS)
     assert {c.against for c in checks if c.against == "reference"} == {"reference"}
-    expected_peers = {p for p, ok in peers.installed().items() if ok}
+    expected_peers = {p for p, ok in installed_peers().items() if ok}
     assert {c.against.split()[0] for c in checks} == {"reference"} | expected_peers
     assert any(c.case == str(saved) for c in checks)
     failed = [c for c in checks if not c.passed]
@@ -40,3 +41,14 @@ def test_bad_gradients_file(tmp_path):
     torch.save(torch.randn(5), saved)
     with pytest.raises(SystemExit, match="expected a saved"):
         main(["--K", "2", "--N", "10", "--gradients", str(saved), "--no-peers", "--methods", "mean"])
+
+
+def test_peer_that_cannot_be_imported_is_left_out_with_its_reason(capsys, monkeypatch):
+    from mtlkernels.testing import peers
+
+    reason = "import LibMTL.weighting fails: ModuleNotFoundError: No module named 'torchvision'"
+    real = peers.missing_reason
+    monkeypatch.setattr(peers, "missing_reason", lambda peer: reason if peer == "libmtl" else real(peer))
+    checks = main(["--K", "2", "--N", "10", "--methods", "pcgrad"])
+    assert not any(c.against.startswith("libmtl") for c in checks)
+    assert f"libmtl left out: {reason}" in capsys.readouterr().out

@@ -44,7 +44,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .. import peers
+from ..testing import peers
 from ..optim import CAGrad, IMTL, MGDAUB, MultiTaskOptimizer, NashMTL, PCGrad
 from .suites import Row
 from .timing import Timing, _quantile
@@ -432,4 +432,7 @@ def peer_steps(problem: StepProblem, method: str, features: bool, skipped: dict[
             skipped["torchjd"] = "torchjd's mtl_backward always forms the Jacobian over the shared parameters"
         else:
             steps["torchjd"] = lambda: torchjd_step(problem, method)
+    for peer, classes in (("torchjd", peers.TORCHJD_CLASSES), ("libmtl", peers.LIBMTL_CLASSES)):
+        if method in classes and not have[peer]:
+            skipped[peer] = peers.missing_reason(peer) or "not importable"
     return steps

@@ -12,7 +12,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from .. import peers
+from ..testing import peers
 from ..aggregate import Aggregator
 from ..combine import combine
 from ..gram import gram
@@ -88,6 +88,9 @@ def _peer_callables(method: str, J: Tensor) -> tuple[dict[str, Callable[[], obje
             driver = peers.libmtl_driver(peers.LIBMTL_CLASSES[method], K, J.shape[1], J.dtype, J.device)
             kwargs = {"cagrad": {"calpha": 0.5, "rescale": 1}, "mgda": {"mgda_gn": "none"}}.get(method, {})
             calls["libmtl"] = lambda: peers.libmtl_run(driver, J, **kwargs)
+    for peer, classes in (("torchjd", peers.TORCHJD_CLASSES), ("libmtl", peers.LIBMTL_CLASSES)):
+        if method in classes and not have[peer]:
+            skipped[peer] = peers.missing_reason(peer) or "not importable"
     return calls, skipped
 
 

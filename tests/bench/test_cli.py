@@ -7,6 +7,7 @@ import pytest
 
 from mtlkernels.bench.__main__ import main
 from mtlkernels.bench.suites import METHODS
+from peers import require_peers
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +31,7 @@ def test_ratios_finite_and_positive(tiny_run):
 
 
 def test_peers_timed_where_they_implement_the_method(tiny_run):
+    require_peers("torchjd", "libmtl")
     rows, _ = tiny_run
     agg = {(r["method"], r["K"]): r for r in rows if r["suite"] == "aggregate"}
     assert "torchjd_s" in agg[("pcgrad", 2)] and "libmtl_s" in agg[("pcgrad", 2)]

@@ -11,25 +11,18 @@ import warnings
 import pytest
 import torch
 
-from conftest import requires_cuda
-from mtlkernels import peers
+from _devices import requires_cuda
+from mtlkernels.testing.peers import LIBMTL_CLASSES
+from peers import installed_peers, require_peers
 from mtlkernels.bench import report, step
 from mtlkernels.bench.__main__ import main
 from mtlkernels.bench.suites import METHODS
 
 CPU = torch.device("cpu")
 TINY = ["--suite", "step-tiny", "--K", "3", "--N", "20000", "--min-time", "0.002"]
-HAVE = peers.installed()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny models: torch's thread pool only adds spin-waits, which on a shared machine cost
-    several times the work itself."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
@@ -69,13 +62,14 @@ def test_taxes_are_the_ratios_of_the_times(tiny_run):
 def test_peers_present_where_they_implement_the_method(tiny_run):
     rows, _ = tiny_run
     by = {(r["suite"], r["method"]): r for r in rows}
+    have = installed_peers()
     for method in METHODS:
         params, features = by["step", method], by["step-features", method]
-        if HAVE["torchjd"]:
+        if have["torchjd"]:
             assert "torchjd_s" in params and "peak_torchjd_bytes" in params
             assert "torchjd_s" not in features and "Jacobian" in features["skipped"]["torchjd"]
-        if HAVE["libmtl"]:
-            assert ("libmtl_s" in params) == (method in peers.LIBMTL_CLASSES)
+        if have["libmtl"]:
+            assert ("libmtl_s" in params) == (method in LIBMTL_CLASSES)
             assert ("libmtl_s" in features) == (method in step.LIBMTL_FEATURES)
             if method in ("pcgrad", "cagrad"):
                 assert "rep_grad" in features["skipped"]["libmtl"]
@@ -186,6 +180,7 @@ def test_peers_step_computes_our_direction(problem_and_plain, method):
         skipped = {}
         ways = {name: make() for name, make in step.peer_steps(problem, method, False, skipped).items()}
         if not ways:
+            require_peers("torchjd", "libmtl")
             pytest.skip(f"no peer step for {method} at K = {problem.K}: {skipped}")
         for name, way in ways.items():
             trunk, heads = _grads(way)

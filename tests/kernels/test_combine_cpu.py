@@ -14,9 +14,10 @@ from hypothesis import strategies as st
 import mtlkernels as mk
 from mtlkernels import _extension
 from mtlkernels.combine import _combine_cpp
+from _devices import requires_cpp
 from cases import random_J
 
-pytestmark = pytest.mark.skipif(not _extension.available, reason=f"C++ extension not built: {_extension.import_error}")
+pytestmark = requires_cpp
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
 #: unit roundoff of each output dtype; the sums run in float64, and a 16-bit output is rounded

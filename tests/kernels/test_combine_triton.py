@@ -12,16 +12,12 @@ from hypothesis import strategies as st
 triton = pytest.importorskip("triton")
 
 import mtlkernels as mk  # noqa: E402
-from mtlkernels.backend import triton_interpreted  # noqa: E402
+from _devices import TRITON_DEVICE as DEVICE, requires_cuda, requires_triton  # noqa: E402
 from mtlkernels.kernels.combine import combine_config, triton_combine  # noqa: E402
 from mtlkernels.kernels.gram import triton_gram  # noqa: E402
 from cases import adversarial_cases, random_J  # noqa: E402
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-pytestmark = pytest.mark.skipif(
-    DEVICE == "cpu" and not triton_interpreted(), reason="Triton on CPU tensors needs TRITON_INTERPRET=1"
-)
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = requires_triton
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
 #: unit roundoff of each output dtype, and of the accumulation (float32; float64 for float64 J);

@@ -13,9 +13,10 @@ from hypothesis import strategies as st
 import mtlkernels as mk
 from mtlkernels import _extension
 from mtlkernels.gram import _gram_cpp
+from _devices import requires_cpp
 from cases import adversarial_cases, random_J
 
-pytestmark = pytest.mark.skipif(not _extension.available, reason=f"C++ extension not built: {_extension.import_error}")
+pytestmark = requires_cpp
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
 #: |Γ̂ᵢⱼ − Γᵢⱼ| ≤ TOL·‖gᵢ‖‖gⱼ‖. float32/float64 J: float64 products and sums (the contract in

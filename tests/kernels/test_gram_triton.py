@@ -13,15 +13,11 @@ from hypothesis import strategies as st
 triton = pytest.importorskip("triton")
 
 import mtlkernels as mk  # noqa: E402
-from mtlkernels.backend import triton_interpreted  # noqa: E402
+from _devices import TRITON_DEVICE as DEVICE, requires_cuda, requires_triton  # noqa: E402
 from mtlkernels.kernels.gram import gram_config, triton_gram  # noqa: E402
 from cases import adversarial_cases, random_J  # noqa: E402
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-pytestmark = pytest.mark.skipif(
-    DEVICE == "cpu" and not triton_interpreted(), reason="Triton on CPU tensors needs TRITON_INTERPRET=1"
-)
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = requires_triton
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
 #: entrywise error of Γ relative to √(Γᵢᵢ·Γⱼⱼ): float32 accumulation (3×tf32 on tensor cores

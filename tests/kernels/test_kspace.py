@@ -5,13 +5,10 @@ import torch
 triton = pytest.importorskip("triton")
 import triton.language as tl  # noqa: E402
 
-from mtlkernels.backend import triton_interpreted  # noqa: E402
+from _devices import TRITON_DEVICE as DEVICE, requires_triton  # noqa: E402
 from mtlkernels.kernels import kspace  # noqa: E402
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-pytestmark = pytest.mark.skipif(
-    DEVICE == "cpu" and not triton_interpreted(), reason="Triton on CPU tensors needs TRITON_INTERPRET=1"
-)
+pytestmark = requires_triton
 
 
 @triton.jit

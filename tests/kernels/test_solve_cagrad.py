@@ -23,17 +23,12 @@ triton = pytest.importorskip("triton")
 
 import mtlkernels as mk  # noqa: E402
 from mtlkernels import _extension  # noqa: E402
-from mtlkernels.backend import triton_interpreted  # noqa: E402
+from _devices import TRITON_DEVICE as DEVICE, poison_empty, requires_cpp_oracle, requires_cuda, requires_triton  # noqa: E402
 from mtlkernels.kernels import solve_cagrad  # noqa: E402
 from mtlkernels.methods import CAGradWeighting  # noqa: E402
 from cases import adversarial_cases, conflicting_J, random_J  # noqa: E402
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-pytestmark = [
-    pytest.mark.skipif(DEVICE == "cpu" and not triton_interpreted(), reason="Triton on CPU tensors needs TRITON_INTERPRET=1"),
-    pytest.mark.skipif(not _extension.available, reason="the C++ solver is the oracle: extension not built"),
-]
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = [requires_triton, requires_cpp_oracle]
 
 #: direction (through Γ) and unique weights against the C++ solve of the same Γ, relative to Σ|wᵢ|‖gᵢ‖
 CPP_RTOL = 1e-9
@@ -46,18 +41,6 @@ CERTIFICATES = ("kkt_residual", "ball_residual", "duality_gap", "worst_improveme
 def register_triton(monkeypatch) -> None:
     """CAGradWeighting's solvers with this one added as "triton", as the lead wires it."""
     monkeypatch.setitem(CAGradWeighting.solvers, "triton", solve_cagrad.solve_triton)
-
-
-def poisoned_empty(monkeypatch) -> None:
-    """Make every torch.empty of the launcher NaN (floats), True (bool) or -7 (ints), so an output
-    the kernel does not write shows."""
-    empty = torch.empty
-
-    def poisoned(*size, dtype=None, device=None, **kwargs):
-        out = empty(*size, dtype=dtype, device=device, **kwargs)
-        return out.fill_(float("nan") if out.is_floating_point() else True if out.dtype == torch.bool else -7)
-
-    monkeypatch.setattr(solve_cagrad.torch, "empty", poisoned)
 
 
 def size(G: torch.Tensor, weights: torch.Tensor) -> float:
@@ -109,7 +92,7 @@ def unique_multipliers(J: torch.Tensor, name: str) -> bool:
 
 @pytest.mark.parametrize("K", [1, 2, 3])
 def test_float64_gram_matches_cpp_and_reference(K, monkeypatch):
-    poisoned_empty(monkeypatch)
+    poison_empty(monkeypatch, solve_cagrad)
     for name, J in cases(K, 30, seed=K):
         G = (J @ J.T).to(DEVICE)
         weights, diagnostics = solve_cagrad.cagrad_solve(G, 0.5, 1.0 / 1.25)
@@ -122,7 +105,7 @@ def test_float64_gram_matches_cpp_and_reference(K, monkeypatch):
 
 def test_k17_float64_and_float32_gram(monkeypatch):
     """The float32 Γ (the GPU's Gram) against the C++ solve of the same rounded Γ."""
-    poisoned_empty(monkeypatch)
+    poison_empty(monkeypatch, solve_cagrad)
     J_cases = dict(cases(17, 30, seed=17))
     for name, c, dtype in (
         ("random", 2.0, torch.float64),

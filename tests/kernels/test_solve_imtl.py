@@ -10,16 +10,12 @@ from hypothesis import strategies as st
 triton = pytest.importorskip("triton")
 
 import mtlkernels as mk  # noqa: E402
-from mtlkernels.backend import triton_interpreted  # noqa: E402
+from _devices import TRITON_DEVICE as DEVICE, poison_empty, requires_cuda, requires_triton  # noqa: E402
 from mtlkernels.kernels import solve_imtl  # noqa: E402
 from mtlkernels.methods.imtl import IMTLWeighting, equal_projection_residual  # noqa: E402
 from cases import adversarial_cases, random_J  # noqa: E402
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-pytestmark = pytest.mark.skipif(
-    DEVICE == "cpu" and not triton_interpreted(), reason="Triton on CPU tensors needs TRITON_INTERPRET=1"
-)
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = requires_triton
 
 #: scaled weights nᵢwᵢ against the C++ solve of the same Γ (float64 both), relative to their largest
 CPP_RTOL = 1e-9
@@ -36,15 +32,7 @@ def triton_weighting(monkeypatch) -> IMTLWeighting:
 
 
 def poisoned_empty(monkeypatch) -> None:
-    """Make every torch.empty of the launcher NaN (floats), True (bool) or -7 (ints), so an output
-    the kernel does not write shows."""
-    empty = torch.empty
-
-    def poisoned(*size, dtype=None, device=None, **kwargs):
-        out = empty(*size, dtype=dtype, device=device, **kwargs)
-        return out.fill_(float("nan") if out.is_floating_point() else True if out.dtype == torch.bool else -7)
-
-    monkeypatch.setattr(solve_imtl.torch, "empty", poisoned)
+    poison_empty(monkeypatch, solve_imtl)
 
 
 def scaled_error(gram: torch.Tensor, w: torch.Tensor, expected: torch.Tensor) -> float:

@@ -14,17 +14,12 @@ triton = pytest.importorskip("triton")
 
 import mtlkernels as mk  # noqa: E402
 from mtlkernels import _extension  # noqa: E402
-from mtlkernels.backend import triton_interpreted  # noqa: E402
+from _devices import TRITON_DEVICE as DEVICE, poison_empty, requires_cpp_oracle, requires_cuda, requires_triton  # noqa: E402
 from mtlkernels.kernels import solve_mgda  # noqa: E402
 from mtlkernels.methods import MGDAWeighting  # noqa: E402
 from cases import adversarial_cases, conflicting_J, random_J  # noqa: E402
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-pytestmark = [
-    pytest.mark.skipif(DEVICE == "cpu" and not triton_interpreted(), reason="Triton on CPU tensors needs TRITON_INTERPRET=1"),
-    pytest.mark.skipif(not _extension.available, reason="the C++ solver is the oracle: extension not built"),
-]
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = [requires_triton, requires_cpp_oracle]
 
 #: simplex weights (in [0, 1]) against the C++ solve of the same Γ, absolute
 CPP_TOL = 1e-9
@@ -37,18 +32,6 @@ KKT_TOL = 1e-12
 def register_triton(monkeypatch) -> None:
     """MGDAWeighting's solvers with this one added as "triton", as the lead wires it."""
     monkeypatch.setitem(MGDAWeighting.solvers, "triton", solve_mgda.solve_triton)
-
-
-def poisoned_empty(monkeypatch) -> None:
-    """Make every torch.empty of the launcher NaN (floats) or -7 (ints), so an output the kernel
-    does not write shows."""
-    empty = torch.empty
-
-    def poisoned(*size, dtype=None, device=None, **kwargs):
-        out = empty(*size, dtype=dtype, device=device, **kwargs)
-        return out.fill_(float("nan") if out.is_floating_point() else -7)
-
-    monkeypatch.setattr(solve_mgda.torch, "empty", poisoned)
 
 
 def losses_for(K: int) -> torch.Tensor:
@@ -85,7 +68,7 @@ def cases(K: int, N: int, seed: int) -> list[tuple[str, torch.Tensor]]:
 @pytest.mark.parametrize("normalization", ["none", "l2", "loss", "loss+"])
 @pytest.mark.parametrize("K", [1, 2, 3])
 def test_float64_gram_matches_cpp_and_reference(K, normalization, monkeypatch):
-    poisoned_empty(monkeypatch)
+    poison_empty(monkeypatch, solve_mgda)
     combination = "normalized" if normalization in ("l2", "loss+") else "original"
     losses = losses_for(K)
     for name, J in cases(K, 30, seed=K):
@@ -101,7 +84,7 @@ def test_float64_gram_matches_cpp_and_reference(K, normalization, monkeypatch):
 def test_k17_float64_and_float32_gram(monkeypatch):
     """Three 17-task solves (each ~15 minor cycles: the interpreter's time); the float32 Γ (the
     GPU's Gram) is compared with the C++ solve of the same rounded Γ."""
-    poisoned_empty(monkeypatch)
+    poison_empty(monkeypatch, solve_mgda)
     J_cases = dict(cases(17, 30, seed=17))
     for name, normalization, dtype in (
         ("random", "none", torch.float64),

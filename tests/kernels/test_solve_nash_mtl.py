@@ -9,17 +9,12 @@ triton = pytest.importorskip("triton")
 
 import mtlkernels as mk  # noqa: E402
 from mtlkernels import _extension  # noqa: E402
-from mtlkernels.backend import triton_interpreted  # noqa: E402
+from _devices import TRITON_DEVICE as DEVICE, poison_empty, requires_cpp_oracle, requires_cuda, requires_triton  # noqa: E402
 from mtlkernels.kernels import solve_nash_mtl  # noqa: E402
 from mtlkernels.methods import NashMTLWeighting  # noqa: E402
 from cases import adversarial_cases, conflicting_J, random_J  # noqa: E402
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-pytestmark = [
-    pytest.mark.skipif(DEVICE == "cpu" and not triton_interpreted(), reason="Triton on CPU tensors needs TRITON_INTERPRET=1"),
-    pytest.mark.skipif(not _extension.available, reason="the C++ solver is the oracle: extension not built"),
-]
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = [requires_triton, requires_cpp_oracle]
 
 #: α element-wise against the C++ solve of the same Γ (both float64, the same Newton steps)
 CPP_RTOL = 1e-9
@@ -35,15 +30,7 @@ def register_triton(monkeypatch) -> None:
 
 
 def poisoned_empty(monkeypatch) -> None:
-    """Make every torch.empty of the launcher NaN (floats), True (bool) or -7 (ints), so an output
-    the kernel does not write shows."""
-    empty = torch.empty
-
-    def poisoned(*size, dtype=None, device=None, **kwargs):
-        out = empty(*size, dtype=dtype, device=device, **kwargs)
-        return out.fill_(float("nan") if out.is_floating_point() else True if out.dtype == torch.bool else -7)
-
-    monkeypatch.setattr(solve_nash_mtl.torch, "empty", poisoned)
+    poison_empty(monkeypatch, solve_nash_mtl)
 
 
 def relative_error(x: torch.Tensor, expected: torch.Tensor) -> float:

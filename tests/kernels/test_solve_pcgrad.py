@@ -8,15 +8,11 @@ triton = pytest.importorskip("triton")
 
 import mtlkernels as mk  # noqa: E402
 from cases import adversarial_cases, conflicting_J, random_J  # noqa: E402
-from conftest import requires_cuda  # noqa: E402
-from mtlkernels.backend import triton_interpreted  # noqa: E402
+from _devices import TRITON_DEVICE as DEVICE, requires_cuda, requires_triton  # noqa: E402
 from mtlkernels.kernels.solve_pcgrad import _pcgrad_solve_kernel, pcgrad_solve  # noqa: E402
 from mtlkernels.methods import PCGradWeighting  # noqa: E402
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-pytestmark = pytest.mark.skipif(
-    DEVICE == "cpu" and not triton_interpreted(), reason="Triton on CPU tensors needs TRITON_INTERPRET=1"
-)
+pytestmark = requires_triton
 
 CASES = [(f"random-K{K}", random_J(K, 30, seed=K)) for K in (1, 2, 3, 17, 64)]
 CASES += [(f"conflicting-K{K}", conflicting_J(K, 30, seed=K)) for K in (3, 17)]

@@ -19,7 +19,6 @@ import mtlkernels as mk
 from cases import adversarial_cases, conflicting_J, random_J
 from mtlkernels import _extension
 from mtlkernels.methods import CAGradWeighting
-from mtlkernels.methods.cagrad import rescale_factor
 
 NO_CPP = pytest.mark.skipif(not _extension.available, reason="C++ extension not built")
 BACKENDS = ["torch", pytest.param("cpp", marks=NO_CPP)]
@@ -28,6 +27,11 @@ RTOL = {torch.float32: 1e-5, torch.float64: 1e-9}
 #: the Gram-space solve is exact to rounding: float64 weights vs the reference on the same data
 SOLVE_RTOL = 1e-9
 FLOAT32_MAX = torch.finfo(torch.float32).max
+
+
+def _rescale_factor(c: float, rescale: int) -> float:
+    """The paper's divisor of d, written out: 1 (rescale=0), 1 + c² (1), 1 + c (2)."""
+    return {0: 1.0, 1: 1.0 + c**2, 2: 1.0 + c}[rescale]
 
 
 def _cases(K: int, N: int) -> list[tuple[str, torch.Tensor]]:
@@ -54,7 +58,7 @@ def _size(J: torch.Tensor, weights: torch.Tensor) -> float:
 def _dual_objective(J: torch.Tensor, weights: torch.Tensor, c: float, rescale: int = 1) -> float:
     """The paper's dual F(w) = g_w·g₀ + c‖g₀‖‖g_w‖ on the full vectors at our dual point w = u/Σu."""
     J64 = J.double()
-    u = weights.double() * rescale_factor(c, rescale) - 1.0 / J64.shape[0]
+    u = weights.double() * _rescale_factor(c, rescale) - 1.0 / J64.shape[0]
     g0, g_w = J64.mean(dim=0), (u / u.sum()) @ J64
     return float(g_w @ g0) + c * float(g0.norm()) * float(g_w.norm())
 
@@ -84,7 +88,7 @@ def full_vector_check(J: torch.Tensor, weights: torch.Tensor, c: float, degenera
     gᵢ·d − μ."""
     J64 = J.double()
     K = J64.shape[0]
-    u = weights.double() * rescale_factor(c, rescale) - 1.0 / K
+    u = weights.double() * _rescale_factor(c, rescale) - 1.0 / K
     g0 = J64.mean(dim=0)
     d = g0 + u @ J64
     radius = c * float(g0.norm())

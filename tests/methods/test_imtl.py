@@ -12,6 +12,7 @@ from torch import Tensor
 import mtlkernels as mk
 from cases import adversarial_cases, random_J
 from mtlkernels.methods.imtl import IMTLWeighting, equal_projection_residual
+from peers import require_peer
 
 BACKENDS = ("torch", "cpp")
 KS = (1, 2, 3, 5, 8, 17, 32)
@@ -136,7 +137,7 @@ def test_matches_reference_hypothesis(K, extra_dims, seed, log_scales):
 
 def paper_form_mpmath(J: Tensor, digits: int = 40) -> Tensor:
     """The paper's α₂..K = g₁Uᵀ(DUᵀ)⁻¹, α₁ = 1 − Σα₂..K with ``digits`` significant digits."""
-    mpmath = pytest.importorskip("mpmath")
+    mpmath = require_peer("mpmath")
     with mpmath.workdps(digits):
         rows = [[mpmath.mpf(float(x)) for x in row] for row in J.double().tolist()]
         units = [[x / mpmath.sqrt(sum(y * y for y in row)) for x in row] for row in rows]

@@ -23,6 +23,7 @@ from cases import adversarial_cases, conflicting_J, random_J
 from mtlkernels._extension import extension
 from mtlkernels.methods import MGDAWeighting
 from mtlkernels.methods.mgda import kkt_residual
+from peers import authors_min_norm_element
 
 BACKENDS = ("torch", "cpp")
 NORMALIZATIONS = ("none", "l2", "loss", "loss+")
@@ -33,15 +34,7 @@ TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-5, torch.bfloat16: 2e-2, tor
 KKT_TOLERANCE = 1e-6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """The solves work on K×K tensors, where torch's thread pool only adds synchronisation (and on
-    a shared machine its spin-waits dominate the time)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _losses(K: int, seed: int = 7) -> torch.Tensor:
@@ -105,55 +98,6 @@ def _check_against_reference(J, res, ref, dtype, combination="original", tol_dir
         error = float((res.direction.double() - ref.direction).norm())
         assert error <= (tol_direction or tol) * _direction_scale(J, ref.weights) + 1e-300
     return unique
-
-
-def authors_min_norm_element(gram: np.ndarray, stop: float = 1e-5, safety_cap: int = 100_000) -> np.ndarray:
-    """The authors' solver as METHODS.md describes it (find_min_norm_element), from Γ [K, K]:
-    best pair of tasks by the closed-form two-vector problem (γ clamped to [0.001, 0.999] at the
-    ends); for K = 2 that pair; else projected steps (step to the simplex boundary along the
-    centred negative gradient, projected) with the two-point line search between the iterate and
-    that point, until the weights change by < ``stop`` in l1, returning the iterate before that
-    step. Their 250-iteration cap is never enforced; ``safety_cap`` only guards this test."""
-    G = np.asarray(gram, dtype=np.float64)
-    K = G.shape[0]
-    if K == 1:
-        return np.ones(1)
-
-    def pair(aa: float, ab: float, bb: float) -> tuple[float, float]:  # min_γ ‖γa + (1−γ)b‖²
-        if ab >= aa:
-            return 0.999, aa
-        if ab >= bb:
-            return 0.001, bb
-        gamma = (bb - ab) / (aa + bb - 2.0 * ab)
-        return gamma, bb + gamma * (ab - bb)
-
-    def project(y: np.ndarray) -> np.ndarray:  # Euclidean projection onto the simplex
-        s = np.sort(y)[::-1]
-        excess = np.cumsum(s) - 1.0
-        ranks = np.arange(1, y.size + 1)
-        k = ranks[s - excess / ranks > 0][-1]
-        return np.maximum(y - excess[k - 1] / k, 0.0)
-
-    _, i, j, gamma = min((pair(G[i, i], G[i, j], G[j, j])[1], i, j, pair(G[i, i], G[i, j], G[j, j])[0])
-                         for i in range(K) for j in range(i + 1, K))
-    w = np.zeros(K)
-    w[i], w[j] = gamma, 1.0 - gamma
-    if K == 2:
-        return w
-    for _ in range(safety_cap):
-        descent = -(G @ w)
-        direction = descent - descent.mean()
-        with np.errstate(divide="ignore", invalid="ignore"):
-            to_bounds = np.concatenate([np.where(direction < 0, -w / direction, np.inf),
-                                        np.where(direction > 0, (1.0 - w) / direction, np.inf)])
-        to_bounds = to_bounds[to_bounds > 1e-7]
-        candidate = project(w + (to_bounds.min() if to_bounds.size else 1.0) * direction)
-        gamma, _ = pair(w @ G @ w, w @ G @ candidate, candidate @ G @ candidate)
-        updated = gamma * w + (1.0 - gamma) * candidate
-        if np.abs(updated - w).sum() < stop:
-            return w
-        w = updated
-    return w
 
 
 def frank_wolfe_gap(gram: torch.Tensor, w: torch.Tensor) -> float:

@@ -15,23 +15,17 @@ from hypothesis import strategies as st
 
 import mtlkernels as mk
 from cases import adversarial_cases, conflicting_J, random_J
-from conftest import requires_cuda
+from _devices import requires_cuda
 from mtlkernels import _extension
 from mtlkernels.methods import NashMTLWeighting
 from mtlkernels.methods import nash_mtl as nash_module
+from peers import require_peer
 
 BACKENDS = ["torch", pytest.param("cpp", marks=pytest.mark.skipif(not _extension.available, reason="C++ extension not built"))]
 RTOL = {torch.float32: 1e-5, torch.float64: 1e-9}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """K×K linear algebra gains nothing from torch's thread pool, and on a loaded machine its
-    spin-waits make each tiny LAPACK call take milliseconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def assert_matches(result: mk.AggregationResult, reference: mk.reference.ReferenceResult, J: torch.Tensor, rtol: float, label: str = "") -> None:
@@ -369,7 +363,7 @@ def test_state_errors():
 # -- the authors' procedure as an option -----------------------------------------------------------
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_ccp_solver_approaches_the_exact_solution(backend):
-    pytest.importorskip("cvxpy")
+    require_peer("cvxpy")
     J = conflicting_J(3, 50, seed=12)
     agg = mk.Aggregator("nash_mtl", backend=backend, solver="ccp", max_norm=0.0)
     exact = mk.aggregate(J, "nash_mtl", max_norm=0.0)

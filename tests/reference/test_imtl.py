@@ -27,7 +27,8 @@ import mtlkernels as mk
 from cases import adversarial_cases, conflicting_J, random_J
 from mtlkernels import _extension
 from mtlkernels.methods.imtl import IMTLWeighting, equal_projection_residual
-from peers import libmtl_direction, libmtl_weighting, torchjd_aggregation
+from mtlkernels.testing.peers import libmtl_run
+from peers import libmtl_direction, libmtl_driver, libmtl_weighting, torchjd_aggregation
 
 BACKENDS = ["torch", pytest.param("cpp", marks=pytest.mark.skipif(not _extension.available, reason="C++ extension not built"))]
 
@@ -78,23 +79,19 @@ def test_libmtl_float64(K, N, name, J, backend):
 
 def test_libmtl_loss_scales_start_at_identity():
     """The IMTL-L part is e^{sᵢ}Lᵢ − sᵢ with sᵢ = 0 initially: the comparison above sees plain Lᵢ."""
-    from mtlkernels import peers
-
     J = random_J(3, 20, seed=1)
-    driver = peers.libmtl_driver("IMTL", 3, 20)
+    driver = libmtl_driver("IMTL", 3, 20)
     assert torch.equal(driver.loss_scale.detach(), torch.zeros(3))
-    direction, _ = peers.libmtl_run(driver, J)
+    direction, _ = libmtl_run(driver, J)
     assert_same_direction(direction, mk.reference.imtl(J).direction, mk.reference.imtl(J).weights, J, 1e-9)
 
 
 @pytest.mark.parametrize("K", (3, 5, 8))
 def test_libmtl_float32_is_no_more_accurate_than_ours(K):
     """LibMTL on float32 gradients solves D·Uᵀ in float32; ours forms Γ and solves in float64."""
-    from mtlkernels import peers
-
     J = conflicting_J(K, 2000, seed=K).float()
     truth = mk.reference.imtl(J).direction
-    theirs32, _ = peers.libmtl_run(peers.libmtl_driver("IMTL", K, J.shape[1], torch.float32), J)
+    theirs32, _ = libmtl_run(libmtl_driver("IMTL", K, J.shape[1], torch.float32), J)
     ours32 = mk.aggregate(J, "imtl").direction
     error_theirs = float((theirs32.double() - truth).norm())
     error_ours = float((ours32.double() - truth).norm())

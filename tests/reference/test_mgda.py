@@ -19,21 +19,12 @@ import torch
 
 import mtlkernels as mk
 from cases import adversarial_cases, conflicting_J, random_J
-from mtlkernels import peers as peer_drivers
-from peers import libmtl_weighting, torchjd_aggregation
+from peers import libmtl_driver, torchjd_aggregation
 
 ROUNDING = 1e-12
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """The solves work on K×K tensors, where torch's thread pool only adds synchronisation (and on
-    a shared machine its spin-waits dominate the time)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _cases(K: int, N: int) -> list[tuple[str, torch.Tensor]]:
@@ -102,9 +93,8 @@ def test_torchjd_converges_to_ours(K):
 def _libmtl_mgda(J: torch.Tensor, normalization: str, loss_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """LibMTL's MGDA on J with losses Lₖ = gₖ·θ + cₖ at θ = 0 (so Lₖ = cₖ and ∂Lₖ/∂θ = gₖ):
     returns (θ.grad it writes, the simplex weights it returns)."""
-    libmtl_weighting("MGDA")  # skips when LibMTL is not installed
     K, N = J.shape
-    driver = peer_drivers.libmtl_driver("MGDA", K, N, torch.float64)
+    driver = libmtl_driver("MGDA", K, N, torch.float64)
     losses = torch.stack([(J[k] * driver.theta).sum() + loss_values[k] for k in range(K)])
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)  # LibMTL allocates its buffers with the default dtype

@@ -19,17 +19,10 @@ import torch
 import mtlkernels as mk
 from cases import adversarial_cases, conflicting_J, random_J
 from mtlkernels.methods import NashMTLWeighting
-from peers import torchjd_aggregation
+from peers import require_peer, torchjd_aggregation
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """K×K linear algebra gains nothing from torch's thread pool, and on a loaded machine its
-    spin-waits make each tiny LAPACK call take milliseconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _peer(K: int, **options):
@@ -86,7 +79,7 @@ def test_ccp_option_reproduces_torchjd_over_steps(K, update_weights_every):
     """Given the same Γ, solver="ccp" hands ECOS the same problems as the peer: equal α bit for bit.
     Through aggregate() Γ differs from the peer's in the last bits, and ECOS, which stops at its own
     tolerances (~1e-8), moves its iterates by up to ~1e-6 for that: directions within 1e-5."""
-    pytest.importorskip("cvxpy")
+    require_peer("cvxpy")
     ours = NashMTLWeighting(solver="ccp", update_weights_every=update_weights_every, max_norm=0.0)
     peer = _peer(K, update_weights_every=update_weights_every, max_norm=0.0)
     ours_clipped = mk.Aggregator("nash_mtl", solver="ccp", update_weights_every=update_weights_every)
@@ -110,7 +103,7 @@ DEGENERATE = [(K, name, J) for K in (2, 5) for name, J in adversarial_cases(K, 2
 def test_ccp_option_reproduces_torchjd_on_adversarial_inputs(K, name, J):
     """Including the peer's failures (ECOS infeasible or inaccurate on zero, opposite, 1e-20..1e20
     gradients), which the exact solver does not share: its residual is never larger."""
-    pytest.importorskip("cvxpy")
+    require_peer("cvxpy")
     gram = _peer_gram(J)
     peer_alpha = _peer(K, max_norm=0.0).weighting(J)
     assert torch.equal(NashMTLWeighting(solver="ccp", max_norm=0.0)(gram).weights, peer_alpha)

@@ -23,8 +23,8 @@ import mtlkernels as mk
 from cases import adversarial_cases, conflicting_J, random_J
 from mtlkernels import _extension
 from mtlkernels.methods import PCGradWeighting
-from mtlkernels.peers import libmtl_pcgrad_orders as libmtl_orders
-from mtlkernels.peers import torchjd_pcgrad_orders as torchjd_orders
+from mtlkernels.testing.peers import libmtl_pcgrad_orders as libmtl_orders
+from mtlkernels.testing.peers import torchjd_pcgrad_orders as torchjd_orders
 from peers import libmtl_direction, torchjd_aggregation
 
 BACKENDS = ["torch", pytest.param("cpp", marks=pytest.mark.skipif(not _extension.available, reason="C++ extension not built"))]

@@ -1,0 +1,34 @@
+"""Device and skip marks shared by the tests (tests/conftest.py has set TRITON_INTERPRET=1 on a
+machine without CUDA before this imports mtlkernels)."""
+import pytest
+import torch
+
+from mtlkernels import _extension
+from mtlkernels.backend import triton_interpreted
+
+#: where the Triton kernels run: the GPU, or CPU tensors under TRITON_INTERPRET=1
+TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+requires_cpp = pytest.mark.skipif(not _extension.available, reason=f"C++ extension not built: {_extension.import_error}")
+
+#: Triton kernels on TRITON_DEVICE: on CPU tensors only through the interpreter
+requires_triton = pytest.mark.skipif(
+    TRITON_DEVICE == "cpu" and not triton_interpreted(), reason="Triton on CPU tensors needs TRITON_INTERPRET=1"
+)
+
+#: the Triton solves are checked against the C++ solve of the same Γ
+requires_cpp_oracle = pytest.mark.skipif(not _extension.available, reason="the C++ solver is the oracle: extension not built")
+
+
+def poison_empty(monkeypatch: pytest.MonkeyPatch, module) -> None:
+    """Make every ``torch.empty`` called from ``module`` (a kernel launcher) NaN (floats), True
+    (bool) or -7 (ints), so an output the kernel does not write shows."""
+    empty = torch.empty
+
+    def poisoned(*size, dtype=None, device=None, **kwargs):
+        out = empty(*size, dtype=dtype, device=device, **kwargs)
+        return out.fill_(float("nan") if out.is_floating_point() else True if out.dtype == torch.bool else -7)
+
+    monkeypatch.setattr(module.torch, "empty", poisoned)
