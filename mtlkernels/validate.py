@@ -13,6 +13,18 @@ Error measure: ‖d − d_ref‖ / (‖d_ref‖ + F·Σᵢ|wᵢ|‖gᵢ‖/tol),
 the dtype times the size of the terms (that floor is all that is meaningful when the terms cancel,
 d ≈ 0, e.g. two opposite gradients). MGDA against a peer compares objective values ‖d‖² instead:
 ours is the exact minimum, the peers' Frank–Wolfe stops early.
+
+Two more families check what no reference comparison can see:
+
+- ``invariants``: each method's weights on Gram matrices as a float32 Gram pass returns them for
+  rank-deficient gradients (rank < K, K > N, duplicate rows, spread scales: symmetric, possibly
+  slightly indefinite) must keep the method's constraints — finite; Nash-MTL ≥ 0 with every
+  dropped task exactly 0; MGDA on the simplex; CAGrad ≥ the mean's share ÷ its rescale divisor;
+  IMTL-G summing to 1 (or the documented w = 0); the mean 1/K.
+- ``wrappers``: the drop-in optimizers on a small model — features the losses do not reach are
+  refused with nothing changed; a first batch in which a task has a zero gradient gives the same
+  parameter roles as a normal one; parameters of mixed dtypes get the gradients
+  ``sum(losses).backward()`` would give; a step skipped for a NaN loss does not swallow the next.
 """
 from __future__ import annotations
 
@@ -27,9 +39,9 @@ from torch import Tensor
 
 from . import reference
 from .aggregate import aggregate
-from .methods import METHODS
+from .methods import METHODS, make_weighting
 from .testing import peers
-from .testing.cases import adversarial_cases, conflicting_J, random_J
+from .testing.cases import adversarial_cases, conflicting_J, random_J, rank_deficient_grams
 
 #: the diagnostics key that certifies each method's solve (0 = exact)
 CERTIFICATES = {
@@ -172,6 +184,111 @@ def cases(Ks: list[int], N: int, seed: int, files: list[str]) -> list[tuple[str,
     return out
 
 
+def invariant_violation(method: str, weights: Tensor, diagnostics: dict[str, Any]) -> float:
+    """How far weights of ``method`` (default options) are from its constraints (0 when kept; inf
+    when a weight is not finite): see the module docstring."""
+    w = weights.detach().to("cpu", torch.float64)
+    if not bool(torch.isfinite(w).all()):
+        return float("inf")
+    K = w.shape[0]
+    if method == "mean":
+        return float((w - 1.0 / K).abs().max())
+    if method == "nash_mtl":
+        dropped = [int(k) for k in torch.as_tensor(diagnostics.get("dropped_tasks", []), dtype=torch.long).flatten()]
+        return max(float((-w).clamp_min(0).max()), float(w[dropped].abs().max()) if dropped else 0.0)
+    if method == "mgda":
+        return max(float((-w).clamp_min(0).max()), abs(float(w.sum()) - 1.0))
+    if method == "cagrad":  # w = (1/K + u)/(1 + c²) with u ≥ 0 at the defaults c = 0.5, rescale = 1
+        floor = 1.0 / (K * 1.25)
+        return float((floor - w).clamp_min(0).max()) / floor
+    if method == "imtl":
+        total = float(w.sum())
+        return 0.0 if total == 0.0 and float(w.abs().max()) == 0.0 else abs(total - 1.0)
+    return 0.0  # PCGrad: any finite coefficients
+
+
+def check_invariants(method: str, case: str, gram: Tensor, backend: str) -> Check:
+    """One method's weights on one Gram matrix against :func:`invariant_violation` (1e-9)."""
+    solution = make_weighting(method, backend=backend)(gram)
+    violation = invariant_violation(method, solution.weights, solution.diagnostics)
+    return Check(method, case, "invariants", violation, 1e-9)
+
+
+def wrapper_checks(seed: int, backend: str) -> list[Check]:
+    """The drop-in optimizers' scenarios of the module docstring, one Check each (error 0 when the
+    scenario behaves, 1 when it does not or raises unexpectedly)."""
+    from .optim import MultiTaskOptimizer
+
+    x = torch.randn(16, 6, generator=torch.Generator().manual_seed(seed))
+
+    def model(head_dtype: torch.dtype = torch.float32, tasks: int = 3) -> torch.nn.ModuleDict:
+        torch.manual_seed(seed)
+        heads = torch.nn.ModuleList([torch.nn.Linear(5, 1).to(head_dtype) for _ in range(tasks)])
+        return torch.nn.ModuleDict({"trunk": torch.nn.Linear(6, 5), "heads": heads})
+
+    def losses(net: torch.nn.ModuleDict, scales: tuple[float, ...] = (1.0, 1.0, 1.0)) -> list[Tensor]:
+        z = torch.relu(net["trunk"](x))
+        return [s * head(z.to(head.weight.dtype)).square().mean() for s, head in zip(scales, net["heads"])]
+
+    def wrap(net: torch.nn.Module, **options: Any) -> MultiTaskOptimizer:
+        return MultiTaskOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), method="mean", backend=backend, **options)
+
+    def features_not_reached() -> bool:
+        net = model()
+        before = [p.detach().clone() for p in net.parameters()]
+        try:
+            wrap(net).backward(losses(net), features=torch.randn(16, 5, requires_grad=True))
+        except ValueError:
+            return all(p.grad is None and torch.equal(p, b) for p, b in zip(net.parameters(), before))
+        return False
+
+    def absent_task_roles() -> bool:
+        roles = []
+        for first in ((1.0, 0.0), (1.0, 1.0)):  # two tasks, the second without a gradient at first
+            net = model(tasks=2)
+            opt = wrap(net)
+            opt.backward(losses(net, first))
+            opt.backward(losses(net))
+            roles.append([name for name, p in net.named_parameters() if any(p is q for q in opt.roles.shared)])
+        return roles[0] == roles[1]
+
+    def mixed_dtypes() -> bool:
+        net = model(torch.float64)
+        task_losses = losses(net)
+        wrap(net).backward(task_losses, retain_graph=True)
+        K = len(task_losses)
+        expected = torch.autograd.grad(sum(task_losses) / K, list(net["trunk"].parameters()), retain_graph=True)
+        expected += torch.autograd.grad(sum(task_losses), list(net["heads"].parameters()))
+        return all(p.grad.dtype == e.dtype and torch.allclose(p.grad, e, rtol=1e-5, atol=1e-7)
+                   for p, e in zip(net.parameters(), expected))
+
+    def skip_then_step() -> bool:
+        net = model()
+        opt = wrap(net, on_nonfinite="skip")
+        task_losses = losses(net)
+        opt.backward([task_losses[0] * float("nan"), *task_losses[1:]], retain_graph=True)
+        opt.zero_grad()
+        opt.backward(task_losses)
+        before = [p.detach().clone() for p in net.parameters()]
+        opt.step()
+        return all(not torch.equal(p, b) for p, b in zip(net.parameters(), before))
+
+    scenarios = {
+        "features the losses do not reach: refused, nothing changed": features_not_reached,
+        "a task absent from the first batch: the same roles": absent_task_roles,
+        "mixed parameter dtypes: the gradients of sum(losses)": mixed_dtypes,
+        "a skipped step does not swallow the next": skip_then_step,
+    }
+    checks = []
+    for name, scenario in scenarios.items():
+        try:
+            ok = scenario()
+        except Exception as exc:  # an unexpected error is a failed scenario, reported by name
+            ok, name = False, f"{name} (raised {type(exc).__name__}: {exc})"
+        checks.append(Check("wrappers", name, "behaviour", 0.0 if ok else 1.0, 0.5))
+    return checks
+
+
 def main(argv: list[str] | None = None) -> list[Check]:
     parser = argparse.ArgumentParser(prog="python -m mtlkernels.validate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=list(METHODS))
@@ -181,6 +298,10 @@ def main(argv: list[str] | None = None) -> list[Check]:
     parser.add_argument("--backend", default="auto", choices=("auto", "torch", "cpp", "triton"))
     parser.add_argument("--gradients", nargs="*", default=[], metavar="FILE", help="torch.save'd [K, N] task gradients")
     parser.add_argument("--peers", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--draws", type=int, default=25,
+                        help="random draws per K of the rank-deficient float32 Gram family (4 Grams each)")
+    parser.add_argument("--wrappers", action=argparse.BooleanOptionalAction, default=True,
+                        help="also check the drop-in optimizers' scenarios on a small model")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -194,6 +315,12 @@ def main(argv: list[str] | None = None) -> list[Check]:
                 check = check_peer(peer, method, name, J, args.seed, args.backend)
                 if check is not None:
                     checks.append(check)
+    for K in args.K:
+        for draw in range(args.draws):
+            for name, gram in rank_deficient_grams(K, args.seed + 1000 * draw + K):
+                checks += [check_invariants(method, f"{name} K={K} #{draw}", gram, args.backend) for method in args.methods]
+    if args.wrappers:
+        checks += wrapper_checks(args.seed, args.backend)
     report(checks, args)
     return checks
 

@@ -52,3 +52,33 @@ def test_peer_that_cannot_be_imported_is_left_out_with_its_reason(capsys, monkey
     checks = main(["--K", "2", "--N", "10", "--methods", "pcgrad"])
     assert not any(c.against.startswith("libmtl") for c in checks)
     assert f"libmtl left out: {reason}" in capsys.readouterr().out
+
+
+def test_invariant_violation_sees_each_broken_constraint():
+    from mtlkernels.validate import invariant_violation
+
+    t = lambda *v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    assert invariant_violation("nash_mtl", t(0.5, 0.0, 0.2), {"dropped_tasks": [1]}) == 0
+    assert invariant_violation("nash_mtl", t(0.5, -1e5, 0.2), {"dropped_tasks": []}) == pytest.approx(1e5)
+    assert invariant_violation("nash_mtl", t(0.5, 0.3, 0.2), {"dropped_tasks": [1]}) == pytest.approx(0.3)
+    assert invariant_violation("mgda", t(0.25, 0.75), {}) == 0
+    assert invariant_violation("mgda", t(0.5, 0.6), {}) == pytest.approx(0.1)
+    assert invariant_violation("mgda", t(1.5, -0.5), {}) == pytest.approx(0.5)
+    assert invariant_violation("imtl", t(0.3, 0.7), {}) == pytest.approx(0, abs=1e-15)
+    assert invariant_violation("imtl", t(0.0, 0.0), {}) == 0
+    assert invariant_violation("imtl", t(0.3, 0.3), {}) == pytest.approx(0.4)
+    floor = 1 / (2 * 1.25)  # CAGrad at c = 0.5, rescale = 1: w = (1/K + u)/(1 + c²), u ≥ 0
+    assert invariant_violation("cagrad", t(floor, floor + 1), {}) == 0
+    assert invariant_violation("cagrad", t(floor / 2, floor), {}) == pytest.approx(0.5)
+    assert invariant_violation("mean", t(0.5, 0.5), {}) == 0
+    assert invariant_violation("pcgrad", t(1e40, -3.0), {}) == 0
+    assert invariant_violation("pcgrad", t(float("nan"), 1.0), {}) == float("inf")
+
+
+def test_validate_runs_the_invariant_and_wrapper_families(capsys):
+    checks = main(["--K", "3", "--N", "20", "--no-peers", "--draws", "3", "--methods", "nash_mtl", "mgda"])
+    invariants = [c for c in checks if c.against == "invariants"]
+    assert len(invariants) == 3 * 4 * 2  # draws × Grams per draw × methods
+    assert all(c.case.startswith("float32 Γ") for c in invariants)
+    wrappers = [c for c in checks if c.method == "wrappers"]
+    assert len(wrappers) == 4 and all(c.passed for c in wrappers), capsys.readouterr().out

@@ -58,3 +58,20 @@ def adversarial_cases(K: int, N: int, seed: int = 0) -> list[tuple[str, Tensor]]
 
     cases.append(("conflicting", conflicting_J(K, N, seed)))
     return cases
+
+
+def rank_deficient_grams(K: int, seed: int = 0) -> list[tuple[str, Tensor]]:
+    """Gram matrices as a float32 Gram pass returns them for rank-deficient gradients: formed in
+    float64, then rounded to float32, so they are symmetric but can be slightly indefinite. Each
+    case is ``(name, Γ)`` with Γ float32 [K, K] on the CPU."""
+    g = torch.Generator().manual_seed(seed)
+    rank = max(1, K // 2)
+    mixing = torch.randn(K, rank, generator=g, dtype=torch.float64)
+    low_rank = mixing @ torch.randn(rank, 64, generator=g, dtype=torch.float64)
+    wide = torch.randn(K, max(1, K - 2), generator=g, dtype=torch.float64)  # K > N
+    scaled = low_rank * torch.logspace(-3, 3, K, dtype=torch.float64)[:, None]
+    duplicated = low_rank.clone()
+    if K >= 2:
+        duplicated[-1] = duplicated[0]
+    cases = [("rank_K/2", low_rank), ("K>N", wide), ("rank_K/2_scales_1e±3", scaled), ("duplicate_row", duplicated)]
+    return [(f"float32 Γ {name}", (J @ J.T).to(torch.float32)) for name, J in cases]
