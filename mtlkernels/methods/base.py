@@ -124,6 +124,7 @@ class Weighting(ABC):
         return False
 
     # -- what a method provides ---------------------------------------------------------------
+    @abstractmethod
     def solve_torch(self, gram: Tensor, losses: Tensor | None) -> Solution:
         """The torch solve: Γ a checked float64 CPU tensor (:func:`host_gram`), losses float64 CPU
         (or None). Returns CPU weights; the caller moves them to Γ's device."""
@@ -153,9 +154,6 @@ class Weighting(ABC):
         if self.needs_losses and losses is None:
             raise ValueError(f"{self!r} needs the K loss values: pass losses=")
         self.check_inputs(gram, losses)
-        legacy = getattr(type(self), "solvers", None)  # TEMP-LEGACY
-        if legacy is not None:  # TEMP-LEGACY
-            return _backend.select(self.name, legacy, self.backend, gram.device)(self, gram, losses)  # TEMP-LEGACY
         backend = self.resolve_backend(gram)
         if backend == "cpp":
             return self._run_cpp(gram, losses)
@@ -205,11 +203,3 @@ class Weighting(ABC):
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
         return f"{type(self).__name__}({opts})"
 
-
-def triton_solver(module: str):  # TEMP-LEGACY
-    import importlib  # TEMP-LEGACY
-
-    def solve(self, gram, losses):  # TEMP-LEGACY
-        return importlib.import_module(f"mtlkernels.kernels.{module}").solve_triton(self, gram, losses)  # TEMP-LEGACY
-
-    return solve  # TEMP-LEGACY

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from .._checks import check_option
 from .._extension import extension
-from .base import Solution, Weighting, cpp_constants, host_gram
+from .base import Solution, Weighting, cpp_constants
 
 NORMALIZATIONS = ("none", "l2", "loss", "loss+")
 COMBINATIONS = ("original", "normalized")
@@ -50,12 +50,8 @@ class MGDAConstants:
 CONSTANTS = MGDAConstants()
 
 
-def check_gram_entries(gram: Tensor) -> Tensor:
-    """Γ as a symmetric float64 CPU tensor, checked by :func:`host_gram`."""
-    return _symmetrized(host_gram(gram))
-
-
 def _symmetrized(G: Tensor) -> Tensor:
+    """(G + Gᵀ)/2."""
     return (G + G.T) / 2
 
 
