@@ -17,6 +17,7 @@ from typing import Callable, Collection, Mapping, TypeVar
 
 import torch
 
+from . import _extension
 from ._checks import check_option
 
 BACKENDS = ("auto", "torch", "cpp", "triton")
@@ -43,8 +44,6 @@ def max_tasks(backend: str) -> int | None:
     """The largest K a K-space solve on ``backend`` takes (None: no limit). The C++ limit is the
     extension's own (``mtlkernels._C.max_tasks``)."""
     if backend == "cpp":
-        from . import _extension
-
         return _extension.max_tasks
     return TRITON_MAX_TASKS if backend == "triton" else None
 
@@ -80,8 +79,6 @@ def available(backend: str, device: torch.device) -> bool:
     if backend == "torch":
         return True
     if backend == "cpp":
-        from . import _extension
-
         return device.type == "cpu" and _extension.available
     if backend == "triton":
         try:
@@ -94,8 +91,6 @@ def available(backend: str, device: torch.device) -> bool:
 
 def _unavailable_reason(backend: str, device: torch.device) -> str:
     if backend == "cpp":
-        from . import _extension
-
         if device.type != "cpu":
             return f"backend='cpp' runs on CPU tensors only; these are on {device}"
         return f"backend='cpp' needs the C++ extension ({_extension.import_error}). {_extension.REBUILD_HINT}"

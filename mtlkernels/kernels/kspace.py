@@ -6,7 +6,6 @@ so the weights are computed on the GPU with no host synchronisation. Padding con
 columns ≥ K are zero in Γ and identity in a system matrix, so they never change a result.
 """
 from dataclasses import fields
-from functools import cache
 from typing import Any
 
 import triton
@@ -19,11 +18,18 @@ from ..backend import TRITON_MAX_TASKS
 MAX_TASKS = TRITON_MAX_TASKS
 
 
-@cache
+#: id(constants) → (constants, its constexpr arguments); holding the constants keeps their id unique
+_CONSTEXPRS: dict[int, tuple[Any, dict[str, Any]]] = {}
+
+
 def constexprs(constants: Any) -> dict[str, Any]:
     """A method's constants (a frozen dataclass) as kernel constexpr arguments: each field under
-    its name in upper case, e.g. ``pivot_tolerance`` → ``PIVOT_TOLERANCE``."""
-    return {field.name.upper(): getattr(constants, field.name) for field in fields(constants)}
+    its name in upper case, e.g. ``pivot_tolerance`` → ``PIVOT_TOLERANCE``. Built once per object."""
+    entry = _CONSTEXPRS.get(id(constants))
+    if entry is None:
+        values = {field.name.upper(): getattr(constants, field.name) for field in fields(constants)}
+        entry = _CONSTEXPRS[id(constants)] = (constants, values)
+    return entry[1]
 
 
 def launch_config(K: int) -> tuple[int, int]:

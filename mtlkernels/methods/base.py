@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
-from functools import cache
 from typing import Any, ClassVar
 
 import numpy as np
@@ -74,11 +73,17 @@ def diagnostics_to_python(diagnostics: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-@cache
+#: id(constants) → (constants, its C++ struct); holding the constants keeps their id unique
+_CPP_CONSTANTS: dict[int, tuple[Any, Any]] = {}
+
+
 def cpp_constants(constants: Any) -> Any:
     """A method's constants (a frozen dataclass) as the C++ struct bound under the same class name
-    and field names in ``mtlkernels._C`` (e.g. ``CAGradConstants``), built once per value."""
-    return getattr(extension(), type(constants).__name__)(**asdict(constants))
+    and field names in ``mtlkernels._C`` (e.g. ``CAGradConstants``), built once per object."""
+    entry = _CPP_CONSTANTS.get(id(constants))
+    if entry is None:
+        entry = _CPP_CONSTANTS[id(constants)] = (constants, getattr(extension(), type(constants).__name__)(**asdict(constants)))
+    return entry[1]
 
 
 def host_gram(gram: Tensor) -> Tensor:
@@ -131,7 +136,7 @@ class Weighting(ABC):
 
     def solve_cpp(self, gram: Tensor, losses: Tensor | None) -> tuple[np.ndarray, dict[str, Any]]:
         """The C++ solve: Γ a contiguous float64 CPU tensor, unchecked (the extension checks it),
-        K ≤ the extension's limit. Returns (weights [K], diagnostics), NumPy arrays allowed."""
+        K ≤ the extension's limit. Returns (weights [K] as a NumPy array, diagnostics)."""
         raise NotImplementedError
 
     def solve_triton(self, gram: Tensor, losses: Tensor | None) -> Solution:
@@ -170,9 +175,6 @@ class Weighting(ABC):
         if G.dtype != torch.float64 or not G.is_contiguous():
             G = G.to(torch.float64).contiguous()
         weights, diagnostics = self.solve_cpp(G, losses)
-        for key, value in diagnostics.items():
-            if isinstance(value, np.ndarray):
-                diagnostics[key] = torch.from_numpy(value)
         return Solution(torch.from_numpy(weights), diagnostics)
 
     def _run_triton(self, gram: Tensor, losses: Tensor | None) -> Solution:

@@ -245,6 +245,8 @@ class MGDAWeighting(Weighting):
             gram.numpy(), cpp_constants(self.constants), self.normalization, self.combination,
             None if losses is None else losses.numpy(),
         )
+        result["simplex_weights"] = torch.from_numpy(result["simplex_weights"])
+        result["normalizers"] = torch.from_numpy(result["normalizers"])
         return result.pop("weights"), result
 
     def solve_triton(self, gram: Tensor, losses: Tensor | None) -> Solution:
