@@ -146,8 +146,8 @@ class IMTLWeighting(Weighting):
     (indices with gᵢ = 0, weight 0), "residual" (:func:`equal_projection_residual`).
 
     Variant: IMTL-G, the gradient part of the paper's IMTL, on the given gradients. The wrapper
-    :class:`mtlkernels.IMTL` runs this weighting and adds IMTL-L (learned loss scales) as its
-    own option.
+    :class:`mtlkernels.IMTL` runs this weighting and, with its option ``imtl_l=True``, also
+    IMTL-L's learned loss scales.
     """
 
     name = "imtl"

@@ -199,9 +199,9 @@ class MGDAWeighting(Weighting):
     "objective" (wᵀΓ'w = ‖u*‖²), "iterations" (Wolfe's minor cycles), "support" (number of
     wᵢ > 0), "simplex_weights" (w on the simplex, as LibMTL returns them), "normalizers" (n).
 
-    Variant: the paper's MGDA with the normalisation as an option, default "none" (LibMTL's
-    default); the wrapper :class:`mtlkernels.MGDAUB` defaults to the authors' "loss+" on the
-    shared representation's gradients (MGDA-UB).
+    Variant: the paper's MGDA on the given gradients, the normalisation an option, default "none"
+    (LibMTL's default). The wrapper :class:`mtlkernels.MGDAUB` runs this weighting on the shared
+    representation's gradients (MGDA-UB, ``features=``) with its own default "loss+".
     """
 
     name = "mgda"
