@@ -8,7 +8,7 @@ from . import methods, reference
 from .aggregate import AggregationResult, Aggregator, NashMTLAggregator, aggregate
 from .combine import combine
 from .gram import gram
-from .methods import METHODS, Weighting
+from .methods import METHODS, Weighting, diagnostics_to_python
 from .optim import CAGrad, IMTL, MGDAUB, MultiTaskOptimizer, NashMTL, NonFiniteError, PCGrad
 
 __version__ = "0.1.0"
@@ -28,6 +28,7 @@ __all__ = [
     "Weighting",
     "aggregate",
     "combine",
+    "diagnostics_to_python",
     "gram",
     "methods",
     "reference",

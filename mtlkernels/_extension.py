@@ -8,10 +8,13 @@ try:
 
     available: bool = True
     import_error: BaseException | None = None
+    #: the largest K the C++ K-space solves take (kMaxTasks in csrc/solvers/binding.h)
+    max_tasks: int = _module.max_tasks
 except ImportError as exc:  # not built, or built for another Python/CPU
     _module = None
     available = False
     import_error = exc
+    max_tasks = 0
 
 REBUILD_HINT = (
     "Rebuild it from the repository root with `pip install -e .` "

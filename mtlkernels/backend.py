@@ -5,19 +5,27 @@ Every operation (``gram``, ``combine``, each method's K-space solve) keeps a tab
 ``AUTO_ORDER`` for the tensors' device: the C++ extension on the CPU, Triton on CUDA, and plain
 torch everywhere as the fallback. Naming a backend forces it (``"triton"`` on CPU tensors needs
 ``TRITON_INTERPRET=1``, which is how CI exercises the kernels).
+
+K-space solves also have a size limit per backend (:func:`max_tasks`): the C++ solves take
+K ≤ 256, the on-device Triton solves K ≤ 64 (Γ lives in one program's registers). Beyond its
+limit a solve runs in torch, whether the backend was chosen by "auto" or named.
 """
 from __future__ import annotations
 
 import os
-from typing import Callable, Mapping, TypeVar
+from typing import Callable, Collection, Mapping, TypeVar
 
 import torch
 
+from . import _extension
 from ._checks import check_option
 
 BACKENDS = ("auto", "torch", "cpp", "triton")
 
 AUTO_ORDER = {"cpu": ("cpp", "torch"), "cuda": ("triton", "torch")}
+
+#: the largest K of the on-device solves: Γ is held as a BLOCK_K × BLOCK_K float64 register tile
+TRITON_MAX_TASKS = 64
 
 F = TypeVar("F", bound=Callable)
 
@@ -32,27 +40,45 @@ def check_backend(backend: str) -> str:
     return backend
 
 
-def select(op: str, impls: Mapping[str, F], backend: str, device: torch.device) -> F:
-    """Return the implementation of ``op`` for ``backend`` on ``device`` (see module docstring)."""
+def max_tasks(backend: str) -> int | None:
+    """The largest K a K-space solve on ``backend`` takes (None: no limit). The C++ limit is the
+    extension's own (``mtlkernels._C.max_tasks``)."""
+    if backend == "cpp":
+        return _extension.max_tasks
+    return TRITON_MAX_TASKS if backend == "triton" else None
+
+
+def resolve(op: str, implemented: Collection[str], backend: str, device: torch.device, K: int | None = None) -> str:
+    """The backend that runs ``op`` (implemented on ``implemented``, "torch" among them) for
+    ``backend`` on ``device``; with ``K``, a backend whose :func:`max_tasks` is below K gives way
+    to "torch". A named backend that is not implemented or cannot run on ``device`` raises."""
     check_backend(backend)
     if backend == "auto":
         for name in AUTO_ORDER.get(device.type, ("torch",)):
-            if name in impls and available(name, device):
-                return impls[name]
-        return impls["torch"]
-    if backend not in impls:
-        raise ValueError(f"{op} has no {backend!r} implementation; available: {sorted(impls)}")
+            if name in implemented and available(name, device) and _fits(name, K):
+                return name
+        return "torch"
+    if backend not in implemented:
+        raise ValueError(f"{op} has no {backend!r} implementation; available: {sorted(implemented)}")
     if not available(backend, device):
         raise RuntimeError(_unavailable_reason(backend, device))
-    return impls[backend]
+    return backend if _fits(backend, K) else "torch"
+
+
+def select(op: str, impls: Mapping[str, F], backend: str, device: torch.device) -> F:
+    """Return the implementation of ``op`` for ``backend`` on ``device`` (see module docstring)."""
+    return impls[resolve(op, impls, backend, device)]
+
+
+def _fits(backend: str, K: int | None) -> bool:
+    limit = max_tasks(backend) if K is not None else None
+    return limit is None or K <= limit
 
 
 def available(backend: str, device: torch.device) -> bool:
     if backend == "torch":
         return True
     if backend == "cpp":
-        from . import _extension
-
         return device.type == "cpu" and _extension.available
     if backend == "triton":
         try:
@@ -65,8 +91,6 @@ def available(backend: str, device: torch.device) -> bool:
 
 def _unavailable_reason(backend: str, device: torch.device) -> str:
     if backend == "cpp":
-        from . import _extension
-
         if device.type != "cpu":
             return f"backend='cpp' runs on CPU tensors only; these are on {device}"
         return f"backend='cpp' needs the C++ extension ({_extension.import_error}). {_extension.REBUILD_HINT}"

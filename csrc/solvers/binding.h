@@ -1,6 +1,8 @@
 // Conventions shared by the solver bindings: Γ arrives as a C-contiguous float64 NumPy array
-// [K, K] (a CPU torch tensor's .numpy(), zero-copy); results go back as NumPy arrays and a dict of
-// diagnostics; bad input raises ValueError (pybind11 maps std::invalid_argument to it).
+// [K, K] (a CPU torch tensor's .numpy(), zero-copy) and is checked by check_gram; a solver's
+// numeric constants arrive as its Constants struct, bound as a Python class whose values the
+// method's Python module defines; results go back as NumPy arrays and a dict of diagnostics; bad
+// input raises ValueError (pybind11 maps std::invalid_argument to it).
 #pragma once
 #include <stdexcept>
 #include <string>
@@ -13,6 +15,7 @@ namespace mtlkernels {
 namespace py = pybind11;
 using Array = py::array_t<double, py::array::c_style | py::array::forcecast>;
 
+// The largest K of every solver; Python reads it as mtlkernels._C.max_tasks.
 constexpr int kMaxTasks = 256;
 
 // Check Γ is [K, K] with 1 ≤ K ≤ kMaxTasks and finite; return K.
@@ -27,6 +30,17 @@ inline int check_square(const Array& gram, const char* name = "gram") {
   for (py::ssize_t i = 0; i < K * K; ++i)
     if (!std::isfinite(g[i])) throw std::invalid_argument(std::string(name) + " has a non-finite entry");
   return static_cast<int>(K);
+}
+
+// check_square, and a non-negative diagonal (Γ = J·Jᵀ): the one check of Γ before a solve.
+inline int check_gram(const Array& gram, const char* name = "gram") {
+  const int K = check_square(gram, name);
+  const double* g = gram.data();
+  for (int j = 0; j < K; ++j)
+    if (g[static_cast<size_t>(j) * K + j] < 0.0)
+      throw std::invalid_argument(std::string(name) + " has a negative diagonal entry at " + std::to_string(j) +
+                                  ": it is not J·Jᵀ");
+  return K;
 }
 
 }  // namespace mtlkernels

@@ -19,13 +19,15 @@
 
 namespace mtlkernels::cagrad {
 
-constexpr double kPivotTolerance = 1e-12;       // Cholesky pivot² of the unit-diagonal active matrix
-constexpr double kEigenRcond = 1e-12;           // dropped eigenvalues in the singular case
-constexpr double kConsistencyTolerance = 1e-6;  // y along dropped eigenvectors, relative: consistent
-constexpr double kRateTolerance = 1e-9;         // an inactive task enters when dgᵢ·d/dμ < 1 − this
-constexpr double kRefineTolerance = 1e-13;      // per-task KKT test of the final face
-constexpr double kHullTolerance = 1e-14;        // stopping test of the hull point's active-set method
-constexpr double kHullZeroTolerance = 1e-7;     // 0 ∈ conv{gᵢ}: ‖Σwᵢgᵢ‖ below this fraction of Σwᵢ‖gᵢ‖
+// The solve's tolerances and iteration caps. Their values are defined once, in Python
+// (mtlkernels.methods.cagrad.CAGradConstants, documented there), and arrive through the binding.
+struct Constants {
+  double pivot_tolerance, eigen_rcond, consistency_tolerance, rate_tolerance, refine_tolerance, hull_tolerance,
+      hull_zero_tolerance;
+  int max_sweeps;
+  int path_steps_per_task, path_steps_extra, refine_rounds_per_task, refine_rounds_extra, hull_rounds_per_task,
+      hull_rounds_extra;
+};
 
 struct Result {
   std::vector<double> multipliers;  // u ≥ 0, [K]
@@ -36,12 +38,13 @@ struct Result {
 };
 
 // A_SS·x = y through M = A_SS/(σσᵀ): Cholesky, or — once Cholesky finds M singular — least squares
-// on M's eigen-decomposition without the eigenvalues below kEigenRcond·λ_max, telling a consistent
+// on M's eigen-decomposition without the eigenvalues below eigen_rcond·λ_max, telling a consistent
 // singular system (duplicate gradients) from an inconsistent one.
 class ActiveSystem {
  public:
-  ActiveSystem(const std::vector<double>& A, int K, const std::vector<double>& sigma, const std::vector<int>& S)
-      : n_(static_cast<int>(S.size())), sigma_(n_), M_(static_cast<size_t>(n_) * n_) {
+  ActiveSystem(const std::vector<double>& A, int K, const std::vector<double>& sigma, const std::vector<int>& S,
+               const Constants& constants)
+      : k_(constants), n_(static_cast<int>(S.size())), sigma_(n_), M_(static_cast<size_t>(n_) * n_) {
     for (int i = 0; i < n_; ++i) sigma_[i] = sigma[S[i]];
     for (int i = 0; i < n_; ++i)
       for (int j = 0; j < n_; ++j) M_[i * n_ + j] = A[static_cast<size_t>(S[i]) * K + S[j]] / (sigma_[i] * sigma_[j]);
@@ -49,7 +52,7 @@ class ActiveSystem {
 
   // Least-squares x with A_SS·x = y, with one step of iterative refinement; false when
   // inconsistent: the scaled y has a component along a dropped eigenvector v beyond
-  // kConsistencyTolerance relative to |v|ᵀ|y| (its cancellation scale).
+  // consistency_tolerance relative to |v|ᵀ|y| (its cancellation scale).
   bool solve(const std::vector<double>& y, std::vector<double>& x) {
     std::vector<double> rhs(n_), correction(n_), residual(n_);
     for (int i = 0; i < n_; ++i) rhs[i] = y[i] / sigma_[i];
@@ -71,7 +74,7 @@ class ActiveSystem {
     for (double e : eigenvalues_) largest = std::max(largest, std::fabs(e));
     z.assign(n_, 0.0);
     for (int k = 0; k < n_; ++k) {
-      if (eigenvalues_[k] > kEigenRcond * largest) continue;
+      if (eigenvalues_[k] > k_.eigen_rcond * largest) continue;
       for (int i = 0; i < n_; ++i) z[i] += V_[i * n_ + k] * V_[(n_ - 1) * n_ + k];
     }
     for (int i = 0; i < n_; ++i) z[i] /= sigma_[i];
@@ -82,11 +85,11 @@ class ActiveSystem {
   // found M singular; false when rhs has a component along a dropped eigenvector (inconsistent).
   bool apply_inverse(const std::vector<double>& rhs, std::vector<double>& x) {
     x.assign(n_, 0.0);
-    if (eigenvalues_.empty() && dense::cholesky_solve(M_.data(), rhs.data(), x.data(), n_, kPivotTolerance)) return true;
+    if (eigenvalues_.empty() && dense::cholesky_solve(M_.data(), rhs.data(), x.data(), n_, k_.pivot_tolerance)) return true;
     if (eigenvalues_.empty()) {
       eigenvalues_.resize(n_);
       V_.resize(static_cast<size_t>(n_) * n_);
-      dense::symmetric_eigen(M_.data(), eigenvalues_.data(), V_.data(), n_);
+      dense::symmetric_eigen(M_.data(), eigenvalues_.data(), V_.data(), n_, k_.max_sweeps);
     }
     double largest = 0.0;
     for (double e : eigenvalues_) largest = std::max(largest, std::fabs(e));
@@ -98,15 +101,16 @@ class ActiveSystem {
         coefficient += V_[i * n_ + k] * rhs[i];
         magnitude += std::fabs(V_[i * n_ + k] * rhs[i]);
       }
-      if (eigenvalues_[k] > kEigenRcond * largest) {
+      if (eigenvalues_[k] > k_.eigen_rcond * largest) {
         for (int i = 0; i < n_; ++i) x[i] += coefficient / eigenvalues_[k] * V_[i * n_ + k];
-      } else if (std::fabs(coefficient) > kConsistencyTolerance * magnitude) {
+      } else if (std::fabs(coefficient) > k_.consistency_tolerance * magnitude) {
         consistent = false;
       }
     }
     return consistent;
   }
 
+  const Constants& k_;
   int n_;
   std::vector<double> sigma_, M_, eigenvalues_, V_;
 };
@@ -116,6 +120,7 @@ struct Problem {
   std::vector<double> A, b, sigma;  // trace-normalised Γ, gᵢ·g₀, ‖gᵢ‖
   double mean_sq, radius_sq;        // ‖g₀‖², φ
   bool has_zero_row;
+  const Constants& k;
 
   double row_dot(int i, const std::vector<double>& v) const {
     double s = 0.0;
@@ -136,7 +141,7 @@ struct Problem {
 inline bool face_solution(const Problem& P, const std::vector<int>& S, bool at_zero, std::vector<double>& u_S,
                           double& mu) {
   const int n = static_cast<int>(S.size());
-  ActiveSystem system(P.A, P.K, P.sigma, S);
+  ActiveSystem system(P.A, P.K, P.sigma, S, P.k);
   std::vector<double> ones(n, 1.0), b_S(n), delta, beta;
   for (int i = 0; i < n; ++i) b_S[i] = P.b[S[i]];
   if (!system.solve(b_S, beta)) return false;
@@ -167,7 +172,7 @@ inline void refine(const Problem& P, bool at_zero, std::vector<double>& u) {
     if (u[i] > 0) S.push_back(i);
   const double d_scale = std::sqrt(P.mean_sq) + std::sqrt(P.radius_sq);  // ≥ ‖d‖
   std::vector<double> u_S, candidate(K);
-  for (int round = 0; round < 2 * K + 10 && !S.empty(); ++round) {
+  for (int round = 0; round < P.k.refine_rounds_per_task * K + P.k.refine_rounds_extra && !S.empty(); ++round) {
     double mu;
     if (!face_solution(P, S, at_zero, u_S, mu)) {  // the ball is out of reach: drop the task nearest to leaving
       S.erase(std::min_element(S.begin(), S.end(),
@@ -182,7 +187,7 @@ inline void refine(const Problem& P, bool at_zero, std::vector<double>& u) {
       largest = std::max(largest, std::fabs(scaled));
       if (scaled < lowest) lowest = scaled, most_negative = i;
     }
-    if (lowest < -kRefineTolerance * largest) {
+    if (lowest < -P.k.refine_tolerance * largest) {
       S.erase(S.begin() + most_negative);
       continue;
     }
@@ -191,7 +196,7 @@ inline void refine(const Problem& P, bool at_zero, std::vector<double>& u) {
     double reference_norm = P.sigma[S[0]];  // μ is gᵢ·d of the active tasks, exact to their scale
     for (int i : S) reference_norm = std::min(reference_norm, P.sigma[i]);
     int worst = -1;
-    double worst_violation = kRefineTolerance;
+    double worst_violation = P.k.refine_tolerance;
     for (int i = 0; i < K; ++i) {
       if (!(P.sigma[i] > 0) || std::find(S.begin(), S.end(), i) != S.end()) continue;
       const double scale = (P.sigma[i] + reference_norm) * d_scale;
@@ -224,9 +229,9 @@ inline std::vector<double> hull_zero_point(const Problem& P) {
   for (int i = 0; i < K; ++i)
     for (int j = 0; j < K; ++j) Q[i * K + j] = P.A[static_cast<size_t>(i) * K + j] / (P.sigma[i] * P.sigma[j]) + 1.0;
   std::vector<bool> passive(K, false);
-  for (int round = 0; round < 3 * K + 10; ++round) {
+  for (int round = 0; round < P.k.hull_rounds_per_task * K + P.k.hull_rounds_extra; ++round) {
     int j = -1;
-    double best = kHullTolerance;
+    double best = P.k.hull_tolerance;
     for (int i = 0; i < K; ++i) {
       if (passive[i]) continue;
       double gradient = 1.0;  // −½ × the objective's gradient
@@ -240,7 +245,7 @@ inline std::vector<double> hull_zero_point(const Problem& P) {
       for (int i = 0; i < K; ++i)
         if (passive[i]) S.push_back(i);
       if (S.empty()) break;
-      ActiveSystem system(Q, K, q_sigma, S);
+      ActiveSystem system(Q, K, q_sigma, S, P.k);
       system.solve(std::vector<double>(S.size(), 1.0), z);
       const int n = static_cast<int>(S.size());
       int blocking = -1;
@@ -312,11 +317,11 @@ inline void certify(const Problem& P, const std::vector<double>& u, const std::v
 }
 
 
-// ‖Σᵢ wᵢgᵢ‖ ≤ kHullZeroTolerance·Σᵢ wᵢ‖gᵢ‖ (the square root of Γ's rounding).
+// ‖Σᵢ wᵢgᵢ‖ ≤ hull_zero_tolerance·Σᵢ wᵢ‖gᵢ‖ (the square root of Γ's rounding).
 inline bool is_zero_combination(const Problem& P, const std::vector<double>& w) {
   double scale = 0.0;
   for (int i = 0; i < P.K; ++i) scale += w[i] * P.sigma[i];
-  return P.quadratic(w) <= (kHullZeroTolerance * scale) * (kHullZeroTolerance * scale);
+  return P.quadratic(w) <= (P.k.hull_zero_tolerance * scale) * (P.k.hull_zero_tolerance * scale);
 }
 
 // A degenerate pivot at μ = 0 when the entering task (last of S, uⱼ = 0) depends on the active ones,
@@ -333,7 +338,7 @@ inline int swap(const Problem& P, const std::vector<int>& S, std::vector<double>
   int leaving = -1;
   double ratio = std::numeric_limits<double>::infinity();
   for (int k = 0; k < n; ++k)
-    if (z[k] * P.sigma[S[k]] < -kConsistencyTolerance * largest && u[S[k]] / -z[k] < ratio)
+    if (z[k] * P.sigma[S[k]] < -P.k.consistency_tolerance * largest && u[S[k]] / -z[k] < ratio)
       ratio = u[S[k]] / -z[k], leaving = k;
   if (leaving < 0) return -1;
   for (int k = 0; k < n; ++k) u[S[k]] = std::max(u[S[k]] + ratio * z[k], 0.0);
@@ -342,8 +347,8 @@ inline int swap(const Problem& P, const std::vector<int>& S, std::vector<double>
 }
 
 // Solve for a trace-normalised Gram A (K×K, row-major, symmetric) and c ≥ 0.
-inline Result solve_normalized(const std::vector<double>& A, int K, double c) {
-  Problem P{K, A, std::vector<double>(K), std::vector<double>(K), 0.0, 0.0, false};
+inline Result solve_normalized(const std::vector<double>& A, int K, double c, const Constants& constants) {
+  Problem P{K, A, std::vector<double>(K), std::vector<double>(K), 0.0, 0.0, false, constants};
   double total = 0.0;
   for (int i = 0; i < K; ++i) {
     double s = 0.0;
@@ -389,11 +394,11 @@ inline Result solve_normalized(const std::vector<double>& A, int K, double c) {
   std::vector<int> S{first};
   std::vector<int> blocked;  // tasks that left without μ moving may not re-enter until it moves (no cycling)
   std::vector<double> ones, delta, rate(K), r(K), z;
-  for (int iteration = 1; iteration < 50 * K + 100 && !S.empty(); ++iteration) {
+  for (int iteration = 1; iteration < P.k.path_steps_per_task * K + P.k.path_steps_extra && !S.empty(); ++iteration) {
     out.iterations = iteration;
     const int n = static_cast<int>(S.size());
     ones.assign(n, 1.0);
-    ActiveSystem system(P.A, K, P.sigma, S);
+    ActiveSystem system(P.A, K, P.sigma, S, P.k);
     if (!system.solve(ones, delta)) {  // the entering gradient depends on the active ones: μ = 0 here
       std::vector<double> hull_point = hull_zero_point(P);
       system.null_vector(z);
@@ -431,7 +436,7 @@ inline Result solve_normalized(const std::vector<double>& A, int K, double c) {
     if (P.has_zero_row && -mu < step) step = std::max(-mu, 0.0), event = kCap;
     for (int i = 0; i < K; ++i) {
       // rows moving with μ (duplicates) never enter
-      if (!(P.sigma[i] > 0) || !(rate[i] < 1 - kRateTolerance) || std::find(S.begin(), S.end(), i) != S.end() ||
+      if (!(P.sigma[i] > 0) || !(rate[i] < 1 - P.k.rate_tolerance) || std::find(S.begin(), S.end(), i) != S.end() ||
           std::find(blocked.begin(), blocked.end(), i) != blocked.end())
         continue;
       const double t = std::max(r[i] - mu, 0.0) / (1 - rate[i]);

@@ -10,17 +10,14 @@
 namespace mtlkernels {
 namespace {
 
-py::tuple imtl_solve(const Array& gram) {
-  const int K = check_square(gram);
+py::tuple imtl_solve(const Array& gram, const imtl::Constants& constants) {
+  const int K = check_gram(gram);
   const double* g = gram.data();
-  for (int j = 0; j < K; ++j)
-    if (g[static_cast<size_t>(j) * K + j] < 0.0)
-      throw std::invalid_argument("gram has a negative diagonal entry at " + std::to_string(j) + ": it is not J·Jᵀ");
   Array weights(K);
   imtl::Certificate certificate;
   {
     py::gil_scoped_release release;
-    certificate = imtl::solve(g, K, weights.mutable_data());
+    certificate = imtl::solve(g, K, weights.mutable_data(), constants);
   }
   py::dict diagnostics;
   diagnostics["fallback"] = certificate.fallback;
@@ -33,8 +30,11 @@ py::tuple imtl_solve(const Array& gram) {
 }
 
 Registration reg([](py::module_& m) {
-  m.def("imtl_solve", &imtl_solve, py::arg("gram"),
-        "IMTL-G weights from Γ [K, K] float64; returns (weights [K], "
+  py::class_<imtl::Constants>(m, "IMTLConstants", "IMTL-G's tolerances and sweep cap (see mtlkernels.methods.imtl)")
+      .def(py::init<double, double, double, double, int>(), py::kw_only(), py::arg("pivot_tol"), py::arg("sum_rtol"),
+           py::arg("rank_rcond"), py::arg("consistency_rtol"), py::arg("max_sweeps"));
+  m.def("imtl_solve", &imtl_solve, py::arg("gram"), py::arg("constants"),
+        "IMTL-G weights from Γ [K, K] float64 and the solver's IMTLConstants; returns (weights [K], "
         "{'fallback', 'unique', 'rank', 'degenerate', 'zero_tasks', 'residual'}).");
 });
 

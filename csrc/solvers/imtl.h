@@ -14,10 +14,15 @@
 
 namespace mtlkernels::imtl {
 
-constexpr double kPivotTol = 1e-14;        // Cholesky pivots of C below this → fallback
-constexpr double kSumRtol = 1e-12;         // |Σγ| ≤ this·Σ|γ|: weights cannot sum to 1
-constexpr double kRankRcond = 1e-8;        // eigenvalues of C below this·max count as zero
-constexpr double kConsistencyRtol = 1e-3;  // 𝟙 ∈ range(C) when ‖P_null 𝟙‖ ≤ this·‖𝟙‖
+// The solve's tolerances and Jacobi sweep cap. Their values are defined once, in Python
+// (mtlkernels.methods.imtl.IMTLConstants, documented there), and arrive through the binding.
+struct Constants {
+  double pivot_tol;         // Cholesky pivots of C below this → fallback
+  double sum_rtol;          // |Σγ| ≤ this·Σ|γ|: weights cannot sum to 1
+  double rank_rcond;        // eigenvalues of C below this·max count as zero
+  double consistency_rtol;  // 𝟙 ∈ range(C) when ‖P_null 𝟙‖ ≤ this·‖𝟙‖
+  int max_sweeps;           // Jacobi sweeps of the fallback's eigen-decomposition
+};
 
 struct Certificate {
   bool fallback = false;
@@ -54,14 +59,14 @@ inline double equal_projection_residual(const std::vector<double>& C, const std:
 // with C·β ∈ span 𝟙 span C⁺𝟙 (when 𝟙 ∈ range C) and C's null space; the least β with Σβᵢ/nᵢ = 1
 // is the projection of 1/n onto that subspace, rescaled; unique when the subspace is a line.
 inline bool min_norm_impartial(const std::vector<double>& C, const std::vector<double>& n, int m, double* alpha,
-                               Certificate& cert) {
+                               Certificate& cert, const Constants& constants) {
   std::vector<double> lambda(m), V(static_cast<size_t>(m) * m);
-  dense::symmetric_eigen(C.data(), lambda.data(), V.data(), m);
+  dense::symmetric_eigen(C.data(), lambda.data(), V.data(), m, constants.max_sweeps);
   double lambda_max = 0.0;
   for (double l : lambda) lambda_max = std::max(lambda_max, std::fabs(l));
   std::vector<char> in_range(m);
   for (int k = 0; k < m; ++k) {
-    in_range[k] = std::fabs(lambda[k]) > kRankRcond * lambda_max;
+    in_range[k] = std::fabs(lambda[k]) > constants.rank_rcond * lambda_max;
     cert.rank += in_range[k];
   }
   std::vector<double> coords(m);  // Vₖ·𝟙
@@ -77,7 +82,7 @@ inline bool min_norm_impartial(const std::vector<double>& C, const std::vector<d
     for (int i = 0; i < m; ++i) q[i] = V[i * m + k];
     basis.push_back(std::move(q));
   }
-  if (std::sqrt(null_part) <= kConsistencyRtol * std::sqrt(static_cast<double>(m))) {
+  if (std::sqrt(null_part) <= constants.consistency_rtol * std::sqrt(static_cast<double>(m))) {
     std::vector<double> particular(m, 0.0);  // C⁺𝟙
     for (int k = 0; k < m; ++k) {
       if (!in_range[k]) continue;
@@ -111,37 +116,37 @@ inline bool min_norm_impartial(const std::vector<double>& C, const std::vector<d
     alpha[i] = projected[i] / n[i];
     sum += alpha[i];
   }
-  if (!(std::sqrt(projected_norm2) > kSumRtol * std::sqrt(inverse_norm2))) return false;
+  if (!(std::sqrt(projected_norm2) > constants.sum_rtol * std::sqrt(inverse_norm2))) return false;
   for (int i = 0; i < m; ++i) alpha[i] /= sum;
   return true;
 }
 
 // Weights of the m nonzero gradients from their cosine matrix C and norms n, into alpha.
 inline void solve_active(const std::vector<double>& C, const std::vector<double>& n, int m, double* alpha,
-                         Certificate& cert) {
+                         Certificate& cert, const Constants& constants) {
   std::vector<double> ones(m, 1.0);
-  if (dense::cholesky_solve(C.data(), ones.data(), alpha, m, kPivotTol)) {
+  if (dense::cholesky_solve(C.data(), ones.data(), alpha, m, constants.pivot_tol)) {
     double sum = 0.0, magnitude = 0.0;
     for (int i = 0; i < m; ++i) {
       alpha[i] /= n[i];
       sum += alpha[i];
       magnitude += std::fabs(alpha[i]);
     }
-    if (std::fabs(sum) > kSumRtol * magnitude) {
+    if (std::fabs(sum) > constants.sum_rtol * magnitude) {
       for (int i = 0; i < m; ++i) alpha[i] /= sum;
       cert.rank = m;
       return;
     }
   }
   cert.fallback = true;
-  if (min_norm_impartial(C, n, m, alpha, cert)) return;
+  if (min_norm_impartial(C, n, m, alpha, cert, constants)) return;
   cert.unique = false;
   cert.degenerate = true;
   std::fill(alpha, alpha + m, 0.0);
 }
 
 // Weights w [K] from Γ [K, K] (row-major, finite, non-negative diagonal).
-inline Certificate solve(const double* gram, int K, double* weights) {
+inline Certificate solve(const double* gram, int K, double* weights, const Constants& constants) {
   Certificate cert;
   std::vector<int> active;
   std::vector<double> n;
@@ -168,7 +173,7 @@ inline Certificate solve(const double* gram, int K, double* weights) {
       C[i * m + j] = gram[static_cast<size_t>(active[i]) * K + active[j]] / n[i] / n[j];
 
   std::vector<double> alpha(m);
-  solve_active(C, n, m, alpha.data(), cert);
+  solve_active(C, n, m, alpha.data(), cert, constants);
   std::vector<double> scaled(m);
   for (int i = 0; i < m; ++i) {
     weights[active[i]] = alpha[i];

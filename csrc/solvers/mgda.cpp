@@ -23,15 +23,12 @@ mgda::Combination parse_combination(const std::string& name) {
   throw std::invalid_argument("combination='" + name + "' is not supported; choose one of ['original', 'normalized']");
 }
 
-py::dict mgda_solve(const Array& gram, const std::string& normalization, const std::string& combination,
-                    const py::object& losses) {
-  const int K = check_square(gram);
+py::dict mgda_solve(const Array& gram, const mgda::Constants& constants, const std::string& normalization,
+                    const std::string& combination, const py::object& losses) {
+  const int K = check_gram(gram);
   const mgda::Normalization norm = parse_normalization(normalization);
   const mgda::Combination comb = parse_combination(combination);
   const double* g = gram.data();
-  for (int j = 0; j < K; ++j)
-    if (g[static_cast<size_t>(j) * K + j] < 0.0)
-      throw std::invalid_argument("gram has a negative diagonal entry at " + std::to_string(j) + ": it is not J·Jᵀ");
   const bool uses_losses = norm == mgda::Normalization::loss || norm == mgda::Normalization::loss_plus;
   Array loss_values;
   if (uses_losses) {
@@ -53,7 +50,7 @@ py::dict mgda_solve(const Array& gram, const std::string& normalization, const s
   {
     py::gil_scoped_release release;
     result = mgda::solve(g, K, norm, comb, uses_losses ? loss_values.data() : nullptr, weights.mutable_data(),
-                         simplex.mutable_data(), n.mutable_data());
+                         simplex.mutable_data(), n.mutable_data(), constants);
   }
   py::dict out;
   out["weights"] = weights;
@@ -67,9 +64,12 @@ py::dict mgda_solve(const Array& gram, const std::string& normalization, const s
 }
 
 Registration reg([](py::module_& m) {
-  m.def("mgda_solve", &mgda_solve, py::arg("gram"), py::arg("normalization") = "none",
+  py::class_<mgda::Constants>(m, "MGDAConstants", "MGDA's tolerances and iteration cap (see mtlkernels.methods.mgda)")
+      .def(py::init<double, double, int, int>(), py::kw_only(), py::arg("tolerance"), py::arg("dependent_pivot"),
+           py::arg("cycles_per_task"), py::arg("cycles_extra"));
+  m.def("mgda_solve", &mgda_solve, py::arg("gram"), py::arg("constants"), py::arg("normalization") = "none",
         py::arg("combination") = "original", py::arg("losses") = py::none(),
-        "MGDA weights from Γ [K, K] float64 (+ K losses for 'loss'/'loss+'): the min-norm point of the "
+        "MGDA weights from Γ [K, K] float64 and the solver's MGDAConstants (+ K losses for 'loss'/'loss+'): the min-norm point of the "
         "convex hull of the normalised gradients by Wolfe's algorithm. Returns {'weights', 'kkt_residual', "
         "'objective', 'iterations', 'support', 'simplex_weights', 'normalizers'}.");
 });

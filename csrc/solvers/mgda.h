@@ -16,11 +16,13 @@ namespace mtlkernels::mgda {
 enum class Normalization { none, l2, loss, loss_plus };
 enum class Combination { original, normalized };
 
-// Wolfe's optimality test: stop when p·x − ‖x‖² ≥ −kTolerance·m·(‖p‖ + m) for every gradient p,
-// with x the current point and m = Σᵢ wᵢ‖pᵢ‖ (the scale of the rounding in p·x and ‖x‖²).
-constexpr double kTolerance = 1e-15;
-// An active set whose unit differences have a Cholesky pivot² ≤ this is taken as affinely dependent.
-constexpr double kDependentPivot = 1e-15;
+// The solve's tolerances and iteration cap. Their values are defined once, in Python
+// (mtlkernels.methods.mgda.MGDAConstants, documented there), and arrive through the binding.
+struct Constants {
+  double tolerance;        // Wolfe's optimality test, p·x − ‖x‖² ≥ −tolerance·m·(‖p‖ + m)
+  double dependent_pivot;  // an active set whose unit differences have a Cholesky pivot² ≤ this is dependent
+  int cycles_per_task, cycles_extra;  // at most cycles_per_task·K + cycles_extra minor cycles
+};
 
 struct Result {
   double objective = 0.0;     // wᵀΓ'w = ‖u*‖²
@@ -87,7 +89,8 @@ inline double kkt_residual(const double* Q, const double* w, int K, double* obje
 // Wolfe's algorithm on a PSD Q [K, K] (row-major). See min_norm_weights().
 class Wolfe {
  public:
-  Wolfe(const double* Q, int K) : Q_(Q), K_(K), length_(K), L_(static_cast<size_t>(K) * K), unit_(K) {
+  Wolfe(const double* Q, int K, const Constants& constants)
+      : k_(constants), Q_(Q), K_(K), length_(K), L_(static_cast<size_t>(K) * K), unit_(K) {
     for (int i = 0; i < K; ++i) length_[i] = std::sqrt(q(i, i));
   }
 
@@ -111,7 +114,7 @@ class Wolfe {
       for (size_t a = 0; a < active_.size(); ++a) m += lam_[a] * length_[active_[a]];
       for (int i = 0; i < K_; ++i) slack[i] = (g[i] - objective) / (m * (length_[i] + m));
       const int j = static_cast<int>(std::min_element(slack.begin(), slack.end()) - slack.begin());
-      if (slack[j] >= -kTolerance || std::find(active_.begin(), active_.end(), j) != active_.end()) break;
+      if (slack[j] >= -k_.tolerance || std::find(active_.begin(), active_.end(), j) != active_.end()) break;
       const std::vector<int> previous_active = active_;
       const std::vector<double> previous_lam = lam_;
       factor_ok_ = append(j);
@@ -160,6 +163,7 @@ class Wolfe {
   }
 
  private:
+  const Constants& k_;
   double q(int i, int j) const { return Q_[static_cast<size_t>(i) * K_ + j]; }
   double& l(int r, int c) { return L_[static_cast<size_t>(r) * K_ + c]; }
 
@@ -184,7 +188,7 @@ class Wolfe {
     double* row = &l(r, 0);
     for (int c = 0; c < r; ++c) row[c] = (unit_inner(j, others_[c]) - dot(row, &l(c, 0), c)) / l(c, c);
     const double pivot = 1.0 - dot(row, row, r);
-    if (!(pivot > kDependentPivot)) return false;
+    if (!(pivot > k_.dependent_pivot)) return false;
     l(r, r) = std::sqrt(pivot);
     others_.push_back(j);
     return true;
@@ -249,12 +253,14 @@ class Wolfe {
 };
 
 // w = argmin_{w ∈ Δ} wᵀQw for a PSD Q [K, K]; returns the number of minor cycles (cap 50·K + 100).
-inline int min_norm_weights(const double* Q, int K, double* w) { return Wolfe(Q, K).run(w, 50 * K + 100); }
+inline int min_norm_weights(const double* Q, int K, double* w, const Constants& constants) {
+  return Wolfe(Q, K, constants).run(w, constants.cycles_per_task * K + constants.cycles_extra);
+}
 
 // The whole solve from Γ [K, K]: normalisers n, Γ' = sym(Γ)/(n·nᵀ), simplex weights w, and the
 // weights applied to the raw gradients (w, or w/n for Combination::normalized).
 inline Result solve(const double* gram, int K, Normalization normalization, Combination combination,
-                    const double* losses, double* weights, double* simplex, double* n) {
+                    const double* losses, double* weights, double* simplex, double* n, const Constants& constants) {
   normalizers(gram, K, normalization, losses, n);
   std::vector<double> Q(static_cast<size_t>(K) * K);
   for (int i = 0; i < K; ++i)
@@ -263,7 +269,7 @@ inline Result solve(const double* gram, int K, Normalization normalization, Comb
       Q[ij] = (gram[ij] + gram[ji]) / 2.0 / n[i] / n[j];
     }
   Result result;
-  result.iterations = min_norm_weights(Q.data(), K, simplex);
+  result.iterations = min_norm_weights(Q.data(), K, simplex, constants);
   result.kkt_residual = kkt_residual(Q.data(), simplex, K, &result.objective);
   for (int i = 0; i < K; ++i) {
     weights[i] = combination == Combination::original ? simplex[i] : simplex[i] / n[i];

@@ -11,12 +11,10 @@
 namespace mtlkernels {
 namespace {
 
-py::tuple nash_mtl_solve(const Array& gram, const py::object& previous, bool reuse, double max_norm) {
-  const int K = check_square(gram);
+py::tuple nash_mtl_solve(const Array& gram, const nash_mtl::Constants& constants, const py::object& previous,
+                         bool reuse, double max_norm) {
+  const int K = check_gram(gram);
   const double* g = gram.data();
-  for (int i = 0; i < K; ++i)
-    if (g[static_cast<size_t>(i) * K + i] < 0.0)
-      throw std::invalid_argument("gram has a negative diagonal entry at " + std::to_string(i) + ": it is not J·Jᵀ");
   if (!(max_norm >= 0.0) || !std::isfinite(max_norm))
     throw std::invalid_argument("max_norm must be a finite number >= 0");
   const bool warm_start = !previous.is_none();
@@ -38,7 +36,7 @@ py::tuple nash_mtl_solve(const Array& gram, const py::object& previous, bool reu
     if (reuse) {
       std::copy(warm.data(), warm.data() + K, a);
     } else {
-      certificate = nash_mtl::solve_alpha(g, K, warm_start ? warm.data() : nullptr, a);
+      certificate = nash_mtl::solve_alpha(g, K, warm_start ? warm.data() : nullptr, a, constants);
     }
     nash_mtl::certify_and_clip(g, K, a, max_norm, weights.mutable_data(), certificate);
   }
@@ -57,9 +55,13 @@ py::tuple nash_mtl_solve(const Array& gram, const py::object& previous, bool reu
 }
 
 Registration reg([](py::module_& m) {
-  m.def("nash_mtl_solve", &nash_mtl_solve, py::arg("gram"), py::arg("previous") = py::none(),
+  py::class_<nash_mtl::Constants>(m, "NashMTLConstants", "Nash-MTL's Newton caps and tolerances (see mtlkernels.methods.nash_mtl)")
+      .def(py::init<int, double, double, double, int, double>(), py::kw_only(), py::arg("max_newton_steps"),
+           py::arg("converged_decrement2"), py::arg("diverged_beta"), py::arg("max_start_beta"),
+           py::arg("shift_attempts"), py::arg("first_shift"));
+  m.def("nash_mtl_solve", &nash_mtl_solve, py::arg("gram"), py::arg("constants"), py::arg("previous") = py::none(),
         py::arg("reuse") = false, py::arg("max_norm") = 1.0,
-        "Nash-MTL weights from Γ [K, K] float64: α > 0 with α⊙(Γα) = 1, warm-started from `previous` "
+        "Nash-MTL weights from Γ [K, K] float64 and the solver's NashMTLConstants: α > 0 with α⊙(Γα) = 1, warm-started from `previous` "
         "(or reused as is when reuse=True), clipped to sqrt(αᵀΓα) <= max_norm (0: no clipping); returns "
         "(alpha [K] before clipping, weights [K], {'residual', 'kept_residual', 'direction_norm', "
         "'clip_scale', 'dropped_tasks', 'iterations', 'converged'}).");

@@ -6,7 +6,7 @@
 // of the strictly convex f(β) = ½βᵀCβ − Σ log βᵢ, minimised by damped Newton from a warm start
 // rescaled onto the optimal ray. Zero gradients get weight 0. When f is unbounded below (a
 // non-negative combination of the gradients vanishes, so no positive solution exists) the iterate
-// grows along that combination: once it passes kDivergedBeta the tasks still growing get weight 0
+// grows along that combination: once it passes diverged_beta the tasks still growing get weight 0
 // and the others are solved again. Mirrors _solve_newton_torch in mtlkernels/methods/nash_mtl.py.
 #pragma once
 #include <algorithm>
@@ -18,10 +18,16 @@
 
 namespace mtlkernels::nash_mtl {
 
-constexpr int kMaxNewtonSteps = 100;
-constexpr double kConvergedDecrement2 = 1e-20;  // λ² below this: one more full step reaches rounding
-constexpr double kDivergedBeta = 1e6;           // an iterate beyond this means f is unbounded below
-constexpr double kMaxStartBeta = 1e3;           // so that growth towards kDivergedBeta is seen step by step
+// The solve's tolerances and caps. Their values are defined once, in Python
+// (mtlkernels.methods.nash_mtl.NashMTLConstants, documented there), and arrive through the binding.
+struct Constants {
+  int max_newton_steps;
+  double converged_decrement2;  // λ² below this: one more full step reaches rounding
+  double diverged_beta;         // an iterate beyond this means f is unbounded below
+  double max_start_beta;        // so that growth towards diverged_beta is seen step by step
+  int shift_attempts;           // Cholesky attempts with a growing diagonal shift
+  double first_shift;           // the first shift, relative to the largest diagonal entry
+};
 
 struct Certificate {
   double residual = 0.0;       // ‖α⊙(Γα) − 1‖ over all tasks (α before clipping)
@@ -47,13 +53,13 @@ inline double barrier_objective(const std::vector<double>& C, const std::vector<
 
 // H x = b for the Newton system; a matrix that is not numerically positive definite (a Gram
 // accumulated in low precision) gets a growing diagonal shift until Cholesky succeeds.
-inline bool spd_solve(std::vector<double>& H, const double* b, double* x, int n) {
+inline bool spd_solve(std::vector<double>& H, const double* b, double* x, int n, const Constants& k) {
   double scale = 0.0;
   for (int i = 0; i < n; ++i) scale = std::max(scale, std::fabs(H[i * n + i]));
   double shift = 0.0;
-  for (int attempt = 0; attempt < 40; ++attempt) {
+  for (int attempt = 0; attempt < k.shift_attempts; ++attempt) {
     if (dense::cholesky_solve(H.data(), b, x, n, 0.0)) return true;
-    const double next = std::max(10.0 * shift, 1e-14 * scale);
+    const double next = std::max(10.0 * shift, k.first_shift * scale);
     for (int i = 0; i < n; ++i) H[i * n + i] += next - shift;
     shift = next;
   }
@@ -67,13 +73,13 @@ struct Round {
 };
 
 // Minimise f from β > 0 (in place). When f turns out unbounded below, `growing` marks the tasks
-// whose βᵢ still grows (relative step > 1/4) as the iterate passes kDivergedBeta.
+// whose βᵢ still grows (relative step > 1/4) as the iterate passes diverged_beta.
 inline Round barrier_newton(const std::vector<double>& C, std::vector<double>& beta, int n,
-                            std::vector<char>& growing) {
+                            std::vector<char>& growing, const Constants& constants) {
   std::vector<double> gradient(n), step(n), trial(n), H(static_cast<size_t>(n) * n);
   double previous_decrement2 = std::numeric_limits<double>::infinity();
   Round round;
-  for (int k = 1; k <= kMaxNewtonSteps; ++k) {
+  for (int k = 1; k <= constants.max_newton_steps; ++k) {
     for (int i = 0; i < n; ++i) {
       double row = 0.0;
       for (int j = 0; j < n; ++j) row += C[i * n + j] * beta[j];
@@ -81,7 +87,7 @@ inline Round barrier_newton(const std::vector<double>& C, std::vector<double>& b
     }
     std::copy(C.begin(), C.end(), H.begin());
     for (int i = 0; i < n; ++i) H[i * n + i] += 1.0 / (beta[i] * beta[i]);
-    if (!spd_solve(H, gradient.data(), step.data(), n)) {
+    if (!spd_solve(H, gradient.data(), step.data(), n, constants)) {
       round.steps = k - 1;
       return round;  // not converged; β is the last (finite, positive) iterate
     }
@@ -91,7 +97,7 @@ inline Round barrier_newton(const std::vector<double>& C, std::vector<double>& b
       decrement2 -= gradient[i] * step[i];
     }
     const double decrement = std::sqrt(std::max(decrement2, 0.0));
-    if (decrement2 <= kConvergedDecrement2) {
+    if (decrement2 <= constants.converged_decrement2) {
       for (int i = 0; i < n; ++i) beta[i] += step[i];
       round.steps = k;
       round.converged = true;
@@ -119,7 +125,7 @@ inline Round barrier_newton(const std::vector<double>& C, std::vector<double>& b
       trial[i] = beta[i] + step[i];
       if (trial[i] > trial[largest]) largest = i;
     }
-    if (trial[largest] > kDivergedBeta) {
+    if (trial[largest] > constants.diverged_beta) {
       for (int i = 0; i < n; ++i) growing[i] = step[i] > 0.25 * beta[i];
       growing[largest] = 1;
       std::copy(trial.begin(), trial.end(), beta.begin());
@@ -129,14 +135,15 @@ inline Round barrier_newton(const std::vector<double>& C, std::vector<double>& b
     }
     std::copy(trial.begin(), trial.end(), beta.begin());
   }
-  round.steps = kMaxNewtonSteps;
+  round.steps = constants.max_newton_steps;
   return round;
 }
 
 }  // namespace detail
 
 // α (before clipping) for Γ [K, K] row-major, warm-started from `previous` (nullptr: cold start).
-inline Certificate solve_alpha(const double* gram, int K, const double* previous, double* alpha) {
+inline Certificate solve_alpha(const double* gram, int K, const double* previous, double* alpha,
+                               const Constants& constants) {
   std::vector<double> norms(K);
   std::vector<char> kept(K);
   for (int i = 0; i < K; ++i) {
@@ -170,12 +177,12 @@ inline Certificate solve_alpha(const double* gram, int K, const double* previous
     double ray = 0.0;
     for (int a = 0; a < n; ++a)
       for (int b = 0; b < n; ++b) ray += beta[a] * C[a * n + b] * beta[b];
-    if (std::isfinite(ray) && ray > 0.0) {  // the minimiser of f along the ray, kept below kMaxStartBeta
-      const double s = std::min(std::sqrt(n / ray), kMaxStartBeta / *std::max_element(beta.begin(), beta.end()));
+    if (std::isfinite(ray) && ray > 0.0) {  // the minimiser of f along the ray, kept below max_start_beta
+      const double s = std::min(std::sqrt(n / ray), constants.max_start_beta / *std::max_element(beta.begin(), beta.end()));
       for (double& v : beta) v *= s;
     }
     growing.assign(n, 0);
-    const detail::Round round = detail::barrier_newton(C, beta, n, growing);
+    const detail::Round round = detail::barrier_newton(C, beta, n, growing, constants);
     certificate.iterations += round.steps;
     certificate.converged = round.converged;
     if (!round.diverged) {

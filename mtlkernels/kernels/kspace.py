@@ -5,12 +5,31 @@ works on it with masked reductions; every solve kernel (``solve_<method>.py``) i
 so the weights are computed on the GPU with no host synchronisation. Padding convention: rows and
 columns ≥ K are zero in Γ and identity in a system matrix, so they never change a result.
 """
+from dataclasses import fields
+from typing import Any
+
 import triton
 import triton.language as tl
 
-#: the largest K whose solve runs in registers (BLOCK_K ≤ 64); the solve_<method> modules hand
-#: larger problems to the weighting's torch solver
-MAX_TASKS = 64
+from ..backend import TRITON_MAX_TASKS
+
+#: the largest K whose solve runs in registers (BLOCK_K ≤ 64); the weighting hands larger problems
+#: to its torch solve
+MAX_TASKS = TRITON_MAX_TASKS
+
+
+#: id(constants) → (constants, its constexpr arguments); holding the constants keeps their id unique
+_CONSTEXPRS: dict[int, tuple[Any, dict[str, Any]]] = {}
+
+
+def constexprs(constants: Any) -> dict[str, Any]:
+    """A method's constants (a frozen dataclass) as kernel constexpr arguments: each field under
+    its name in upper case, e.g. ``pivot_tolerance`` → ``PIVOT_TOLERANCE``. Built once per object."""
+    entry = _CONSTEXPRS.get(id(constants))
+    if entry is None:
+        values = {field.name.upper(): getattr(constants, field.name) for field in fields(constants)}
+        entry = _CONSTEXPRS[id(constants)] = (constants, values)
+    return entry[1]
 
 
 def launch_config(K: int) -> tuple[int, int]:

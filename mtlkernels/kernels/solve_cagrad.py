@@ -20,22 +20,14 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..methods import cagrad
-from ..methods.base import Solution, host_gram
+from typing import Any
+
 from . import kspace
 from .kspace import MAX_TASKS
 
+# The solver's tolerances and iteration caps arrive as constexpr arguments in upper case (the
+# fields of mtlkernels.methods.cagrad.CAGradConstants, see kspace.constexprs).
 
-# csrc/solvers/cagrad.h's tolerances
-PIVOT_TOLERANCE = tl.constexpr(1e-12)
-EIGEN_RCOND = tl.constexpr(1e-12)
-CONSISTENCY_TOLERANCE = tl.constexpr(1e-6)
-RATE_TOLERANCE = tl.constexpr(1e-9)
-REFINE_TOLERANCE = tl.constexpr(1e-13)
-HULL_TOLERANCE = tl.constexpr(1e-14)
-HULL_ZERO_TOLERANCE = tl.constexpr(1e-7)
-#: Jacobi sweeps of the singular systems' eigen-decomposition (csrc/solvers/dense.h's default)
-MAX_SWEEPS = tl.constexpr(64)
 #: the smallest normal double (std::numeric_limits<double>::min())
 TINY = tl.constexpr(2.2250738585072014e-308)
 #: a timestamp later than any insertion
@@ -49,7 +41,10 @@ LEAVE = tl.constexpr(3)
 
 
 @triton.jit
-def _cagrad_active_solve(A, sigma, S, y1, y2, last, K, BLOCK_K: tl.constexpr, PAIR: tl.constexpr):
+def _cagrad_active_solve(
+    A, sigma, S, y1, y2, last, K, BLOCK_K: tl.constexpr, PAIR: tl.constexpr,
+    PIVOT_TOLERANCE: tl.constexpr, EIGEN_RCOND: tl.constexpr, CONSISTENCY_TOLERANCE: tl.constexpr, MAX_SWEEPS: tl.constexpr,
+):
     """x with A_SS·x = y (for y1, and y2 when PAIR) through M = A_SS/(σσᵀ): Cholesky, or least
     squares without M's eigenvalues below EIGEN_RCOND·λ_max once Cholesky fails; one step of
     iterative refinement either way (csrc/solvers/cagrad.h ActiveSystem). Returns
@@ -103,11 +98,16 @@ def _cagrad_active_solve(A, sigma, S, y1, y2, last, K, BLOCK_K: tl.constexpr, PA
 
 
 @triton.jit
-def _cagrad_face(A, b, sigma, S, radius_sq, at_zero, K, BLOCK_K: tl.constexpr):
+def _cagrad_face(
+    A, b, sigma, S, radius_sq, at_zero, K, BLOCK_K: tl.constexpr,
+    PIVOT_TOLERANCE: tl.constexpr, EIGEN_RCOND: tl.constexpr, CONSISTENCY_TOLERANCE: tl.constexpr, MAX_SWEEPS: tl.constexpr,
+):
     """(u_S, μ, ok) on the face S solved directly: A_SS·u_S + b_S = μ𝟙, u_S = μδ − β with A_SS·δ = 𝟙,
     A_SS·β = b_S; μ = 0 when ``at_zero``, else the larger root of qμ² − 2pμ + b_Sᵀβ = φ."""
     ones = tl.where(S, 1.0, 0.0).to(tl.float64)
-    beta, delta, beta_ok, delta_ok, _ = _cagrad_active_solve(A, sigma, S, b, ones, 0, K, BLOCK_K, True)
+    beta, delta, beta_ok, delta_ok, _ = _cagrad_active_solve(
+        A, sigma, S, b, ones, 0, K, BLOCK_K, True, PIVOT_TOLERANCE, EIGEN_RCOND, CONSISTENCY_TOLERANCE, MAX_SWEEPS
+    )
     q = tl.sum(delta, axis=0)
     p = tl.sum(beta, axis=0)
     constant = tl.sum(tl.where(S, b, 0.0) * beta, axis=0) - radius_sq
@@ -120,7 +120,11 @@ def _cagrad_face(A, b, sigma, S, radius_sq, at_zero, K, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
-def _cagrad_refine(A, b, sigma, u, radius_sq, mean_sq, at_zero, K, BLOCK_K: tl.constexpr):
+def _cagrad_refine(
+    A, b, sigma, u, radius_sq, mean_sq, at_zero, K, BLOCK_K: tl.constexpr,
+    REFINE_TOLERANCE: tl.constexpr, REFINE_ROUNDS_PER_TASK: tl.constexpr, REFINE_ROUNDS_EXTRA: tl.constexpr,
+    PIVOT_TOLERANCE: tl.constexpr, EIGEN_RCOND: tl.constexpr, CONSISTENCY_TOLERANCE: tl.constexpr, MAX_SWEEPS: tl.constexpr,
+):
     """Re-solve the final face and fix its active set task by task, task i's KKT condition judged
     at its scale (‖gᵢ‖ + min_S‖gⱼ‖)·(‖g₀‖ + √φ); a face out of the ball's reach drops the task of
     least uᵢ‖gᵢ‖ (csrc/solvers/cagrad.h refine). u is kept when no face passes."""
@@ -132,9 +136,11 @@ def _cagrad_refine(A, b, sigma, u, radius_sq, mean_sq, at_zero, K, BLOCK_K: tl.c
     d_scale = tl.sqrt(mean_sq) + tl.sqrt(radius_sq)
     rounds = 0
     running = (tl.sum(S.to(tl.int32), axis=0) > 0).to(tl.int32)
-    while (running != 0) & (rounds < 2 * K + 10):
+    while (running != 0) & (rounds < REFINE_ROUNDS_PER_TASK * K + REFINE_ROUNDS_EXTRA):
         rounds += 1
-        u_S, mu, ok = _cagrad_face(A, b, sigma, S, radius_sq, at_zero, K, BLOCK_K)
+        u_S, mu, ok = _cagrad_face(
+            A, b, sigma, S, radius_sq, at_zero, K, BLOCK_K, PIVOT_TOLERANCE, EIGEN_RCOND, CONSISTENCY_TOLERANCE, MAX_SWEEPS
+        )
         if ~ok:  # the ball is out of reach: drop the task nearest to leaving
             nearest = tl.where(S, u * sigma, float("inf"))
             leaving = tl.argmin(tl.where(S & (nearest == tl.min(nearest, axis=0)), added, NEVER), axis=0)
@@ -166,7 +172,11 @@ def _cagrad_refine(A, b, sigma, u, radius_sq, mean_sq, at_zero, K, BLOCK_K: tl.c
 
 
 @triton.jit
-def _cagrad_hull_zero_point(A, sigma, has_zero_row, K, BLOCK_K: tl.constexpr):
+def _cagrad_hull_zero_point(
+    A, sigma, has_zero_row, K, BLOCK_K: tl.constexpr,
+    HULL_TOLERANCE: tl.constexpr, HULL_ROUNDS_PER_TASK: tl.constexpr, HULL_ROUNDS_EXTRA: tl.constexpr,
+    PIVOT_TOLERANCE: tl.constexpr, EIGEN_RCOND: tl.constexpr, CONSISTENCY_TOLERANCE: tl.constexpr, MAX_SWEEPS: tl.constexpr,
+):
     """w on the simplex with Σᵢ wᵢgᵢ ≈ 0 when 0 ∈ conv{gᵢ} (the degenerate case's dual point; the
     best such attempt otherwise): the zero gradients if any, else w ∝ v/‖gᵢ‖ with v from
     Lawson–Hanson's active-set method for min_{v≥0} ‖Σᵢ vᵢĝᵢ‖² + (𝟙ᵀv − 1)² on the unit vectors,
@@ -185,7 +195,7 @@ def _cagrad_hull_zero_point(A, sigma, has_zero_row, K, BLOCK_K: tl.constexpr):
         passive = offs < 0
         rounds = 0
         running = 1
-        while (running != 0) & (rounds < 3 * K + 10):
+        while (running != 0) & (rounds < HULL_ROUNDS_PER_TASK * K + HULL_ROUNDS_EXTRA):
             rounds += 1
             gradient = tl.where(in_k & ~passive, 1.0 - kspace.matvec(Q, w), -float("inf"))  # −½ ∇
             if tl.max(gradient, axis=0) > HULL_TOLERANCE:
@@ -193,7 +203,9 @@ def _cagrad_hull_zero_point(A, sigma, has_zero_row, K, BLOCK_K: tl.constexpr):
                 inner = 0
                 while (tl.sum(passive.to(tl.int32), axis=0) > 0) & (inner <= K):  # each pass drops a task or ends
                     inner += 1
-                    z, _, _, _, _ = _cagrad_active_solve(Q, q_sigma, passive, ones, ones, 0, K, BLOCK_K, False)
+                    z, _, _, _, _ = _cagrad_active_solve(
+                        Q, q_sigma, passive, ones, ones, 0, K, BLOCK_K, False, PIVOT_TOLERANCE, EIGEN_RCOND, CONSISTENCY_TOLERANCE, MAX_SWEEPS
+                    )
                     ratios = w / (w - z)
                     ratios = tl.where(passive & (z <= 0.0) & (ratios == ratios), ratios, float("inf"))
                     ratio = tl.min(ratios, axis=0)
@@ -214,7 +226,7 @@ def _cagrad_hull_zero_point(A, sigma, has_zero_row, K, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
-def _cagrad_is_zero_combination(A, sigma, w):
+def _cagrad_is_zero_combination(A, sigma, w, HULL_ZERO_TOLERANCE: tl.constexpr):
     """‖Σᵢ wᵢgᵢ‖ ≤ HULL_ZERO_TOLERANCE·Σᵢ wᵢ‖gᵢ‖ (the square root of Γ's rounding)."""
     scale = HULL_ZERO_TOLERANCE * tl.sum(w * sigma, axis=0)
     return tl.sum(w * kspace.matvec(A, w), axis=0) <= scale * scale
@@ -224,6 +236,12 @@ def _cagrad_is_zero_combination(A, sigma, w):
 def _cagrad_solve_kernel(
     gram_ptr, weights_ptr, active_ptr, degenerate_ptr, iterations_ptr, facts_ptr,
     K, C: tl.constexpr, FACTOR: tl.constexpr, BLOCK_K: tl.constexpr,
+    PIVOT_TOLERANCE: tl.constexpr, EIGEN_RCOND: tl.constexpr, CONSISTENCY_TOLERANCE: tl.constexpr,
+    RATE_TOLERANCE: tl.constexpr, REFINE_TOLERANCE: tl.constexpr, HULL_TOLERANCE: tl.constexpr,
+    HULL_ZERO_TOLERANCE: tl.constexpr, MAX_SWEEPS: tl.constexpr,
+    PATH_STEPS_PER_TASK: tl.constexpr, PATH_STEPS_EXTRA: tl.constexpr,
+    REFINE_ROUNDS_PER_TASK: tl.constexpr, REFINE_ROUNDS_EXTRA: tl.constexpr,
+    HULL_ROUNDS_PER_TASK: tl.constexpr, HULL_ROUNDS_EXTRA: tl.constexpr,
 ):
     offs = tl.arange(0, BLOCK_K)
     in_k = offs < K
@@ -263,10 +281,12 @@ def _cagrad_solve_kernel(
         blocked = offs < 0  # tasks that left without μ moving may not re-enter until it moves (no cycling)
         running = 1
         iteration = 1
-        while (running != 0) & (iteration < 50 * K + 100) & (tl.sum(S.to(tl.int32), axis=0) > 0):
+        while (running != 0) & (iteration < PATH_STEPS_PER_TASK * K + PATH_STEPS_EXTRA) & (tl.sum(S.to(tl.int32), axis=0) > 0):
             iterations = iteration
             last = tl.argmax(tl.where(S, added, -1), axis=0)  # the latest added task
-            delta, _, consistent, _, z = _cagrad_active_solve(A, sigma, S, ones, ones, last, K, BLOCK_K, False)
+            delta, _, consistent, _, z = _cagrad_active_solve(
+                A, sigma, S, ones, ones, last, K, BLOCK_K, False, PIVOT_TOLERANCE, EIGEN_RCOND, CONSISTENCY_TOLERANCE, MAX_SWEEPS
+            )
             if consistent:
                 A_S = tl.where(S[None, :], A, 0.0)
                 rate = kspace.matvec(A_S, delta)  # d(gᵢ·d)/dμ
@@ -319,7 +339,10 @@ def _cagrad_solve_kernel(
                     S = S & (offs != index)
                     added = tl.where(S, added, NEVER)
             else:  # the entering gradient depends on the active ones: μ = 0 here
-                hull_point = _cagrad_hull_zero_point(A, sigma, has_zero_row, K, BLOCK_K)
+                hull_point = _cagrad_hull_zero_point(
+                    A, sigma, has_zero_row, K, BLOCK_K, HULL_TOLERANCE, HULL_ROUNDS_PER_TASK, HULL_ROUNDS_EXTRA,
+                    PIVOT_TOLERANCE, EIGEN_RCOND, CONSISTENCY_TOLERANCE, MAX_SWEEPS,
+                )
                 # a degenerate pivot (Σ zₖgₖ = 0 with mixed signs, e.g. parallel gradients of different
                 # norms): move u_S along z, d unchanged, until an active multiplier reaches 0
                 z = tl.where(tl.sum(tl.where(offs == last, z, 0.0), axis=0) < 0.0, -z, z)
@@ -329,7 +352,7 @@ def _cagrad_solve_kernel(
                 ratio = tl.min(ratios, axis=0)
                 swapped_out = tl.argmin(tl.where(candidates & (ratios == ratio), added, NEVER), axis=0)
                 swap = (
-                    ~_cagrad_is_zero_combination(A, sigma, hull_point)
+                    ~_cagrad_is_zero_combination(A, sigma, hull_point, HULL_ZERO_TOLERANCE)
                     & (tl.sum(tl.where(offs == last, z, 0.0), axis=0) > 0.0)
                     & (ratio < float("inf"))
                 )
@@ -346,7 +369,8 @@ def _cagrad_solve_kernel(
                     running = 0
             iteration += 1
         u = _cagrad_refine(  # after the ball, at μ = 0, or at the iteration cap
-            A, b, sigma, tl.maximum(u, 0.0), radius_sq, mean_sq, degenerate != 0, K, BLOCK_K
+            A, b, sigma, tl.maximum(u, 0.0), radius_sq, mean_sq, degenerate != 0, K, BLOCK_K,
+            REFINE_TOLERANCE, REFINE_ROUNDS_PER_TASK, REFINE_ROUNDS_EXTRA, PIVOT_TOLERANCE, EIGEN_RCOND, CONSISTENCY_TOLERANCE, MAX_SWEEPS,
         )
 
     # certificate (csrc/solvers/cagrad.h certify; mtlkernels.methods.cagrad.certificate)
@@ -382,13 +406,14 @@ def _cagrad_solve_kernel(
     tl.store(facts_ptr + 5, u_sum)
 
 
-def cagrad_solve(gram: Tensor, c: float, factor: float) -> tuple[Tensor, dict[str, Tensor]]:
+def cagrad_solve(gram: Tensor, c: float, factor: float, constants: Any) -> tuple[Tensor, dict[str, Tensor]]:
     """csrc's cagrad_solve on the device: weights (1/K + u)·factor [K] float64 and the diagnostics
     kkt_residual, ball_residual, duality_gap, worst_improvement, dual_objective, multiplier_sum
     (0-d float64), degenerate (0-d bool), iterations (0-d int32), active_set ([K] bool mask).
 
     gram: Γ [K, K] float32/float64, K ≤ :data:`MAX_TASKS`; c ≥ 0 and factor are compile-time
-    constants of the kernel (one compilation per value, as a weighting keeps them fixed).
+    constants of the kernel (one compilation per value, as a weighting keeps them fixed), and so
+    are the solver's ``constants`` (a :class:`mtlkernels.methods.cagrad.CAGradConstants`).
     """
     K = gram.shape[0]
     device = gram.device
@@ -400,27 +425,10 @@ def cagrad_solve(gram: Tensor, c: float, factor: float) -> tuple[Tensor, dict[st
     block, warps = kspace.launch_config(K)
     _cagrad_solve_kernel[(1,)](
         gram.contiguous(), weights, active, degenerate, iterations, facts, K,
-        C=float(c), FACTOR=float(factor), BLOCK_K=block, num_warps=warps,
+        C=float(c), FACTOR=float(factor), BLOCK_K=block, num_warps=warps, **kspace.constexprs(constants),
     )
     names = ("kkt_residual", "ball_residual", "duality_gap", "worst_improvement", "dual_objective", "multiplier_sum")
     diagnostics: dict[str, Tensor] = dict(zip(names, facts.unbind()))
     diagnostics.update(active_set=active, degenerate=degenerate, iterations=iterations)
     return weights, diagnostics
 
-
-def solve_triton(self: cagrad.CAGradWeighting, gram: Tensor, losses: Tensor | None) -> Solution:
-    """CAGradWeighting's "triton" solver: the on-device solve for K ≤ :data:`MAX_TASKS`; beyond, the
-    torch solver (a host copy and synchronisation).
-
-    Γ is checked (finite, non-negative diagonal) only on CPU tensors, where it is free; on CUDA a
-    non-finite Γ gives non-finite weights, as ``mtlkernels.aggregate``'s ``check_finite`` documents.
-    """
-    if gram.shape[0] > MAX_TASKS:
-        return type(self).solvers["torch"](self, gram, losses)
-    if gram.dtype not in (torch.float32, torch.float64):
-        gram = gram.to(torch.float32)
-    if gram.device.type == "cpu":
-        host_gram(gram)
-    factor = (gram.shape[0] if self.sum_scale else 1.0) / cagrad.rescale_factor(self.c, self.rescale)
-    weights, diagnostics = cagrad_solve(gram, self.c, factor)
-    return Solution(weights, diagnostics)

@@ -14,23 +14,20 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..methods import imtl
-from ..methods.base import Solution, host_gram
+from typing import Any
+
 from . import kspace
 from .kspace import MAX_TASKS
 
-
-# the tolerances of mtlkernels.methods.imtl (= csrc/solvers/imtl.h), as kernel constants
-PIVOT_TOL = tl.constexpr(imtl.PIVOT_TOL)
-SUM_RTOL = tl.constexpr(imtl.SUM_RTOL)
-RANK_RCOND = tl.constexpr(imtl.RANK_RCOND)
-CONSISTENCY_RTOL = tl.constexpr(imtl.CONSISTENCY_RTOL)
-#: Jacobi sweeps of the fallback's eigen-decomposition (csrc/solvers/dense.h's default)
-MAX_SWEEPS = tl.constexpr(64)
+# The solver's tolerances and sweep cap arrive as constexpr arguments in upper case (the fields of
+# mtlkernels.methods.imtl.IMTLConstants, see kspace.constexprs).
 
 
 @triton.jit
-def _imtl_min_norm_impartial(C, n, active, m, K, BLOCK_K: tl.constexpr):
+def _imtl_min_norm_impartial(
+    C, n, active, m, K, BLOCK_K: tl.constexpr,
+    SUM_RTOL: tl.constexpr, RANK_RCOND: tl.constexpr, CONSISTENCY_RTOL: tl.constexpr, MAX_SWEEPS: tl.constexpr,
+):
     """The least-‖β‖ β with C·β ∈ span 𝟙 and Σβᵢ/nᵢ = 1, as weights N⁻¹β (masked to ``active``):
     (alpha, found, unique, rank). C's null space and C⁺𝟙 come from its Jacobi eigen-decomposition;
     the answer is 1/n projected onto their span, rescaled (csrc/solvers/imtl.h min_norm_impartial)."""
@@ -65,6 +62,8 @@ def _imtl_min_norm_impartial(C, n, active, m, K, BLOCK_K: tl.constexpr):
 def _imtl_solve_kernel(
     gram_ptr, weights_ptr, zero_tasks_ptr, fallback_ptr, unique_ptr, degenerate_ptr, rank_ptr, residual_ptr,
     K, BLOCK_K: tl.constexpr,
+    PIVOT_TOL: tl.constexpr, SUM_RTOL: tl.constexpr, RANK_RCOND: tl.constexpr, CONSISTENCY_RTOL: tl.constexpr,
+    MAX_SWEEPS: tl.constexpr,
 ):
     offs = tl.arange(0, BLOCK_K)
     G = kspace.load_square(gram_ptr, K, BLOCK_K)
@@ -83,7 +82,9 @@ def _imtl_solve_kernel(
     degenerate = m < 0
     rank = tl.where(closed_form, m, 0)
     if (m > 0) & ~closed_form:
-        alpha, found, unique, rank = _imtl_min_norm_impartial(C, n, active, m, K, BLOCK_K)
+        alpha, found, unique, rank = _imtl_min_norm_impartial(
+            C, n, active, m, K, BLOCK_K, SUM_RTOL, RANK_RCOND, CONSISTENCY_RTOL, MAX_SWEEPS
+        )
         degenerate = ~found
     weights = tl.where(m > 0, alpha, 1.0 / tl.sum((offs < K).to(tl.float64), axis=0))
 
@@ -105,9 +106,10 @@ def _imtl_solve_kernel(
     tl.store(residual_ptr, residual)
 
 
-def imtl_solve(gram: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+def imtl_solve(gram: Tensor, constants: Any) -> tuple[Tensor, dict[str, Tensor]]:
     """Weights [K] float64 and the diagnostics of csrc/solvers/imtl.h as device tensors (0-d, and
-    ``zero_tasks`` a [K] bool mask), from Γ [K, K] (float32 or float64, K ≤ :data:`MAX_TASKS`)."""
+    ``zero_tasks`` a [K] bool mask), from Γ [K, K] (float32 or float64, K ≤ :data:`MAX_TASKS`) and
+    the solver's :class:`mtlkernels.methods.imtl.IMTLConstants` (kernel constexprs)."""
     K = gram.shape[0]
     device = gram.device
     weights = torch.empty(K, dtype=torch.float64, device=device)
@@ -118,7 +120,7 @@ def imtl_solve(gram: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
     block, warps = kspace.launch_config(K)
     _imtl_solve_kernel[(1,)](
         gram.contiguous(), weights, zero_tasks, flags[0], flags[1], flags[2], rank, residual, K,
-        BLOCK_K=block, num_warps=warps,
+        BLOCK_K=block, num_warps=warps, **kspace.constexprs(constants),
     )
     diagnostics = {
         "fallback": flags[0], "unique": flags[1], "degenerate": flags[2], "rank": rank,
@@ -126,19 +128,3 @@ def imtl_solve(gram: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
     }
     return weights, diagnostics
 
-
-def solve_triton(self: imtl.IMTLWeighting, gram: Tensor, losses: Tensor | None) -> Solution:
-    """IMTLWeighting's "triton" solver: the on-device solve for K ≤ :data:`MAX_TASKS` (weights and
-    diagnostics stay on gram's device); beyond, the torch solver (a host copy and synchronisation).
-
-    Γ is checked (finite, non-negative diagonal) only on CPU tensors, where it is free; on CUDA a
-    non-finite Γ gives non-finite weights, as ``mtlkernels.aggregate``'s ``check_finite`` documents.
-    """
-    if gram.shape[0] > MAX_TASKS:
-        return type(self).solvers["torch"](self, gram, losses)
-    if gram.dtype not in (torch.float32, torch.float64):
-        gram = gram.to(torch.float32)
-    if gram.device.type == "cpu":
-        host_gram(gram)
-    weights, diagnostics = imtl_solve(gram)
-    return Solution(weights, diagnostics)

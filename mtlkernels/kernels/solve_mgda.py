@@ -16,16 +16,16 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..methods import mgda
-from ..methods.base import Solution, host_gram
+from typing import Any
+
 from . import kspace
 from .kspace import MAX_TASKS
 
+# The solver's tolerances and iteration cap arrive as constexpr arguments in upper case (the fields
+# of mtlkernels.methods.mgda.MGDAConstants, see kspace.constexprs).
 
-TOLERANCE = tl.constexpr(mgda.TOLERANCE)
-DEPENDENT_PIVOT = tl.constexpr(mgda.DEPENDENT_PIVOT)
-#: the kernel's code for each normalisation
-NORMALIZATION_CODES = {name: code for code, name in enumerate(mgda.NORMALIZATIONS)}
+#: the kernel's code for each normalisation (the names of mtlkernels.methods.mgda.NORMALIZATIONS)
+NORMALIZATION_CODES = {"none": 0, "l2": 1, "loss": 2, "loss+": 3}
 NONE = tl.constexpr(NORMALIZATION_CODES["none"])
 L2 = tl.constexpr(NORMALIZATION_CODES["l2"])
 LOSS = tl.constexpr(NORMALIZATION_CODES["loss"])
@@ -34,7 +34,7 @@ NEVER = tl.constexpr(2**30)
 
 
 @triton.jit
-def _mgda_affine_minimizer(Q, active, added, lengths, K, BLOCK_K: tl.constexpr):
+def _mgda_affine_minimizer(Q, active, added, lengths, K, BLOCK_K: tl.constexpr, DEPENDENT_PIVOT: tl.constexpr):
     """(α, ok): α (Σα = 1, zero off ``active``) of the point of the affine hull of the active
     gradients nearest 0; ok is False when they are numerically affinely dependent. Base p_b: the
     shortest active gradient (the earliest ``added`` on ties); Δ̂ᵢ = (pᵢ − p_b)/‖pᵢ − p_b‖;
@@ -61,6 +61,7 @@ def _mgda_affine_minimizer(Q, active, added, lengths, K, BLOCK_K: tl.constexpr):
 def _mgda_solve_kernel(
     gram_ptr, losses_ptr, weights_ptr, simplex_ptr, normalizers_ptr, kkt_ptr, objective_ptr, iterations_ptr,
     support_ptr, K, NORMALIZATION: tl.constexpr, NORMALIZED: tl.constexpr, BLOCK_K: tl.constexpr,
+    TOLERANCE: tl.constexpr, DEPENDENT_PIVOT: tl.constexpr, CYCLES_PER_TASK: tl.constexpr, CYCLES_EXTRA: tl.constexpr,
 ):
     offs = tl.arange(0, BLOCK_K)
     in_k = offs < K
@@ -84,7 +85,7 @@ def _mgda_solve_kernel(
     zero = in_k & (lengths == 0.0)
     zeros = tl.sum(zero.to(tl.int32), axis=0)
     cycles = 0
-    max_cycles = 50 * K + 100
+    max_cycles = CYCLES_PER_TASK * K + CYCLES_EXTRA
     if zeros > 0:  # the min-norm point is 0: spread the weight over the zero gradients
         lam = tl.where(zero, 1.0 / zeros.to(tl.float64), 0.0)
     else:
@@ -114,7 +115,7 @@ def _mgda_solve_kernel(
                 minor = 1
                 while (minor != 0) & (cycles < max_cycles):  # minor cycles
                     cycles += 1
-                    alpha, ok = _mgda_affine_minimizer(Q, active, added, lengths, K, BLOCK_K)
+                    alpha, ok = _mgda_affine_minimizer(Q, active, added, lengths, K, BLOCK_K, DEPENDENT_PIVOT)
                     if ~ok:
                         dependent = 1
                         minor = 0
@@ -162,12 +163,15 @@ def _mgda_solve_kernel(
     tl.store(support_ptr, tl.sum((in_k & (lam > 0.0)).to(tl.int32), axis=0))
 
 
-def mgda_solve(gram: Tensor, losses: Tensor | None, normalization: str, combination: str) -> dict[str, Tensor]:
+def mgda_solve(
+    gram: Tensor, losses: Tensor | None, normalization: str, combination: str, constants: Any
+) -> dict[str, Tensor]:
     """csrc's mgda_solve on the device: {"weights", "simplex_weights", "normalizers" ([K] float64),
     "kkt_residual", "objective" (0-d float64), "iterations", "support" (0-d int32)}.
 
     gram: Γ [K, K] float32/float64, K ≤ :data:`MAX_TASKS`; losses: [K] on gram's device, needed by
-    the "loss"/"loss+" normalisations (unchecked here).
+    the "loss"/"loss+" normalisations (unchecked here); constants: the solver's
+    :class:`mtlkernels.methods.mgda.MGDAConstants` (kernel constexprs).
     """
     K = gram.shape[0]
     device = gram.device
@@ -189,27 +193,7 @@ def mgda_solve(gram: Tensor, losses: Tensor | None, normalization: str, combinat
         out["simplex_weights"], out["normalizers"], out["kkt_residual"], out["objective"], out["iterations"],
         out["support"], K,
         NORMALIZATION=NORMALIZATION_CODES[normalization], NORMALIZED=combination == "normalized", BLOCK_K=block,
-        num_warps=warps,
+        num_warps=warps, **kspace.constexprs(constants),
     )
     return out
 
-
-def solve_triton(self: mgda.MGDAWeighting, gram: Tensor, losses: Tensor | None) -> Solution:
-    """MGDAWeighting's "triton" solver: the on-device solve for K ≤ :data:`MAX_TASKS`; beyond, the
-    torch solver (a host copy and synchronisation). The losses (host values, checked by the
-    weighting) are copied to the device without waiting.
-
-    Γ is checked (finite, non-negative diagonal) only on CPU tensors, where it is free; on CUDA a
-    non-finite Γ gives non-finite weights, as ``mtlkernels.aggregate``'s ``check_finite`` documents.
-    """
-    if gram.shape[0] > MAX_TASKS:
-        return type(self).solvers["torch"](self, gram, losses)
-    mgda.check_loss_signs(self.normalization, losses)
-    if gram.dtype not in (torch.float32, torch.float64):
-        gram = gram.to(torch.float32)
-    if gram.device.type == "cpu":
-        host_gram(gram)
-    if losses is not None:
-        losses = losses.to(device=gram.device, dtype=torch.float64, non_blocking=True)
-    out = mgda_solve(gram, losses, self.normalization, self.combination)
-    return Solution(out.pop("weights"), out)

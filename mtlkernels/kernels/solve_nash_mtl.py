@@ -14,18 +14,13 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..methods import nash_mtl
-from ..methods.base import Solution, host_gram
+from typing import Any
+
 from . import kspace
 from .kspace import MAX_TASKS
 
-
-MAX_NEWTON_STEPS = tl.constexpr(nash_mtl._MAX_NEWTON_STEPS)
-CONVERGED_DECREMENT2 = tl.constexpr(nash_mtl._CONVERGED_DECREMENT2)
-DIVERGED_BETA = tl.constexpr(nash_mtl._DIVERGED_BETA)
-MAX_START_BETA = tl.constexpr(nash_mtl._MAX_START_BETA)
-#: Cholesky attempts with a growing diagonal shift (csrc/solvers/nash_mtl.h spd_solve)
-SHIFT_ATTEMPTS = tl.constexpr(40)
+# The solver's caps and tolerances arrive as constexpr arguments in upper case (the fields of
+# mtlkernels.methods.nash_mtl.NashMTLConstants, see kspace.constexprs).
 
 # Newton round status
 RUNNING = tl.constexpr(0)
@@ -35,7 +30,11 @@ STALLED = tl.constexpr(3)  # the Newton system stayed indefinite: keep the last 
 
 
 @triton.jit
-def _nash_mtl_barrier_newton(C, beta, kept, K, BLOCK_K: tl.constexpr):
+def _nash_mtl_barrier_newton(
+    C, beta, kept, K, BLOCK_K: tl.constexpr,
+    MAX_NEWTON_STEPS: tl.constexpr, CONVERGED_DECREMENT2: tl.constexpr, DIVERGED_BETA: tl.constexpr,
+    SHIFT_ATTEMPTS: tl.constexpr, FIRST_SHIFT: tl.constexpr,
+):
     """Minimise f(β) = ½βᵀCβ − Σ log βᵢ over the ``kept`` tasks by damped Newton from β > 0:
     (β, steps, status, growing), ``growing`` the tasks whose βᵢ still grows (relative step > 1/4)
     when the iterate passes DIVERGED_BETA (status DIVERGED)."""
@@ -56,7 +55,7 @@ def _nash_mtl_barrier_newton(C, beta, kept, K, BLOCK_K: tl.constexpr):
         shift = 0.0 * scale
         attempts = 1
         while (~factored) & (attempts < SHIFT_ATTEMPTS):
-            next_shift = tl.maximum(10.0 * shift, 1e-14 * scale)
+            next_shift = tl.maximum(10.0 * shift, FIRST_SHIFT * scale)
             H = tl.where(eye & kept[:, None], H + (next_shift - shift), H)
             shift = next_shift
             L, factored = kspace.cholesky(H, kept, K, BLOCK_K, 0.0)
@@ -101,6 +100,8 @@ def _nash_mtl_barrier_newton(C, beta, kept, K, BLOCK_K: tl.constexpr):
 def _nash_mtl_solve_kernel(
     gram_ptr, previous_ptr, alpha_ptr, weights_ptr, dropped_ptr, iterations_ptr, converged_ptr, certificates_ptr,
     K, MAX_NORM: tl.constexpr, HAS_PREVIOUS: tl.constexpr, REUSE: tl.constexpr, BLOCK_K: tl.constexpr,
+    MAX_NEWTON_STEPS: tl.constexpr, CONVERGED_DECREMENT2: tl.constexpr, DIVERGED_BETA: tl.constexpr,
+    MAX_START_BETA: tl.constexpr, SHIFT_ATTEMPTS: tl.constexpr, FIRST_SHIFT: tl.constexpr,
 ):
     offs = tl.arange(0, BLOCK_K)
     in_k = offs < K
@@ -132,7 +133,10 @@ def _nash_mtl_solve_kernel(
             if (ray > 0.0) & (ray < float("inf")):  # the minimiser of f along the ray, kept below 1e3
                 n = tl.sum(kept.to(tl.float64), axis=0)
                 beta *= tl.minimum(tl.sqrt(n / ray), MAX_START_BETA / tl.max(beta, axis=0))
-            beta, steps, status, growing = _nash_mtl_barrier_newton(C, beta, kept, K, BLOCK_K)
+            beta, steps, status, growing = _nash_mtl_barrier_newton(
+                C, beta, kept, K, BLOCK_K, MAX_NEWTON_STEPS, CONVERGED_DECREMENT2, DIVERGED_BETA, SHIFT_ATTEMPTS,
+                FIRST_SHIFT,
+            )
             iterations += steps
             converged = (status == CONVERGED).to(tl.int32)
             if status == DIVERGED:  # no positive solution: drop the cancelling tasks, solve again
@@ -162,12 +166,13 @@ def _nash_mtl_solve_kernel(
 
 
 def nash_mtl_solve(
-    gram: Tensor, previous: Tensor | None, reuse: bool, max_norm: float
+    gram: Tensor, previous: Tensor | None, reuse: bool, max_norm: float, constants: Any
 ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     """(α [K] before clipping, weights [K], diagnostics) as device tensors — csrc's nash_mtl_solve.
 
     gram: Γ [K, K] float32/float64, K ≤ :data:`MAX_TASKS`; previous: the warm start α [K] on gram's
-    device (or None); reuse: return ``previous`` (certified on this Γ) without solving.
+    device (or None); reuse: return ``previous`` (certified on this Γ) without solving; constants:
+    the solver's :class:`mtlkernels.methods.nash_mtl.NashMTLConstants` (kernel constexprs).
     Diagnostics: residual, kept_residual, direction_norm, clip_scale (0-d float64), iterations
     (0-d int32), converged (0-d bool), dropped_tasks ([K] bool mask).
     """
@@ -186,7 +191,7 @@ def nash_mtl_solve(
         gram.contiguous(), alpha if previous is None else previous.contiguous(), alpha, weights, dropped,
         iterations, converged, certificates, K,
         MAX_NORM=float(max_norm), HAS_PREVIOUS=previous is not None, REUSE=reuse, BLOCK_K=block,
-        num_warps=warps,
+        num_warps=warps, **kspace.constexprs(constants),
     )
     diagnostics = {
         "residual": certificates[0], "kept_residual": certificates[1], "direction_norm": certificates[2],
@@ -194,24 +199,3 @@ def nash_mtl_solve(
     }
     return alpha, weights, diagnostics
 
-
-def solve_triton(self: nash_mtl.NashMTLWeighting, gram: Tensor, losses: Tensor | None) -> Solution:
-    """NashMTLWeighting's "triton" solver (Newton): the on-device solve for K ≤ :data:`MAX_TASKS`;
-    the warm-start α stays on the device in the weighting's state, and ``update_weights_every``
-    reuse is decided by the host step counter. solver="ccp" and K > :data:`MAX_TASKS` run the
-    torch solver (a host copy and synchronisation).
-
-    Γ is checked (finite, non-negative diagonal) only on CPU tensors, where it is free; on CUDA a
-    non-finite Γ gives non-finite weights, as ``mtlkernels.aggregate``'s ``check_finite`` documents.
-    """
-    if self.solver == "ccp" or gram.shape[0] > MAX_TASKS:
-        return type(self).solvers["torch"](self, gram, losses)
-    if gram.dtype not in (torch.float32, torch.float64):
-        gram = gram.to(torch.float32)
-    if gram.device.type == "cpu":
-        host_gram(gram)
-    reused, previous = self._plan(gram)
-    if previous is not None:
-        previous = previous.to(device=gram.device, dtype=torch.float64, non_blocking=True)
-    alpha, weights, diagnostics = nash_mtl_solve(gram, previous, reused, self.max_norm)
-    return self._finish(gram, alpha, weights, diagnostics, reused)

@@ -10,18 +10,19 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..methods.base import Solution
-from ..methods.pcgrad import PCGradWeighting
 
 
 @triton.jit
-def _pcgrad_solve_kernel(gram_ptr, order_ptr, weights_ptr, projections_ptr, K, MEAN: tl.constexpr, BLOCK_K: tl.constexpr):
+def _pcgrad_solve_kernel(
+    gram_ptr, order_ptr, weights_ptr, projections_ptr, residual_ptr, K, MEAN: tl.constexpr, BLOCK_K: tl.constexpr
+):
     # Tasks are independent of each other, so all K coefficient vectors advance together:
     # row i of `coeffs` is cᵢ, and step t visits j = order[i, t] for every task i at once.
     offs = tl.arange(0, BLOCK_K)
     task_mask = offs < K
     coeffs = tl.where(offs[:, None] == offs[None, :], 1.0, 0.0).to(tl.float64)
     projections = 0
+    residual = tl.full([], 0.0, tl.float64)  # max |(Γcᵢ)ⱼ| / Σₖ|Γⱼₖcᵢₖ| right after each projection
     for t in range(K):
         j = tl.load(order_ptr + offs * K + t, mask=task_mask, other=0)  # [BLOCK_K]: task i visits j[i]
         gram_rows = tl.load(
@@ -33,33 +34,31 @@ def _pcgrad_solve_kernel(gram_ptr, order_ptr, weights_ptr, projections_ptr, K, M
         step = tl.where(project, inner / tl.where(project, norm_sq, 1.0), 0.0)
         coeffs = tl.where(offs[None, :] == j[:, None], coeffs - step[:, None], coeffs)
         projections += tl.sum(project.to(tl.int32), axis=0)
+        terms = gram_rows * coeffs
+        magnitude = tl.sum(tl.abs(terms), axis=1)
+        after = tl.abs(tl.sum(terms, axis=1)) / tl.where(magnitude > 0.0, magnitude, 1.0)
+        residual = tl.maximum(residual, tl.max(tl.where(project, after, 0.0), axis=0))
     weights = tl.sum(tl.where(task_mask[:, None], coeffs, 0.0), axis=0)
     if MEAN:
         weights = weights / K
     tl.store(weights_ptr + offs, weights, mask=task_mask)
     tl.store(projections_ptr, projections)
+    tl.store(residual_ptr, residual)
 
 
-def pcgrad_solve(gram: Tensor, order: Tensor, mean: bool) -> tuple[Tensor, Tensor]:
-    """Weights [K] float64 and the number of projections (0-d int32), both on gram's device.
+def pcgrad_solve(gram: Tensor, order: Tensor, mean: bool) -> tuple[Tensor, dict[str, Tensor]]:
+    """Weights [K] float64 and the diagnostics "projections" (0-d int32) and
+    "orthogonality_residual" (0-d float64), all on gram's device.
 
     gram: Γ [K, K]; order: [K, K] int64, row i the visiting order for task i.
     """
     K = gram.shape[0]
     weights = torch.empty(K, dtype=torch.float64, device=gram.device)
     projections = torch.empty((), dtype=torch.int32, device=gram.device)
+    residual = torch.empty((), dtype=torch.float64, device=gram.device)
     _pcgrad_solve_kernel[(1,)](
-        gram.contiguous(), order.contiguous(), weights, projections, K,
+        gram.contiguous(), order.contiguous(), weights, projections, residual, K,
         MEAN=mean, BLOCK_K=max(16, triton.next_power_of_2(K)),
     )
-    return weights, projections
+    return weights, {"projections": projections, "orthogonality_residual": residual}
 
-
-def solve_triton(self: PCGradWeighting, gram: Tensor, losses: Tensor | None) -> Solution:
-    """The weighting's "triton" solver: one program, no host sync.
-
-    Diagnostics hold device tensors: "projections" (0-d) and "order"; the orthogonality residual
-    is not computed on the device."""
-    order = self.visiting_orders(gram.shape[0], gram.device)
-    weights, projections = pcgrad_solve(gram.detach(), order, self.reduction == "mean")
-    return Solution(weights, {"projections": projections, "order": order})

@@ -1,7 +1,8 @@
-"""K-space solves, one file per method: Γ (+ losses) → weights. See :class:`base.Weighting`."""
+"""K-space solves, one file per method: Γ (+ losses) → weights. See :mod:`.base` for what a
+method provides and what the shared backend layer does for it."""
 from __future__ import annotations
 
-from .base import Solution, Weighting
+from .base import Solution, Weighting, diagnostics_to_python
 from .cagrad import CAGradWeighting
 from .imtl import IMTLWeighting
 from .mean import Mean
@@ -40,5 +41,6 @@ __all__ = [
     "PCGradWeighting",
     "Solution",
     "Weighting",
+    "diagnostics_to_python",
     "make_weighting",
 ]

@@ -1,22 +1,39 @@
 """The K-space half of every method: a *weighting* maps the Gram matrix Γ (and, for some
 methods, the K loss values) to the K weights w of the direction d = Σₖ wₖ·gₖ.
 
-Subclasses implement :meth:`Weighting.solve` for each backend they support; the base class checks
-inputs, dispatches through :mod:`mtlkernels.backend`, and carries the optimizer-style state API
-(``state_dict``/``load_state_dict``/``reset``) that stateful methods (Nash-MTL) fill in.
+A method is a :class:`Weighting` subclass that holds its options (checked in ``__init__``), its
+numeric constants (a frozen dataclass, :attr:`Weighting.constants`) and its solves:
+
+- :meth:`Weighting.solve_torch` — the readable float64 version; every method has it;
+- :meth:`Weighting.solve_cpp` — calls its ``mtlkernels._C`` entry point, when it has one;
+- :meth:`Weighting.solve_triton` — calls its on-device launcher in ``mtlkernels.kernels``,
+  imported inside the method, when it has one.
+
+The C++ and Triton solves receive the constants from the method (a bound C++ struct; kernel
+constexprs), so their values are written once. Everything else is done here, once for every
+method: the choice of backend and the fallback to torch beyond a backend's K limit
+(:func:`mtlkernels.backend.resolve`), the checks of Γ, the host/device and dtype moves, and the
+diagnostics contract.
+
+Diagnostics contract: every backend of a method reports the same keys. The host solves (torch,
+cpp) give Python scalars (float, int, bool, str), lists of task indices for task sets, and
+tensors for per-task vectors; the on-device solve (triton) gives tensors on Γ's device so that
+nothing waits for the GPU: 0-d tensors for scalars and [K] bool masks for task sets.
+:func:`diagnostics_to_python` turns either form into the host form, for logging and comparison.
 """
 from __future__ import annotations
 
-import importlib
-from abc import ABC
-from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from .. import backend as _backend
 from .._checks import check_gram, check_losses
+from .._extension import extension
 
 
 @dataclass
@@ -25,14 +42,48 @@ class Solution:
 
     Attributes:
         weights: [K] float64 weights, on the device of the Gram matrix.
-        diagnostics: certificate and solver facts, e.g. ``{"kkt_residual": 3e-16, "iterations": 4}``.
+        diagnostics: certificate and solver facts, e.g. ``{"kkt_residual": 3e-16, "iterations": 4}``
+            (see the module docstring for the types).
     """
 
     weights: Tensor
     diagnostics: dict[str, Any] = field(default_factory=dict)
 
+    def to(self, device: torch.device) -> "Solution":
+        """The weights and the tensor diagnostics on ``device``."""
+        diagnostics = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in self.diagnostics.items()}
+        return Solution(self.weights.to(device), diagnostics)
 
-SolveFn = Callable[["Weighting", Tensor, "Tensor | None"], Solution]
+
+def diagnostics_to_python(diagnostics: dict[str, Any]) -> dict[str, Any]:
+    """Diagnostics of any backend as plain Python values, for logging: 0-d tensors → numbers,
+    [K] bool masks (task sets) → lists of task indices, other tensors → (nested) lists of numbers;
+    Python values unchanged. Reads device tensors, so it waits for the GPU."""
+    out: dict[str, Any] = {}
+    for key, value in diagnostics.items():
+        if isinstance(value, Tensor):
+            value = value.detach().cpu()
+            if value.dim() == 0:
+                value = value.item()
+            elif value.dtype == torch.bool:
+                value = value.nonzero().flatten().tolist()
+            else:
+                value = value.tolist()
+        out[key] = value
+    return out
+
+
+#: id(constants) → (constants, its C++ struct); holding the constants keeps their id unique
+_CPP_CONSTANTS: dict[int, tuple[Any, Any]] = {}
+
+
+def cpp_constants(constants: Any) -> Any:
+    """A method's constants (a frozen dataclass) as the C++ struct bound under the same class name
+    and field names in ``mtlkernels._C`` (e.g. ``CAGradConstants``), built once per object."""
+    entry = _CPP_CONSTANTS.get(id(constants))
+    if entry is None:
+        entry = _CPP_CONSTANTS[id(constants)] = (constants, getattr(extension(), type(constants).__name__)(**asdict(constants)))
+    return entry[1]
 
 
 def host_gram(gram: Tensor) -> Tensor:
@@ -47,42 +98,93 @@ def host_gram(gram: Tensor) -> Tensor:
     return gram
 
 
-def triton_solver(module: str) -> SolveFn:
-    """The on-device solve ``mtlkernels.kernels.<module>.solve_triton``, imported on first use, so
-    importing a method never imports triton (and the kernel module may import the method's)."""
-
-    def solve(self: "Weighting", gram: Tensor, losses: "Tensor | None") -> Solution:
-        return importlib.import_module(f"mtlkernels.kernels.{module}").solve_triton(self, gram, losses)
-
-    return solve
-
-
 class Weighting(ABC):
     """Γ [K, K] (+ losses [K]) → weights [K].
 
     Class attributes:
         name: the method name used by :func:`mtlkernels.aggregate`.
-        needs_losses: True when the weights depend on the loss values (e.g. MGDA "loss").
-        solvers: ``{backend: solve function}``; "torch" must be present.
+        constants: the method's numeric constants (tolerances, iteration caps), a frozen
+            dataclass instance, or None when it has none.
+        backends: the backends the method implements: unless the subclass sets it, "torch" and
+            those of the ``solve_cpp`` / ``solve_triton`` it defines.
     """
 
     name: ClassVar[str]
-    solvers: ClassVar[dict[str, SolveFn]]
+    constants: ClassVar[Any] = None
+    backends: ClassVar[tuple[str, ...]] = ("torch",)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "backends" not in cls.__dict__:
+            cls.backends = ("torch",) + tuple(
+                name for name in ("cpp", "triton") if getattr(cls, f"solve_{name}") is not getattr(Weighting, f"solve_{name}")
+            )
 
     def __init__(self, *, backend: str = "auto") -> None:
         self.backend = _backend.check_backend(backend)
 
     @property
     def needs_losses(self) -> bool:
+        """True when the weights depend on the loss values (e.g. MGDA "loss")."""
         return False
+
+    # -- what a method provides ---------------------------------------------------------------
+    @abstractmethod
+    def solve_torch(self, gram: Tensor, losses: Tensor | None) -> Solution:
+        """The torch solve: Γ a checked float64 CPU tensor (:func:`host_gram`), losses float64 CPU
+        (or None). Returns CPU weights; the caller moves them to Γ's device."""
+
+    def solve_cpp(self, gram: Tensor, losses: Tensor | None) -> tuple[np.ndarray, dict[str, Any]]:
+        """The C++ solve: Γ a contiguous float64 CPU tensor, unchecked (the extension checks it),
+        K ≤ the extension's limit. Returns (weights [K] as a NumPy array, diagnostics)."""
+        raise NotImplementedError
+
+    def solve_triton(self, gram: Tensor, losses: Tensor | None) -> Solution:
+        """The on-device solve: Γ float32/float64 on its device (checked when on the CPU), K ≤ the
+        Triton limit; losses float64 on Γ's device when :attr:`needs_losses`, else None."""
+        raise NotImplementedError
+
+    def check_inputs(self, gram: Tensor, losses: Tensor | None) -> None:
+        """Method-specific checks before any solve (e.g. loss signs); raise ValueError. Γ itself
+        is checked by the backend layer."""
+
+    # -- the generic layer ----------------------------------------------------------------------
+    def resolve_backend(self, gram: Tensor) -> str:
+        """The backend that solves Γ: :attr:`backend`, or torch beyond that backend's K limit."""
+        return _backend.resolve(f"{self.name} solve", self.backends, self.backend, gram.device, gram.shape[0])
 
     def __call__(self, gram: Tensor, losses: Tensor | None = None) -> Solution:
         K = check_gram(gram)
         losses = check_losses(losses, K)
         if self.needs_losses and losses is None:
             raise ValueError(f"{self!r} needs the K loss values: pass losses=")
-        solve = _backend.select(f"{self.name} solve", self.solvers, self.backend, gram.device)
-        return solve(self, gram, losses)
+        self.check_inputs(gram, losses)
+        backend = self.resolve_backend(gram)
+        if backend == "cpp":
+            return self._run_cpp(gram, losses)
+        if backend == "triton":
+            return self._run_triton(gram, losses)
+        return self._run_torch(gram, losses)
+
+    def _run_torch(self, gram: Tensor, losses: Tensor | None) -> Solution:
+        solution = self.solve_torch(host_gram(gram), losses)
+        return solution if gram.device.type == "cpu" else solution.to(gram.device)
+
+    def _run_cpp(self, gram: Tensor, losses: Tensor | None) -> Solution:
+        G = gram.detach()  # a CPU tensor: the cpp backend runs on no other
+        if G.dtype != torch.float64 or not G.is_contiguous():
+            G = G.to(torch.float64).contiguous()
+        weights, diagnostics = self.solve_cpp(G, losses)
+        return Solution(torch.from_numpy(weights), diagnostics)
+
+    def _run_triton(self, gram: Tensor, losses: Tensor | None) -> Solution:
+        if gram.dtype not in (torch.float32, torch.float64):
+            gram = gram.to(torch.float32)
+        if gram.device.type == "cpu":  # free here; on CUDA a non-finite Γ gives non-finite weights
+            host_gram(gram)
+        if losses is not None:
+            losses = losses.to(device=gram.device, non_blocking=True) if self.needs_losses else None
+        return self.solve_triton(gram.detach(), losses)
 
     # -- state (stateless by default) -------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -102,3 +204,4 @@ class Weighting(ABC):
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
         return f"{type(self).__name__}({opts})"
+

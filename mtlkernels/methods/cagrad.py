@@ -20,31 +20,63 @@ by 1e40 keep their precision.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from .._checks import check_option, check_real
 from .._extension import extension
-from .base import Solution, Weighting, host_gram, triton_solver
+from .base import Solution, Weighting, cpp_constants, host_gram
 
 RESCALES = (0, 1, 2)
 
-#: the unit-diagonal active matrix is "singular" below this smallest eigenvalue (Cholesky pivot in C++)
-PIVOT_TOLERANCE = 1e-12
-#: eigenvalues below this (relative) are dropped in the singular case's least-squares solve
-EIGEN_RCOND = 1e-12
-#: a singular system is consistent when y along each dropped eigenvector is below this (relative)
-CONSISTENCY_TOLERANCE = 1e-6
-#: an inactive task enters when gᵢ·d falls behind μ, dgᵢ·d/dμ < 1 − RATE_TOLERANCE
-RATE_TOLERANCE = 1e-9
-#: the final face's KKT conditions, per task relative to (‖gᵢ‖ + ‖g_ref‖)·(‖g₀‖ + √φ)
-REFINE_TOLERANCE = 1e-13
-#: stopping test of the hull point's active-set method
-HULL_TOLERANCE = 1e-14
-#: 0 ∈ conv{gᵢ} when the hull point's ‖Σwᵢgᵢ‖ is below this fraction of Σwᵢ‖gᵢ‖
-HULL_ZERO_TOLERANCE = 1e-7
+
+@dataclass(frozen=True)
+class CAGradConstants:
+    """CAGrad's tolerances and iteration caps: read by the torch solve, handed to the C++ solve
+    (``mtlkernels._C.CAGradConstants``) and to the Triton kernel (as constexprs).
+
+    Attributes:
+        pivot_tolerance: the unit-diagonal active matrix is "singular" below this smallest
+            eigenvalue (Cholesky pivot² in C++ and Triton).
+        eigen_rcond: eigenvalues below this (relative to the largest) are dropped in the singular
+            case's least-squares solve.
+        consistency_tolerance: a singular system is consistent when y along each dropped
+            eigenvector is below this (relative to its cancellation scale).
+        rate_tolerance: an inactive task enters when gᵢ·d falls behind μ, dgᵢ·d/dμ < 1 − this.
+        refine_tolerance: the final face's KKT conditions, per task relative to
+            (‖gᵢ‖ + ‖g_ref‖)·(‖g₀‖ + √φ).
+        hull_tolerance: stopping test of the hull point's active-set method.
+        hull_zero_tolerance: 0 ∈ conv{gᵢ} when the hull point's ‖Σwᵢgᵢ‖ is below this fraction of
+            Σwᵢ‖gᵢ‖.
+        max_sweeps: Jacobi sweeps of the singular systems' eigen-decomposition (C++ and Triton; the
+            torch solve uses ``torch.linalg.eigh``).
+        path_steps_per_task, path_steps_extra: the path stops after per_task·K + extra breakpoints.
+        refine_rounds_per_task, refine_rounds_extra: rounds of the final face's refinement.
+        hull_rounds_per_task, hull_rounds_extra: outer rounds of the hull point's active-set method.
+    """
+
+    pivot_tolerance: float = 1e-12
+    eigen_rcond: float = 1e-12
+    consistency_tolerance: float = 1e-6
+    rate_tolerance: float = 1e-9
+    refine_tolerance: float = 1e-13
+    hull_tolerance: float = 1e-14
+    hull_zero_tolerance: float = 1e-7
+    max_sweeps: int = 64
+    path_steps_per_task: int = 50
+    path_steps_extra: int = 100
+    refine_rounds_per_task: int = 2
+    refine_rounds_extra: int = 10
+    hull_rounds_per_task: int = 3
+    hull_rounds_extra: int = 10
+
+
+#: the constants every CAGrad solve uses
+CONSTANTS = CAGradConstants()
 
 
 def rescale_factor(c: float, rescale: int) -> float:
@@ -54,27 +86,28 @@ def rescale_factor(c: float, rescale: int) -> float:
 
 class _ActiveSystem:
     """Solves A_SS·x = y on the active set through the unit-diagonal M = A_SS/(σσᵀ) and its
-    eigen-decomposition: exactly when M is numerically positive definite (λ_min > PIVOT_TOLERANCE,
+    eigen-decomposition: exactly when M is numerically positive definite (λ_min > pivot_tolerance,
     where a Cholesky factorisation succeeds), else by least squares without the eigenvalues below
-    EIGEN_RCOND·λ_max, telling a consistent singular system (duplicate gradients) from an
+    eigen_rcond·λ_max, telling a consistent singular system (duplicate gradients) from an
     inconsistent one. One step of iterative refinement recovers the digits an ill-conditioned M
     costs."""
 
-    def __init__(self, A_active: Tensor, sigma: Tensor) -> None:
+    def __init__(self, A_active: Tensor, sigma: Tensor, k: CAGradConstants) -> None:
         self.sigma = sigma
+        self.k = k
         self.M = A_active / (sigma[:, None] * sigma[None, :])
         self.eigenvalues, self.V = torch.linalg.eigh(self.M)
-        if float(self.eigenvalues[0]) > PIVOT_TOLERANCE:
+        if float(self.eigenvalues[0]) > k.pivot_tolerance:
             self.keep = torch.ones_like(self.eigenvalues, dtype=torch.bool)
         else:
-            self.keep = self.eigenvalues > EIGEN_RCOND * float(self.eigenvalues.abs().max())
+            self.keep = self.eigenvalues > k.eigen_rcond * float(self.eigenvalues.abs().max())
 
     def _apply_inverse(self, rhs: Tensor) -> Tensor:
         return self.V[:, self.keep] @ ((self.V[:, self.keep].T @ rhs) / self.eigenvalues[self.keep])
 
     def solve(self, y: Tensor) -> tuple[Tensor, bool]:
         """(x, consistent): least squares x; inconsistent when the scaled y has a component along a
-        dropped eigenvector v beyond CONSISTENCY_TOLERANCE relative to |v|ᵀ|y| (its cancellation
+        dropped eigenvector v beyond consistency_tolerance relative to |v|ᵀ|y| (its cancellation
         scale, so gradients of any norm count alike)."""
         rhs = y / self.sigma
         x = self._apply_inverse(rhs)
@@ -82,7 +115,7 @@ class _ActiveSystem:
         dropped = ~self.keep
         coefficients = self.V[:, dropped].T @ rhs
         magnitudes = self.V[:, dropped].abs().T @ rhs.abs()
-        consistent = bool((coefficients.abs() <= CONSISTENCY_TOLERANCE * magnitudes).all())
+        consistent = bool((coefficients.abs() <= self.k.consistency_tolerance * magnitudes).all())
         return x / self.sigma, consistent
 
     def null_vector(self) -> Tensor:
@@ -92,7 +125,7 @@ class _ActiveSystem:
         return (dropped @ dropped[-1]) / self.sigma
 
 
-def _hull_zero_point(A: Tensor, sigma: Tensor) -> Tensor:
+def _hull_zero_point(A: Tensor, sigma: Tensor, k: CAGradConstants) -> Tensor:
     """w on the simplex with Σᵢ wᵢgᵢ ≈ 0 when 0 ∈ conv{gᵢ} (the degenerate case's dual point; the
     best such attempt otherwise): the zero gradients if any, else w ∝ v/‖gᵢ‖ with v from
     Lawson–Hanson's active-set method for min_{v≥0} ‖Σᵢ vᵢĝᵢ‖² + (𝟙ᵀv − 1)² on the unit vectors
@@ -105,16 +138,16 @@ def _hull_zero_point(A: Tensor, sigma: Tensor) -> Tensor:
     ones = torch.ones(K, dtype=A.dtype)
     v = torch.zeros(K, dtype=A.dtype)
     passive = torch.zeros(K, dtype=torch.bool)
-    for _ in range(3 * K + 10):
+    for _ in range(k.hull_rounds_per_task * K + k.hull_rounds_extra):
         gradient = ones - Q @ v  # −½ × the objective's gradient
         candidates = torch.where(passive, -torch.inf, gradient)
         j = int(candidates.argmax())
-        if float(candidates[j]) <= HULL_TOLERANCE:
+        if float(candidates[j]) <= k.hull_tolerance:
             break
         passive[j] = True
         while True:
             P = passive.nonzero().flatten()
-            z_P, _ = _ActiveSystem(Q[P][:, P], Q.diagonal()[P].sqrt()).solve(ones[P])
+            z_P, _ = _ActiveSystem(Q[P][:, P], Q.diagonal()[P].sqrt(), k).solve(ones[P])
             if bool((z_P > 0).all()):
                 v = torch.zeros(K, dtype=A.dtype)
                 v[P] = z_P
@@ -122,9 +155,9 @@ def _hull_zero_point(A: Tensor, sigma: Tensor) -> Tensor:
             v_P = v[P]
             blocking = z_P <= 0
             ratios = torch.where(blocking, v_P / torch.where(blocking, v_P - z_P, 1), torch.inf)
-            k = int(ratios.argmin())
-            v[P] = v_P + float(ratios[k]) * (z_P - v_P)
-            v[P[k]] = 0.0
+            blocked = int(ratios.argmin())
+            v[P] = v_P + float(ratios[blocked]) * (z_P - v_P)
+            v[P[blocked]] = 0.0
             passive &= v > 0
             if not bool(passive.any()):
                 break
@@ -133,13 +166,13 @@ def _hull_zero_point(A: Tensor, sigma: Tensor) -> Tensor:
 
 
 def _face_solution(
-    A: Tensor, b: Tensor, sigma: Tensor, active: list[int], radius_sq: float, at_zero: bool
+    A: Tensor, b: Tensor, sigma: Tensor, active: list[int], radius_sq: float, at_zero: bool, k: CAGradConstants
 ) -> tuple[Tensor, float] | None:
     """(u_S, μ) on the face S solved directly: A_SS·u_S + b_S = μ𝟙, so u_S = μδ − β with
     A_SS·δ = 𝟙 and A_SS·β = b_S; μ = 0 when ``at_zero`` (the degenerate case), else the larger
     root of u_SᵀA_SS·u_S = qμ² − 2pμ + b_Sᵀβ = φ (q = 𝟙ᵀδ, p = 𝟙ᵀβ). None when inconsistent."""
     S = torch.tensor(active)
-    system = _ActiveSystem(A[S][:, S], sigma[S])
+    system = _ActiveSystem(A[S][:, S], sigma[S], k)
     beta, consistent = system.solve(b[S])
     if not consistent:
         return None
@@ -158,7 +191,8 @@ def _face_solution(
 
 
 def _refine(
-    A: Tensor, b: Tensor, sigma: Tensor, u: Tensor, radius_sq: float, mean_sq: float, at_zero: bool = False
+    A: Tensor, b: Tensor, sigma: Tensor, u: Tensor, radius_sq: float, mean_sq: float, k: CAGradConstants,
+    at_zero: bool = False,
 ) -> Tensor:
     """Re-solve the final face directly and fix its active set task by task, judging each task's
     KKT condition at its scale (‖gᵢ‖ + min_S‖gⱼ‖)·(‖g₀‖ + √φ): the path's running μ loses the precision of
@@ -166,16 +200,16 @@ def _refine(
     unchanged when no face passes."""
     K = A.shape[0]
     active = u.nonzero().flatten().tolist()
-    for _ in range(2 * K + 10):
+    for _ in range(k.refine_rounds_per_task * K + k.refine_rounds_extra):
         if not active:
             return u
-        face = _face_solution(A, b, sigma, active, radius_sq, at_zero)
+        face = _face_solution(A, b, sigma, active, radius_sq, at_zero, k)
         if face is None:  # the ball is out of this face's reach: drop the task nearest to leaving
             del active[int((u[active] * sigma[active]).argmin())]
             continue
         u_S, mu = face
         scale = sigma[active] * math.sqrt(mean_sq)
-        if float((u_S * scale).min()) < -REFINE_TOLERANCE * float((u_S * scale).abs().max()):
+        if float((u_S * scale).min()) < -k.refine_tolerance * float((u_S * scale).abs().max()):
             del active[int((u_S * scale).argmin())]
             continue
         candidate = torch.zeros(K, dtype=A.dtype)
@@ -186,19 +220,19 @@ def _refine(
         violation = torch.where(sigma > 0, (mu - r) / ((sigma + reference_norm) * d_scale), 0.0)
         violation[active] = 0.0
         j = int(violation.argmax())
-        if float(violation[j]) > REFINE_TOLERANCE:
+        if float(violation[j]) > k.refine_tolerance:
             active.append(j)
             continue
         return candidate
     return u
 
 
-def _is_zero_combination(A: Tensor, sigma: Tensor, w: Tensor) -> bool:
-    """‖Σᵢ wᵢgᵢ‖ ≤ HULL_ZERO_TOLERANCE·Σᵢ wᵢ‖gᵢ‖ (the square root of Γ's rounding)."""
-    return float(w @ A @ w) <= (HULL_ZERO_TOLERANCE * float(w @ sigma)) ** 2
+def _is_zero_combination(A: Tensor, sigma: Tensor, w: Tensor, k: CAGradConstants) -> bool:
+    """‖Σᵢ wᵢgᵢ‖ ≤ hull_zero_tolerance·Σᵢ wᵢ‖gᵢ‖ (the square root of Γ's rounding)."""
+    return float(w @ A @ w) <= (k.hull_zero_tolerance * float(w @ sigma)) ** 2
 
 
-def _swap(u_S: Tensor, z: Tensor, sigma_S: Tensor) -> int | None:
+def _swap(u_S: Tensor, z: Tensor, sigma_S: Tensor, k: CAGradConstants) -> int | None:
     """A degenerate pivot at μ = 0 when the entering task (last of S, uⱼ = 0) depends on the active
     ones, Σₖ zₖgₖ = 0 with mixed signs (e.g. parallel gradients of different norms): move u_S along z
     (d does not change) until an active task's multiplier reaches 0; that task leaves. Updates u_S
@@ -207,17 +241,17 @@ def _swap(u_S: Tensor, z: Tensor, sigma_S: Tensor) -> int | None:
     if not float(z[-1]) > 0:
         return None
     contribution = z * sigma_S  # zₖ‖gₖ‖: the sign test at each task's scale
-    falling = contribution < -CONSISTENCY_TOLERANCE * float(contribution.abs().max())
+    falling = contribution < -k.consistency_tolerance * float(contribution.abs().max())
     if not bool(falling.any()):
         return None
     ratios = torch.where(falling, u_S / torch.where(falling, -z, 1), torch.inf)
-    k = int(ratios.argmin())
-    u_S.add_(float(ratios[k]) * z).clamp_(min=0)
-    u_S[k] = 0.0
-    return k
+    leaving = int(ratios.argmin())
+    u_S.add_(float(ratios[leaving]) * z).clamp_(min=0)
+    u_S[leaving] = 0.0
+    return leaving
 
 
-def solve_normalized(A: Tensor, c: float) -> tuple[Tensor, dict[str, Any]]:
+def solve_normalized(A: Tensor, c: float, k: CAGradConstants = CONSTANTS) -> tuple[Tensor, dict[str, Any]]:
     """Multipliers u ≥ 0 for a trace-normalised Gram A (see the module docstring) and solver facts:
     the dual point w on the simplex when not u/Σu, iterations, degenerate."""
     K = A.shape[0]
@@ -240,18 +274,20 @@ def solve_normalized(A: Tensor, c: float) -> tuple[Tensor, dict[str, Any]]:
         return u, facts
     active = [int(candidates.argmin())]
     blocked: list[int] = []  # tasks that left without μ moving may not re-enter until it moves (no cycling)
-    for iteration in range(1, 50 * K + 100):
+    for iteration in range(1, k.path_steps_per_task * K + k.path_steps_extra):
         facts["iterations"] = iteration
         S = torch.tensor(active)
-        system = _ActiveSystem(A[S][:, S], sigma[S])
+        system = _ActiveSystem(A[S][:, S], sigma[S], k)
         delta, consistent = system.solve(torch.ones(len(active), dtype=A.dtype))
         u_S = u[S]
         if not consistent:  # the entering gradient depends on the active ones: μ = 0 here
-            hull_point = _hull_zero_point(A, sigma)
-            leaving = None if _is_zero_combination(A, sigma, hull_point) else _swap(u_S, system.null_vector(), sigma[S])
+            hull_point = _hull_zero_point(A, sigma, k)
+            leaving = (
+                None if _is_zero_combination(A, sigma, hull_point, k) else _swap(u_S, system.null_vector(), sigma[S], k)
+            )
             if leaving is None:  # μ cannot rise: 0 ∈ conv{gᵢ}
                 facts.update(degenerate=True, dual_point=hull_point)
-                return _refine(A, b, sigma, u.clamp_(min=0), radius_sq, mean_sq, at_zero=True), facts
+                return _refine(A, b, sigma, u.clamp_(min=0), radius_sq, mean_sq, k, at_zero=True), facts
             u[S] = u_S  # d unchanged: u moved along Jᵀz = 0 until task `leaving` reached 0
             blocked.append(active[leaving])
             del active[leaving]
@@ -268,7 +304,7 @@ def solve_normalized(A: Tensor, c: float) -> tuple[Tensor, dict[str, Any]]:
         inactive = nonzero.clone()
         inactive[S] = False
         inactive[blocked] = False
-        closing = inactive & (rate < 1 - RATE_TOLERANCE)  # rows moving with μ (duplicates) never enter
+        closing = inactive & (rate < 1 - k.rate_tolerance)  # rows moving with μ (duplicates) never enter
         if bool(closing.any()):
             times = torch.where(closing, (r - mu).clamp_min(0) / torch.where(closing, 1 - rate, 1), torch.inf)
             j = int(times.argmin())
@@ -285,11 +321,11 @@ def solve_normalized(A: Tensor, c: float) -> tuple[Tensor, dict[str, Any]]:
         if step > 0:
             blocked.clear()
         if event == "ball":
-            return _refine(A, b, sigma, u.clamp_(min=0), radius_sq, mean_sq), facts
+            return _refine(A, b, sigma, u.clamp_(min=0), radius_sq, mean_sq, k), facts
         if event == "cap":
             zero_rows = (~nonzero).to(A.dtype)
             facts.update(degenerate=True, dual_point=zero_rows / zero_rows.sum())
-            return _refine(A, b, sigma, u.clamp_(min=0), radius_sq, mean_sq, at_zero=True), facts
+            return _refine(A, b, sigma, u.clamp_(min=0), radius_sq, mean_sq, k, at_zero=True), facts
         if event == "enter":
             active.append(index)
         else:
@@ -297,7 +333,7 @@ def solve_normalized(A: Tensor, c: float) -> tuple[Tensor, dict[str, Any]]:
             if step == 0:
                 blocked.append(active[index])
             del active[index]
-    return _refine(A, b, sigma, u.clamp_(min=0), radius_sq, mean_sq), facts  # iteration cap: fix what is left
+    return _refine(A, b, sigma, u.clamp_(min=0), radius_sq, mean_sq, k), facts  # iteration cap: fix what is left
 
 
 def certificate(A: Tensor, u: Tensor, c: float, dual_point: Tensor | None) -> dict[str, float]:
@@ -342,49 +378,18 @@ def certificate(A: Tensor, u: Tensor, c: float, dual_point: Tensor | None) -> di
     }
 
 
-def finish(
-    self: "CAGradWeighting", gram: Tensor, u: Tensor, facts: dict[str, Any], A: Tensor, trace: float
-) -> Solution:
-    """Weights (1/K + u)·(K if sum_scale)/rescale factor on gram's device, and the diagnostics."""
-    K = gram.shape[0]
-    factor = (K if self.sum_scale else 1.0) / rescale_factor(self.c, self.rescale)
-    weights = (1.0 / K + u) * factor
-    diagnostics: dict[str, Any] = certificate(A, u, self.c, facts.get("dual_point"))
-    diagnostics["worst_improvement"] *= trace
-    diagnostics["dual_objective"] *= trace
-    diagnostics.update(
-        multiplier_sum=float(u.sum()),
-        active_set=u.nonzero().flatten().tolist(),
-        degenerate=bool(facts["degenerate"]),
-        iterations=int(facts["iterations"]),
-    )
-    return Solution(weights.to(device=gram.device), diagnostics)
-
-
 def normalized_gram(gram: Tensor) -> tuple[Tensor, float]:
     """(Γ/tr Γ symmetrised, in float64 on the CPU; tr Γ), with checks that name the problem."""
-    G = host_gram(gram)
+    return _trace_normalized(host_gram(gram))
+
+
+def _trace_normalized(G: Tensor) -> tuple[Tensor, float]:
+    """(G/tr G symmetrised; tr G) for a float64 G; zeros when tr G = 0."""
     trace = float(G.diagonal().sum())
     if trace == 0:
         return torch.zeros_like(G), 0.0
     A = G / trace
     return (A + A.T) / 2, trace
-
-
-def _solve_torch(self: "CAGradWeighting", gram: Tensor, losses: Tensor | None) -> Solution:
-    A, trace = normalized_gram(gram)
-    u, facts = solve_normalized(A, self.c)
-    return finish(self, gram, u, facts, A, trace)
-
-
-def _solve_cpp(self: "CAGradWeighting", gram: Tensor, losses: Tensor | None) -> Solution:
-    factor = (gram.shape[0] if self.sum_scale else 1.0) / rescale_factor(self.c, self.rescale)
-    device = gram.device
-    if not (device.type == "cpu" and gram.dtype == torch.float64 and gram.is_contiguous()):  # C++ checks values
-        gram = gram.to(device="cpu", dtype=torch.float64).contiguous()
-    weights, diagnostics = extension().cagrad_solve(gram.detach().numpy(), self.c, factor)
-    weights = torch.from_numpy(weights)
-    return Solution(weights if device.type == "cpu" else weights.to(device), diagnostics)
 
 
 class CAGradWeighting(Weighting):
@@ -399,14 +404,20 @@ class CAGradWeighting(Weighting):
         backend: "auto", "torch", "cpp" (the K-space solve in C++) or "triton" (the same algorithm in
             one on-device Triton program, mtlkernels.kernels.solve_cagrad).
 
+    Constants: :data:`CONSTANTS` (:class:`CAGradConstants`), used by every backend.
+
     Diagnostics: ``kkt_residual``, ``ball_residual`` and ``duality_gap`` (the certificate, see
     :func:`certificate`), ``worst_improvement`` (minᵢ gᵢ·d before rescaling, Γ's units),
     ``dual_objective`` (the paper's dual at our dual point), ``multiplier_sum`` (Σu = √φ/‖g_w‖),
     ``active_set`` (tasks with uᵢ > 0), ``degenerate`` (the μ = 0 projection case), ``iterations``
     (breakpoints of the path).
+
+    Variant: the paper's CAGrad with the authors' rescaling by default; the wrapper
+    :class:`mtlkernels.CAGrad` runs the same weighting with the same defaults.
     """
 
     name = "cagrad"
+    constants = CONSTANTS
 
     def __init__(self, *, c: float = 0.5, rescale: int = 1, sum_scale: bool = False, backend: str = "auto") -> None:
         super().__init__(backend=backend)
@@ -423,4 +434,30 @@ class CAGradWeighting(Weighting):
     def options(self) -> dict[str, Any]:
         return {"c": self.c, "rescale": self.rescale, "sum_scale": self.sum_scale}
 
-    solvers = {"torch": _solve_torch, "cpp": _solve_cpp, "triton": triton_solver("solve_cagrad")}
+    def factor(self, K: int) -> float:
+        """The scale of the weights 1/K + u: K when ``sum_scale``, divided by the rescale factor."""
+        return (K if self.sum_scale else 1.0) / rescale_factor(self.c, self.rescale)
+
+    def solve_torch(self, gram: Tensor, losses: Tensor | None) -> Solution:
+        K = gram.shape[0]
+        A, trace = _trace_normalized(gram)
+        u, facts = solve_normalized(A, self.c, self.constants)
+        weights = (1.0 / K + u) * self.factor(K)
+        diagnostics: dict[str, Any] = certificate(A, u, self.c, facts.get("dual_point"))
+        diagnostics["worst_improvement"] *= trace
+        diagnostics["dual_objective"] *= trace
+        diagnostics.update(
+            multiplier_sum=float(u.sum()),
+            active_set=u.nonzero().flatten().tolist(),
+            degenerate=bool(facts["degenerate"]),
+            iterations=int(facts["iterations"]),
+        )
+        return Solution(weights, diagnostics)
+
+    def solve_cpp(self, gram: Tensor, losses: Tensor | None) -> tuple[np.ndarray, dict[str, Any]]:
+        return extension().cagrad_solve(gram.numpy(), self.c, self.factor(gram.shape[0]), cpp_constants(self.constants))
+
+    def solve_triton(self, gram: Tensor, losses: Tensor | None) -> Solution:
+        from ..kernels.solve_cagrad import cagrad_solve
+
+        return Solution(*cagrad_solve(gram, self.c, self.factor(gram.shape[0]), self.constants))

@@ -16,25 +16,45 @@ Degenerate Γ (documented, never NaN):
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from .._extension import extension
-from .base import Solution, Weighting, host_gram, triton_solver
+from .base import Solution, Weighting, cpp_constants
 
-#: Cholesky pivots of C below this (C's diagonal is 1) send the solve to the fallback
-PIVOT_TOL = 1e-14
-#: |Σγ| below this fraction of Σ|γ| (γ = N⁻¹β) means the weights cannot be scaled to sum 1
-SUM_RTOL = 1e-12
-#: eigenvalues of C below this fraction of the largest count as zero in the fallback (C's
-#: entries carry ~1e-16 rounding from Γ, so smaller eigenvalues hold little information)
-RANK_RCOND = 1e-8
-#: 𝟙 counts as in C's range when its component in C's null space is below this fraction of ‖𝟙‖
-CONSISTENCY_RTOL = 1e-3
-#: the C++ solve's limit (csrc/solvers/binding.h kMaxTasks); "auto" uses the torch solve beyond it
-CPP_MAX_TASKS = 256
+
+@dataclass(frozen=True)
+class IMTLConstants:
+    """IMTL-G's tolerances and sweep cap: read by the torch solve, handed to the C++ solve
+    (``mtlkernels._C.IMTLConstants``) and to the Triton kernel (as constexprs).
+
+    Attributes:
+        pivot_tol: Cholesky pivots of C below this (C's diagonal is 1) send the solve to the
+            fallback.
+        sum_rtol: |Σγ| below this fraction of Σ|γ| (γ = N⁻¹β) means the weights cannot be scaled
+            to sum 1.
+        rank_rcond: eigenvalues of C below this fraction of the largest count as zero in the
+            fallback (C's entries carry ~1e-16 rounding from Γ, so smaller eigenvalues hold
+            little information).
+        consistency_rtol: 𝟙 counts as in C's range when its component in C's null space is below
+            this fraction of ‖𝟙‖.
+        max_sweeps: Jacobi sweeps of the fallback's eigen-decomposition (C++ and Triton; the
+            torch solve uses ``torch.linalg.eigh``).
+    """
+
+    pivot_tol: float = 1e-14
+    sum_rtol: float = 1e-12
+    rank_rcond: float = 1e-8
+    consistency_rtol: float = 1e-3
+    max_sweeps: int = 64
+
+
+#: the constants every IMTL-G solve uses
+CONSTANTS = IMTLConstants()
 
 
 def equal_projection_residual(gram: Tensor, weights: Tensor) -> float:
@@ -59,18 +79,18 @@ def equal_projection_residual(gram: Tensor, weights: Tensor) -> float:
     return float((projections - projections.mean()).abs().max()) / magnitude
 
 
-def _closed_form(cosine: Tensor, norms: Tensor) -> Tensor | None:
+def _closed_form(cosine: Tensor, norms: Tensor, k: IMTLConstants) -> Tensor | None:
     """w = N⁻¹C⁻¹𝟙 / Σ(N⁻¹C⁻¹𝟙) by Cholesky; None when C is singular or the sum vanishes."""
     L, info = torch.linalg.cholesky_ex(cosine)
-    if int(info) != 0 or not float(L.diagonal().square().min()) > PIVOT_TOL:
+    if int(info) != 0 or not float(L.diagonal().square().min()) > k.pivot_tol:
         return None
     gamma = torch.cholesky_solve(torch.ones(norms.shape[0], 1, dtype=torch.float64), L)[:, 0] / norms
-    if not abs(float(gamma.sum())) > SUM_RTOL * float(gamma.abs().sum()):
+    if not abs(float(gamma.sum())) > k.sum_rtol * float(gamma.abs().sum()):
         return None
     return gamma / gamma.sum()
 
 
-def _min_norm_impartial(cosine: Tensor, norms: Tensor) -> tuple[Tensor | None, bool, int]:
+def _min_norm_impartial(cosine: Tensor, norms: Tensor, k: IMTLConstants) -> tuple[Tensor | None, bool, int]:
     """The least-‖β‖ β (β = N·w) with C·β ∈ span 𝟙 and Σβᵢ/nᵢ = 1, as w (None when there is none);
     whether it is the only one; C's numerical rank.
 
@@ -79,61 +99,35 @@ def _min_norm_impartial(cosine: Tensor, norms: Tensor) -> tuple[Tensor | None, b
     when the subspace is a line (then the paper's D·Uᵀ is invertible).
     """
     eigenvalues, V = torch.linalg.eigh(cosine)
-    in_range = eigenvalues.abs() > RANK_RCOND * eigenvalues.abs().max()
+    in_range = eigenvalues.abs() > k.rank_rcond * eigenvalues.abs().max()
     rank = int(in_range.sum())
     V_range, V_null = V[:, in_range], V[:, ~in_range]
     ones = torch.ones(V.shape[0], dtype=torch.float64)
     basis = [V_null]
-    if float(torch.linalg.vector_norm(V_null.T @ ones)) <= CONSISTENCY_RTOL * V.shape[0] ** 0.5:
+    if float(torch.linalg.vector_norm(V_null.T @ ones)) <= k.consistency_rtol * V.shape[0] ** 0.5:
         particular = V_range @ ((V_range.T @ ones) / eigenvalues[in_range])
         basis.append((particular / torch.linalg.vector_norm(particular))[:, None])
     Q = torch.cat(basis, dim=1)
     unique = Q.shape[1] == 1
     inverse_norms = norms.min() / norms
     projected = Q @ (Q.T @ inverse_norms)
-    if not float(torch.linalg.vector_norm(projected)) > SUM_RTOL * float(torch.linalg.vector_norm(inverse_norms)):
+    if not float(torch.linalg.vector_norm(projected)) > k.sum_rtol * float(torch.linalg.vector_norm(inverse_norms)):
         return None, unique, rank
     gamma = projected / norms
     return gamma / gamma.sum(), unique, rank
 
 
-def _solve_active(cosine: Tensor, norms: Tensor) -> tuple[Tensor, dict[str, Any]]:
+def _solve_active(cosine: Tensor, norms: Tensor, k: IMTLConstants) -> tuple[Tensor, dict[str, Any]]:
     """Weights of the m nonzero gradients from their cosine matrix and norms, and the diagnostics."""
     m = cosine.shape[0]
-    alpha = _closed_form(cosine, norms)
+    alpha = _closed_form(cosine, norms, k)
     if alpha is not None:
         return alpha, {"fallback": False, "unique": True, "degenerate": False, "rank": m}
-    alpha, unique, rank = _min_norm_impartial(cosine, norms)
+    alpha, unique, rank = _min_norm_impartial(cosine, norms, k)
     diagnostics = {"fallback": True, "unique": unique and alpha is not None, "degenerate": alpha is None, "rank": rank}
     if alpha is None:
         alpha = torch.zeros_like(norms)
     return alpha, diagnostics
-
-
-def _solve_torch(self: "IMTLWeighting", gram: Tensor, losses: Tensor | None) -> Solution:
-    G = host_gram(gram)
-    K = G.shape[0]
-    norms = G.diagonal().sqrt()
-    active = norms > 0
-    weights = torch.zeros(K, dtype=torch.float64)
-    if bool(active.any()):
-        n = norms[active]
-        alpha, diagnostics = _solve_active(G[active][:, active] / n[:, None] / n[None, :], n)
-        weights[active] = alpha
-    else:
-        weights.fill_(1.0 / K)
-        diagnostics = {"fallback": True, "unique": False, "degenerate": False, "rank": 0}
-    diagnostics["zero_tasks"] = (~active).nonzero().flatten().tolist()
-    diagnostics["residual"] = equal_projection_residual(G, weights)
-    return Solution(weights.to(gram.device), diagnostics)
-
-
-def _solve_cpp(self: "IMTLWeighting", gram: Tensor, losses: Tensor | None) -> Solution:
-    if self.backend == "auto" and gram.shape[0] > CPP_MAX_TASKS:
-        return _solve_torch(self, gram, losses)
-    G = gram.detach().to(device="cpu", dtype=torch.float64).contiguous()
-    weights, diagnostics = extension().imtl_solve(G.numpy())
-    return Solution(torch.from_numpy(weights).to(gram.device), diagnostics)
 
 
 class IMTLWeighting(Weighting):
@@ -141,19 +135,50 @@ class IMTLWeighting(Weighting):
     on all unit task gradients are equal (see the module docstring for the degenerate cases).
 
     Args:
-        backend: "auto" (the C++ solve on CPU), "torch" or "cpp".
+        backend: "auto" (C++ on the CPU, Triton on CUDA; torch beyond their K limits), "torch",
+            "cpp" or "triton".
+
+    Constants: :data:`CONSTANTS` (:class:`IMTLConstants`), used by every backend.
 
     Diagnostics: "fallback" (C is singular or Σ(N⁻¹C⁻¹𝟙) ≈ 0, so the closed form did not apply),
     "unique" (the weights are the only impartial ones summing to 1), "degenerate" (w = 0: none
     exist), "rank" (numerical rank of the nonzero gradients' cosine matrix C), "zero_tasks"
     (indices with gᵢ = 0, weight 0), "residual" (:func:`equal_projection_residual`).
+
+    Variant: IMTL-G, the gradient part of the paper's IMTL, on the given gradients. The wrapper
+    :class:`mtlkernels.IMTL` runs this weighting and, with its option ``imtl_l=True``, also
+    IMTL-L's learned loss scales.
     """
 
     name = "imtl"
-    solvers = {"torch": _solve_torch, "cpp": _solve_cpp, "triton": triton_solver("solve_imtl")}
+    constants = CONSTANTS
 
     def __init__(self, *, backend: str = "auto") -> None:
         super().__init__(backend=backend)
 
     def options(self) -> dict[str, str]:
         return {"backend": self.backend}
+
+    def solve_torch(self, gram: Tensor, losses: Tensor | None) -> Solution:
+        K = gram.shape[0]
+        norms = gram.diagonal().sqrt()
+        active = norms > 0
+        weights = torch.zeros(K, dtype=torch.float64)
+        if bool(active.any()):
+            n = norms[active]
+            alpha, diagnostics = _solve_active(gram[active][:, active] / n[:, None] / n[None, :], n, self.constants)
+            weights[active] = alpha
+        else:
+            weights.fill_(1.0 / K)
+            diagnostics = {"fallback": True, "unique": False, "degenerate": False, "rank": 0}
+        diagnostics["zero_tasks"] = (~active).nonzero().flatten().tolist()
+        diagnostics["residual"] = equal_projection_residual(gram, weights)
+        return Solution(weights, diagnostics)
+
+    def solve_cpp(self, gram: Tensor, losses: Tensor | None) -> tuple[np.ndarray, dict[str, Any]]:
+        return extension().imtl_solve(gram.numpy(), cpp_constants(self.constants))
+
+    def solve_triton(self, gram: Tensor, losses: Tensor | None) -> Solution:
+        from ..kernels.solve_imtl import imtl_solve
+
+        return Solution(*imtl_solve(gram, self.constants))

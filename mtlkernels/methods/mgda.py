@@ -11,30 +11,47 @@ QP, relative to the scale of its rounding (see :func:`kkt_residual`).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from .._checks import check_option
 from .._extension import extension
-from .base import Solution, Weighting, host_gram, triton_solver
+from .base import Solution, Weighting, cpp_constants
 
 NORMALIZATIONS = ("none", "l2", "loss", "loss+")
 COMBINATIONS = ("original", "normalized")
 
-#: Wolfe's optimality test: stop when every gradient p has p·x − ‖x‖² ≥ −TOLERANCE·m·(‖p‖ + m),
-#: x the current point, m = Σᵢ wᵢ‖pᵢ‖ (the scale of the rounding in p·x and ‖x‖²).
-TOLERANCE = 1e-15
-#: the C++ solver's limit (csrc/solvers/binding.h); backend="auto" solves larger K in torch
-MAX_CPP_TASKS = 256
-#: an active set whose unit differences have a Cholesky pivot² ≤ this is taken as affinely dependent
-DEPENDENT_PIVOT = 1e-15
+
+@dataclass(frozen=True)
+class MGDAConstants:
+    """MGDA's tolerances and iteration cap: read by the torch solve, handed to the C++ solve
+    (``mtlkernels._C.MGDAConstants``) and to the Triton kernel (as constexprs).
+
+    Attributes:
+        tolerance: Wolfe's optimality test: stop when every gradient p has
+            p·x − ‖x‖² ≥ −tolerance·m·(‖p‖ + m), x the current point, m = Σᵢ wᵢ‖pᵢ‖ (the scale of
+            the rounding in p·x and ‖x‖²).
+        dependent_pivot: an active set whose unit differences have a Cholesky pivot² ≤ this is
+            taken as affinely dependent.
+        cycles_per_task, cycles_extra: at most cycles_per_task·K + cycles_extra minor cycles.
+    """
+
+    tolerance: float = 1e-15
+    dependent_pivot: float = 1e-15
+    cycles_per_task: int = 50
+    cycles_extra: int = 100
 
 
-def check_gram_entries(gram: Tensor) -> Tensor:
-    """Γ as a symmetric float64 CPU tensor, checked by :func:`host_gram`."""
-    G = host_gram(gram)
+#: the constants every MGDA solve uses
+CONSTANTS = MGDAConstants()
+
+
+def _symmetrized(G: Tensor) -> Tensor:
+    """(G + Gᵀ)/2."""
     return (G + G.T) / 2
 
 
@@ -76,7 +93,7 @@ def kkt_residual(Q: Tensor, w: Tensor) -> float:
     return float(violation.max())
 
 
-def _affine_minimizer(Q: Tensor, active: list[int], lengths: list[float]) -> Tensor | None:
+def _affine_minimizer(Q: Tensor, active: list[int], lengths: list[float], k: MGDAConstants) -> Tensor | None:
     """Coefficients α (Σα = 1, in the order of ``active``) of the point of the affine hull of the
     active gradients nearest 0, or None when they are numerically affinely dependent."""
     base = min(range(len(active)), key=lambda i: (lengths[active[i]], i))
@@ -95,7 +112,7 @@ def _affine_minimizer(Q: Tensor, active: list[int], lengths: list[float]) -> Ten
     M_unit = M / (unit[:, None] * unit[None, :])
     M_unit.diagonal().fill_(1.0)
     L, info = torch.linalg.cholesky_ex(M_unit)
-    if int(info) != 0 or float(L.diagonal().square().min()) <= DEPENDENT_PIVOT:
+    if int(info) != 0 or float(L.diagonal().square().min()) <= k.dependent_pivot:
         return None
     rhs = -(q_b - Q[b, b]) / unit  # −Δ̂ᵢ·p_b
     beta = torch.cholesky_solve(rhs[:, None], L)[:, 0] / unit
@@ -105,13 +122,13 @@ def _affine_minimizer(Q: Tensor, active: list[int], lengths: list[float]) -> Ten
     return alpha
 
 
-def min_norm_weights(Q: Tensor, max_cycles: int | None = None) -> tuple[Tensor, int]:
+def min_norm_weights(Q: Tensor, max_cycles: int | None = None, k: MGDAConstants = CONSTANTS) -> tuple[Tensor, int]:
     """w = argmin_{w ∈ Δ} wᵀQw for a PSD Q (float64), by Wolfe's algorithm; returns (w, minor cycles).
 
     Start from the shortest gradient; repeat { add the gradient most violating p·x ≥ ‖x‖² (scaled as
-    in :data:`TOLERANCE`); minor cycles: step towards the affine minimiser of the active set, dropping
+    in :attr:`MGDAConstants.tolerance`); minor cycles: step towards the affine minimiser of the active set, dropping
     gradients whose weight reaches 0 }. Stops when optimal, when no step lowers ‖x‖² any more, or
-    after ``max_cycles`` (default 50·K + 100). Zero gradients make the min-norm point 0: the weight
+    after ``max_cycles`` (default cycles_per_task·K + cycles_extra of ``k``). Zero gradients make the min-norm point 0: the weight
     is then spread equally over them.
     """
     K = Q.shape[0]
@@ -119,7 +136,7 @@ def min_norm_weights(Q: Tensor, max_cycles: int | None = None) -> tuple[Tensor, 
     zero = lengths == 0
     if bool(zero.any()):
         return zero.to(torch.float64) / int(zero.sum()), 0
-    max_cycles = max_cycles if max_cycles is not None else 50 * K + 100
+    max_cycles = max_cycles if max_cycles is not None else k.cycles_per_task * K + k.cycles_extra
     length_values = lengths.tolist()
     active = [int(lengths.argmin())]
     lam = torch.ones(1, dtype=torch.float64)
@@ -130,7 +147,7 @@ def min_norm_weights(Q: Tensor, max_cycles: int | None = None) -> tuple[Tensor, 
         m = float(lam @ lengths[active])
         slack = (g - objective) / (m * (lengths + m))
         j = int(slack.argmin())
-        if float(slack[j]) >= -TOLERANCE or j in active:
+        if float(slack[j]) >= -k.tolerance or j in active:
             break
         previous = (list(active), lam)
         active.append(j)
@@ -138,7 +155,7 @@ def min_norm_weights(Q: Tensor, max_cycles: int | None = None) -> tuple[Tensor, 
         dependent = False
         while cycles < max_cycles:  # minor cycles
             cycles += 1
-            alpha = _affine_minimizer(Q, active, length_values)
+            alpha = _affine_minimizer(Q, active, length_values, k)
             if alpha is None:
                 dependent = True
                 break
@@ -164,40 +181,6 @@ def min_norm_weights(Q: Tensor, max_cycles: int | None = None) -> tuple[Tensor, 
     return w, cycles
 
 
-def _solve_torch(self: "MGDAWeighting", gram: Tensor, losses: Tensor | None) -> Solution:
-    G = check_gram_entries(gram)
-    check_loss_signs(self.normalization, losses)
-    n = normalizers(G, self.normalization, losses)
-    Q = G / n[:, None] / n[None, :]
-    w, cycles = min_norm_weights(Q)
-    weights = w if self.combination == "original" else w / n
-    diagnostics = {
-        "kkt_residual": kkt_residual(Q, w),
-        "objective": float(w @ Q @ w),
-        "iterations": cycles,
-        "support": int((w > 0).sum()),
-        "simplex_weights": w.to(gram.device),
-        "normalizers": n.to(gram.device),
-    }
-    return Solution(weights.to(gram.device), diagnostics)
-
-
-def _solve_cpp(self: "MGDAWeighting", gram: Tensor, losses: Tensor | None) -> Solution:
-    if self.backend == "auto" and gram.shape[0] > MAX_CPP_TASKS:
-        return _solve_torch(self, gram, losses)
-    check_loss_signs(self.normalization, losses)
-    G = gram.detach() if gram.requires_grad else gram  # a CPU tensor: the dispatch sends only those here
-    if G.dtype != torch.float64 or not G.is_contiguous():
-        G = G.to(torch.float64).contiguous()
-    result = extension().mgda_solve(
-        G.numpy(), self.normalization, self.combination, None if losses is None else losses.numpy()
-    )
-    weights = torch.from_numpy(result.pop("weights"))
-    result["simplex_weights"] = torch.from_numpy(result["simplex_weights"])
-    result["normalizers"] = torch.from_numpy(result["normalizers"])
-    return Solution(weights, result)
-
-
 class MGDAWeighting(Weighting):
     """MGDA: the min-norm point of the convex hull of the (normalised) task gradients.
 
@@ -207,15 +190,22 @@ class MGDAWeighting(Weighting):
             ``losses=`` (non-negative). A zero nᵢ (zero gradient, zero loss) is replaced by 1.
         combination: "original" (default, the authors: d = Σ wᵢgᵢ) or "normalized" (LibMTL:
             d = Σ (wᵢ/nᵢ)gᵢ, the min-norm vector itself).
-        backend: "auto" (C++ on the CPU for K ≤ 256, else torch), "torch" or "cpp".
+        backend: "auto" (C++ on the CPU, Triton on CUDA; torch beyond their K limits), "torch",
+            "cpp" or "triton".
+
+    Constants: :data:`CONSTANTS` (:class:`MGDAConstants`), used by every backend.
 
     Diagnostics: "kkt_residual" (see :func:`kkt_residual`; ~1e-16 at the exact optimum),
     "objective" (wᵀΓ'w = ‖u*‖²), "iterations" (Wolfe's minor cycles), "support" (number of
     wᵢ > 0), "simplex_weights" (w on the simplex, as LibMTL returns them), "normalizers" (n).
+
+    Variant: the paper's MGDA on the given gradients, the normalisation an option, default "none"
+    (LibMTL's default). The wrapper :class:`mtlkernels.MGDAUB` runs this weighting on the shared
+    representation's gradients (MGDA-UB, ``features=``) with its own default "loss+".
     """
 
     name = "mgda"
-    solvers = {"torch": _solve_torch, "cpp": _solve_cpp, "triton": triton_solver("solve_mgda")}
+    constants = CONSTANTS
 
     def __init__(self, *, normalization: str = "none", combination: str = "original", backend: str = "auto") -> None:
         super().__init__(backend=backend)
@@ -230,3 +220,37 @@ class MGDAWeighting(Weighting):
 
     def options(self) -> dict[str, Any]:
         return {"normalization": self.normalization, "combination": self.combination, "backend": self.backend}
+
+    def check_inputs(self, gram: Tensor, losses: Tensor | None) -> None:
+        check_loss_signs(self.normalization, losses)
+
+    def solve_torch(self, gram: Tensor, losses: Tensor | None) -> Solution:
+        G = _symmetrized(gram)
+        n = normalizers(G, self.normalization, losses)
+        Q = G / n[:, None] / n[None, :]
+        w, cycles = min_norm_weights(Q, k=self.constants)
+        weights = w if self.combination == "original" else w / n
+        diagnostics = {
+            "kkt_residual": kkt_residual(Q, w),
+            "objective": float(w @ Q @ w),
+            "iterations": cycles,
+            "support": int((w > 0).sum()),
+            "simplex_weights": w,
+            "normalizers": n,
+        }
+        return Solution(weights, diagnostics)
+
+    def solve_cpp(self, gram: Tensor, losses: Tensor | None) -> tuple[np.ndarray, dict[str, Any]]:
+        result = extension().mgda_solve(
+            gram.numpy(), cpp_constants(self.constants), self.normalization, self.combination,
+            None if losses is None else losses.numpy(),
+        )
+        result["simplex_weights"] = torch.from_numpy(result["simplex_weights"])
+        result["normalizers"] = torch.from_numpy(result["normalizers"])
+        return result.pop("weights"), result
+
+    def solve_triton(self, gram: Tensor, losses: Tensor | None) -> Solution:
+        from ..kernels.solve_mgda import mgda_solve
+
+        out = mgda_solve(gram, losses, self.normalization, self.combination, self.constants)
+        return Solution(out.pop("weights"), out)

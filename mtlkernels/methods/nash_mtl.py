@@ -25,25 +25,46 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 from numbers import Integral, Real
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from .._checks import check_option
 from .._extension import extension
-from .base import Solution, Weighting, triton_solver
-
-if TYPE_CHECKING:
-    from ..aggregate import Aggregator
+from .base import Solution, Weighting, cpp_constants
 
 SOLVERS = ("newton", "ccp")
-_CPP_MAX_TASKS = 256  # csrc/solvers/binding.h: kMaxTasks
-_MAX_NEWTON_STEPS = 100
-_CONVERGED_DECREMENT2 = 1e-20  # λ² below this: one more full step reaches rounding level
-_DIVERGED_BETA = 1e6  # an iterate beyond this (in units of 1/‖gᵢ‖) means f is unbounded below
-_MAX_START_BETA = 1e3  # so that growth towards _DIVERGED_BETA is seen step by step
+
+
+@dataclass(frozen=True)
+class NashMTLConstants:
+    """The Newton solve's caps and tolerances: read by the torch solve, handed to the C++ solve
+    (``mtlkernels._C.NashMTLConstants``) and to the Triton kernel (as constexprs).
+
+    Attributes:
+        max_newton_steps: Newton steps per round at most.
+        converged_decrement2: λ² below this: one more full step reaches rounding level.
+        diverged_beta: an iterate beyond this (in units of 1/‖gᵢ‖) means f is unbounded below.
+        max_start_beta: the start is kept below this, so that growth towards diverged_beta is seen
+            step by step.
+        shift_attempts: Cholesky attempts of the Newton system with a growing diagonal shift.
+        first_shift: the first shift, relative to the system's largest diagonal entry (then ×10).
+    """
+
+    max_newton_steps: int = 100
+    converged_decrement2: float = 1e-20
+    diverged_beta: float = 1e6
+    max_start_beta: float = 1e3
+    shift_attempts: int = 40
+    first_shift: float = 1e-14
+
+
+#: the constants every Nash-MTL Newton solve uses
+CONSTANTS = NashMTLConstants()
 
 #: (α before clipping [K] float64 CPU, solver facts) from (Γ [K, K] float64 CPU, previous α or None)
 SolveK = Callable[["NashMTLWeighting", Tensor, "Tensor | None"], "tuple[Tensor, dict[str, Any]]"]
@@ -56,17 +77,17 @@ def _cosines(gram: Tensor, kept: Tensor, n: Tensor) -> Tensor:
     return cosine.fill_diagonal_(1.0)
 
 
-def _spd_solve(matrix: Tensor, rhs: Tensor) -> Tensor | None:
+def _spd_solve(matrix: Tensor, rhs: Tensor, k: NashMTLConstants) -> Tensor | None:
     """matrix⁻¹·rhs by Cholesky; a matrix that is not numerically positive definite (a Gram
     accumulated in low precision) gets a growing diagonal shift until it is (None if it never is)."""
     shift = 0.0
     scale = float(matrix.diagonal().abs().max())
     eye = torch.eye(matrix.shape[0], dtype=matrix.dtype)
-    for _ in range(40):
+    for _ in range(k.shift_attempts):
         try:
             factor = torch.linalg.cholesky(matrix + shift * eye)
         except torch.linalg.LinAlgError:
-            shift = max(10.0 * shift, 1e-14 * scale)
+            shift = max(10.0 * shift, k.first_shift * scale)
             continue
         return torch.cholesky_solve(rhs[:, None], factor)[:, 0]
     return None
@@ -76,22 +97,22 @@ def _barrier_objective(C: Tensor, beta: Tensor) -> float:
     return float(0.5 * beta @ C @ beta - torch.log(beta).sum())
 
 
-def _barrier_newton(C: Tensor, beta: Tensor) -> tuple[Tensor, int, bool, Tensor | None]:
+def _barrier_newton(C: Tensor, beta: Tensor, k: NashMTLConstants) -> tuple[Tensor, int, bool, Tensor | None]:
     """Minimise f(β) = ½βᵀCβ − Σ log βᵢ by damped Newton from β > 0.
 
     Returns (β, steps, converged, growing): ``growing`` is None unless f is unbounded below, when
-    it masks the tasks whose βᵢ still grows (relative step > 1/4) as the iterate passes 1e6.
+    it masks the tasks whose βᵢ still grows (relative step > 1/4) as the iterate passes diverged_beta.
     """
     previous_decrement2 = math.inf
-    for step_count in range(1, _MAX_NEWTON_STEPS + 1):
+    for step_count in range(1, k.max_newton_steps + 1):
         gradient = C @ beta - 1.0 / beta
-        solved = _spd_solve(C + torch.diag(1.0 / beta**2), gradient)
+        solved = _spd_solve(C + torch.diag(1.0 / beta**2), gradient, k)
         if solved is None:
             return beta, step_count - 1, False, None  # not converged; β is finite and positive
         step = -solved
         decrement2 = float(-(gradient @ step))
         decrement = math.sqrt(max(decrement2, 0.0))
-        if decrement2 <= _CONVERGED_DECREMENT2:
+        if decrement2 <= k.converged_decrement2:
             return beta + step, step_count, True, None
         if decrement < 0.25:  # quadratic region: full steps, stop at the rounding floor
             if decrement2 >= previous_decrement2:
@@ -103,12 +124,12 @@ def _barrier_newton(C: Tensor, beta: Tensor) -> tuple[Tensor, int, bool, Tensor 
         if not (bool((trial > 0).all()) and _barrier_objective(C, trial) <= _barrier_objective(C, beta) - 0.25 * decrement2):
             step = step / (1.0 + decrement)  # the damped step of self-concordant analysis
         beta_next = beta + step
-        if float(beta_next.max()) > _DIVERGED_BETA:
+        if float(beta_next.max()) > k.diverged_beta:
             growing = step > 0.25 * beta
             growing[int(beta_next.argmax())] = True
             return beta_next, step_count, False, growing
         beta = beta_next
-    return beta, _MAX_NEWTON_STEPS, False, None
+    return beta, k.max_newton_steps, False, None
 
 
 def _solve_newton_torch(self: "NashMTLWeighting", gram: Tensor, previous: Tensor | None) -> tuple[Tensor, dict[str, Any]]:
@@ -125,8 +146,8 @@ def _solve_newton_torch(self: "NashMTLWeighting", gram: Tensor, previous: Tensor
             beta = torch.where(torch.isfinite(warm) & (warm > 0), warm, beta)
         ray = float(beta @ C @ beta)
         if math.isfinite(ray) and ray > 0:  # the minimiser of f along the ray, kept below 1e3
-            beta = beta * min(math.sqrt(beta.numel() / ray), _MAX_START_BETA / float(beta.max()))
-        beta, round_steps, converged, growing = _barrier_newton(C, beta)
+            beta = beta * min(math.sqrt(beta.numel() / ray), self.constants.max_start_beta / float(beta.max()))
+        beta, round_steps, converged, growing = _barrier_newton(C, beta, self.constants)
         steps += round_steps
         if growing is None:
             alpha[kept] = beta / n
@@ -223,30 +244,6 @@ def _solve_ccp(self: "NashMTLWeighting", gram: Tensor, previous: Tensor | None) 
     return torch.from_numpy(alpha_t), {"iterations": iterations, "converged": stopped}
 
 
-# -- backends --------------------------------------------------------------------------------------
-def _solve_torch(self: "NashMTLWeighting", gram: Tensor, losses: Tensor | None) -> Solution:
-    gram64 = self._host_gram(gram)
-    reused, previous = self._plan(gram64)
-    if reused:
-        alpha, facts = previous, {"iterations": 0, "converged": True}
-    else:
-        solve: SolveK = _solve_ccp if self.solver == "ccp" else _solve_newton_torch
-        alpha, facts = solve(self, gram64, previous)
-    weights, certificates = _certificates_torch(gram64, alpha, self.max_norm)
-    return self._finish(gram, alpha, weights, {**certificates, **facts}, reused)
-
-
-def _solve_cpp(self: "NashMTLWeighting", gram: Tensor, losses: Tensor | None) -> Solution:
-    if self.solver == "ccp" or (self.backend == "auto" and gram.shape[0] > _CPP_MAX_TASKS):
-        return _solve_torch(self, gram, losses)  # the CCP is cvxpy's; "auto" goes on in torch past K = 256
-    gram64 = self._host_gram(gram, check_finite=False)
-    reused, previous = self._plan(gram64)
-    alpha, weights, diagnostics = extension().nash_mtl_solve(
-        gram64.numpy(), None if previous is None else previous.numpy(), reused, self.max_norm
-    )
-    return self._finish(gram, torch.from_numpy(alpha), torch.from_numpy(weights), diagnostics, reused)
-
-
 class NashMTLWeighting(Weighting):
     """Γ → the Nash bargaining weights α (α⊙(Γα) = 𝟙), clipped to ‖Σwᵢgᵢ‖ ≤ max_norm.
 
@@ -266,10 +263,16 @@ class NashMTLWeighting(Weighting):
     ``dropped_tasks`` (weight 0: zero or cancelling gradients), ``iterations`` (Newton steps or
     CCP subproblems; 0 when reused), ``converged``, ``reused``, ``direction_norm`` √(αᵀΓα) before
     clipping, ``clip_scale``, ``solver``, ``step``.
+
+    Constants: :data:`CONSTANTS` (:class:`NashMTLConstants`), used by every backend's Newton
+    solve; solver="ccp" runs in torch on every backend.
+
+    Variant: the paper's Nash-MTL on the given gradients, with the authors' defaults; the wrapper
+    :class:`mtlkernels.NashMTL` runs the same weighting.
     """
 
     name = "nash_mtl"
-    solvers = {"torch": _solve_torch, "cpp": _solve_cpp, "triton": triton_solver("solve_nash_mtl")}
+    constants = CONSTANTS
 
     def __init__(
         self,
@@ -325,13 +328,39 @@ class NashMTLWeighting(Weighting):
         self._step = 0
 
     # -- one call ---------------------------------------------------------------------------
-    @staticmethod
-    def _host_gram(gram: Tensor, check_finite: bool = True) -> Tensor:
-        """Γ as a contiguous float64 CPU tensor (the C++ solver checks finiteness itself)."""
-        gram64 = gram.detach().to("cpu", torch.float64).contiguous()
-        if check_finite and not bool(torch.isfinite(gram64).all()):
-            raise ValueError("nash_mtl: the Gram matrix has a non-finite entry (NaN or Inf)")
-        return gram64
+    def resolve_backend(self, gram: Tensor) -> str:
+        """As for every method; solver="ccp" (cvxpy) then runs in torch."""
+        backend = super().resolve_backend(gram)
+        return "torch" if self.solver == "ccp" else backend
+
+    def solve_torch(self, gram: Tensor, losses: Tensor | None) -> Solution:
+        reused, previous = self._plan(gram)
+        if reused:
+            alpha, facts = previous, {"iterations": 0, "converged": True}
+        else:
+            solve: SolveK = _solve_ccp if self.solver == "ccp" else _solve_newton_torch
+            alpha, facts = solve(self, gram, previous)
+        weights, certificates = _certificates_torch(gram, alpha, self.max_norm)
+        return Solution(weights, self._commit(alpha, {**certificates, **facts}, reused))
+
+    def solve_cpp(self, gram: Tensor, losses: Tensor | None) -> tuple[np.ndarray, dict[str, Any]]:
+        reused, previous = self._plan(gram)
+        alpha, weights, diagnostics = extension().nash_mtl_solve(
+            gram.numpy(), cpp_constants(self.constants), None if previous is None else previous.numpy(), reused,
+            self.max_norm,
+        )
+        return weights, self._commit(torch.from_numpy(alpha), diagnostics, reused)
+
+    def solve_triton(self, gram: Tensor, losses: Tensor | None) -> Solution:
+        """The warm-start α stays on the device in the state; ``update_weights_every`` reuse is
+        decided by the host step counter."""
+        from ..kernels.solve_nash_mtl import nash_mtl_solve
+
+        reused, previous = self._plan(gram)
+        if previous is not None:
+            previous = previous.to(device=gram.device, dtype=torch.float64, non_blocking=True)
+        alpha, weights, diagnostics = nash_mtl_solve(gram, previous, reused, self.max_norm, self.constants)
+        return Solution(weights, self._commit(alpha, diagnostics, reused))
 
     def _plan(self, gram: Tensor) -> tuple[bool, Tensor | None]:
         """(reuse the stored α this call?, the stored α), after checking it fits Γ."""
@@ -345,11 +374,12 @@ class NashMTLWeighting(Weighting):
         # α lives where the last solve ran (the Triton solve keeps it on the GPU): follow Γ
         return reused, None if self._alpha is None else self._alpha.to(gram.device)
 
-    def _finish(self, gram: Tensor, alpha: Tensor, weights: Tensor, facts: dict[str, Any], reused: bool) -> Solution:
+    def _commit(self, alpha: Tensor, facts: dict[str, Any], reused: bool) -> dict[str, Any]:
+        """Keep α as the state, count the call, and complete the diagnostics."""
         self._alpha = alpha
         self._step += 1
         facts.update(reused=reused, solver=self.solver, step=self._step)
-        return Solution(weights.to(gram.device), facts)
+        return facts
 
 
 def _check_count(name: str, value: object) -> None:

@@ -13,12 +13,9 @@ from torch import Tensor
 
 from .._checks import check_option
 from .._extension import extension
-from .base import Solution, Weighting, host_gram, triton_solver
+from .base import Solution, Weighting
 
 REDUCTIONS = ("sum", "mean")
-
-#: the C++ solver's limit on K (kMaxTasks in csrc/solvers/binding.h); backend="auto" uses torch beyond it
-CPP_MAX_TASKS = 256
 
 
 def check_order(order: Any) -> Tensor:
@@ -59,50 +56,6 @@ def draw_orders(K: int, generator: torch.Generator | None, device: torch.device 
     return torch.from_numpy(np.argsort(keys, axis=1))
 
 
-def _solve_torch(self: "PCGradWeighting", gram: Tensor, losses: Tensor | None) -> Solution:
-    """All K tasks advance together: step t visits task order[i, t] for every task i at once."""
-    G = host_gram(gram)
-    K = G.shape[0]
-    order = self.visiting_orders(K)
-    visited_at_step = order.T.contiguous()  # row t: the task each task visits at step t
-    diag = G.diagonal()
-    C = torch.eye(K, dtype=torch.float64)  # row i: cᵢ
-    projections = 0
-    residual = torch.zeros((), dtype=torch.float64)
-    for j in visited_at_step:
-        rows = G.index_select(0, j)  # row i: Γ[order[i, t]]
-        squared_norms = diag.index_select(0, j)
-        inner = (C * rows).sum(dim=1)  # gᵢ'·gⱼ
-        project = (inner < 0) & (squared_norms > 0)
-        if not bool(project.any()):
-            continue
-        step = torch.where(project, inner / torch.where(project, squared_norms, 1.0), 0.0)
-        C.scatter_add_(1, j[:, None], -step[:, None])  # cᵢ[j] −= (Γcᵢ)ⱼ/Γⱼⱼ
-        terms = C * rows
-        magnitude = terms.abs().sum(dim=1)
-        after = terms.sum(dim=1).abs() / torch.where(magnitude > 0, magnitude, 1.0)
-        residual = torch.maximum(residual, torch.where(project, after, 0.0).max())
-        projections += int(project.sum())
-    weights = C.sum(dim=0)
-    if self.reduction == "mean":
-        weights = weights / K
-    diagnostics = {"projections": projections, "orthogonality_residual": float(residual), "order": order}
-    return Solution(weights.to(gram.device), diagnostics)
-
-
-def _solve_cpp(self: "PCGradWeighting", gram: Tensor, losses: Tensor | None) -> Solution:
-    if self.backend == "auto" and gram.shape[0] > CPP_MAX_TASKS:
-        return _solve_torch(self, gram, losses)
-    G = gram.detach()
-    if G.dtype != torch.float64 or G.device.type != "cpu" or not G.is_contiguous():
-        G = G.to(device="cpu", dtype=torch.float64).contiguous()
-    order = self.visiting_orders(G.shape[0])
-    weights, diagnostics = extension().pcgrad_solve(G.numpy(), order.numpy(), self.reduction == "mean")
-    diagnostics["order"] = order
-    weights = torch.from_numpy(weights)
-    return Solution(weights if gram.device.type == "cpu" else weights.to(gram.device), diagnostics)
-
-
 class PCGradWeighting(Weighting):
     """PCGrad: project each task gradient off the ones it conflicts with, in turn; sum the results.
 
@@ -119,6 +72,9 @@ class PCGradWeighting(Weighting):
 
     Diagnostics: "projections" (number made), "orthogonality_residual" (max over projections of
     |(Γcᵢ)ⱼ| / Σₖ|Γⱼₖcᵢₖ| right after it: zero up to rounding), "order" (the [K, K] orders used).
+
+    Variant: the paper's PCGrad on the full task gradients, summed (or averaged); the wrapper
+    :class:`mtlkernels.PCGrad` runs the same weighting.
     """
 
     name = "pcgrad"
@@ -161,4 +117,46 @@ class PCGradWeighting(Weighting):
     def options(self) -> dict[str, Any]:
         return {"reduction": self.reduction, "order": self.order, "generator": self.generator, "backend": self.backend}
 
-    solvers = {"torch": _solve_torch, "cpp": _solve_cpp, "triton": triton_solver("solve_pcgrad")}
+    def solve_torch(self, gram: Tensor, losses: Tensor | None) -> Solution:
+        """All K tasks advance together: step t visits task order[i, t] for every task i at once."""
+        K = gram.shape[0]
+        order = self.visiting_orders(K)
+        visited_at_step = order.T.contiguous()  # row t: the task each task visits at step t
+        diag = gram.diagonal()
+        C = torch.eye(K, dtype=torch.float64)  # row i: cᵢ
+        projections = 0
+        residual = torch.zeros((), dtype=torch.float64)
+        for j in visited_at_step:
+            rows = gram.index_select(0, j)  # row i: Γ[order[i, t]]
+            squared_norms = diag.index_select(0, j)
+            inner = (C * rows).sum(dim=1)  # gᵢ'·gⱼ
+            project = (inner < 0) & (squared_norms > 0)
+            if not bool(project.any()):
+                continue
+            step = torch.where(project, inner / torch.where(project, squared_norms, 1.0), 0.0)
+            C.scatter_add_(1, j[:, None], -step[:, None])  # cᵢ[j] −= (Γcᵢ)ⱼ/Γⱼⱼ
+            terms = C * rows
+            magnitude = terms.abs().sum(dim=1)
+            after = terms.sum(dim=1).abs() / torch.where(magnitude > 0, magnitude, 1.0)
+            residual = torch.maximum(residual, torch.where(project, after, 0.0).max())
+            projections += int(project.sum())
+        weights = C.sum(dim=0)
+        if self.reduction == "mean":
+            weights = weights / K
+        diagnostics = {"projections": projections, "orthogonality_residual": float(residual), "order": order}
+        return Solution(weights, diagnostics)
+
+    def solve_cpp(self, gram: Tensor, losses: Tensor | None) -> tuple[Any, dict[str, Any]]:
+        order = self.visiting_orders(gram.shape[0])
+        weights, diagnostics = extension().pcgrad_solve(gram.numpy(), order.numpy(), self.reduction == "mean")
+        diagnostics["order"] = order
+        return weights, diagnostics
+
+    def solve_triton(self, gram: Tensor, losses: Tensor | None) -> Solution:
+        """One program, no host sync; orders drawn on the device when no generator is given."""
+        from ..kernels.solve_pcgrad import pcgrad_solve
+
+        order = self.visiting_orders(gram.shape[0], gram.device)
+        weights, diagnostics = pcgrad_solve(gram, order, self.reduction == "mean")
+        diagnostics["order"] = order
+        return Solution(weights, diagnostics)

@@ -26,6 +26,8 @@ from mtlkernels import _extension  # noqa: E402
 from _devices import TRITON_DEVICE as DEVICE, poison_empty, requires_cpp_oracle, requires_cuda, requires_triton  # noqa: E402
 from mtlkernels.kernels import solve_cagrad  # noqa: E402
 from mtlkernels.methods import CAGradWeighting  # noqa: E402
+from mtlkernels.methods.base import cpp_constants  # noqa: E402
+from mtlkernels.methods.cagrad import CONSTANTS  # noqa: E402
 from cases import adversarial_cases, conflicting_J, random_J  # noqa: E402
 
 pytestmark = [requires_triton, requires_cpp_oracle]
@@ -37,10 +39,6 @@ REFERENCE_RTOL = 1e-6
 CERTIFICATES = ("kkt_residual", "ball_residual", "duality_gap", "worst_improvement", "dual_objective", "multiplier_sum")
 
 
-@pytest.fixture
-def register_triton(monkeypatch) -> None:
-    """CAGradWeighting's solvers with this one added as "triton", as the lead wires it."""
-    monkeypatch.setitem(CAGradWeighting.solvers, "triton", solve_cagrad.solve_triton)
 
 
 def size(G: torch.Tensor, weights: torch.Tensor) -> float:
@@ -50,7 +48,7 @@ def size(G: torch.Tensor, weights: torch.Tensor) -> float:
 
 def check_against_cpp(label, gram, weights, diagnostics, c, factor=1.0, unique=True) -> None:
     G = gram.double().cpu().contiguous()
-    cpp_weights, cpp = _extension.extension().cagrad_solve(G.numpy(), c, factor)
+    cpp_weights, cpp = _extension.extension().cagrad_solve(G.numpy(), c, factor, cpp_constants(CONSTANTS))
     cpp_weights = torch.from_numpy(cpp_weights)
     assert weights.device.type == DEVICE and weights.dtype == torch.float64
     assert not weights.isnan().any(), (label, "a weight was not written")
@@ -95,7 +93,7 @@ def test_float64_gram_matches_cpp_and_reference(K, monkeypatch):
     poison_empty(monkeypatch, solve_cagrad)
     for name, J in cases(K, 30, seed=K):
         G = (J @ J.T).to(DEVICE)
-        weights, diagnostics = solve_cagrad.cagrad_solve(G, 0.5, 1.0 / 1.25)
+        weights, diagnostics = solve_cagrad.cagrad_solve(G, 0.5, 1.0 / 1.25, CONSTANTS)
         check_against_cpp(name, G, weights, diagnostics, 0.5, 1.0 / 1.25, unique_multipliers(J, name))
         if name in ("random", "conflicting", "zero_row"):  # the reference's SLSQP is slow
             reference = mk.reference.cagrad(J, c=0.5)
@@ -116,14 +114,14 @@ def test_k17_float64_and_float32_gram(monkeypatch):
     ):
         J = J_cases[name]
         G = (J @ J.T).to(dtype=dtype, device=DEVICE)
-        weights, diagnostics = solve_cagrad.cagrad_solve(G, c, 1.0)
+        weights, diagnostics = solve_cagrad.cagrad_solve(G, c, 1.0, CONSTANTS)
         check_against_cpp(f"{name} {dtype}", G, weights, diagnostics, c, 1.0, unique_multipliers(J, name))
 
 
 def test_k64_in_registers():
     J = conflicting_J(64, 100, seed=64)
     G = (J @ J.T).to(DEVICE)
-    weights, diagnostics = solve_cagrad.cagrad_solve(G, 0.5, 1.0)
+    weights, diagnostics = solve_cagrad.cagrad_solve(G, 0.5, 1.0, CONSTANTS)
     check_against_cpp("conflicting_64", G, weights, diagnostics, 0.5)
 
 
@@ -134,12 +132,12 @@ def test_more_tasks_than_dimensions_and_the_hull_case():
     J = random_J(7, 3, seed=11)
     G = (J @ J.T).to(DEVICE)
     for c in (0.5, 3.0):
-        weights, diagnostics = solve_cagrad.cagrad_solve(G, c, 1.0)
+        weights, diagnostics = solve_cagrad.cagrad_solve(G, c, 1.0, CONSTANTS)
         check_against_cpp(f"K>N c={c}", G, weights, diagnostics, c, unique=False)
     angles = torch.tensor([0.0, 2 * math.pi / 3, 4 * math.pi / 3], dtype=torch.float64)
     star = torch.stack([angles.cos(), angles.sin()], dim=1) * torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)[:, None]
     G = (star @ star.T).to(DEVICE)
-    weights, diagnostics = solve_cagrad.cagrad_solve(G, 2.0, 1.0)
+    weights, diagnostics = solve_cagrad.cagrad_solve(G, 2.0, 1.0, CONSTANTS)
     check_against_cpp("star", G, weights, diagnostics, 2.0, unique=False)
     assert bool(diagnostics["degenerate"])
 
@@ -160,19 +158,19 @@ def test_structured_gram_hypothesis(K, N, seed, structure, log_scales, c):
         J[i] = {0: J[i], 1: 0.0 * J[0], 2: J[0], 3: -J[0], 4: 3.0 * J[0]}[kind]
     J = J * torch.tensor([10.0**s for s in log_scales[:K]], dtype=torch.float64)[:, None]
     G = (J @ J.T).to(DEVICE)
-    weights, diagnostics = solve_cagrad.cagrad_solve(G, c, 1.0)
+    weights, diagnostics = solve_cagrad.cagrad_solve(G, c, 1.0, CONSTANTS)
     check_against_cpp("structured", G, weights, diagnostics, c, unique=False)
 
 
 def test_c_zero_gives_the_mean():
     G = (lambda J: J @ J.T)(conflicting_J(5, 20, seed=2)).to(DEVICE)
-    weights, diagnostics = solve_cagrad.cagrad_solve(G, 0.0, 1.0)
+    weights, diagnostics = solve_cagrad.cagrad_solve(G, 0.0, 1.0, CONSTANTS)
     assert weights.cpu().tolist() == [0.2] * 5 and int(diagnostics["iterations"]) == 0
     check_against_cpp("c=0", G, weights, diagnostics, 0.0)
 
 
 @pytest.mark.parametrize("rescale, sum_scale", [(0, False), (1, True), (2, False)])
-def test_weighting_options(rescale, sum_scale, register_triton):
+def test_weighting_options(rescale, sum_scale):
     J = conflicting_J(4, 50, seed=rescale)
     options = {"c": 0.4, "rescale": rescale, "sum_scale": sum_scale}
     ours = mk.aggregate(J.to(DEVICE), CAGradWeighting(backend="triton", **options))
@@ -181,7 +179,7 @@ def test_weighting_options(rescale, sum_scale, register_triton):
     assert ours.diagnostics["active_set"].cpu().nonzero().flatten().tolist() == theirs.diagnostics["active_set"]
 
 
-def test_beyond_register_limit_uses_the_torch_solver(register_triton):
+def test_beyond_register_limit_uses_the_torch_solver():
     J = conflicting_J(solve_cagrad.MAX_TASKS + 1, 100, seed=5)
     G = J @ J.T
     solution = CAGradWeighting(backend="triton")(G)
@@ -190,7 +188,7 @@ def test_beyond_register_limit_uses_the_torch_solver(register_triton):
     assert math.sqrt(max(float(difference @ G @ difference), 0.0)) <= CPP_RTOL * size(G, expected.weights)
 
 
-def test_bad_gram_on_cpu_raises(register_triton):
+def test_bad_gram_on_cpu_raises():
     G = torch.eye(3, dtype=torch.float64)
     with pytest.raises(ValueError, match="non-finite"):
         CAGradWeighting(backend="triton")(torch.where(torch.eye(3, dtype=torch.bool), G, float("nan")))
@@ -202,7 +200,7 @@ def test_bad_gram_on_cpu_raises(register_triton):
 
 
 @requires_cuda
-def test_no_host_sync(register_triton):
+def test_no_host_sync():
     weighting = CAGradWeighting(backend="triton")
     J = conflicting_J(6, 1000, seed=7).float().cuda()
     mk.aggregate(J, weighting)  # compile outside the checked region
@@ -222,10 +220,10 @@ def test_cuda_graph_capture_and_replay():
     G = torch.empty(5, 5, device="cuda")
     first, second = conflicting_J(5, 40, seed=8), random_J(5, 40, seed=9)
     G.copy_(first @ first.T)
-    solve_cagrad.cagrad_solve(G, 0.5, 1.0)  # compile before capture
+    solve_cagrad.cagrad_solve(G, 0.5, 1.0, CONSTANTS)  # compile before capture
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        weights, diagnostics = solve_cagrad.cagrad_solve(G, 0.5, 1.0)
+        weights, diagnostics = solve_cagrad.cagrad_solve(G, 0.5, 1.0, CONSTANTS)
     for J in (first, second):
         G.copy_(J @ J.T)
         graph.replay()

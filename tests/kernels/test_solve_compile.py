@@ -23,7 +23,8 @@ COMPILE_ALL = textwrap.dedent(
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    from mtlkernels.kernels import solve_cagrad, solve_imtl, solve_mgda, solve_nash_mtl
+    from mtlkernels.kernels import kspace, solve_cagrad, solve_imtl, solve_mgda, solve_nash_mtl
+    from mtlkernels.methods import cagrad, imtl, mgda, nash_mtl
 
     def compile_for_h100(fn, pointers, constexprs, K):
         signature = {name: kind for name, kind in pointers.items()}
@@ -39,22 +40,23 @@ COMPILE_ALL = textwrap.dedent(
             solve_imtl._imtl_solve_kernel,
             dict(gram_ptr=gram, weights_ptr=f64, zero_tasks_ptr=i1, fallback_ptr=i1, unique_ptr=i1,
                  degenerate_ptr=i1, rank_ptr=i32, residual_ptr=f64),
-            dict(BLOCK_K=16), K)
+            dict(BLOCK_K=16, **kspace.constexprs(imtl.CONSTANTS)), K)
         compile_for_h100(
             solve_nash_mtl._nash_mtl_solve_kernel,
             dict(gram_ptr=gram, previous_ptr=f64, alpha_ptr=f64, weights_ptr=f64, dropped_ptr=i1,
                  iterations_ptr=i32, converged_ptr=i1, certificates_ptr=f64),
-            dict(MAX_NORM=1.0, HAS_PREVIOUS=True, REUSE=False, BLOCK_K=16), K)
+            dict(MAX_NORM=1.0, HAS_PREVIOUS=True, REUSE=False, BLOCK_K=16, **kspace.constexprs(nash_mtl.CONSTANTS)),
+            K)
         compile_for_h100(
             solve_mgda._mgda_solve_kernel,
             dict(gram_ptr=gram, losses_ptr=f64, weights_ptr=f64, simplex_ptr=f64, normalizers_ptr=f64,
                  kkt_ptr=f64, objective_ptr=f64, iterations_ptr=i32, support_ptr=i32),
-            dict(NORMALIZATION=3, NORMALIZED=True, BLOCK_K=16), K)
+            dict(NORMALIZATION=3, NORMALIZED=True, BLOCK_K=16, **kspace.constexprs(mgda.CONSTANTS)), K)
         compile_for_h100(
             solve_cagrad._cagrad_solve_kernel,
             dict(gram_ptr=gram, weights_ptr=f64, active_ptr=i1, degenerate_ptr=i1, iterations_ptr=i32,
                  facts_ptr=f64),
-            dict(C=0.4, FACTOR=1 / 1.16, BLOCK_K=16), K)
+            dict(C=0.4, FACTOR=1 / 1.16, BLOCK_K=16, **kspace.constexprs(cagrad.CONSTANTS)), K)
         print("compiled", K)
     """
 )

@@ -12,7 +12,7 @@ triton = pytest.importorskip("triton")
 import mtlkernels as mk  # noqa: E402
 from _devices import TRITON_DEVICE as DEVICE, poison_empty, requires_cuda, requires_triton  # noqa: E402
 from mtlkernels.kernels import solve_imtl  # noqa: E402
-from mtlkernels.methods.imtl import IMTLWeighting, equal_projection_residual  # noqa: E402
+from mtlkernels.methods.imtl import CONSTANTS, IMTLWeighting, equal_projection_residual  # noqa: E402
 from cases import adversarial_cases, random_J  # noqa: E402
 
 pytestmark = requires_triton
@@ -25,9 +25,8 @@ FLAGS = ("fallback", "unique", "degenerate", "rank")
 
 
 @pytest.fixture
-def triton_weighting(monkeypatch) -> IMTLWeighting:
-    """IMTLWeighting(backend="triton") with this solver registered, as the lead wires it."""
-    monkeypatch.setitem(IMTLWeighting.solvers, "triton", solve_imtl.solve_triton)
+def triton_weighting() -> IMTLWeighting:
+    """IMTLWeighting(backend="triton")."""
     return IMTLWeighting(backend="triton")
 
 
@@ -88,7 +87,7 @@ def test_float64_gram_matches_cpp_and_reference(K, monkeypatch):
     poisoned_empty(monkeypatch)
     for name, J in cases(K, 30, seed=K):
         G = (J @ J.T).to(DEVICE)
-        weights, diagnostics = solve_imtl.imtl_solve(G)
+        weights, diagnostics = solve_imtl.imtl_solve(G, CONSTANTS)
         check_against_cpp(name, G, weights, diagnostics)
         if name != "near_collinear":
             assert scaled_error(G, weights, mk.reference.imtl(J).weights) <= REFERENCE_RTOL, name
@@ -103,7 +102,7 @@ def test_float32_gram_matches_cpp(K, monkeypatch):
         if name.startswith("scales"):
             continue
         G = (J @ J.T).float().to(DEVICE)
-        weights, diagnostics = solve_imtl.imtl_solve(G)
+        weights, diagnostics = solve_imtl.imtl_solve(G, CONSTANTS)
         check_against_cpp(name, G, weights, diagnostics)
 
 
@@ -111,7 +110,7 @@ def test_k64_in_registers():
     J = random_J(64, 80, seed=64)
     J[1::3] -= 1.5 * J[0]
     G = (J @ J.T).to(DEVICE)
-    weights, diagnostics = solve_imtl.imtl_solve(G)
+    weights, diagnostics = solve_imtl.imtl_solve(G, CONSTANTS)
     check_against_cpp("random_64", G, weights, diagnostics)
     assert scaled_error(G, weights, mk.reference.imtl(J).weights) <= REFERENCE_RTOL
 
@@ -131,7 +130,7 @@ def test_structured_gram_hypothesis(K, N, seed, structure, log_scales):
         J[i] = {0: J[i], 1: 0.0 * J[0], 2: J[0], 3: -J[0], 4: 3.0 * J[0]}[kind]
     J = J * torch.tensor([10.0**s for s in log_scales[:K]], dtype=torch.float64)[:, None]
     G = (J @ J.T).to(DEVICE)
-    weights, diagnostics = solve_imtl.imtl_solve(G)
+    weights, diagnostics = solve_imtl.imtl_solve(G, CONSTANTS)
     check_against_cpp("structured", G, weights, diagnostics)
 
 
@@ -194,10 +193,10 @@ def test_cuda_graph_capture_and_replay():
     first, second = random_J(5, 40, seed=8), random_J(5, 40, seed=9)
     first[2] = -first[0]
     G.copy_(first @ first.T)
-    solve_imtl.imtl_solve(G)  # compile before capture
+    solve_imtl.imtl_solve(G, CONSTANTS)  # compile before capture
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        weights, diagnostics = solve_imtl.imtl_solve(G)
+        weights, diagnostics = solve_imtl.imtl_solve(G, CONSTANTS)
     for J in (first, second):
         G.copy_(J @ J.T)
         graph.replay()

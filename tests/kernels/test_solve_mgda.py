@@ -17,6 +17,8 @@ from mtlkernels import _extension  # noqa: E402
 from _devices import TRITON_DEVICE as DEVICE, poison_empty, requires_cpp_oracle, requires_cuda, requires_triton  # noqa: E402
 from mtlkernels.kernels import solve_mgda  # noqa: E402
 from mtlkernels.methods import MGDAWeighting  # noqa: E402
+from mtlkernels.methods.base import cpp_constants  # noqa: E402
+from mtlkernels.methods.mgda import CONSTANTS  # noqa: E402
 from cases import adversarial_cases, conflicting_J, random_J  # noqa: E402
 
 pytestmark = [requires_triton, requires_cpp_oracle]
@@ -28,10 +30,6 @@ REFERENCE_RTOL = 1e-6
 KKT_TOL = 1e-12
 
 
-@pytest.fixture
-def register_triton(monkeypatch) -> None:
-    """MGDAWeighting's solvers with this one added as "triton", as the lead wires it."""
-    monkeypatch.setitem(MGDAWeighting.solvers, "triton", solve_mgda.solve_triton)
 
 
 def losses_for(K: int) -> torch.Tensor:
@@ -41,7 +39,7 @@ def losses_for(K: int) -> torch.Tensor:
 def check_against_cpp(label, gram, out, normalization, combination, losses=None) -> dict:
     """Weights, normalisers, certificate and cycles as csrc's mgda_solve on the same Γ; returns its dict."""
     G = gram.double().cpu().contiguous()
-    cpp = _extension.extension().mgda_solve(G.numpy(), normalization, combination, None if losses is None else losses.numpy())
+    cpp = _extension.extension().mgda_solve(G.numpy(), cpp_constants(CONSTANTS), normalization, combination, None if losses is None else losses.numpy())
     for key in ("weights", "simplex_weights", "normalizers"):
         assert out[key].device.type == DEVICE and not out[key].isnan().any(), (label, key, "not written")
     torch.testing.assert_close(out["normalizers"].cpu(), torch.from_numpy(cpp["normalizers"]), rtol=1e-15, atol=0)
@@ -73,7 +71,7 @@ def test_float64_gram_matches_cpp_and_reference(K, normalization, monkeypatch):
     losses = losses_for(K)
     for name, J in cases(K, 30, seed=K):
         G = (J @ J.T).to(DEVICE)
-        out = solve_mgda.mgda_solve(G, losses.to(DEVICE), normalization, combination)
+        out = solve_mgda.mgda_solve(G, losses.to(DEVICE), normalization, combination, CONSTANTS)
         check_against_cpp(f"{name} {normalization}", G, out, normalization, combination, losses)
         ref = mk.reference.mgda(J, normalization=normalization, combination=combination, losses=losses)
         w, n = out["simplex_weights"].cpu(), out["normalizers"].cpu()
@@ -93,7 +91,7 @@ def test_k17_float64_and_float32_gram(monkeypatch):
     ):
         J = J_cases[name]
         G = (J @ J.T).to(dtype=dtype, device=DEVICE)
-        out = solve_mgda.mgda_solve(G, None, normalization, "original")
+        out = solve_mgda.mgda_solve(G, None, normalization, "original", CONSTANTS)
         check_against_cpp(f"{name} {normalization} {dtype}", G, out, normalization, "original")
 
 
@@ -101,11 +99,11 @@ def test_k64_in_registers():
     """More tasks than dimensions: the optimum sits on a face of at most N + 1 = 4 gradients."""
     J = random_J(64, 3, seed=64)
     G = (J @ J.T).to(DEVICE)
-    out = solve_mgda.mgda_solve(G, None, "l2", "original")
+    out = solve_mgda.mgda_solve(G, None, "l2", "original", CONSTANTS)
     check_against_cpp("random_64", G, out, "l2", "original")
 
 
-def test_weighting_with_losses(register_triton):
+def test_weighting_with_losses():
     J = conflicting_J(4, 50, seed=3)
     losses = [0.5, 2.0, 0.0, 1.5]  # a zero loss: nᵢ = 1
     ours = mk.aggregate(J.to(DEVICE), MGDAWeighting(normalization="loss", backend="triton"), losses=losses)
@@ -116,7 +114,7 @@ def test_weighting_with_losses(register_triton):
         MGDAWeighting(normalization="loss", backend="triton")(J @ J.T, torch.tensor([1.0, -1.0, 1.0, 1.0]))
 
 
-def test_beyond_register_limit_uses_the_torch_solver(register_triton):
+def test_beyond_register_limit_uses_the_torch_solver():
     J = random_J(solve_mgda.MAX_TASKS + 1, 80, seed=5)
     G = J @ J.T
     solution = MGDAWeighting(backend="triton")(G)
@@ -125,7 +123,7 @@ def test_beyond_register_limit_uses_the_torch_solver(register_triton):
     torch.testing.assert_close(solution.weights, expected.weights, rtol=1e-9, atol=1e-12)
 
 
-def test_bad_gram_on_cpu_raises(register_triton):
+def test_bad_gram_on_cpu_raises():
     G = torch.eye(3, dtype=torch.float64)
     with pytest.raises(ValueError, match="non-finite"):
         MGDAWeighting(backend="triton")(torch.where(torch.eye(3, dtype=torch.bool), G, float("nan")))
@@ -137,7 +135,7 @@ def test_bad_gram_on_cpu_raises(register_triton):
 
 
 @requires_cuda
-def test_no_host_sync(register_triton):
+def test_no_host_sync():
     weighting = MGDAWeighting(normalization="l2", backend="triton")
     J = conflicting_J(6, 1000, seed=7).float().cuda()
     mk.aggregate(J, weighting)  # compile outside the checked region
@@ -156,10 +154,10 @@ def test_cuda_graph_capture_and_replay():
     G = torch.empty(5, 5, device="cuda")
     first, second = conflicting_J(5, 40, seed=8), random_J(5, 40, seed=9)
     G.copy_(first @ first.T)
-    solve_mgda.mgda_solve(G, None, "none", "original")  # compile before capture
+    solve_mgda.mgda_solve(G, None, "none", "original", CONSTANTS)  # compile before capture
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        out = solve_mgda.mgda_solve(G, None, "none", "original")
+        out = solve_mgda.mgda_solve(G, None, "none", "original", CONSTANTS)
     for J in (first, second):
         G.copy_(J @ J.T)
         graph.replay()

@@ -12,6 +12,8 @@ from mtlkernels import _extension  # noqa: E402
 from _devices import TRITON_DEVICE as DEVICE, poison_empty, requires_cpp_oracle, requires_cuda, requires_triton  # noqa: E402
 from mtlkernels.kernels import solve_nash_mtl  # noqa: E402
 from mtlkernels.methods import NashMTLWeighting  # noqa: E402
+from mtlkernels.methods.base import cpp_constants  # noqa: E402
+from mtlkernels.methods.nash_mtl import CONSTANTS  # noqa: E402
 from cases import adversarial_cases, conflicting_J, random_J  # noqa: E402
 
 pytestmark = [requires_triton, requires_cpp_oracle]
@@ -21,12 +23,6 @@ CPP_RTOL = 1e-9
 #: weights against mtlkernels.reference.nash_mtl on full vectors
 REFERENCE_RTOL = 1e-6
 CERTIFICATES = ("residual", "kept_residual", "direction_norm", "clip_scale")
-
-
-@pytest.fixture
-def register_triton(monkeypatch) -> None:
-    """NashMTLWeighting's solvers with this one added as "triton", as the lead wires it."""
-    monkeypatch.setitem(NashMTLWeighting.solvers, "triton", solve_nash_mtl.solve_triton)
 
 
 def poisoned_empty(monkeypatch) -> None:
@@ -43,7 +39,7 @@ def check_against_cpp(label, gram, alpha, weights, diagnostics, previous=None, r
     as csrc's nash_mtl_solve on the same Γ and warm start."""
     G = gram.double().cpu().contiguous()
     prev = None if previous is None else previous.double().cpu().numpy()
-    cpp_alpha, cpp_weights, cpp = _extension.extension().nash_mtl_solve(G.numpy(), prev, reuse, max_norm)
+    cpp_alpha, cpp_weights, cpp = _extension.extension().nash_mtl_solve(G.numpy(), cpp_constants(CONSTANTS), prev, reuse, max_norm)
     assert not alpha.isnan().any() and not weights.isnan().any(), (label, "an output was not written")
     assert alpha.device.type == DEVICE and alpha.dtype == torch.float64
     assert relative_error(alpha, torch.from_numpy(cpp_alpha)) <= CPP_RTOL, label
@@ -65,7 +61,7 @@ def test_float64_gram_matches_cpp_and_reference(K, monkeypatch):
     poisoned_empty(monkeypatch)
     for name, J in cases(K, 30, seed=K):
         G = (J @ J.T).to(DEVICE)
-        alpha, weights, diagnostics = solve_nash_mtl.nash_mtl_solve(G, None, False, 1.0)
+        alpha, weights, diagnostics = solve_nash_mtl.nash_mtl_solve(G, None, False, 1.0, CONSTANTS)
         check_against_cpp(name, G, alpha, weights, diagnostics)
         assert relative_error(weights, mk.reference.nash_mtl(J).weights) <= REFERENCE_RTOL, name
 
@@ -81,14 +77,14 @@ def test_k17_float64_and_float32_gram(monkeypatch):
             if dtype == torch.float32 and name.startswith("scales"):
                 continue
             G = (J @ J.T).to(dtype=dtype, device=DEVICE)
-            alpha, weights, diagnostics = solve_nash_mtl.nash_mtl_solve(G, None, False, 0.0)
+            alpha, weights, diagnostics = solve_nash_mtl.nash_mtl_solve(G, None, False, 0.0, CONSTANTS)
             check_against_cpp(f"{name} {dtype}", G, alpha, weights, diagnostics, max_norm=0.0)
 
 
 def test_k64_in_registers():
     J = conflicting_J(64, 100, seed=64)
     G = (J @ J.T).to(DEVICE)
-    alpha, weights, diagnostics = solve_nash_mtl.nash_mtl_solve(G, None, False, 1.0)
+    alpha, weights, diagnostics = solve_nash_mtl.nash_mtl_solve(G, None, False, 1.0, CONSTANTS)
     check_against_cpp("conflicting_64", G, alpha, weights, diagnostics)
 
 
@@ -99,13 +95,13 @@ def test_warm_start_and_reuse_match_cpp(monkeypatch):
     previous = (torch.linspace(0.5, 2.0, 5, dtype=torch.float64) / J.norm(dim=1)).to(DEVICE)
     previous[2] = 0.0  # an unusable warm start entry falls back to 1
     for reuse in (False, True):
-        alpha, weights, diagnostics = solve_nash_mtl.nash_mtl_solve(G, previous, reuse, 1.0)
+        alpha, weights, diagnostics = solve_nash_mtl.nash_mtl_solve(G, previous, reuse, 1.0, CONSTANTS)
         check_against_cpp(f"reuse={reuse}", G, alpha, weights, diagnostics, previous=previous, reuse=reuse)
     with pytest.raises(ValueError, match="reuse=True needs the previous weights"):
-        solve_nash_mtl.nash_mtl_solve(G, None, True, 1.0)
+        solve_nash_mtl.nash_mtl_solve(G, None, True, 1.0, CONSTANTS)
 
 
-def test_stateful_steps_match_cpp_weighting(register_triton):
+def test_stateful_steps_match_cpp_weighting():
     """update_weights_every=2 over five steps, a state round trip through the CPU in between:
     weights, reuse and the stored α as the cpp backend's."""
     ours = mk.Aggregator(NashMTLWeighting(backend="triton", update_weights_every=2))
@@ -123,7 +119,7 @@ def test_stateful_steps_match_cpp_weighting(register_triton):
     assert relative_error(ours.state_dict()["alpha"], theirs.state_dict()["alpha"]) <= CPP_RTOL
 
 
-def test_beyond_register_limit_uses_the_torch_solver(register_triton):
+def test_beyond_register_limit_uses_the_torch_solver():
     J = conflicting_J(solve_nash_mtl.MAX_TASKS + 1, 100, seed=5)
     G = J @ J.T
     solution = NashMTLWeighting(backend="triton")(G)
@@ -131,7 +127,7 @@ def test_beyond_register_limit_uses_the_torch_solver(register_triton):
     assert solution.diagnostics["dropped_tasks"] == []  # the torch solver's list
 
 
-def test_bad_gram_on_cpu_raises(register_triton):
+def test_bad_gram_on_cpu_raises():
     G = torch.eye(3, dtype=torch.float64)
     with pytest.raises(ValueError, match="non-finite"):
         NashMTLWeighting(backend="triton")(torch.where(torch.eye(3, dtype=torch.bool), G, float("nan")))
@@ -141,7 +137,7 @@ def test_bad_gram_on_cpu_raises(register_triton):
 
 
 @requires_cuda
-def test_no_host_sync(register_triton):
+def test_no_host_sync():
     agg = mk.Aggregator(NashMTLWeighting(backend="triton", update_weights_every=2))
     first = conflicting_J(6, 1000, seed=7).float().cuda()
     agg(first), agg(first)  # compile both variants (solve, reuse) outside the checked region
@@ -164,10 +160,10 @@ def test_cuda_graph_capture_and_replay():
     first, second = conflicting_J(5, 40, seed=8), random_J(5, 40, seed=9)
     first[3] = -first[0]
     G.copy_(first @ first.T)
-    solve_nash_mtl.nash_mtl_solve(G, previous, False, 1.0)  # compile before capture
+    solve_nash_mtl.nash_mtl_solve(G, previous, False, 1.0, CONSTANTS)  # compile before capture
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        alpha, weights, diagnostics = solve_nash_mtl.nash_mtl_solve(G, previous, False, 1.0)
+        alpha, weights, diagnostics = solve_nash_mtl.nash_mtl_solve(G, previous, False, 1.0, CONSTANTS)
     for J in (first, second):
         G.copy_(J @ J.T)
         graph.replay()

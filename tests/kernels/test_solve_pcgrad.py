@@ -34,9 +34,10 @@ def test_matches_torch_solve(name, J, gram_dtype, reduction):
     if not torch.isfinite(gram).all():
         pytest.skip("Γ of gradients scaled 1e±20 overflows float32: a float64 Γ is the input there")
     expected = PCGradWeighting(order=order, reduction=reduction, backend="torch")(gram)
-    weights, projections = pcgrad_solve(gram.to(DEVICE), order.to(DEVICE), reduction == "mean")
+    weights, diagnostics = pcgrad_solve(gram.to(DEVICE), order.to(DEVICE), reduction == "mean")
     torch.testing.assert_close(weights.cpu(), expected.weights, rtol=1e-9, atol=1e-12 * float(expected.weights.abs().max()))
-    assert int(projections) == expected.diagnostics["projections"]
+    assert int(diagnostics["projections"]) == expected.diagnostics["projections"]
+    assert float(diagnostics["orthogonality_residual"]) <= 1e-12
 
 
 def test_every_weight_written():
@@ -46,8 +47,9 @@ def test_every_weight_written():
     order = random_orders(K, 3).to(DEVICE)
     weights = torch.full((K,), float("nan"), dtype=torch.float64, device=DEVICE)
     projections = torch.full((), -1, dtype=torch.int32, device=DEVICE)
-    _pcgrad_solve_kernel[(1,)](gram, order, weights, projections, K, MEAN=False, BLOCK_K=block)
-    assert torch.isfinite(weights).all() and int(projections) >= 0
+    residual = torch.full((), float("nan"), dtype=torch.float64, device=DEVICE)
+    _pcgrad_solve_kernel[(1,)](gram, order, weights, projections, residual, K, MEAN=False, BLOCK_K=block)
+    assert torch.isfinite(weights).all() and int(projections) >= 0 and float(residual) >= 0
 
 
 @pytest.mark.parametrize("K", [2, 3, 17])

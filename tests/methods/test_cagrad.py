@@ -19,6 +19,8 @@ import mtlkernels as mk
 from cases import adversarial_cases, conflicting_J, random_J
 from mtlkernels import _extension
 from mtlkernels.methods import CAGradWeighting
+from mtlkernels.methods.base import cpp_constants
+from mtlkernels.methods.cagrad import CONSTANTS
 
 NO_CPP = pytest.mark.skipif(not _extension.available, reason="C++ extension not built")
 BACKENDS = ["torch", pytest.param("cpp", marks=NO_CPP)]
@@ -438,7 +440,7 @@ def test_bad_gram(backend):
 @NO_CPP
 def test_cpp_errors_reach_python():
     with pytest.raises(ValueError, match="c must be"):
-        _extension.extension().cagrad_solve(torch.eye(2, dtype=torch.float64).numpy(), -1.0, 1.0)
+        _extension.extension().cagrad_solve(torch.eye(2, dtype=torch.float64).numpy(), -1.0, 1.0, cpp_constants(CONSTANTS))
     with pytest.raises(ValueError, match="outside"):
-        _extension.extension().cagrad_solve(torch.eye(300, dtype=torch.float64).numpy(), 0.5, 1.0)
-    assert math.isfinite(_extension.extension().cagrad_solve(torch.eye(256, dtype=torch.float64).numpy(), 0.5, 1.0)[0][0])
+        _extension.extension().cagrad_solve(torch.eye(300, dtype=torch.float64).numpy(), 0.5, 1.0, cpp_constants(CONSTANTS))
+    assert math.isfinite(_extension.extension().cagrad_solve(torch.eye(256, dtype=torch.float64).numpy(), 0.5, 1.0, cpp_constants(CONSTANTS))[0][0])

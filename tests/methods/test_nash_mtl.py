@@ -421,8 +421,12 @@ def test_auto_backend_goes_on_in_torch_past_the_cpp_limit():
 def test_cpp_errors_reach_python():
     if not _extension.available:
         pytest.skip("C++ extension not built")
-    solve = _extension.extension().nash_mtl_solve
     import numpy as np
+
+    from mtlkernels.methods.base import cpp_constants
+
+    def solve(gram, *args):
+        return _extension.extension().nash_mtl_solve(gram, cpp_constants(nash_module.CONSTANTS), *args)
 
     with pytest.raises(ValueError, match="square"):
         solve(np.zeros((2, 3)))

@@ -257,14 +257,17 @@ def test_K1(backend):
     torch.testing.assert_close(result.direction, J[0])
 
 
-def test_auto_backend_beyond_cpp_limit_falls_back_to_torch():
+@pytest.mark.parametrize("backend", ["auto", "cpp"])
+def test_beyond_cpp_limit_falls_back_to_torch(backend):
+    if backend == "cpp" and not _extension.available:
+        pytest.skip("extension not built")
     J = conflicting_J(300, 4, seed=0)
     gram = J @ J.T
-    solution = PCGradWeighting(generator=torch.Generator().manual_seed(0))(gram)
-    assert bool(torch.isfinite(solution.weights).all())
-    if _extension.available:
-        with pytest.raises(ValueError, match="K = 300"):
-            PCGradWeighting(backend="cpp")(gram)
+    order = torch.stack([torch.randperm(300, generator=torch.Generator().manual_seed(i)) for i in range(300)])
+    solution = PCGradWeighting(order=order, backend=backend)(gram)
+    expected = PCGradWeighting(order=order, backend="torch")(gram)
+    assert torch.equal(solution.weights, expected.weights)
+    assert solution.diagnostics["projections"] == expected.diagnostics["projections"] > 0
 
 
 # -- errors ----------------------------------------------------------------------------------
