@@ -17,9 +17,11 @@ diagnostics contract.
 
 Diagnostics contract: every backend of a method reports the same keys. The host solves (torch,
 cpp) give Python scalars (float, int, bool, str), lists of task indices for task sets, and
-tensors for per-task vectors; the on-device solve (triton) gives tensors on Γ's device so that
-nothing waits for the GPU: 0-d tensors for scalars and [K] bool masks for task sets.
-:func:`diagnostics_to_python` turns either form into the host form, for logging and comparison.
+tensors for per-task vectors. On a CUDA Γ the on-device solve (triton) gives tensors on Γ's
+device so that nothing waits for the GPU: 0-d tensors for scalars and [K] bool masks for task
+sets; on a CPU Γ (the interpreter) its diagnostics are put in the host form, so there every
+backend gives the same types. :func:`host_diagnostics` turns the device form into the host form;
+:func:`diagnostics_to_python` makes everything plain Python, for logging.
 """
 from __future__ import annotations
 
@@ -55,22 +57,23 @@ class Solution:
         return Solution(self.weights.to(device), diagnostics)
 
 
-def diagnostics_to_python(diagnostics: dict[str, Any]) -> dict[str, Any]:
-    """Diagnostics of any backend as plain Python values, for logging: 0-d tensors → numbers,
-    [K] bool masks (task sets) → lists of task indices, other tensors → (nested) lists of numbers;
-    Python values unchanged. Reads device tensors, so it waits for the GPU."""
+def host_diagnostics(diagnostics: dict[str, Any]) -> dict[str, Any]:
+    """Diagnostics in the host solves' form: 0-d tensors → Python numbers and bools, [K] bool
+    masks (task sets) → lists of task indices; per-task vectors stay tensors. Reads device
+    tensors, so on CUDA it waits for the GPU."""
     out: dict[str, Any] = {}
     for key, value in diagnostics.items():
-        if isinstance(value, Tensor):
+        if isinstance(value, Tensor) and (value.dim() == 0 or value.dtype == torch.bool):
             value = value.detach().cpu()
-            if value.dim() == 0:
-                value = value.item()
-            elif value.dtype == torch.bool:
-                value = value.nonzero().flatten().tolist()
-            else:
-                value = value.tolist()
+            value = value.item() if value.dim() == 0 else value.nonzero().flatten().tolist()
         out[key] = value
     return out
+
+
+def diagnostics_to_python(diagnostics: dict[str, Any]) -> dict[str, Any]:
+    """Diagnostics of any backend as plain Python values, for logging: :func:`host_diagnostics`,
+    then the remaining tensors (per-task vectors) as (nested) lists of numbers."""
+    return {k: v.tolist() if isinstance(v, Tensor) else v for k, v in host_diagnostics(diagnostics).items()}
 
 
 #: id(constants) → (constants, its C++ struct); holding the constants keeps their id unique
@@ -184,7 +187,10 @@ class Weighting(ABC):
             host_gram(gram)
         if losses is not None:
             losses = losses.to(device=gram.device, non_blocking=True) if self.needs_losses else None
-        return self.solve_triton(gram.detach(), losses)
+        solution = self.solve_triton(gram.detach(), losses)
+        if gram.device.type == "cpu":  # the interpreter: reading the values costs nothing
+            solution.diagnostics = host_diagnostics(solution.diagnostics)
+        return solution
 
     # -- state (stateless by default) -------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -160,15 +160,6 @@ def assert_direction_close(actual: Tensor, expected: Tensor, scale: float, rtol:
 
 
 # -- diagnostics -------------------------------------------------------------------------------------
-def to_python(value: Any) -> Any:
-    """A diagnostic as plain Python: tensors through ``tolist`` (0-d → a scalar), lists elementwise."""
-    if isinstance(value, Tensor):
-        return value.detach().cpu().tolist()
-    if isinstance(value, (list, tuple)):
-        return [to_python(v) for v in value]
-    return value
-
-
 def kind(value: Any) -> Any:
     """The structure of a plain-Python diagnostic: its type name, and for a list each element's kind
     (so a [K] mask of bools and a list of indices differ)."""
