@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from .base import MultiTaskOptimizer
+from .workspace import accumulate_grads
 
 
 class IMTL(MultiTaskOptimizer):
@@ -61,7 +62,7 @@ class IMTL(MultiTaskOptimizer):
             return
         s = self.log_scales.detach()
         grad = (s.exp() * losses.to(s) - 1) * grad_scale  # ∂/∂sᵢ (e^{sᵢ}Lᵢ − sᵢ)
-        self._accumulate([self.log_scales], [grad])
+        accumulate_grads([self.log_scales], [grad])
 
     def _method_state(self) -> dict[str, Any]:
         state = super()._method_state()
