@@ -24,7 +24,7 @@ def _train(model, opt, steps, start, features=False):
 STATEFUL = [
     (PCGrad, {"seed": 11}, False),
     (NashMTL, {"update_weights_every": 2}, False),
-    (IMTL, {}, False),
+    (IMTL, {"imtl_l": True}, False),
     (CAGrad, {"c": 0.4}, False),
     (MGDAUB, {}, True),
 ]
@@ -93,7 +93,7 @@ def test_lr_schedulers_drive_the_wrapped_optimizer():
 
 def test_imtl_log_scales_group_and_add_param_group():
     model = TrunkHeads(K=3)
-    opt = IMTL(torch.optim.SGD(model.trunk.parameters(), lr=0.1), num_tasks=3, scale_group={"lr": 0.5})
+    opt = IMTL(torch.optim.SGD(model.trunk.parameters(), lr=0.1), num_tasks=3, imtl_l=True, scale_group={"lr": 0.5})
     assert len(opt.param_groups) == 2 and opt.param_groups[1]["lr"] == 0.5
     opt.add_param_group({"params": list(model.heads.parameters())})  # roles are detected again
     s_before = opt.log_scales.detach().clone()
@@ -125,7 +125,7 @@ BAD_STEPS = {
 @pytest.mark.parametrize("features", [False, True], ids=["parameters", "features"])
 @pytest.mark.parametrize("on_nonfinite", ["raise", "skip"])
 @pytest.mark.parametrize("case", sorted(BAD_STEPS))
-@pytest.mark.parametrize("wrapper, options", [(NashMTL, {}), (PCGrad, {"seed": 5}), (IMTL, {})], ids=["NashMTL", "PCGrad", "IMTL"])
+@pytest.mark.parametrize("wrapper, options", [(NashMTL, {}), (PCGrad, {"seed": 5}), (IMTL, {"imtl_l": True})], ids=["NashMTL", "PCGrad", "IMTL"])
 def test_nonfinite_step_leaves_everything_untouched(wrapper, options, case, on_nonfinite, features):
     model = TrunkHeads(K=3, seed=3)
     opt = wrapper(torch.optim.Adam(model.parameters(), lr=1e-2), on_nonfinite=on_nonfinite, **options)
