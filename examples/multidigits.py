@@ -91,7 +91,7 @@ METHODS: dict[str, tuple[Callable[[torch.optim.Optimizer], object], bool]] = {
     "PCGrad": (lambda opt: PCGrad(opt, seed=0), False),
     "CAGrad": (lambda opt: CAGrad(opt, c=0.4), False),
     "Nash-MTL": (lambda opt: NashMTL(opt), False),
-    "IMTL": (lambda opt: IMTL(opt, num_tasks=2), False),
+    "IMTL": (lambda opt: IMTL(opt, num_tasks=2, imtl_l=True), False),  # IMTL-L+G, LibMTL's hybrid
     "MGDA-UB": (lambda opt: MGDAUB(opt), True),
 }
 

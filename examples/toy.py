@@ -16,11 +16,10 @@ import argparse
 import json
 import os
 import time
-import warnings
 
 import torch
 
-from mtlkernels.optim import CAGrad, IMTL, MGDAUB, MultiTaskOptimizer, NashMTL, PCGrad
+from mtlkernels.optim import CAGrad, IMTL, MGDA, MultiTaskOptimizer, NashMTL, PCGrad
 
 #: where the paper starts the three runs
 STARTS = [(-8.5, 7.5), (-8.5, -5.0), (9.0, 9.0)]
@@ -32,8 +31,8 @@ METHODS = {
     "PCGrad": lambda opt: PCGrad(opt, seed=0),
     "CAGrad": lambda opt: CAGrad(opt, c=0.5, rescale=2),  # the authors' toy script: c = 0.5, ÷ (1 + c)
     "Nash-MTL": lambda opt: NashMTL(opt),
-    "IMTL-G": lambda opt: IMTL(opt, imtl_l=False),  # the losses go negative: no IMTL-L log-scales
-    "MGDA": lambda opt: MGDAUB(opt, normalization="none"),  # negative losses: no loss normalisation
+    "IMTL-G": lambda opt: IMTL(opt),  # IMTL-G, the default: the losses go negative, so no IMTL-L log-scales
+    "MGDA": lambda opt: MGDA(opt),  # no loss normalisation (the default): the losses go negative
 }
 
 
@@ -59,9 +58,7 @@ def trajectory(method: str, start: tuple[float, float], steps: int, lr: float) -
         points[step] = x.detach()
         opt.zero_grad(set_to_none=True)
         losses = objectives(x)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # MGDAUB: no separate representation here, x is all there is
-            opt.backward(losses.unbind())
+        opt.backward(losses.unbind())
         opt.step()
     points[steps] = x.detach()
     return points

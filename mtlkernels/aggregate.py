@@ -16,7 +16,7 @@ from torch import Tensor
 from ._checks import Jacobian, as_blocks, check_optional_bool
 from .combine import combine_blocks, output_blocks
 from .gram import gram_blocks, gram_blocks_float64
-from .methods import Weighting, make_weighting
+from .methods import Solution, Weighting, make_weighting
 
 
 @dataclass
@@ -55,6 +55,21 @@ class AggregationResult:
     def conflicts(self) -> Tensor:
         """Number of task pairs i < j with gᵢ·gⱼ < 0 (a 0-d tensor; no host sync)."""
         return torch.triu(self.gram < 0, diagonal=1).sum()
+
+
+def nonfinite_tasks(gram: Tensor, blocks: list[Tensor] | None = None, scale: float = 1.0) -> tuple[Tensor, list[int]]:
+    """The tasks whose gradient holds NaN or Inf, read off Γ's diagonal, and the Γ to go on with.
+
+    For a Γ whose diagonal was seen to be non-finite. A Γ accumulated in float32 (CUDA) overflows
+    for gradients ≳ 1e19: when the ``blocks`` it came from are given, it is recomputed in float64
+    (÷ ``scale``², for gradients of scaled losses) so that only a real NaN/Inf in J is named, and
+    that Γ is returned.
+    """
+    if blocks is not None and gram.dtype != torch.float64:
+        gram = gram_blocks_float64(blocks)
+        if scale != 1.0:
+            gram = gram / scale**2
+    return gram, (~torch.isfinite(gram.diagonal())).nonzero().flatten().tolist()
 
 
 class Aggregator:
@@ -104,24 +119,36 @@ class Aggregator:
         """
         blocks, single = as_blocks(J)
         outs = output_blocks(blocks, out) if out is not None else None
-        gram = gram_blocks(blocks, self.backend)
+        gram = self.gram(blocks)
         check = self.check_finite if self.check_finite is not None else gram.device.type == "cpu"
         if check and not bool(torch.isfinite(gram.diagonal()).all()):
-            if gram.dtype != torch.float64:  # a float32 accumulation overflows for gradients ≳ 1e19
-                gram = gram_blocks_float64(blocks)
-            bad = (~torch.isfinite(gram.diagonal())).nonzero().flatten().tolist()
+            gram, bad = nonfinite_tasks(gram, blocks)
             if bad:
                 raise ValueError(f"task gradient(s) {bad} contain a non-finite entry (NaN or Inf)")
-        solution = self.weighting(gram, losses)
-        weights = solution.weights.to(device=blocks[0].device, dtype=torch.float64)
+        solution, weights = self.solve(gram, losses, blocks[0].device)
         if outs is None:
             outs = [torch.empty(b.shape[1], dtype=b.dtype, device=b.device) for b in blocks]
             accumulate = False
             direction: Tensor | list[Tensor] = outs[0] if single else outs
         else:
             direction = list(out)  # type: ignore[arg-type]
-        combine_blocks(weights, blocks, outs, accumulate, self.backend)
+        self.combine(weights, blocks, outs, accumulate)
         return AggregationResult(direction, weights, gram, self.method, solution.diagnostics)
+
+    # The steps of a call, also run by the optimizer wrappers (which add their own checks and
+    # reductions between them).
+    def gram(self, blocks: list[Tensor]) -> Tensor:
+        """Γ = J·Jᵀ of checked blocks [K, n_i], in the backend's accumulation dtype."""
+        return gram_blocks(blocks, self.backend)
+
+    def solve(self, gram: Tensor, losses: Tensor | Sequence[float] | None, device: torch.device) -> tuple[Solution, Tensor]:
+        """The method's K-space solve on Γ: its solution and the weights as float64 on ``device``."""
+        solution = self.weighting(gram, losses)
+        return solution, solution.weights.to(device=device, dtype=torch.float64)
+
+    def combine(self, weights: Tensor, blocks: list[Tensor], outs: list[Tensor], accumulate: bool) -> None:
+        """d = wᵀJ written (or added, with ``accumulate``) into ``outs`` matched to the blocks."""
+        combine_blocks(weights, blocks, outs, accumulate, self.backend)
 
     def state_dict(self) -> dict[str, Any]:
         return self.weighting.state_dict()

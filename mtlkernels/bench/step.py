@@ -63,7 +63,7 @@ WRAPPERS: dict[str, Callable[..., MultiTaskOptimizer]] = {
     "mean": MultiTaskOptimizer, "pcgrad": PCGrad, "cagrad": CAGrad, "nash_mtl": NashMTL, "imtl": IMTL, "mgda": MGDAUB,
 }
 #: options that make our wrapper do the peers' math (see docs/optimizers.md)
-WRAPPER_OPTIONS: dict[str, dict[str, Any]] = {"pcgrad": {"seed": 0}, "mgda": {"normalization": "none"}}
+WRAPPER_OPTIONS: dict[str, dict[str, Any]] = {"pcgrad": {"seed": 0}, "imtl": {"imtl_l": True}, "mgda": {"normalization": "none"}}
 #: keyword arguments of LibMTL's ``backward`` (its trainer's defaults for these methods)
 LIBMTL_KWARGS: dict[str, dict[str, Any]] = {"cagrad": {"calpha": 0.5, "rescale": 1}, "mgda": {"mgda_gn": "none"}}
 #: LibMTL weightings that accept ``rep_grad=True`` (the others raise)

@@ -8,8 +8,9 @@
 from .base import MultiTaskOptimizer, NonFiniteError, ParameterRoles
 from .cagrad import CAGrad
 from .imtl import IMTL
+from .mgda import MGDA
 from .mgda_ub import MGDAUB
 from .nash_mtl import NashMTL
 from .pcgrad import PCGrad
 
-__all__ = ["CAGrad", "IMTL", "MGDAUB", "MultiTaskOptimizer", "NashMTL", "NonFiniteError", "ParameterRoles", "PCGrad"]
+__all__ = ["CAGrad", "IMTL", "MGDA", "MGDAUB", "MultiTaskOptimizer", "NashMTL", "NonFiniteError", "ParameterRoles", "PCGrad"]

@@ -5,17 +5,17 @@
     opt.backward(losses)      # K scalar losses: shared parameters get d = Σₖ wₖ·gₖ in .grad
     opt.step()                # the wrapped optimizer's step
 
-A step: per-task gradients into a reused [K, N] buffer (:mod:`mtlkernels.jacobian`), Γ = J·Jᵀ
-(:func:`mtlkernels.gram.gram_blocks`), the method's K-space solve (its Weighting), d = wᵀJ written
-into the shared parameters' ``.grad`` (:func:`mtlkernels.combine.combine`). With
+A step: per-task gradients into a reused [K, N] buffer (:mod:`mtlkernels.jacobian`,
+:mod:`.workspace`), then the steps of :class:`mtlkernels.Aggregator` — Γ = J·Jᵀ, the finiteness
+check (:mod:`.nonfinite`), the method's K-space solve, d = wᵀJ written into the shared
+parameters' ``.grad`` — with the data-parallel reductions (:mod:`.distributed`) between Γ and the
+solve. Which parameters are shared is detected from the gradients (:mod:`.roles`). With
 ``backward(losses, features=z)`` the Gram is taken over ∂Lₖ/∂z instead (MGDA-UB's "upper bound",
 Sener & Koltun 2018) and one backward of Σ wₖ·Lₖ replaces the combination.
 """
 from __future__ import annotations
 
 import copy
-from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Sequence
 
 import torch
@@ -23,87 +23,17 @@ import torch.distributed as dist
 from torch import Tensor
 
 from .._checks import check_option
-from ..aggregate import AggregationResult
-from ..combine import combine
-from ..gram import gram_blocks
-from ..jacobian import GRAD_MODES, check_losses, column_views, common_dtype, fill_task_gradients, resolve_grad_mode
+from ..aggregate import AggregationResult, Aggregator
+from ..jacobian import GRAD_MODES, check_losses, fill_task_gradients, resolve_grad_mode
 from ..methods import Weighting, make_weighting
 from . import distributed as _dist
+from .nonfinite import ON_NONFINITE, NonFiniteError, find_nonfinite, flag_overflow
+from .roles import ParameterRoles, RoleEvidence, check_shared, detect_roles, trainable_parameters
+from .workspace import Buffers, accumulate_grads, grad_outputs
+
+__all__ = ["MultiTaskOptimizer", "NonFiniteError", "ParameterRoles"]
 
 TASK_SPECIFIC = ("plain", "weighted")
-ON_NONFINITE = ("raise", "skip")
-
-
-class NonFiniteError(FloatingPointError, ValueError):
-    """A task's loss or gradient holds NaN/Inf; nothing was changed (see ``on_nonfinite``)."""
-
-
-@dataclass
-class ParameterRoles:
-    """Which parameters get the aggregated direction and which their plain gradient.
-
-    Attributes:
-        shared: parameters in the Gram/combination (used by two or more tasks, or given).
-        private: the other parameters some task uses (heads): they get ∇ Σ Lₖ.
-        private_tasks: for each private parameter, the tasks that use it.
-    """
-
-    shared: list[Tensor]
-    private: list[Tensor]
-    private_tasks: list[tuple[int, ...]]
-
-    def by_task(self, K: int) -> list[list[int]]:
-        """For each task, the indices of the private parameters it uses."""
-        owned: list[list[int]] = [[] for _ in range(K)]
-        for j, tasks in enumerate(self.private_tasks):
-            for k in tasks:
-                owned[k].append(j)
-        return owned
-
-
-class _Workspace:
-    """The flat buffers reused across steps: K·N_shared task-gradient rows (or N_shared for the
-    direction, features path), N_private plain gradients and K loss values. The rows are in the
-    shared parameters' common dtype, the plain gradients in the private ones'; when the two agree
-    (the usual case) it is ONE buffer, so data-parallel training averages it with one all-reduce.
-    ``buffers`` are what the replicated path averages, ``gradient_parts`` the parts holding
-    gradients. Each ``.grad`` is written in its parameter's dtype."""
-
-    def __init__(self, K: int, roles: ParameterRoles, with_rows: bool, key: tuple, device: torch.device) -> None:
-        shared_dtype = common_dtype(roles.shared) or common_dtype(roles.private) or torch.float32
-        private_dtype = common_dtype(roles.private) or shared_dtype
-        n_shared = sum(p.numel() for p in roles.shared)
-        n_private = sum(p.numel() for p in roles.private)
-        head = K * n_shared if with_rows else n_shared
-        self.key = key
-        if private_dtype == shared_dtype:
-            storage = torch.empty(head + n_private + K, dtype=shared_dtype, device=device)
-            front, self.private, self.losses = storage[:head], storage[head : head + n_private], storage[head + n_private :]
-            self.buffers, self.gradient_parts = [storage], [storage[: head + n_private]]
-        else:
-            main = torch.empty(head + K, dtype=shared_dtype, device=device)
-            self.private = torch.empty(n_private, dtype=private_dtype, device=device)
-            front, self.losses = main[:head], main[head:]
-            self.buffers, self.gradient_parts = [main, self.private], [front, self.private]
-        self.rows = front.view(K, n_shared) if with_rows else None
-        self.direction = None if with_rows else column_views(front.view(1, n_shared), roles.shared)
-        self.private_views = [v[0] for v in column_views(self.private.view(1, n_private), roles.private)]
-
-
-@dataclass
-class _RoleEvidence:
-    """What the backwards so far showed about the parameters (of ``ids``, in the wrapped
-    optimizer's order): used[k, j] — task k's gradient on parameter j was nonzero in some batch;
-    reached[k, j] — task k's graph reached it (its gradient was not None) in some batch."""
-
-    ids: tuple[int, ...]
-    used: Tensor
-    reached: Tensor
-
-    @property
-    def complete(self) -> bool:
-        """Every task has had a nonzero gradient somewhere: its use of each parameter is known."""
-        return bool(self.used.any(1).all())
 
 
 class MultiTaskOptimizer(torch.optim.Optimizer):
@@ -171,12 +101,19 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         check_option("distributed", distributed, _dist.DISTRIBUTED_MODES)
         if num_tasks is not None and (not isinstance(num_tasks, int) or num_tasks < 1):
             raise ValueError(f"num_tasks must be a positive int; got {num_tasks!r}")
-        self.optimizer = optimizer
         if method is not None and type(self) is not MultiTaskOptimizer:
             raise TypeError(f"{type(self).__name__} is {self.method!r}; method= is for MultiTaskOptimizer itself")
         if method is not None:
             self.method = method
-        self.weighting: Weighting = make_weighting(self.method, backend=backend, **options)
+        #: the steps Γ → solve → combine, shared with the functional API (the check is the wrapper's own)
+        self.aggregator = Aggregator(make_weighting(self.method, backend=backend, **options), backend=backend)
+        # torch.optim.Optimizer's own set-up (hooks, step patching) on copies of the wrapped
+        # optimizer's groups, which validates them; then the groups, state and defaults are the
+        # wrapped optimizer's own objects (see _share_wrapped)
+        super().__init__([dict(group) for group in optimizer.param_groups], optimizer.defaults)
+        self.optimizer = optimizer
+        self._share_wrapped()
+        optimizer.register_load_state_dict_post_hook(self._share_wrapped)
         self.task_specific = task_specific
         self.grad_mode = grad_mode
         self.on_nonfinite = on_nonfinite
@@ -191,60 +128,41 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         #: how many backward calls were skipped for a non-finite loss or gradient
         self.num_skipped = 0
         self._owned: list[Tensor] = []  # parameters this wrapper adds (IMTL-L log-scales)
-        self._shared_ids = None if shared_params is None else self._check_shared(shared_params)
+        self._shared_ids = None if shared_params is None else check_shared(shared_params, self._trainable())
         self._roles: ParameterRoles | None = None
-        self._evidence: _RoleEvidence | None = None
-        self._workspace: _Workspace | None = None
-        self._feature_rows: Tensor | None = None
+        self._evidence: RoleEvidence | None = None
+        self._buffers = Buffers()
         self._skip_step = False
-        # torch.optim.Optimizer's own bookkeeping; its __init__ is not called because the
-        # parameters, groups and state are the wrapped optimizer's (see the properties below)
-        self._optimizer_step_pre_hooks: dict[int, Callable] = OrderedDict()
-        self._optimizer_step_post_hooks: dict[int, Callable] = OrderedDict()
-        self._optimizer_state_dict_pre_hooks: dict[int, Callable] = OrderedDict()
-        self._optimizer_state_dict_post_hooks: dict[int, Callable] = OrderedDict()
-        self._optimizer_load_state_dict_pre_hooks: dict[int, Callable] = OrderedDict()
-        self._optimizer_load_state_dict_post_hooks: dict[int, Callable] = OrderedDict()
-        self._patch_step_function()
         if num_tasks is not None:
             self._set_num_tasks(num_tasks)
+
+    @property
+    def weighting(self) -> Weighting:
+        """The method's K-space solve (its options and state)."""
+        return self.aggregator.weighting
 
     @property
     def roles(self) -> ParameterRoles | None:
         """The shared and task-specific parameters of the last successful ``backward`` (None before)."""
         return self._roles
 
-    # -- the torch.optim.Optimizer surface, delegated to the wrapped optimizer ------------------
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
-        return self.optimizer.param_groups
-
-    @param_groups.setter
-    def param_groups(self, value: list[dict[str, Any]]) -> None:
-        self.optimizer.param_groups = value
-
-    @property
-    def state(self) -> dict[Any, Any]:  # type: ignore[override]
-        return self.optimizer.state
-
-    @state.setter
-    def state(self, value: dict[Any, Any]) -> None:
-        self.optimizer.state = value
-
-    @property
-    def defaults(self) -> dict[str, Any]:  # type: ignore[override]
-        return self.optimizer.defaults
-
-    @defaults.setter
-    def defaults(self, value: dict[str, Any]) -> None:
-        self.optimizer.defaults = value
+    # -- the torch.optim.Optimizer surface, shared with the wrapped optimizer ---------------------
+    def _share_wrapped(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Make ``param_groups``, ``state`` and ``defaults`` the wrapped optimizer's objects; run
+        again after the wrapped optimizer's ``load_state_dict``, which replaces them."""
+        self.param_groups = self.optimizer.param_groups
+        self.state = self.optimizer.state
+        self.defaults = self.optimizer.defaults
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group to the wrapped optimizer; parameter roles are detected again."""
+        if "optimizer" not in self.__dict__:  # torch.optim.Optimizer.__init__ registering the copies
+            super().add_param_group(param_group)
+            return
         self.optimizer.add_param_group(param_group)
         self._roles = None
         self._evidence = None
-        self._workspace = None
+        self._buffers.clear()
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.optimizer.zero_grad(set_to_none=set_to_none)
@@ -258,16 +176,29 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         return self.optimizer.step(closure) if closure is not None else self.optimizer.step()
 
     def state_dict(self) -> dict[str, Any]:
-        """The wrapped optimizer's state_dict plus the method's state (e.g. Nash-MTL's α)."""
-        return {
+        """The wrapped optimizer's state_dict plus the method's state (e.g. Nash-MTL's α); the
+        hooks of ``register_state_dict_pre_hook``/``register_state_dict_post_hook`` run around it."""
+        for pre_hook in self._optimizer_state_dict_pre_hooks.values():
+            pre_hook(self)
+        state = {
             "optimizer": self.optimizer.state_dict(),
             "method": copy.deepcopy(self._method_state()),
             "num_tasks": self.num_tasks,
             "num_skipped": self.num_skipped,
         }
+        for post_hook in self._optimizer_state_dict_post_hooks.values():
+            result = post_hook(self, state)
+            if result is not None:
+                state = result
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a :meth:`state_dict`: everything is checked first, so a mismatch raises and changes nothing."""
+        """Load a :meth:`state_dict`: everything is checked first, so a mismatch raises and changes
+        nothing. The hooks of ``register_load_state_dict_pre_hook``/``..._post_hook`` run around it."""
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = pre_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
         if not isinstance(state_dict, dict):
             raise TypeError(f"state_dict must be a dict; got {type(state_dict).__name__}")
         missing = {"optimizer", "method", "num_tasks"} - set(state_dict)
@@ -292,6 +223,8 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         self.optimizer.load_state_dict(state_dict["optimizer"])
         self._load_method_state(method)
         self.num_skipped = num_skipped
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
 
     def _check_optimizer_state(self, state: Any, K: int | None) -> None:
         """The wrapped optimizer's part has its groups (as the wrapped optimizer checks, counting
@@ -309,7 +242,11 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         return self.__dict__
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        """A copy (``copy.deepcopy``, pickling) shares its own wrapped optimizer's objects again:
+        that optimizer's hooks are not copied, so the sharing hook is registered anew."""
         self.__dict__.update(state)
+        self._share_wrapped()
+        self.optimizer.register_load_state_dict_post_hook(self._share_wrapped)
 
     def __repr__(self) -> str:
         options = {"method": self.weighting.name, **self.weighting.options(), "task_specific": self.task_specific, "grad_mode": self.grad_mode,
@@ -396,7 +333,7 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         )
 
     def _backward_parameters(
-        self, losses: list[Tensor], values: Tensor, roles: ParameterRoles, evidence: _RoleEvidence | None, mode: str,
+        self, losses: list[Tensor], values: Tensor, roles: ParameterRoles, evidence: RoleEvidence | None, mode: str,
         grad_mode: str, grad_scale: float, grad_scaler: Any, retain_graph: bool,
     ) -> AggregationResult | None:
         K = len(losses)
@@ -405,37 +342,36 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
                 "no parameter is shared by two or more tasks, so there is nothing to aggregate; "
                 "pass shared_params= or use the features= path"
             )
-        ws = self._workspace_for(K, roles, with_rows=True)
+        ws = self._buffers.workspace(K, roles, with_rows=True)
         fill_task_gradients(
             losses, roles.shared, ws.rows, private=roles.by_task(K), private_inputs=roles.private,
             private_out=ws.private_views, mode=grad_mode, retain_graph=retain_graph,
         )
         if mode == "replicated":
-            ws.losses.copy_(values)
-            for buffer in ws.buffers:
-                _dist.all_reduce_mean_(buffer, self.process_group)
-            values = ws.losses.to(torch.float64)
-        gram = gram_blocks([ws.rows], self.backend)
+            values = _dist.average_workspace_(ws, values, self.process_group)
+        gram = self.aggregator.gram([ws.rows])
         if grad_scale != 1.0:
             gram = gram / grad_scale**2
         private_ok = torch.isfinite(ws.private).all()
-        if mode == "sharded":  # Γ = Σ over the slices; the finiteness vote travels with it
-            packed = _dist.all_reduce_sum_(torch.cat([gram.reshape(-1), (~private_ok).to(gram.dtype).reshape(1)]), self.process_group)
-            gram, private_ok = packed[: K * K].view(K, K), packed[K * K] == 0
-        problem = self._nonfinite_problem(values, gram, private_ok, ws.private_views, roles)
+        if mode == "sharded":
+            gram, private_ok = _dist.sum_sharded_gram(gram, private_ok, self.process_group)
+        gram, problem = find_nonfinite(
+            values, gram, private_ok, ws.private_views, roles.private_tasks,
+            blocks=None if mode == "sharded" else [ws.rows], scale=grad_scale,
+        )
         if problem is not None:
             return self._give_up(problem, roles, grad_scaler)
-        solution = self.weighting(gram, values)
-        weights = solution.weights.to(device=ws.rows.device, dtype=torch.float64)
+        solution, weights = self.aggregator.solve(gram, values, ws.rows.device)
         self._commit(K, roles, evidence)
-        self._write_combination(weights, ws.rows, roles.shared)
+        outs, accumulate = grad_outputs(roles.shared)
+        self.aggregator.combine(weights, [ws.rows], outs, accumulate)
         self._write_private(weights, ws.private_views, roles)
         self._write_owned_grads(values, grad_scale)
         return self._record(gram, solution, values, roles)
 
     def _backward_features(
         self, losses: list[Tensor], values: Tensor, features: Tensor | Sequence[Tensor], roles: ParameterRoles,
-        evidence: _RoleEvidence | None, mode: str, grad_mode: str, grad_scale: float, grad_scaler: Any, retain_graph: bool,
+        evidence: RoleEvidence | None, mode: str, grad_mode: str, grad_scale: float, grad_scaler: Any, retain_graph: bool,
     ) -> AggregationResult | None:
         K = len(losses)
         if mode == "sharded":
@@ -444,26 +380,26 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         for i, z in enumerate(features):
             if not isinstance(z, Tensor) or not z.requires_grad:
                 raise ValueError(f"features[{i}] must be a tensor in the losses' autograd graph (requires_grad=True)")
-        rows = self._feature_rows_for(K, features)
-        ws = self._workspace_for(K, roles, with_rows=False)
+        rows = self._buffers.feature_rows(K, features)
+        ws = self._buffers.workspace(K, roles, with_rows=False)
         reached = fill_task_gradients(
             losses, features, rows, private=roles.by_task(K), private_inputs=roles.private,
             private_out=ws.private_views, mode=grad_mode, retain_graph=True, reach=True,
         )
         self._check_features_reached(reached)
-        gram = gram_blocks([rows], self.backend)
+        gram = self.aggregator.gram([rows])
         if grad_scale != 1.0:
             gram = gram / grad_scale**2
-        if mode == "replicated":  # L = mean of the rank losses, so ∂L/∂z_rank = ∂L_rank/∂z_rank ÷ R
-            ranks = _dist.world_size(self.process_group)
-            packed = _dist.all_reduce_sum_(torch.cat([gram.reshape(-1), values.to(gram)]), self.process_group)
-            gram, values = packed[: K * K].view(K, K) / ranks**2, packed[K * K :].to(torch.float64) / ranks
-        problem = self._nonfinite_problem(values, gram, torch.ones((), dtype=torch.bool), [], roles)
+        if mode == "replicated":
+            gram, values = _dist.average_feature_gram(gram, values, self.process_group)
+        gram, problem = find_nonfinite(
+            values, gram, torch.ones((), dtype=torch.bool), [], [],
+            blocks=None if mode == "replicated" else [rows], scale=grad_scale,
+        )
         if problem is not None:
             return self._give_up(problem, roles, grad_scaler)
         saved = copy.deepcopy(self._method_state())
-        solution = self.weighting(gram, values)
-        weights = solution.weights.to(device=losses[0].device, dtype=torch.float64)
+        solution, weights = self.aggregator.solve(gram, values, losses[0].device)
         if roles.shared:
             combined = sum(w.to(torch.promote_types(l.dtype, torch.float32)) * l for w, l in zip(weights, losses))
             grads = torch.autograd.grad(combined, roles.shared, allow_unused=True, retain_graph=retain_graph)
@@ -474,19 +410,19 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
                 _dist.all_reduce_mean_(part, self.process_group)
         if not all(bool(torch.isfinite(part).all()) for part in ws.gradient_parts):
             self._load_method_state(saved)
-            problem = self._nonfinite_problem(
-                values, gram, torch.zeros((), dtype=torch.bool), ws.private_views, roles,
+            _, problem = find_nonfinite(
+                values, gram, torch.zeros((), dtype=torch.bool), ws.private_views, roles.private_tasks,
                 otherwise="the gradient of Σ wₖ·Lₖ over the shared parameters holds NaN/Inf (every ∂Lₖ/∂z is finite)",
             )
             return self._give_up(problem, roles, grad_scaler)
         self._commit(K, roles, evidence)
-        self._accumulate(roles.shared, [v[0] for v in ws.direction])
+        accumulate_grads(roles.shared, [v[0] for v in ws.direction])
         self._write_private(weights, ws.private_views, roles)
         self._write_owned_grads(values, grad_scale)
         return self._record(gram, solution, values, roles)
 
     # -- pieces ---------------------------------------------------------------------------------
-    def _commit(self, K: int, roles: ParameterRoles, evidence: _RoleEvidence | None) -> None:
+    def _commit(self, K: int, roles: ParameterRoles, evidence: RoleEvidence | None) -> None:
         """Keep what a backward established, once it is sure to write: K (fixed by the first
         successful backward, which adds e.g. IMTL-L's log-scales), the roles and their evidence."""
         if self.num_tasks is None:
@@ -512,123 +448,26 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
             raise ValueError(f"{named} reached by no task's loss through autograd: every feature must feed some task")
 
     def _trainable(self) -> list[Tensor]:
-        owned = {id(p) for p in self._owned}
-        seen: set[int] = set()
-        params = []
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.requires_grad and id(p) not in owned and id(p) not in seen:
-                    seen.add(id(p))
-                    params.append(p)
-        return params
+        return trainable_parameters(self.param_groups, exclude=self._owned)
 
-    def _check_shared(self, shared: Sequence[Tensor]) -> set[int]:
-        shared = list(shared)
-        if not shared:
-            raise ValueError("shared_params is empty; leave it out to detect the shared parameters")
-        known = {id(p) for p in self._trainable()}
-        for i, p in enumerate(shared):
-            if not isinstance(p, Tensor) or id(p) not in known:
-                raise ValueError(f"shared_params[{i}] is not a trainable parameter of the wrapped optimizer")
-        return {id(p) for p in shared}
-
-    def _detect_roles(self, losses: list[Tensor]) -> tuple[ParameterRoles, _RoleEvidence]:
-        """The roles from this batch's gradients merged with the evidence of the earlier ones (see
-        the class docstring); nothing is kept until the backward succeeds (:meth:`_commit`).
-
-        One extra loop of K ``autograd.grad`` calls over every trainable parameter. Task k uses
-        parameter p when ∂Lₖ/∂p was nonzero in some batch: the zero test catches heads that a
-        ``torch.cat``/indexing of the outputs connects to every loss. A task that had a zero
-        gradient on every parameter in every batch so far (absent: e.g. no labels) counts as
-        using what its graph reaches, so that a layer it shares is not taken for another task's
-        own; a parameter with only zero gradients falls back to the tasks whose graph reaches
-        it. Shared = used by two or more tasks (by K = 1: by the one), or the given
-        ``shared_params``."""
-        params = self._trainable()
-        K = len(losses)
-        flags = []
-        for loss in losses:
-            grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-            none = torch.zeros((), dtype=torch.bool, device=loss.device)
-            flags.append(torch.tensor([g is not None for g in grads], device=loss.device))
-            flags.append(torch.stack([g.ne(0).any().to(loss.device) if g is not None else none for g in grads]))
-        counts = torch.stack(flags).view(K, 2, len(params)).to(torch.float64)
-        if _dist.resolve_mode(self.distributed, self.process_group) == "replicated":  # same roles on every rank
-            _dist.all_reduce_sum_(counts, self.process_group)
-        reached, used = (counts > 0).cpu().unbind(1)
-        for k in range(K):
-            if not bool(reached[k].any()):
-                raise ValueError(f"loss of task {k} does not depend on any trainable parameter of the wrapped optimizer")
-        ids = tuple(id(p) for p in params)
-        prior = self._evidence
-        if prior is not None and prior.ids == ids and prior.used.shape[0] == K:
-            used, reached = used | prior.used, reached | prior.reached
-        evidence = _RoleEvidence(ids, used, reached)
-        absent = ~used.any(1)
-        owners = used | (absent[:, None] & reached)
-        owners = torch.where(owners.any(0), owners, reached)
-        shared, private, private_tasks = [], [], []
-        for j, p in enumerate(params):
-            tasks = tuple(owners[:, j].nonzero().flatten().tolist())
-            is_shared = id(p) in self._shared_ids if self._shared_ids is not None else len(tasks) >= min(2, K)
-            if is_shared:
-                shared.append(p)
-            elif tasks:
-                if bool(used[:, j].any()):  # owned by the tasks seen using it (matters when pinned)
-                    tasks = tuple(used[:, j].nonzero().flatten().tolist())
-                if len(tasks) > 1 and self.task_specific == "weighted":
-                    raise ValueError(
-                        f"a parameter of shape {tuple(p.shape)} is used by tasks {list(tasks)} but is not shared; "
-                        "with task_specific='weighted' each non-shared parameter must belong to one task"
-                    )
-                private.append(p)
-                private_tasks.append(tasks)
-        devices = {p.device for p in shared + private}
-        if len(devices) > 1:
-            raise ValueError(f"the parameters are on several devices {sorted(map(str, devices))}; one device per process is supported")
-        return ParameterRoles(shared, private, private_tasks), evidence
-
-    def _workspace_for(self, K: int, roles: ParameterRoles, with_rows: bool) -> _Workspace:
-        params = roles.shared + roles.private
-        device = params[0].device if params else torch.device("cpu")
-        layout = [tuple((id(p), p.dtype, p.numel()) for p in group) for group in (roles.shared, roles.private)]
-        key = (K, with_rows, *layout, device)
-        if self._workspace is None or self._workspace.key != key:
-            self._workspace = _Workspace(K, roles, with_rows, key, device)
-        return self._workspace
-
-    def _feature_rows_for(self, K: int, features: list[Tensor]) -> Tensor:
-        M = sum(z.numel() for z in features)
-        dtype = common_dtype(features)
-        rows = self._feature_rows
-        if rows is None or rows.shape != (K, M) or rows.dtype != dtype or rows.device != features[0].device:
-            rows = self._feature_rows = torch.empty(K, M, dtype=dtype, device=features[0].device)
-        return rows
-
-    def _nonfinite_problem(
-        self, values: Tensor, gram: Tensor, private_ok: Tensor, private_views: list[Tensor], roles: ParameterRoles,
-        otherwise: str = "a task-specific gradient on another rank holds NaN/Inf",
-    ) -> str | None:
-        """None when the losses, Γ's diagonal and the private gradients are finite (one host sync),
-        else a message naming the tasks (``otherwise`` when no local value explains it)."""
-        if bool(torch.isfinite(values).all() & torch.isfinite(gram.diagonal()).all() & private_ok):
-            return None
-        parts = [f"task {k}: loss is {values[k].item()}" for k in (~torch.isfinite(values)).nonzero().flatten().tolist()]
-        parts += [f"task {k}: gradient holds NaN/Inf" for k in (~torch.isfinite(gram.diagonal())).nonzero().flatten().tolist()]
-        for view, tasks in zip(private_views, roles.private_tasks):
-            if not bool(torch.isfinite(view).all()):
-                parts.append(f"task {'/'.join(map(str, tasks))}: gradient of a task-specific parameter holds NaN/Inf")
-        return "; ".join(dict.fromkeys(parts)) if parts else otherwise
+    def _detect_roles(self, losses: list[Tensor]) -> tuple[ParameterRoles, RoleEvidence]:
+        """This batch's roles merged with the earlier evidence (:func:`.roles.detect_roles`); every
+        rank finds the same when data-parallel. Nothing is kept until the backward succeeds."""
+        reduce = None
+        if _dist.resolve_mode(self.distributed, self.process_group) == "replicated":
+            reduce = lambda counts: _dist.all_reduce_sum_(counts, self.process_group)  # noqa: E731
+        return detect_roles(
+            losses, self._trainable(), self._evidence, shared_ids=self._shared_ids,
+            one_owner=self.task_specific == "weighted", reduce=reduce,
+        )
 
     def _give_up(self, problem: str, roles: ParameterRoles, grad_scaler: Any) -> None:
+        """A non-finite backward changes nothing but this: GradScaler's overflow signal, or the
+        error, or the skip of the next step (see :mod:`.nonfinite`)."""
         self.last = None
         self.last_losses = None
         if grad_scaler is not None and grad_scaler.is_enabled():  # let scaler.step see the overflow
-            for p in roles.shared + roles.private + self._owned:
-                if p.grad is None:
-                    p.grad = torch.full_like(p, float("inf"))
-                else:
-                    p.grad.fill_(float("inf"))
+            flag_overflow(roles.shared + roles.private + self._owned)
             return None
         if self.on_nonfinite == "raise":
             raise NonFiniteError(f"{type(self).__name__}.backward: {problem}; nothing was changed")
@@ -636,27 +475,11 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         self._skip_step = True
         return None
 
-    def _write_combination(self, weights: Tensor, rows: Tensor, shared: list[Tensor]) -> None:
-        """.grad ← d = wᵀJ for the shared parameters (added to existing gradients)."""
-        fresh = all(p.grad is None for p in shared)
-        for p in shared:
-            if p.grad is None:
-                p.grad = torch.empty_like(p, memory_format=torch.contiguous_format) if fresh else torch.zeros_like(p)
-        combine(weights, rows, out=[p.grad for p in shared], accumulate=not fresh, backend=self.backend)
-
     def _write_private(self, weights: Tensor, views: list[Tensor], roles: ParameterRoles) -> None:
         if self.task_specific == "weighted":
             for view, tasks in zip(views, roles.private_tasks):
                 view.mul_(weights[tasks[0]].to(view.dtype))
-        self._accumulate(roles.private, views)
-
-    @staticmethod
-    def _accumulate(params: list[Tensor], values: list[Tensor]) -> None:
-        for p, v in zip(params, values):
-            if p.grad is None:
-                p.grad = v.detach().to(dtype=p.dtype, memory_format=torch.contiguous_format, copy=True).view_as(p)
-            else:
-                p.grad.add_(v.view_as(p.grad))  # rounded to .grad's dtype
+        accumulate_grads(roles.private, views)
 
     def _record(self, gram: Tensor, solution: Any, values: Tensor, roles: ParameterRoles) -> AggregationResult:
         self.last = AggregationResult([p.grad for p in roles.shared], solution.weights, gram, self.weighting.name, dict(solution.diagnostics))

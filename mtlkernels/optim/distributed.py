@@ -7,13 +7,22 @@
 - ``"sharded"``: each rank holds a disjoint slice of the shared parameters with full-batch task
   gradients for it (ZeRO/FSDP after their reduce-scatter, or tensor parallelism); only the K×K
   Gram is all-reduced (Γ = Σ_ranks Γ_rank), the solve is replicated, each rank combines its slice.
+
+The reductions below run between the Gram and the solve of a step; each packs what it needs into
+one all-reduce where it can.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+import torch
 import torch.distributed as dist
 from torch import Tensor
 
 from .._checks import check_option
+
+if TYPE_CHECKING:
+    from .workspace import Workspace
 
 DISTRIBUTED_MODES = ("auto", "none", "replicated", "sharded")
 
@@ -48,3 +57,28 @@ def all_reduce_sum_(tensor: Tensor, group: dist.ProcessGroup | None) -> Tensor:
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
     return tensor
 
+
+
+def average_workspace_(workspace: Workspace, values: Tensor, group: dist.ProcessGroup | None) -> Tensor:
+    """Replicated: the task gradients, task-specific gradients and loss ``values`` averaged over
+    ranks in place (one all-reduce per buffer of the workspace); returns the averaged losses (float64)."""
+    workspace.losses.copy_(values)
+    for buffer in workspace.buffers:
+        all_reduce_mean_(buffer, group)
+    return workspace.losses.to(torch.float64)
+
+
+def sum_sharded_gram(gram: Tensor, private_ok: Tensor, group: dist.ProcessGroup | None) -> tuple[Tensor, Tensor]:
+    """Sharded: Γ = Σ_ranks Γ_rank, with the vote "every rank's task-specific gradients are finite"
+    packed into the same all-reduce."""
+    K = gram.shape[0]
+    packed = all_reduce_sum_(torch.cat([gram.reshape(-1), (~private_ok).to(gram.dtype).reshape(1)]), group)
+    return packed[: K * K].view(K, K), packed[K * K] == 0
+
+
+def average_feature_gram(gram: Tensor, values: Tensor, group: dist.ProcessGroup | None) -> tuple[Tensor, Tensor]:
+    """Replicated features path: the loss is the mean of the rank losses, so ∂L/∂z_rank =
+    ∂L_rank/∂z_rank ÷ R and Γ = Σ_ranks Γ_rank ÷ R²; the losses are averaged in the same all-reduce."""
+    K, ranks = gram.shape[0], world_size(group)
+    packed = all_reduce_sum_(torch.cat([gram.reshape(-1), values.to(gram)]), group)
+    return packed[: K * K].view(K, K) / ranks**2, packed[K * K :].to(torch.float64) / ranks

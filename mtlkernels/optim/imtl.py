@@ -7,21 +7,25 @@ import torch
 from torch import Tensor
 
 from .base import MultiTaskOptimizer
+from .workspace import accumulate_grads
 
 
 class IMTL(MultiTaskOptimizer):
     """IMTL-G on the shared parameters: d = Σ αᵢgᵢ with equal projections d·uᵢ on every unit
-    gradient; with ``imtl_l=True`` (IMTL-L) the losses are e^{sᵢ}Lᵢ − sᵢ with learnable sᵢ.
+    gradient — by default the same maths as ``mk.aggregate(J, "imtl")``. With ``imtl_l=True`` it
+    is IMTL-L+G: the losses become e^{sᵢ}Lᵢ − sᵢ with learnable log-scales sᵢ, a parameter group
+    this wrapper adds.
 
     Args:
-        optimizer: the wrapped torch optimizer; the log-scales s [K] (zeros) join it as a new
-            parameter group once K is known (``num_tasks=`` or the first successful
-            ``backward``). Create LR schedulers after that, or pass ``num_tasks=``, so that they
-            see the group.
-        imtl_l: True (default): the hybrid of the paper and LibMTL (IMTL-G on the gradients of
-            the scaled losses e^{sᵢ}Lᵢ; sᵢ gets ∂/∂sᵢ = e^{sᵢ}Lᵢ − 1). False: IMTL-G alone (nash-mtl's
-            ``IMTLG``).
-        scale_group: extra options of the log-scales' parameter group (e.g. ``{"lr": 1e-2}``).
+        optimizer: the wrapped torch optimizer. With ``imtl_l=True`` the log-scales s [K] (zeros)
+            join it as a new parameter group once K is known (``num_tasks=`` or the first
+            successful ``backward``); create LR schedulers after that, or pass ``num_tasks=``, so
+            that they see the group.
+        imtl_l: False (default): IMTL-G alone (nash-mtl's ``IMTLG``, the functional "imtl").
+            True: the hybrid of the paper and LibMTL's ``IMTL`` (IMTL-G on the gradients of the
+            scaled losses e^{sᵢ}Lᵢ; sᵢ gets ∂/∂sᵢ = e^{sᵢ}Lᵢ − 1).
+        scale_group: extra options of the log-scales' parameter group (e.g. ``{"lr": 1e-2}``);
+            only with ``imtl_l=True``.
         **options: :class:`~mtlkernels.optim.base.MultiTaskOptimizer`'s arguments.
     """
 
@@ -31,12 +35,14 @@ class IMTL(MultiTaskOptimizer):
         self,
         optimizer: torch.optim.Optimizer,
         *,
-        imtl_l: bool = True,
+        imtl_l: bool = False,
         scale_group: dict[str, Any] | None = None,
         **options: Any,
     ) -> None:
         self.imtl_l = bool(imtl_l)
         self.scale_group = dict(scale_group or {})
+        if self.scale_group and not self.imtl_l:
+            raise ValueError("scale_group is the options of IMTL-L's log-scales group; it needs imtl_l=True")
         if "params" in self.scale_group:
             raise ValueError("scale_group holds the group's options; its parameter is the log-scales")
         #: the IMTL-L log-scales s [K] (None until K is known, or with imtl_l=False)
@@ -61,7 +67,7 @@ class IMTL(MultiTaskOptimizer):
             return
         s = self.log_scales.detach()
         grad = (s.exp() * losses.to(s) - 1) * grad_scale  # ∂/∂sᵢ (e^{sᵢ}Lᵢ − sᵢ)
-        self._accumulate([self.log_scales], [grad])
+        accumulate_grads([self.log_scales], [grad])
 
     def _method_state(self) -> dict[str, Any]:
         state = super()._method_state()

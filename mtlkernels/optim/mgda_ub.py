@@ -1,5 +1,5 @@
-"""MGDA-UB as a drop-in optimizer (Sener & Koltun, "Multi-Task Learning as Multi-Objective
-Optimization", NeurIPS 2018)."""
+"""MGDA-UB, the authors' MGDA variant, as a drop-in optimizer (Sener & Koltun, "Multi-Task
+Learning as Multi-Objective Optimization", NeurIPS 2018)."""
 from __future__ import annotations
 
 import warnings
@@ -9,11 +9,14 @@ import torch
 from torch import Tensor
 
 from ..aggregate import AggregationResult
-from .base import MultiTaskOptimizer
+from .mgda import MGDA
 
 
-class MGDAUB(MultiTaskOptimizer):
-    """Min-norm point of the convex hull of the normalised task gradients, w = argmin_{Δ} wᵀΓ'w.
+class MGDAUB(MGDA):
+    """MGDA-UB, the authors' variant of :class:`~mtlkernels.optim.MGDA`: the min-norm point of the
+    convex hull of the loss-normalised task gradients, on the gradients with respect to the shared
+    representation. It differs from ``MGDA`` (and the functional "mgda") only in its default
+    ``normalization="loss+"`` and in warning when ``features=`` is missing.
 
     Made for the features path: ``backward(losses, features=z)`` takes the K gradients with
     respect to the shared representation z (the "upper bound"), then one backward of Σ wᵢLᵢ.
@@ -23,13 +26,11 @@ class MGDAUB(MultiTaskOptimizer):
     Args:
         optimizer: the wrapped torch optimizer.
         normalization: "loss+" (default: the authors' experiments, Lᵢ·‖gᵢ‖), "loss", "l2" or
-            "none" (LibMTL's default).
+            "none" (LibMTL's default, and :class:`~mtlkernels.optim.MGDA`'s).
         combination: "original" (default, authors: d = Σ wᵢgᵢ) or "normalized" (LibMTL:
             d = Σ (wᵢ/nᵢ)gᵢ).
         **options: :class:`~mtlkernels.optim.base.MultiTaskOptimizer`'s arguments.
     """
-
-    method = "mgda"
 
     def __init__(
         self,
@@ -41,7 +42,6 @@ class MGDAUB(MultiTaskOptimizer):
     ) -> None:
         super().__init__(optimizer, normalization=normalization, combination=combination, **options)
         self._warned_no_features = False
-
     def backward(
         self, losses: Sequence[Tensor] | Tensor, *, features: Tensor | Sequence[Tensor] | None = None, **kwargs: Any
     ) -> AggregationResult | None:

@@ -1,6 +1,7 @@
 """The torch-optimizer contract: param_groups/state shared with the wrapped optimizer, LR
 schedulers, add_param_group, state_dict round trip (bit-identical continuation), repr; the
 non-finite step that leaves everything untouched; clear errors on bad input."""
+import copy
 import io
 import warnings
 
@@ -23,7 +24,7 @@ def _train(model, opt, steps, start, features=False):
 STATEFUL = [
     (PCGrad, {"seed": 11}, False),
     (NashMTL, {"update_weights_every": 2}, False),
-    (IMTL, {}, False),
+    (IMTL, {"imtl_l": True}, False),
     (CAGrad, {"c": 0.4}, False),
     (MGDAUB, {}, True),
 ]
@@ -92,7 +93,7 @@ def test_lr_schedulers_drive_the_wrapped_optimizer():
 
 def test_imtl_log_scales_group_and_add_param_group():
     model = TrunkHeads(K=3)
-    opt = IMTL(torch.optim.SGD(model.trunk.parameters(), lr=0.1), num_tasks=3, scale_group={"lr": 0.5})
+    opt = IMTL(torch.optim.SGD(model.trunk.parameters(), lr=0.1), num_tasks=3, imtl_l=True, scale_group={"lr": 0.5})
     assert len(opt.param_groups) == 2 and opt.param_groups[1]["lr"] == 0.5
     opt.add_param_group({"params": list(model.heads.parameters())})  # roles are detected again
     s_before = opt.log_scales.detach().clone()
@@ -124,7 +125,7 @@ BAD_STEPS = {
 @pytest.mark.parametrize("features", [False, True], ids=["parameters", "features"])
 @pytest.mark.parametrize("on_nonfinite", ["raise", "skip"])
 @pytest.mark.parametrize("case", sorted(BAD_STEPS))
-@pytest.mark.parametrize("wrapper, options", [(NashMTL, {}), (PCGrad, {"seed": 5}), (IMTL, {})], ids=["NashMTL", "PCGrad", "IMTL"])
+@pytest.mark.parametrize("wrapper, options", [(NashMTL, {}), (PCGrad, {"seed": 5}), (IMTL, {"imtl_l": True})], ids=["NashMTL", "PCGrad", "IMTL"])
 def test_nonfinite_step_leaves_everything_untouched(wrapper, options, case, on_nonfinite, features):
     model = TrunkHeads(K=3, seed=3)
     opt = wrapper(torch.optim.Adam(model.parameters(), lr=1e-2), on_nonfinite=on_nonfinite, **options)
@@ -186,3 +187,60 @@ def test_errors_name_the_problem():
         opt.load_state_dict(torch.optim.SGD(model.parameters(), lr=0.1).state_dict())
     with pytest.raises(ValueError, match="unknown method"):
         MultiTaskOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), method="nope")
+
+
+def test_step_and_state_dict_hooks_run_with_an_lr_scheduler():
+    model = TrunkHeads(K=3)
+    opt = CAGrad(torch.optim.SGD(model.parameters(), lr=0.1))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 0.5**epoch)
+    calls = []
+    opt.register_step_pre_hook(lambda optimizer, args, kwargs: calls.append(("pre", optimizer.param_groups[0]["lr"])))
+    opt.register_step_post_hook(lambda optimizer, args, kwargs: calls.append(("post", optimizer.param_groups[0]["lr"])))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. "lr_scheduler.step() before optimizer.step()"
+        for step in range(3):
+            _train(model, opt, 1, step)
+            scheduler.step()
+    assert calls == [("pre", 0.1), ("post", 0.1), ("pre", 0.05), ("post", 0.05), ("pre", 0.025), ("post", 0.025)]
+    assert opt.optimizer.param_groups[0]["lr"] == pytest.approx(0.0125)
+
+    seen = []
+    opt.register_state_dict_pre_hook(lambda optimizer: seen.append("save pre"))
+    opt.register_state_dict_post_hook(lambda optimizer, state: {**state, "note": "kept"})
+    opt.register_load_state_dict_pre_hook(lambda optimizer, state: seen.append(("load pre", state["note"])))
+    opt.register_load_state_dict_post_hook(lambda optimizer: seen.append("load post"))
+    state = opt.state_dict()
+    assert state["note"] == "kept" and seen == ["save pre"]
+    opt.load_state_dict(state)
+    assert seen == ["save pre", ("load pre", "kept"), "load post"]
+
+
+def test_grad_scaler_unscale_then_clip():
+    model = TrunkHeads(K=3, seed=2, dtype=torch.float32)
+    opt = NashMTL(torch.optim.SGD(model.parameters(), lr=0.1))
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    x, y = batch(K=3, dtype=torch.float32, seed=4)
+    losses, _ = task_losses(model, x, y)
+    opt.backward(losses, grad_scaler=scaler)
+    scaled = [p.grad.clone() for p in model.parameters()]
+    scaler.unscale_(opt)
+    for p, g in zip(model.parameters(), scaled):
+        torch.testing.assert_close(p.grad, g / 2.0**10, rtol=0, atol=0)  # a power of two: exact
+    before = [p.detach().clone() for p in model.parameters()]
+    scaler.step(opt)
+    for p, b in zip(model.parameters(), before):
+        torch.testing.assert_close(p.detach(), b - 0.1 * p.grad, rtol=1e-6, atol=1e-7)
+
+
+def test_groups_and_state_stay_shared_after_loads_and_copies():
+    model = TrunkHeads(K=3)
+    opt = PCGrad(torch.optim.Adam(model.parameters(), lr=1e-2), seed=1)
+    _train(model, opt, 1, 0)
+    opt.optimizer.load_state_dict(opt.optimizer.state_dict())  # replaces the wrapped lists and dicts
+    assert opt.param_groups is opt.optimizer.param_groups and opt.state is opt.optimizer.state
+    opt.load_state_dict(opt.state_dict())
+    assert opt.param_groups is opt.optimizer.param_groups and opt.state is opt.optimizer.state
+    twin = copy.deepcopy(opt)
+    assert twin.param_groups is twin.optimizer.param_groups and twin.param_groups is not opt.param_groups
+    twin.optimizer.load_state_dict(opt.optimizer.state_dict())
+    assert twin.param_groups is twin.optimizer.param_groups and twin.state is twin.optimizer.state

@@ -92,8 +92,8 @@ LOAD_CASES = {
     "pcgrad_generator_garbage": (PCGrad, {"seed": 3}, None, ("method", "generator"), torch.zeros(3, dtype=torch.uint8),
                                  "generator state"),
     "pcgrad_without_generator": (PCGrad, {}, {"seed": 3}, None, None, "global RNG"),
-    "imtl_scales_shape": (IMTL, {}, None, ("method", "log_scales"), torch.zeros(4, dtype=torch.float64), r"shape \(3,\)"),
-    "imtl_g_gets_scales": (IMTL, {"imtl_l": False}, {}, None, None, "parameter groups of sizes"),
+    "imtl_scales_shape": (IMTL, {"imtl_l": True}, None, ("method", "log_scales"), torch.zeros(4, dtype=torch.float64), r"shape \(3,\)"),
+    "imtl_g_gets_scales": (IMTL, {}, {"imtl_l": True}, None, None, "parameter groups of sizes"),
     "bad_num_skipped": (CAGrad, {}, None, ("num_skipped",), -2, "num_skipped"),
     "method_not_a_dict": (CAGrad, {}, None, ("method",), [], "'weighting'"),
 }
@@ -114,8 +114,8 @@ def test_load_state_dict_that_does_not_fit_changes_nothing(case):
 
 def test_load_state_dict_before_k_is_known_changes_nothing():
     """IMTL-L adds its log-scales group once K is known: a rejected state must not add it."""
-    model, _, source = _trained_pair(IMTL, {})
-    fresh = IMTL(torch.optim.Adam(model.parameters(), lr=1e-2))
+    model, _, source = _trained_pair(IMTL, {"imtl_l": True})
+    fresh = IMTL(torch.optim.Adam(model.parameters(), lr=1e-2), imtl_l=True)
     bad = _corrupt(source.state_dict(), ("method", "weighting"), {"alpha": None})
     before, facts = snapshot(model, fresh), _wrapper_facts(fresh)
     with pytest.raises(ValueError, match="stateless"):
@@ -352,7 +352,7 @@ def test_pinned_shared_params_with_an_absent_task():
 
 def test_a_failed_first_backward_keeps_no_roles():
     model = TrunkHeads(K=2, seed=7)
-    opt = IMTL(torch.optim.SGD(model.parameters(), lr=0.1))
+    opt = IMTL(torch.optim.SGD(model.parameters(), lr=0.1), imtl_l=True)
     x, y = batch(K=2, seed=7)
     losses, _ = task_losses(model, x, y)
     before = snapshot(model, opt)
@@ -429,3 +429,20 @@ def test_mixed_parameter_dtypes_work_like_backward(case, backend, grad_mode, fea
         scale = float(e.abs().max()) or 1.0
         torch.testing.assert_close(p.grad, e, rtol=tolerance, atol=tolerance * scale + 1e-12 * scale)
     opt.step()  # and the wrapped optimizer steps on them
+
+
+def test_an_overflowed_float32_gram_is_recomputed_not_called_nonfinite():
+    """The wrappers' check is Aggregator's: a float32 Γ (as accumulated on CUDA) whose diagonal
+    overflowed for gradients ~1e20 is recomputed in float64 from the rows; a real NaN is named."""
+    from mtlkernels.optim.nonfinite import find_nonfinite
+
+    rows = torch.tensor([[1e20, 0.0], [3.0, 4.0]], dtype=torch.float32)
+    gram32 = (rows @ rows.T).float()
+    assert not torch.isfinite(gram32.diagonal()).all()
+    values, ok = torch.ones(2, dtype=torch.float64), torch.ones((), dtype=torch.bool)
+    gram, problem = find_nonfinite(values, gram32, ok, [], [], blocks=[rows], scale=2.0)
+    assert problem is None and gram.dtype == torch.float64
+    assert gram[0, 0].item() == pytest.approx(1e40 / 4) and gram[1, 1].item() == pytest.approx(25 / 4)
+    rows[1, 0] = float("nan")
+    _, problem = find_nonfinite(values, (rows @ rows.T).float(), ok, [], [], blocks=[rows])
+    assert problem == "task 1: gradient holds NaN/Inf"

@@ -45,15 +45,15 @@ def _one_step(model, opt, scaler=None, features=False, loss_factor=1.0):
 
 
 @pytest.mark.parametrize(
-    "wrapper, features",
-    [(CAGrad, False), (NashMTL, False), (IMTL, False), (MGDAUB, True)],
-    ids=["CAGrad", "NashMTL", "IMTL", "MGDAUB-features"],
+    "wrapper, options, features",
+    [(CAGrad, {}, False), (NashMTL, {}, False), (IMTL, {"imtl_l": True}, False), (MGDAUB, {}, True)],
+    ids=["CAGrad", "NashMTL", "IMTL-L", "MGDAUB-features"],
 )
-def test_grad_scaler_step_equals_unscaled_step(wrapper, features):
+def test_grad_scaler_step_equals_unscaled_step(wrapper, options, features):
     plain = TrunkHeads(K=3, seed=2, dtype=torch.float32)
     scaled = copy.deepcopy(plain)
-    opt_plain = wrapper(torch.optim.Adam(plain.parameters(), lr=1e-2))
-    opt_scaled = wrapper(torch.optim.Adam(scaled.parameters(), lr=1e-2))
+    opt_plain = wrapper(torch.optim.Adam(plain.parameters(), lr=1e-2), **options)
+    opt_scaled = wrapper(torch.optim.Adam(scaled.parameters(), lr=1e-2), **options)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**14)
     for _ in range(2):
         _one_step(plain, opt_plain, features=features)

@@ -7,11 +7,16 @@ import pytest
 import torch
 
 from mtlkernels import reference
-from mtlkernels.optim import CAGrad, IMTL, MGDAUB, MultiTaskOptimizer, NashMTL, PCGrad
+from mtlkernels.methods import make_weighting
+from mtlkernels.optim import CAGrad, IMTL, MGDA, MGDAUB, MultiTaskOptimizer, NashMTL, PCGrad
 from mtl_model import TrunkHeads, batch, grads_of, manual_grads, task_losses
 
 
-def _reference_of(method: str, options: dict, last, features: bool):
+#: the wrappers' default normalisation of MGDA, from their documentation
+MGDA_NORMALIZATION = {MGDA: "none", MGDAUB: "loss+"}
+
+
+def _reference_of(method: str, wrapper, options: dict, last, features: bool):
     """The manual computation's direction (J path) or weights (features path) from the reference."""
 
     def direction_of(J, losses):
@@ -24,7 +29,7 @@ def _reference_of(method: str, options: dict, last, features: bool):
         elif method == "imtl":
             result = reference.imtl(J)
         elif method == "mgda":
-            result = reference.mgda(J, normalization=options.get("normalization", "loss+"), losses=losses)
+            result = reference.mgda(J, normalization=options.get("normalization", MGDA_NORMALIZATION[wrapper]), losses=losses)
         else:
             result = reference.mean(J)
         return result.weights if features else result.direction
@@ -40,7 +45,10 @@ WRAPPERS = [
     ("cagrad", CAGrad, {"c": 0.4, "rescale": 0}),
     ("nash_mtl", NashMTL, {}),
     ("nash_mtl", NashMTL, {"max_norm": 0.0}),
+    ("imtl", IMTL, {}),
     ("imtl", IMTL, {"imtl_l": False}),
+    ("mgda", MGDA, {}),
+    ("mgda", MGDA, {"normalization": "loss+"}),
     ("mgda", MGDAUB, {}),
     ("mgda", MGDAUB, {"normalization": "l2"}),
 ]
@@ -62,13 +70,13 @@ def test_one_step_equals_manual(method, wrapper, options, features):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # MGDAUB's note when features= is missing
         last = opt.backward(losses, features=z if features else None)
-    expected = manual_grads(model, x, y, _reference_of(method, options, last, features), features=features)
+    expected = manual_grads(model, x, y, _reference_of(method, wrapper, options, last, features), features=features)
     _close(grads_of(model), expected)
     assert last is opt.last and last.method == method and last.weights.shape == (3,)
     assert last.gram.shape == (3, 3)
 
 
-@pytest.mark.parametrize("wrapper", [PCGrad, CAGrad, NashMTL, IMTL, MGDAUB])
+@pytest.mark.parametrize("wrapper", [PCGrad, CAGrad, NashMTL, IMTL, MGDA, MGDAUB])
 def test_loop_and_batched_paths_agree(wrapper):
     results = []
     for grad_mode in ("loop", "batched"):
@@ -87,7 +95,7 @@ def test_loop_and_batched_paths_agree(wrapper):
 def test_imtl_l_scales_losses_and_trains_log_scales():
     model = TrunkHeads(K=3, seed=3)
     x, y = batch(K=3, seed=6)
-    opt = IMTL(torch.optim.SGD(model.parameters(), lr=0.1), num_tasks=3)
+    opt = IMTL(torch.optim.SGD(model.parameters(), lr=0.1), num_tasks=3, imtl_l=True)
     assert opt.param_groups[-1]["params"] == [opt.log_scales]
     s = torch.tensor([0.3, -0.2, 0.1], dtype=torch.float64)
     with torch.no_grad():
@@ -195,3 +203,29 @@ def test_losses_as_one_tensor_and_retain_graph():
     opt.backward(torch.stack(losses), retain_graph=True)
     _close(grads_of(model), as_list)
     sum(losses).backward()  # the graph is still there
+
+
+@pytest.mark.parametrize(
+    "method, wrapper",
+    [("pcgrad", PCGrad), ("cagrad", CAGrad), ("nash_mtl", NashMTL), ("imtl", IMTL), ("mgda", MGDA)],
+)
+def test_a_wrapper_has_its_functional_names_defaults(method, wrapper):
+    """Same name, same maths: the wrapper's defaults are mk.aggregate(J, method)'s."""
+    model = TrunkHeads(K=3)
+    opt = wrapper(torch.optim.SGD(model.parameters(), lr=0.1))
+    assert opt.method == method
+    assert opt.weighting.options() == make_weighting(method).options()
+    x, y = batch(K=3)
+    opt.backward(task_losses(model, x, y)[0])
+    assert len(opt.param_groups) == 1  # no parameter group of its own (IMTL-L's needs imtl_l=True)
+
+
+def test_imtl_l_and_mgda_ub_are_named_variants():
+    model = TrunkHeads(K=3)
+    imtl = IMTL(torch.optim.SGD(model.parameters(), lr=0.1))
+    assert not imtl.imtl_l and imtl.log_scales is None
+    with pytest.raises(ValueError, match="imtl_l=True"):
+        IMTL(torch.optim.SGD(model.parameters(), lr=0.1), scale_group={"lr": 0.5})
+    ub = MGDAUB(torch.optim.SGD(model.parameters(), lr=0.1))
+    assert isinstance(ub, MGDA) and ub.weighting.normalization == "loss+"
+    assert MGDA(torch.optim.SGD(model.parameters(), lr=0.1)).weighting.normalization == "none"

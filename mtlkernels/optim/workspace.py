@@ -1,0 +1,103 @@
+"""The flat buffers a multi-task optimizer reuses across steps, and their hand-over to ``.grad``.
+
+One :class:`Workspace` holds the K task-gradient rows over the shared parameters (or, on the
+features path, the one direction), the task-specific parameters' plain gradients and the K loss
+values, laid out so that data-parallel training averages them with as few all-reduces as
+possible. :class:`Buffers` keeps the workspace and the feature-gradient rows, rebuilt only when
+the layout changes.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..jacobian import column_views, common_dtype
+from .roles import ParameterRoles
+
+
+class Workspace:
+    """K·N_shared task-gradient rows (or N_shared for the direction, features path), N_private
+    plain gradients and K loss values. The rows are in the shared parameters' common dtype, the
+    plain gradients in the private ones'; when the two agree (the usual case) it is ONE buffer, so
+    data-parallel training averages it with one all-reduce.
+
+    Attributes:
+        rows: [K, N_shared] task gradients (None on the features path).
+        direction: per shared parameter a [1, n] view of the direction (None with rows).
+        private: the N_private plain gradients; ``private_views`` splits it per parameter.
+        losses: K loss values (for the data-parallel average).
+        buffers: what the replicated path averages; ``gradient_parts``: the parts holding gradients.
+        key: the layout, to tell when the workspace must be rebuilt.
+    """
+
+    def __init__(self, K: int, roles: ParameterRoles, with_rows: bool, key: tuple, device: torch.device) -> None:
+        shared_dtype = common_dtype(roles.shared) or common_dtype(roles.private) or torch.float32
+        private_dtype = common_dtype(roles.private) or shared_dtype
+        n_shared = sum(p.numel() for p in roles.shared)
+        n_private = sum(p.numel() for p in roles.private)
+        head = K * n_shared if with_rows else n_shared
+        self.key = key
+        if private_dtype == shared_dtype:
+            storage = torch.empty(head + n_private + K, dtype=shared_dtype, device=device)
+            front, self.private, self.losses = storage[:head], storage[head : head + n_private], storage[head + n_private :]
+            self.buffers, self.gradient_parts = [storage], [storage[: head + n_private]]
+        else:
+            main = torch.empty(head + K, dtype=shared_dtype, device=device)
+            self.private = torch.empty(n_private, dtype=private_dtype, device=device)
+            front, self.losses = main[:head], main[head:]
+            self.buffers, self.gradient_parts = [main, self.private], [front, self.private]
+        self.rows = front.view(K, n_shared) if with_rows else None
+        self.direction = None if with_rows else column_views(front.view(1, n_shared), roles.shared)
+        self.private_views = [v[0] for v in column_views(self.private.view(1, n_private), roles.private)]
+
+
+class Buffers:
+    """The workspace and the feature-gradient rows, kept across steps while their layout holds."""
+
+    def __init__(self) -> None:
+        self._workspace: Workspace | None = None
+        self._feature_rows: Tensor | None = None
+
+    def clear(self) -> None:
+        """Drop the buffers (the parameters changed)."""
+        self._workspace = None
+
+    def workspace(self, K: int, roles: ParameterRoles, with_rows: bool) -> Workspace:
+        """The workspace for K tasks and these roles (rows of task gradients or one direction)."""
+        params = roles.shared + roles.private
+        device = params[0].device if params else torch.device("cpu")
+        layout = [tuple((id(p), p.dtype, p.numel()) for p in group) for group in (roles.shared, roles.private)]
+        key = (K, with_rows, *layout, device)
+        if self._workspace is None or self._workspace.key != key:
+            self._workspace = Workspace(K, roles, with_rows, key, device)
+        return self._workspace
+
+    def feature_rows(self, K: int, features: list[Tensor]) -> Tensor:
+        """[K, M] rows for ∂Lₖ/∂z over the features, in their common dtype."""
+        M = sum(z.numel() for z in features)
+        dtype = common_dtype(features)
+        rows = self._feature_rows
+        if rows is None or rows.shape != (K, M) or rows.dtype != dtype or rows.device != features[0].device:
+            rows = self._feature_rows = torch.empty(K, M, dtype=dtype, device=features[0].device)
+        return rows
+
+
+def accumulate_grads(params: list[Tensor], values: list[Tensor]) -> None:
+    """``p.grad += v`` as ``Tensor.backward`` does (a fresh ``.grad`` in p's dtype, else rounded to
+    the existing ``.grad``'s dtype)."""
+    for p, v in zip(params, values):
+        if p.grad is None:
+            p.grad = v.detach().to(dtype=p.dtype, memory_format=torch.contiguous_format, copy=True).view_as(p)
+        else:
+            p.grad.add_(v.view_as(p.grad))
+
+
+def grad_outputs(params: list[Tensor]) -> tuple[list[Tensor], bool]:
+    """The ``.grad`` of each parameter to write a direction into, and whether to add to them: when
+    no parameter has a ``.grad`` they are fresh (uninitialised, overwritten); otherwise the missing
+    ones are zeros and the direction is added."""
+    fresh = all(p.grad is None for p in params)
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.empty_like(p, memory_format=torch.contiguous_format) if fresh else torch.zeros_like(p)
+    return [p.grad for p in params], not fresh
