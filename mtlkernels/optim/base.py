@@ -25,7 +25,7 @@ from torch import Tensor
 from .._checks import check_option
 from ..aggregate import AggregationResult, Aggregator
 from ..jacobian import GRAD_MODES, check_losses, fill_task_gradients, resolve_grad_mode
-from ..methods import Weighting, make_weighting
+from ..methods import Weighting, diagnostics_to_python, make_weighting
 from . import distributed as _dist
 from .nonfinite import ON_NONFINITE, NonFiniteError, find_nonfinite, flag_overflow
 from .roles import ParameterRoles, RoleEvidence, check_shared, detect_roles, trainable_parameters
@@ -500,9 +500,7 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
             "conflicts": int(self.last.conflicts),
             "losses": self.last_losses.tolist() if self.last_losses is not None else None,
         }
-        for key, value in self.last.diagnostics.items():
+        for key, value in diagnostics_to_python(self.last.diagnostics).items():
             if isinstance(value, (int, float, bool, str)):
                 facts[key] = value
-            elif isinstance(value, Tensor) and value.numel() == 1:
-                facts[key] = value.item()
         return facts
