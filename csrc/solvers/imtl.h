@@ -4,7 +4,8 @@
 // (Γw)ᵢ/nᵢ on every unit gradient and Σw = 1. Degenerate Γ, as mtlkernels/methods/imtl.py
 // documents: zero gradients get weight 0 (all zero: w = 𝟙/K); a singular C, or Σ(N⁻¹β) ≈ 0
 // (fallback), gives the impartial weights with Σw = 1 of least ‖N·w‖; none exist: w = 0.
-// Double precision, header-only, no Python; K ≤ 256.
+// kPivotTol and kRankRcond are for a float64 Γ; the caller passes them scaled to Γ's precision
+// (imtl.tolerances in Python). Double precision, header-only, no Python; K ≤ 256.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -54,14 +55,14 @@ inline double equal_projection_residual(const std::vector<double>& C, const std:
 // with C·β ∈ span 𝟙 span C⁺𝟙 (when 𝟙 ∈ range C) and C's null space; the least β with Σβᵢ/nᵢ = 1
 // is the projection of 1/n onto that subspace, rescaled; unique when the subspace is a line.
 inline bool min_norm_impartial(const std::vector<double>& C, const std::vector<double>& n, int m, double* alpha,
-                               Certificate& cert) {
+                               Certificate& cert, double rank_rcond = kRankRcond) {
   std::vector<double> lambda(m), V(static_cast<size_t>(m) * m);
   dense::symmetric_eigen(C.data(), lambda.data(), V.data(), m);
   double lambda_max = 0.0;
   for (double l : lambda) lambda_max = std::max(lambda_max, std::fabs(l));
   std::vector<char> in_range(m);
   for (int k = 0; k < m; ++k) {
-    in_range[k] = std::fabs(lambda[k]) > kRankRcond * lambda_max;
+    in_range[k] = std::fabs(lambda[k]) > rank_rcond * lambda_max;
     cert.rank += in_range[k];
   }
   std::vector<double> coords(m);  // Vₖ·𝟙
@@ -118,9 +119,9 @@ inline bool min_norm_impartial(const std::vector<double>& C, const std::vector<d
 
 // Weights of the m nonzero gradients from their cosine matrix C and norms n, into alpha.
 inline void solve_active(const std::vector<double>& C, const std::vector<double>& n, int m, double* alpha,
-                         Certificate& cert) {
+                         Certificate& cert, double pivot_tol = kPivotTol, double rank_rcond = kRankRcond) {
   std::vector<double> ones(m, 1.0);
-  if (dense::cholesky_solve(C.data(), ones.data(), alpha, m, kPivotTol)) {
+  if (dense::cholesky_solve(C.data(), ones.data(), alpha, m, pivot_tol)) {
     double sum = 0.0, magnitude = 0.0;
     for (int i = 0; i < m; ++i) {
       alpha[i] /= n[i];
@@ -134,14 +135,16 @@ inline void solve_active(const std::vector<double>& C, const std::vector<double>
     }
   }
   cert.fallback = true;
-  if (min_norm_impartial(C, n, m, alpha, cert)) return;
+  if (min_norm_impartial(C, n, m, alpha, cert, rank_rcond)) return;
   cert.unique = false;
   cert.degenerate = true;
   std::fill(alpha, alpha + m, 0.0);
 }
 
-// Weights w [K] from Γ [K, K] (row-major, finite, non-negative diagonal).
-inline Certificate solve(const double* gram, int K, double* weights) {
+// Weights w [K] from Γ [K, K] (row-major, finite, non-negative diagonal), with the pivot and rank
+// tolerances for Γ's precision.
+inline Certificate solve(const double* gram, int K, double* weights, double pivot_tol = kPivotTol,
+                         double rank_rcond = kRankRcond) {
   Certificate cert;
   std::vector<int> active;
   std::vector<double> n;
@@ -168,7 +171,7 @@ inline Certificate solve(const double* gram, int K, double* weights) {
       C[i * m + j] = gram[static_cast<size_t>(active[i]) * K + active[j]] / n[i] / n[j];
 
   std::vector<double> alpha(m);
-  solve_active(C, n, m, alpha.data(), cert);
+  solve_active(C, n, m, alpha.data(), cert, pivot_tol, rank_rcond);
   std::vector<double> scaled(m);
   for (int i = 0; i < m; ++i) {
     weights[active[i]] = alpha[i];

@@ -20,17 +20,16 @@ from . import kspace
 from .kspace import MAX_TASKS
 
 
-# the tolerances of mtlkernels.methods.imtl (= csrc/solvers/imtl.h), as kernel constants
-PIVOT_TOL = tl.constexpr(imtl.PIVOT_TOL)
+# the tolerances of mtlkernels.methods.imtl (= csrc/solvers/imtl.h), as kernel constants; the pivot
+# and rank tolerances come per launch, for Γ's precision (imtl.tolerances)
 SUM_RTOL = tl.constexpr(imtl.SUM_RTOL)
-RANK_RCOND = tl.constexpr(imtl.RANK_RCOND)
 CONSISTENCY_RTOL = tl.constexpr(imtl.CONSISTENCY_RTOL)
 #: Jacobi sweeps of the fallback's eigen-decomposition (csrc/solvers/dense.h's default)
 MAX_SWEEPS = tl.constexpr(64)
 
 
 @triton.jit
-def _imtl_min_norm_impartial(C, n, active, m, K, BLOCK_K: tl.constexpr):
+def _imtl_min_norm_impartial(C, n, active, m, K, RANK_RCOND: tl.constexpr, BLOCK_K: tl.constexpr):
     """The least-‖β‖ β with C·β ∈ span 𝟙 and Σβᵢ/nᵢ = 1, as weights N⁻¹β (masked to ``active``):
     (alpha, found, unique, rank). C's null space and C⁺𝟙 come from its Jacobi eigen-decomposition;
     the answer is 1/n projected onto their span, rescaled (csrc/solvers/imtl.h min_norm_impartial)."""
@@ -64,7 +63,7 @@ def _imtl_min_norm_impartial(C, n, active, m, K, BLOCK_K: tl.constexpr):
 @triton.jit
 def _imtl_solve_kernel(
     gram_ptr, weights_ptr, zero_tasks_ptr, fallback_ptr, unique_ptr, degenerate_ptr, rank_ptr, residual_ptr,
-    K, BLOCK_K: tl.constexpr,
+    K, PIVOT_TOL: tl.constexpr, RANK_RCOND: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     offs = tl.arange(0, BLOCK_K)
     G = kspace.load_square(gram_ptr, K, BLOCK_K)
@@ -83,7 +82,7 @@ def _imtl_solve_kernel(
     degenerate = m < 0
     rank = tl.where(closed_form, m, 0)
     if (m > 0) & ~closed_form:
-        alpha, found, unique, rank = _imtl_min_norm_impartial(C, n, active, m, K, BLOCK_K)
+        alpha, found, unique, rank = _imtl_min_norm_impartial(C, n, active, m, K, RANK_RCOND, BLOCK_K)
         degenerate = ~found
     weights = tl.where(m > 0, alpha, 1.0 / tl.sum((offs < K).to(tl.float64), axis=0))
 
@@ -105,9 +104,12 @@ def _imtl_solve_kernel(
     tl.store(residual_ptr, residual)
 
 
-def imtl_solve(gram: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+def imtl_solve(gram: Tensor, precision: torch.dtype | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """Weights [K] float64 and the diagnostics of csrc/solvers/imtl.h as device tensors (0-d, and
-    ``zero_tasks`` a [K] bool mask), from Γ [K, K] (float32 or float64, K ≤ :data:`MAX_TASKS`)."""
+    ``zero_tasks`` a [K] bool mask), from Γ [K, K] (float32 or float64, K ≤ :data:`MAX_TASKS`);
+    ``precision``: the dtype Γ was rounded to (default: gram's), which sets the singularity
+    tolerances (:func:`mtlkernels.methods.imtl.tolerances`)."""
+    pivot_tol, rank_rcond = imtl.tolerances(precision or gram.dtype)
     K = gram.shape[0]
     device = gram.device
     weights = torch.empty(K, dtype=torch.float64, device=device)
@@ -118,7 +120,7 @@ def imtl_solve(gram: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
     block, warps = kspace.launch_config(K)
     _imtl_solve_kernel[(1,)](
         gram.contiguous(), weights, zero_tasks, flags[0], flags[1], flags[2], rank, residual, K,
-        BLOCK_K=block, num_warps=warps,
+        PIVOT_TOL=pivot_tol, RANK_RCOND=rank_rcond, BLOCK_K=block, num_warps=warps,
     )
     diagnostics = {
         "fallback": flags[0], "unique": flags[1], "degenerate": flags[2], "rank": rank,
@@ -136,9 +138,10 @@ def solve_triton(self: imtl.IMTLWeighting, gram: Tensor, losses: Tensor | None) 
     """
     if gram.shape[0] > MAX_TASKS:
         return type(self).solvers["torch"](self, gram, losses)
+    precision = gram.dtype
     if gram.dtype not in (torch.float32, torch.float64):
         gram = gram.to(torch.float32)
     if gram.device.type == "cpu":
         host_gram(gram)
-    weights, diagnostics = imtl_solve(gram)
+    weights, diagnostics = imtl_solve(gram, precision)
     return Solution(weights, diagnostics)

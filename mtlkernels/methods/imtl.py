@@ -13,9 +13,16 @@ Degenerate Γ (documented, never NaN):
   d = 0) it is the paper's answer; otherwise (duplicate or parallel gradients, more tasks than
   dimensions) it is this library's choice;
 - no such w (the equal-projection direction's weights sum to 0): w = 0 (``degenerate=True``).
+
+"Singular" is judged at the precision of Γ's dtype: PIVOT_TOL and RANK_RCOND below are for a
+float64 Γ; a Γ rounded to a coarser unit u (float32: the Gram of a CUDA accumulation) carries
+cosines whose zero eigenvalues come out at ~u, so it gets PIVOT_TOL·u/u₆₄ and RANK_RCOND·√(u/u₆₄)
+(float32: 5e-6 and 2e-4) — otherwise a singular float32 Γ passes the closed form as an invertible
+one and is reported ``unique``. A float64 Γ holding values rounded to float32 is judged as float64.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -35,6 +42,14 @@ RANK_RCOND = 1e-8
 CONSISTENCY_RTOL = 1e-3
 #: the C++ solve's limit (csrc/solvers/binding.h kMaxTasks); "auto" uses the torch solve beyond it
 CPP_MAX_TASKS = 256
+
+
+def tolerances(dtype: torch.dtype) -> tuple[float, float]:
+    """(pivot tolerance, rank rcond) for a Gram matrix of ``dtype``: (PIVOT_TOL, RANK_RCOND) for
+    float64, scaled by u/u₆₄ and √(u/u₆₄) for a floating dtype of rounding unit u."""
+    ratio = torch.finfo(dtype).eps / torch.finfo(torch.float64).eps if dtype.is_floating_point else 1.0
+    ratio = max(ratio, 1.0)
+    return PIVOT_TOL * ratio, RANK_RCOND * math.sqrt(ratio)
 
 
 def equal_projection_residual(gram: Tensor, weights: Tensor) -> float:
@@ -59,10 +74,11 @@ def equal_projection_residual(gram: Tensor, weights: Tensor) -> float:
     return float((projections - projections.mean()).abs().max()) / magnitude
 
 
-def _closed_form(cosine: Tensor, norms: Tensor) -> Tensor | None:
-    """w = N⁻¹C⁻¹𝟙 / Σ(N⁻¹C⁻¹𝟙) by Cholesky; None when C is singular or the sum vanishes."""
+def _closed_form(cosine: Tensor, norms: Tensor, pivot_tol: float = PIVOT_TOL) -> Tensor | None:
+    """w = N⁻¹C⁻¹𝟙 / Σ(N⁻¹C⁻¹𝟙) by Cholesky; None when C is singular (a pivot ≤ ``pivot_tol``) or
+    the sum vanishes."""
     L, info = torch.linalg.cholesky_ex(cosine)
-    if int(info) != 0 or not float(L.diagonal().square().min()) > PIVOT_TOL:
+    if int(info) != 0 or not float(L.diagonal().square().min()) > pivot_tol:
         return None
     gamma = torch.cholesky_solve(torch.ones(norms.shape[0], 1, dtype=torch.float64), L)[:, 0] / norms
     if not abs(float(gamma.sum())) > SUM_RTOL * float(gamma.abs().sum()):
@@ -70,16 +86,16 @@ def _closed_form(cosine: Tensor, norms: Tensor) -> Tensor | None:
     return gamma / gamma.sum()
 
 
-def _min_norm_impartial(cosine: Tensor, norms: Tensor) -> tuple[Tensor | None, bool, int]:
+def _min_norm_impartial(cosine: Tensor, norms: Tensor, rank_rcond: float = RANK_RCOND) -> tuple[Tensor | None, bool, int]:
     """The least-‖β‖ β (β = N·w) with C·β ∈ span 𝟙 and Σβᵢ/nᵢ = 1, as w (None when there is none);
-    whether it is the only one; C's numerical rank.
+    whether it is the only one; C's numerical rank (eigenvalues above ``rank_rcond``·max).
 
     From C = V·diag(λ)·Vᵀ: the β with C·β ∈ span 𝟙 span C⁺𝟙 (when 𝟙 ∈ range C) and C's null space;
     the least β with Σβᵢ/nᵢ = 1 is the projection of 1/n onto that subspace, rescaled. It is unique
     when the subspace is a line (then the paper's D·Uᵀ is invertible).
     """
     eigenvalues, V = torch.linalg.eigh(cosine)
-    in_range = eigenvalues.abs() > RANK_RCOND * eigenvalues.abs().max()
+    in_range = eigenvalues.abs() > rank_rcond * eigenvalues.abs().max()
     rank = int(in_range.sum())
     V_range, V_null = V[:, in_range], V[:, ~in_range]
     ones = torch.ones(V.shape[0], dtype=torch.float64)
@@ -97,13 +113,15 @@ def _min_norm_impartial(cosine: Tensor, norms: Tensor) -> tuple[Tensor | None, b
     return gamma / gamma.sum(), unique, rank
 
 
-def _solve_active(cosine: Tensor, norms: Tensor) -> tuple[Tensor, dict[str, Any]]:
-    """Weights of the m nonzero gradients from their cosine matrix and norms, and the diagnostics."""
+def _solve_active(cosine: Tensor, norms: Tensor, dtype: torch.dtype = torch.float64) -> tuple[Tensor, dict[str, Any]]:
+    """Weights of the m nonzero gradients from their cosine matrix and norms, and the diagnostics;
+    ``dtype`` is Γ's (see :func:`tolerances`)."""
     m = cosine.shape[0]
-    alpha = _closed_form(cosine, norms)
+    pivot_tol, rank_rcond = tolerances(dtype)
+    alpha = _closed_form(cosine, norms, pivot_tol)
     if alpha is not None:
         return alpha, {"fallback": False, "unique": True, "degenerate": False, "rank": m}
-    alpha, unique, rank = _min_norm_impartial(cosine, norms)
+    alpha, unique, rank = _min_norm_impartial(cosine, norms, rank_rcond)
     diagnostics = {"fallback": True, "unique": unique and alpha is not None, "degenerate": alpha is None, "rank": rank}
     if alpha is None:
         alpha = torch.zeros_like(norms)
@@ -118,7 +136,7 @@ def _solve_torch(self: "IMTLWeighting", gram: Tensor, losses: Tensor | None) -> 
     weights = torch.zeros(K, dtype=torch.float64)
     if bool(active.any()):
         n = norms[active]
-        alpha, diagnostics = _solve_active(G[active][:, active] / n[:, None] / n[None, :], n)
+        alpha, diagnostics = _solve_active(G[active][:, active] / n[:, None] / n[None, :], n, gram.dtype)
         weights[active] = alpha
     else:
         weights.fill_(1.0 / K)
@@ -132,7 +150,7 @@ def _solve_cpp(self: "IMTLWeighting", gram: Tensor, losses: Tensor | None) -> So
     if self.backend == "auto" and gram.shape[0] > CPP_MAX_TASKS:
         return _solve_torch(self, gram, losses)
     G = gram.detach().to(device="cpu", dtype=torch.float64).contiguous()
-    weights, diagnostics = extension().imtl_solve(G.numpy())
+    weights, diagnostics = extension().imtl_solve(G.numpy(), *tolerances(gram.dtype))
     return Solution(torch.from_numpy(weights).to(gram.device), diagnostics)
 
 
