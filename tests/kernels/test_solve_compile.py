@@ -20,10 +20,12 @@ pytest.importorskip("triton")
 
 COMPILE_ALL = textwrap.dedent(
     """
+    import torch
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
     from mtlkernels.kernels import solve_cagrad, solve_imtl, solve_mgda, solve_nash_mtl
+    from mtlkernels.methods.imtl import tolerances
 
     def compile_for_h100(fn, pointers, constexprs, K):
         signature = {name: kind for name, kind in pointers.items()}
@@ -39,7 +41,7 @@ COMPILE_ALL = textwrap.dedent(
             solve_imtl._imtl_solve_kernel,
             dict(gram_ptr=gram, weights_ptr=f64, zero_tasks_ptr=i1, fallback_ptr=i1, unique_ptr=i1,
                  degenerate_ptr=i1, rank_ptr=i32, residual_ptr=f64),
-            dict(BLOCK_K=16), K)
+            dict(zip(("PIVOT_TOL", "RANK_RCOND"), tolerances(torch.float32)), BLOCK_K=16), K)
         compile_for_h100(
             solve_nash_mtl._nash_mtl_solve_kernel,
             dict(gram_ptr=gram, previous_ptr=f64, alpha_ptr=f64, weights_ptr=f64, dropped_ptr=i1,
