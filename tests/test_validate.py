@@ -13,10 +13,11 @@ def test_validate_passes_everywhere(capsys, tmp_path):
     torch.save(torch.randn(4, 300, dtype=torch.float64), saved)
     checks = main(["--K", "2", "3", "--N", "60", "--gradients", str(saved)])
     out = capsys.readouterr().out
-    assert {c.method for c in checks} == set(METHODS)
+    assert {c.method for c in checks} == set(METHODS) | {"wrappers"}
     assert {c.against for c in checks if c.against == "reference"} == {"reference"}
     expected_peers = {p for p, ok in installed_peers().items() if ok}
-    assert {c.against.split()[0] for c in checks} == {"reference"} | expected_peers
+    assert {c.against.split()[0] for c in checks} == {"reference", "invariants", "behaviour"} | expected_peers
+    assert {c.method for c in checks if c.against == "invariants"} == set(METHODS)
     assert any(c.case == str(saved) for c in checks)
     failed = [c for c in checks if not c.passed]
     assert not failed, out
