@@ -12,7 +12,6 @@ triton = pytest.importorskip("triton")
 import mtlkernels as mk  # noqa: E402
 from _devices import TRITON_DEVICE as DEVICE, poison_empty, requires_cuda, requires_triton  # noqa: E402
 from mtlkernels.kernels import solve_imtl  # noqa: E402
-from mtlkernels.methods.base import host_diagnostics  # noqa: E402
 from mtlkernels.methods.imtl import CONSTANTS, IMTLWeighting, equal_projection_residual, tolerances  # noqa: E402
 from cases import adversarial_cases, random_J  # noqa: E402
 
@@ -144,7 +143,7 @@ def test_documented_conventions(triton_weighting):
     parallel = torch.stack([g, 2 * g])
     assert triton_weighting(parallel @ parallel.T).weights.tolist() == pytest.approx([0.8, 0.2], rel=1e-12)
     zeros = triton_weighting(torch.zeros(4, 4, dtype=torch.float64))
-    assert zeros.weights.tolist() == [0.25] * 4 and host_diagnostics(zeros.diagnostics)["zero_tasks"] == [0, 1, 2, 3]
+    assert zeros.weights.tolist() == [0.25] * 4 and mk.diagnostics_to_python(zeros.diagnostics)["zero_tasks"] == [0, 1, 2, 3]
 
 
 def test_aggregate_end_to_end(triton_weighting):
