@@ -16,7 +16,8 @@ def test_validate_passes_everywhere(capsys, tmp_path):
     assert {c.method for c in checks} == set(METHODS) | {"wrappers"}
     assert {c.against for c in checks if c.against == "reference"} == {"reference"}
     expected_peers = {p for p, ok in installed_peers().items() if ok}
-    assert {c.against.split()[0] for c in checks} == {"reference"} | expected_peers
+    assert {c.against.split()[0] for c in checks} == {"reference", "invariants", "behaviour"} | expected_peers
+    assert {c.method for c in checks if c.against == "invariants"} == set(METHODS)
     assert any(c.case == str(saved) for c in checks)
     failed = [c for c in checks if not c.passed]
     assert not failed, out

@@ -1,4 +1,4 @@
-// Binding of IMTL-G's K-space solve: _C.imtl_solve(gram) → (weights, diagnostics).
+// Binding of IMTL-G's K-space solve: _C.imtl_solve(gram, constants) → (weights, diagnostics).
 #include <string>
 
 #include <pybind11/stl.h>

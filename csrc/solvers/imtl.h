@@ -4,7 +4,8 @@
 // (Γw)ᵢ/nᵢ on every unit gradient and Σw = 1. Degenerate Γ, as mtlkernels/methods/imtl.py
 // documents: zero gradients get weight 0 (all zero: w = 𝟙/K); a singular C, or Σ(N⁻¹β) ≈ 0
 // (fallback), gives the impartial weights with Σw = 1 of least ‖N·w‖; none exist: w = 0.
-// Double precision, header-only, no Python; K ≤ 256.
+// The pivot and rank tolerances arrive scaled to the precision Γ was rounded to
+// (mtlkernels.methods.imtl.tolerances). Double precision, header-only, no Python; K ≤ 256.
 #pragma once
 #include <algorithm>
 #include <cmath>

@@ -56,9 +56,8 @@ py::tuple nash_mtl_solve(const Array& gram, const nash_mtl::Constants& constants
 
 Registration reg([](py::module_& m) {
   py::class_<nash_mtl::Constants>(m, "NashMTLConstants", "Nash-MTL's Newton caps and tolerances (see mtlkernels.methods.nash_mtl)")
-      .def(py::init<int, double, double, double, int, double>(), py::kw_only(), py::arg("max_newton_steps"),
-           py::arg("converged_decrement2"), py::arg("diverged_beta"), py::arg("max_start_beta"),
-           py::arg("shift_attempts"), py::arg("first_shift"));
+      .def(py::init<int, double, double, double>(), py::kw_only(), py::arg("max_newton_steps"),
+           py::arg("converged_decrement2"), py::arg("diverged_beta"), py::arg("max_start_beta"));
   m.def("nash_mtl_solve", &nash_mtl_solve, py::arg("gram"), py::arg("constants"), py::arg("previous") = py::none(),
         py::arg("reuse") = false, py::arg("max_norm") = 1.0,
         "Nash-MTL weights from Γ [K, K] float64 and the solver's NashMTLConstants: α > 0 with α⊙(Γα) = 1, warm-started from `previous` "

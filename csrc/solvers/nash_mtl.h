@@ -3,11 +3,14 @@
 // K ≤ 256, no Python.
 //
 // With βᵢ = ‖gᵢ‖·αᵢ and the cosine matrix C = D⁻¹ΓD⁻¹ the system is the stationarity condition
-// of the strictly convex f(β) = ½βᵀCβ − Σ log βᵢ, minimised by damped Newton from a warm start
-// rescaled onto the optimal ray. Zero gradients get weight 0. When f is unbounded below (a
-// non-negative combination of the gradients vanishes, so no positive solution exists) the iterate
-// grows along that combination: once it passes diverged_beta the tasks still growing get weight 0
-// and the others are solved again. Mirrors _solve_newton_torch in mtlkernels/methods/nash_mtl.py.
+// of f(β) = ½βᵀCβ − Σ log βᵢ, minimised by damped Newton from a warm start rescaled onto the
+// optimal ray; steps are measured by δ = max(λ, ‖Δβ/β‖), so every iterate stays > 0. Zero
+// gradients get weight 0. When f is unbounded below (a non-negative combination of the gradients
+// vanishes, so no positive solution exists) the iterate grows along that combination: once it
+// passes diverged_beta, or f's Hessian C + diag(β⁻²) is not positive definite (a rounded Γ whose
+// tasks cancel within its rounding), the tasks still growing and the largest βᵢ get weight 0 and
+// the others are solved again. Mirrors _solve_newton_torch in mtlkernels/methods/nash_mtl.py,
+// whose docstring gives the details.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -25,8 +28,6 @@ struct Constants {
   double converged_decrement2;  // λ² below this: one more full step reaches rounding
   double diverged_beta;         // an iterate beyond this means f is unbounded below
   double max_start_beta;        // so that growth towards diverged_beta is seen step by step
-  int shift_attempts;           // Cholesky attempts with a growing diagonal shift
-  double first_shift;           // the first shift, relative to the largest diagonal entry
 };
 
 struct Certificate {
@@ -51,32 +52,29 @@ inline double barrier_objective(const std::vector<double>& C, const std::vector<
   return 0.5 * quadratic - logs;
 }
 
-// H x = b for the Newton system; a matrix that is not numerically positive definite (a Gram
-// accumulated in low precision) gets a growing diagonal shift until Cholesky succeeds.
-inline bool spd_solve(std::vector<double>& H, const double* b, double* x, int n, const Constants& k) {
-  double scale = 0.0;
-  for (int i = 0; i < n; ++i) scale = std::max(scale, std::fabs(H[i * n + i]));
-  double shift = 0.0;
-  for (int attempt = 0; attempt < k.shift_attempts; ++attempt) {
-    if (dense::cholesky_solve(H.data(), b, x, n, 0.0)) return true;
-    const double next = std::max(10.0 * shift, k.first_shift * scale);
-    for (int i = 0; i < n; ++i) H[i * n + i] += next - shift;
-    shift = next;
-  }
-  return false;
-}
-
 struct Round {
   int steps = 0;
   bool converged = false;
   bool diverged = false;
 };
 
-// Minimise f from β > 0 (in place). When f turns out unbounded below, `growing` marks the tasks
-// whose βᵢ still grows (relative step > 1/4) as the iterate passes diverged_beta.
+// The tasks dropped when f is unbounded below: relative last step > 1/4, and the largest βᵢ.
+inline void mark_growing(const std::vector<double>& growth, const std::vector<double>& beta, int n,
+                         std::vector<char>& growing) {
+  int largest = 0;
+  for (int i = 0; i < n; ++i) {
+    growing[i] = growth[i] > 0.25;
+    if (beta[i] > beta[largest]) largest = i;
+  }
+  growing[largest] = 1;
+}
+
+// Minimise f from β > 0 (in place); every iterate stays > 0. f is taken as unbounded below when
+// the iterate passes diverged_beta or f's Hessian C + diag(β⁻²) is not positive definite; then
+// `growing` marks the tasks whose βᵢ grows (relative step > 1/4) and the task of the largest βᵢ.
 inline Round barrier_newton(const std::vector<double>& C, std::vector<double>& beta, int n,
                             std::vector<char>& growing, const Constants& constants) {
-  std::vector<double> gradient(n), step(n), trial(n), H(static_cast<size_t>(n) * n);
+  std::vector<double> gradient(n), step(n), trial(n), growth(n, 0.0), H(static_cast<size_t>(n) * n);
   double previous_decrement2 = std::numeric_limits<double>::infinity();
   Round round;
   for (int k = 1; k <= constants.max_newton_steps; ++k) {
@@ -87,30 +85,39 @@ inline Round barrier_newton(const std::vector<double>& C, std::vector<double>& b
     }
     std::copy(C.begin(), C.end(), H.begin());
     for (int i = 0; i < n; ++i) H[i * n + i] += 1.0 / (beta[i] * beta[i]);
-    if (!spd_solve(H, gradient.data(), step.data(), n, constants)) {
+    if (!dense::cholesky_solve(H.data(), gradient.data(), step.data(), n, 0.0)) {
+      // f is not convex at β: C's negative curvature outweighs the barrier's
+      mark_growing(growth, beta, n, growing);
       round.steps = k - 1;
-      return round;  // not converged; β is the last (finite, positive) iterate
+      round.diverged = true;
+      return round;
     }
-    double decrement2 = 0.0;
+    double decrement2 = 0.0, barrier_length2 = 0.0;
     for (int i = 0; i < n; ++i) {
       step[i] = -step[i];
       decrement2 -= gradient[i] * step[i];
+      barrier_length2 += (step[i] / beta[i]) * (step[i] / beta[i]);
     }
-    const double decrement = std::sqrt(std::max(decrement2, 0.0));
-    if (decrement2 <= constants.converged_decrement2) {
+    // the step's length: the Newton decrement λ, or the step in the barrier's local norm when
+    // longer (C with negative curvature); |stepᵢ|/βᵢ ≤ length, so β + t·step > 0 for t·length < 1
+    const double length = std::max(std::sqrt(std::max(decrement2, 0.0)), std::sqrt(barrier_length2));
+    if (length * length <= constants.converged_decrement2) {
       for (int i = 0; i < n; ++i) beta[i] += step[i];
       round.steps = k;
       round.converged = true;
       return round;
     }
-    if (decrement < 0.25) {  // quadratic region: full steps, stop at the rounding floor
+    if (length < 0.25) {  // quadratic region: full steps, stop at the rounding floor
       if (decrement2 >= previous_decrement2) {
         round.steps = k - 1;
         round.converged = true;
         return round;
       }
       previous_decrement2 = decrement2;
-      for (int i = 0; i < n; ++i) beta[i] += step[i];
+      for (int i = 0; i < n; ++i) {
+        growth[i] = step[i] / beta[i];
+        beta[i] += step[i];
+      }
       continue;
     }
     bool positive = true;
@@ -119,21 +126,19 @@ inline Round barrier_newton(const std::vector<double>& C, std::vector<double>& b
       positive = positive && trial[i] > 0.0;
     }
     if (!(positive && barrier_objective(C, trial, n) <= barrier_objective(C, beta, n) - 0.25 * decrement2))
-      for (int i = 0; i < n; ++i) step[i] /= 1.0 + decrement;  // the damped step: stays positive
-    int largest = 0;
+      for (int i = 0; i < n; ++i) step[i] /= 1.0 + length;  // the damped step of self-concordant analysis
+    double largest = 0.0;
     for (int i = 0; i < n; ++i) {
-      trial[i] = beta[i] + step[i];
-      if (trial[i] > trial[largest]) largest = i;
+      growth[i] = step[i] / beta[i];
+      beta[i] += step[i];
+      largest = std::max(largest, beta[i]);
     }
-    if (trial[largest] > constants.diverged_beta) {
-      for (int i = 0; i < n; ++i) growing[i] = step[i] > 0.25 * beta[i];
-      growing[largest] = 1;
-      std::copy(trial.begin(), trial.end(), beta.begin());
+    if (largest > constants.diverged_beta) {
+      mark_growing(growth, beta, n, growing);
       round.steps = k;
       round.diverged = true;
       return round;
     }
-    std::copy(trial.begin(), trial.end(), beta.begin());
   }
   round.steps = constants.max_newton_steps;
   return round;

@@ -2,9 +2,10 @@
 
 α > 0 with αᵢ·(Γα)ᵢ = 1, then w = α·min(1, max_norm/√(αᵀΓα)) (Navon et al., "Multi-Task Learning
 as a Bargaining Game", ICML 2022). With βᵢ = ‖gᵢ‖αᵢ and the cosine matrix C, damped Newton on
-f(β) = ½βᵀCβ − Σ log βᵢ from the warm start rescaled onto the optimal ray; zero gradients get
-weight 0; an iterate passing 1e6 (f unbounded below: no positive solution) drops the tasks still
-growing and solves the rest again — the algorithm, constants and certificates of
+f(β) = ½βᵀCβ − Σ log βᵢ from the warm start rescaled onto the optimal ray, every iterate > 0;
+zero gradients get weight 0; an iterate passing diverged_beta, or one where f's Hessian is not positive
+definite (f unbounded below: no positive solution), drops the tasks still growing and the
+largest βᵢ and solves the rest again — the algorithm, constants and certificates of
 csrc/solvers/nash_mtl.h, step for step.
 """
 from __future__ import annotations
@@ -26,21 +27,29 @@ from .kspace import MAX_TASKS
 RUNNING = tl.constexpr(0)
 CONVERGED = tl.constexpr(1)
 DIVERGED = tl.constexpr(2)
-STALLED = tl.constexpr(3)  # the Newton system stayed indefinite: keep the last iterate
+
+
+@triton.jit
+def _nash_mtl_growing(growth, beta, kept, BLOCK_K: tl.constexpr):
+    """The tasks dropped when f is unbounded below: relative last step > 1/4, and the largest βᵢ."""
+    offs = tl.arange(0, BLOCK_K)
+    largest = tl.argmax(tl.where(kept, beta, -float("inf")), axis=0)
+    return kept & ((growth > 0.25) | (offs == largest))
 
 
 @triton.jit
 def _nash_mtl_barrier_newton(
     C, beta, kept, K, BLOCK_K: tl.constexpr,
     MAX_NEWTON_STEPS: tl.constexpr, CONVERGED_DECREMENT2: tl.constexpr, DIVERGED_BETA: tl.constexpr,
-    SHIFT_ATTEMPTS: tl.constexpr, FIRST_SHIFT: tl.constexpr,
 ):
-    """Minimise f(β) = ½βᵀCβ − Σ log βᵢ over the ``kept`` tasks by damped Newton from β > 0:
-    (β, steps, status, growing), ``growing`` the tasks whose βᵢ still grows (relative step > 1/4)
-    when the iterate passes DIVERGED_BETA (status DIVERGED)."""
+    """Minimise f(β) = ½βᵀCβ − Σ log βᵢ over the ``kept`` tasks by damped Newton from β > 0, every
+    iterate > 0: (β, steps, status, growing). f is taken as unbounded below (status DIVERGED) when
+    the iterate passes DIVERGED_BETA or f's Hessian C + diag(β⁻²) is not positive definite;
+    ``growing`` then masks the tasks whose βᵢ grows (relative step > 1/4) and the largest βᵢ."""
     offs = tl.arange(0, BLOCK_K)
     eye = offs[:, None] == offs[None, :]
     growing = offs < 0
+    growth = tl.zeros([BLOCK_K], dtype=tl.float64)  # the last step relative to its starting iterate
     previous_decrement2 = tl.full([], float("inf"), tl.float64)
     steps = 0
     status = RUNNING
@@ -50,29 +59,24 @@ def _nash_mtl_barrier_newton(
         C_beta = tl.sum(C * beta[None, :], axis=1)
         gradient = tl.where(kept, C_beta - 1.0 / safe_beta, 0.0)
         H = tl.where(eye, C + tl.where(kept, 1.0 / (safe_beta * safe_beta), 0.0)[:, None], C)
-        scale = tl.max(tl.where(kept, tl.abs(kspace.diagonal(H, BLOCK_K)), 0.0), axis=0)
         L, factored = kspace.cholesky(H, kept, K, BLOCK_K, 0.0)
-        shift = 0.0 * scale
-        attempts = 1
-        while (~factored) & (attempts < SHIFT_ATTEMPTS):
-            next_shift = tl.maximum(10.0 * shift, FIRST_SHIFT * scale)
-            H = tl.where(eye & kept[:, None], H + (next_shift - shift), H)
-            shift = next_shift
-            L, factored = kspace.cholesky(H, kept, K, BLOCK_K, 0.0)
-            attempts += 1
         if factored:
             step = -tl.where(kept, kspace.cholesky_solve(L, gradient, kept, K, BLOCK_K), 0.0)
             decrement2 = -tl.sum(gradient * step, axis=0)
-            decrement = tl.sqrt(tl.maximum(decrement2, 0.0))
-            if decrement2 <= CONVERGED_DECREMENT2:
+            # the step's length: the Newton decrement λ, or the step in the barrier's local norm when
+            # longer (C with negative curvature); |stepᵢ|/βᵢ ≤ length, so β + t·step > 0 for t·length < 1
+            relative = step / safe_beta
+            length = tl.maximum(tl.sqrt(tl.maximum(decrement2, 0.0)), tl.sqrt(tl.sum(relative * relative, axis=0)))
+            if length * length <= CONVERGED_DECREMENT2:
                 beta += step
                 status = CONVERGED
-            elif decrement < 0.25:  # quadratic region: full steps, stop at the rounding floor
+            elif length < 0.25:  # quadratic region: full steps, stop at the rounding floor
                 if decrement2 >= previous_decrement2:
                     steps -= 1
                     status = CONVERGED
                 else:
                     previous_decrement2 = decrement2
+                    growth = relative
                     beta += step
             else:
                 trial = beta + step
@@ -83,16 +87,16 @@ def _nash_mtl_barrier_newton(
                     tl.log(safe_trial), axis=0
                 )
                 accepted = positive & (f_trial <= f_beta - 0.25 * decrement2)
-                step = tl.where(accepted, step, step / (1.0 + decrement))  # the damped step stays positive
-                trial = beta + step
-                largest = tl.argmax(tl.where(kept, trial, -float("inf")), axis=0)
-                if tl.max(tl.where(kept, trial, -float("inf")), axis=0) > DIVERGED_BETA:
-                    growing = kept & ((step > 0.25 * beta) | (offs == largest))
+                step = tl.where(accepted, step, step / (1.0 + length))  # the damped step of self-concordant analysis
+                growth = step / safe_beta
+                beta += step
+                if tl.max(tl.where(kept, beta, -float("inf")), axis=0) > DIVERGED_BETA:
+                    growing = _nash_mtl_growing(growth, beta, kept, BLOCK_K)
                     status = DIVERGED
-                beta = trial
-        else:
+        else:  # f is not convex at β: C's negative curvature outweighs the barrier's
             steps -= 1
-            status = STALLED
+            growing = _nash_mtl_growing(growth, beta, kept, BLOCK_K)
+            status = DIVERGED
     return beta, steps, status, growing
 
 
@@ -101,7 +105,7 @@ def _nash_mtl_solve_kernel(
     gram_ptr, previous_ptr, alpha_ptr, weights_ptr, dropped_ptr, iterations_ptr, converged_ptr, certificates_ptr,
     K, MAX_NORM: tl.constexpr, HAS_PREVIOUS: tl.constexpr, REUSE: tl.constexpr, BLOCK_K: tl.constexpr,
     MAX_NEWTON_STEPS: tl.constexpr, CONVERGED_DECREMENT2: tl.constexpr, DIVERGED_BETA: tl.constexpr,
-    MAX_START_BETA: tl.constexpr, SHIFT_ATTEMPTS: tl.constexpr, FIRST_SHIFT: tl.constexpr,
+    MAX_START_BETA: tl.constexpr,
 ):
     offs = tl.arange(0, BLOCK_K)
     in_k = offs < K
@@ -134,8 +138,7 @@ def _nash_mtl_solve_kernel(
                 n = tl.sum(kept.to(tl.float64), axis=0)
                 beta *= tl.minimum(tl.sqrt(n / ray), MAX_START_BETA / tl.max(beta, axis=0))
             beta, steps, status, growing = _nash_mtl_barrier_newton(
-                C, beta, kept, K, BLOCK_K, MAX_NEWTON_STEPS, CONVERGED_DECREMENT2, DIVERGED_BETA, SHIFT_ATTEMPTS,
-                FIRST_SHIFT,
+                C, beta, kept, K, BLOCK_K, MAX_NEWTON_STEPS, CONVERGED_DECREMENT2, DIVERGED_BETA,
             )
             iterations += steps
             converged = (status == CONVERGED).to(tl.int32)

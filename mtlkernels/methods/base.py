@@ -10,10 +10,11 @@ numeric constants (a frozen dataclass, :attr:`Weighting.constants`) and its solv
   imported inside the method, when it has one.
 
 The C++ and Triton solves receive the constants from the method (a bound C++ struct; kernel
-constexprs), so their values are written once. Everything else is done here, once for every
-method: the choice of backend and the fallback to torch beyond a backend's K limit
-(:func:`mtlkernels.backend.resolve`), the checks of Γ, the host/device and dtype moves, and the
-diagnostics contract.
+constexprs), so their values are written once; a method whose tolerances follow the precision Γ
+was rounded to derives them from Γ's dtype in :meth:`Weighting.for_precision`. Everything else is
+done here, once for every method: the choice of backend and the fallback to torch beyond a
+backend's K limit (:func:`mtlkernels.backend.resolve`), the checks of Γ, the host/device and dtype
+moves, and the diagnostics contract.
 
 Diagnostics contract: every backend of a method reports the same keys. The host solves (torch,
 cpp) give Python scalars (float, int, bool, str), lists of task indices for task sets, and
@@ -151,6 +152,13 @@ class Weighting(ABC):
         """Method-specific checks before any solve (e.g. loss signs); raise ValueError. Γ itself
         is checked by the backend layer."""
 
+    def for_precision(self, dtype: torch.dtype) -> "Weighting":
+        """The weighting that solves a Γ of ``dtype`` (as the caller gave it, before the generic
+        layer moves it to float64 or float32): ``self``, unless the method's constants follow the
+        precision Γ was rounded to (IMTL's singularity tolerances); then a copy whose
+        :attr:`constants` are those for ``dtype``, which every backend's solve reads."""
+        return self
+
     # -- the generic layer ----------------------------------------------------------------------
     def resolve_backend(self, gram: Tensor) -> str:
         """The backend that solves Γ: :attr:`backend`, or torch beyond that backend's K limit."""
@@ -163,11 +171,12 @@ class Weighting(ABC):
             raise ValueError(f"{self!r} needs the K loss values: pass losses=")
         self.check_inputs(gram, losses)
         backend = self.resolve_backend(gram)
+        weighting = self.for_precision(gram.dtype)
         if backend == "cpp":
-            return self._run_cpp(gram, losses)
+            return weighting._run_cpp(gram, losses)
         if backend == "triton":
-            return self._run_triton(gram, losses)
-        return self._run_torch(gram, losses)
+            return weighting._run_triton(gram, losses)
+        return weighting._run_torch(gram, losses)
 
     def _run_torch(self, gram: Tensor, losses: Tensor | None) -> Solution:
         solution = self.solve_torch(host_gram(gram), losses)

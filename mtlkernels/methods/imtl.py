@@ -13,10 +13,20 @@ Degenerate Γ (documented, never NaN):
   d = 0) it is the paper's answer; otherwise (duplicate or parallel gradients, more tasks than
   dimensions) it is this library's choice;
 - no such w (the equal-projection direction's weights sum to 0): w = 0 (``degenerate=True``).
+
+"Singular" is judged at the precision of Γ's dtype (:func:`tolerances`): the ``pivot_tol`` and
+``rank_rcond`` of :class:`IMTLConstants` are for a float64 Γ; a Γ rounded to a coarser unit u
+(float32: the Gram of a CUDA accumulation) carries cosines whose zero eigenvalues come out at ~u,
+so it gets pivot_tol·u/u₆₄ and rank_rcond·√(u/u₆₄) (float32: 5.4e-6 and 2.3e-4) — otherwise a
+singular float32 Γ passes the closed form as an invertible one and is reported ``unique``. A
+float64 Γ holding values rounded to float32 is judged as float64.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+import functools
+import math
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -34,12 +44,12 @@ class IMTLConstants:
 
     Attributes:
         pivot_tol: Cholesky pivots of C below this (C's diagonal is 1) send the solve to the
-            fallback.
+            fallback (for a float64 Γ; :func:`tolerances` scales it to a coarser Γ).
         sum_rtol: |Σγ| below this fraction of Σ|γ| (γ = N⁻¹β) means the weights cannot be scaled
             to sum 1.
         rank_rcond: eigenvalues of C below this fraction of the largest count as zero in the
-            fallback (C's entries carry ~1e-16 rounding from Γ, so smaller eigenvalues hold
-            little information).
+            fallback (C's entries carry ~1e-16 rounding from a float64 Γ, so smaller eigenvalues
+            hold little information; :func:`tolerances` scales it to a coarser Γ).
         consistency_rtol: 𝟙 counts as in C's range when its component in C's null space is below
             this fraction of ‖𝟙‖.
         max_sweeps: Jacobi sweeps of the fallback's eigen-decomposition (C++ and Triton; the
@@ -55,6 +65,22 @@ class IMTLConstants:
 
 #: the constants every IMTL-G solve uses
 CONSTANTS = IMTLConstants()
+
+
+def tolerances(dtype: torch.dtype, constants: IMTLConstants = CONSTANTS) -> IMTLConstants:
+    """``constants`` for a Gram matrix of ``dtype``: unchanged for float64 (and any dtype at least
+    as fine); for a floating dtype of rounding unit u > u₆₄, ``pivot_tol`` scaled by u/u₆₄ and
+    ``rank_rcond`` by √(u/u₆₄). The one place the precision-dependent tolerances are derived; every
+    backend solves with its result. The same (constants, dtype) gives the same object."""
+    return _tolerances(constants, dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _tolerances(constants: IMTLConstants, dtype: torch.dtype) -> IMTLConstants:
+    ratio = torch.finfo(dtype).eps / torch.finfo(torch.float64).eps if dtype.is_floating_point else 1.0
+    if ratio <= 1.0:
+        return constants
+    return replace(constants, pivot_tol=constants.pivot_tol * ratio, rank_rcond=constants.rank_rcond * math.sqrt(ratio))
 
 
 def equal_projection_residual(gram: Tensor, weights: Tensor) -> float:
@@ -92,7 +118,7 @@ def _closed_form(cosine: Tensor, norms: Tensor, k: IMTLConstants) -> Tensor | No
 
 def _min_norm_impartial(cosine: Tensor, norms: Tensor, k: IMTLConstants) -> tuple[Tensor | None, bool, int]:
     """The least-‖β‖ β (β = N·w) with C·β ∈ span 𝟙 and Σβᵢ/nᵢ = 1, as w (None when there is none);
-    whether it is the only one; C's numerical rank.
+    whether it is the only one; C's numerical rank (eigenvalues above ``rank_rcond``·max).
 
     From C = V·diag(λ)·Vᵀ: the β with C·β ∈ span 𝟙 span C⁺𝟙 (when 𝟙 ∈ range C) and C's null space;
     the least β with Σβᵢ/nᵢ = 1 is the projection of 1/n onto that subspace, rescaled. It is unique
@@ -138,7 +164,8 @@ class IMTLWeighting(Weighting):
         backend: "auto" (C++ on the CPU, Triton on CUDA; torch beyond their K limits), "torch",
             "cpp" or "triton".
 
-    Constants: :data:`CONSTANTS` (:class:`IMTLConstants`), used by every backend.
+    Constants: :data:`CONSTANTS` (:class:`IMTLConstants`), used by every backend, with the
+    singularity tolerances scaled to the precision of Γ's dtype (:func:`tolerances`).
 
     Diagnostics: "fallback" (C is singular or Σ(N⁻¹C⁻¹𝟙) ≈ 0, so the closed form did not apply),
     "unique" (the weights are the only impartial ones summing to 1), "degenerate" (w = 0: none
@@ -158,6 +185,14 @@ class IMTLWeighting(Weighting):
 
     def options(self) -> dict[str, str]:
         return {"backend": self.backend}
+
+    def for_precision(self, dtype: torch.dtype) -> "IMTLWeighting":
+        constants = tolerances(dtype, self.constants)
+        if constants is self.constants:
+            return self
+        weighting = copy.copy(self)
+        weighting.constants = constants
+        return weighting
 
     def solve_torch(self, gram: Tensor, losses: Tensor | None) -> Solution:
         K = gram.shape[0]

@@ -5,18 +5,30 @@ Weights: the α > 0 with αᵢ·(Γα)ᵢ = 1 for every task (Γ the unnormalise
 always clips d to norm 1 (K ≥ 2).
 
 solver="newton" (default): the system is the stationarity condition of the strictly convex
-f(β) = ½βᵀCβ − Σᵢ log βᵢ written for βᵢ = ‖gᵢ‖·αᵢ and the cosine matrix C = D⁻¹ΓD⁻¹,
+f(β) = ½βᵀCβ − Σ log βᵢ written for βᵢ = ‖gᵢ‖·αᵢ and the cosine matrix C = D⁻¹ΓD⁻¹,
 D = diag(‖gᵢ‖). This per-task rescaling leaves the system unchanged (it generalises the authors'
-Γ/‖Γ‖_F), so gradients of any scale are solved alike. Damped Newton (step 1/(1+λ) unless the full
-step decreases f enough, full steps once the decrement λ < 1/4) from the previous step's α,
-rescaled onto the optimal ray, converges in a few steps to rounding level.
+Γ/‖Γ‖_F), so gradients of any scale are solved alike. Damped Newton (step 1/(1+δ) unless the full
+step decreases f enough, full steps once δ < 1/4) from the previous step's α, rescaled onto the
+optimal ray, converges in a few steps to rounding level. δ is the Newton decrement λ, or the step's
+length ‖Δβ/β‖ in the barrier's local norm where that is longer; as |Δβᵢ|/βᵢ ≤ δ, every iterate
+stays > 0 (for a positive semidefinite C, ‖Δβ/β‖ ≤ λ and δ = λ, the classical damped Newton).
 
 No positive solution exists when a non-negative combination of the gradients vanishes (0 in their
-convex hull: a zero gradient, two exactly opposite gradients, K > N generic gradients). Then f is
-unbounded below and Newton's iterate grows along that combination: once it passes 1e6, the tasks
-still growing get weight 0 and the rest is solved again (a positive solution exists there). A zero
-gradient gets weight 0 up front. Both keep the result finite and well conditioned; ``residual``
-says how far from the paper's system the result is.
+convex hull: a zero gradient, two exactly opposite gradients, or a cancelling combination — which
+K > N gradients may or may not have: for K Gaussian gradients in N dimensions, 0 is in their hull
+with probability P(Binomial(K − 1, ½) ≥ N), one half for K = 2N but about 4e-6 for K = 65, N = 50).
+Then f is unbounded below and Newton's iterate grows along that combination: once it passes 1e6,
+the tasks still growing (relative step > 1/4) and the task of the largest βᵢ get weight 0 and the
+rest is solved again (every such round drops a task). A zero gradient gets weight 0 up front.
+
+A Gram rounded in low precision (a float32 accumulation, or float32 storage) is only positive
+semidefinite to its rounding: for tasks that nearly cancel C has negative eigenvalues of that
+size, and f is not convex once β has grown so large that the barrier's curvature β⁻² is below
+them. An iterate where f's Hessian C + diag(β⁻²) is not positive definite is therefore treated as
+growing without bound, like one past 1e6: within Γ's rounding the tasks cancel. For a Gram exact
+to float64 rounding the threshold 1e6 comes first. So the weights are ≥ 0 and finite for any
+symmetric Γ, and a task listed in ``dropped_tasks`` has weight exactly 0; ``converged`` and
+``residual`` say how far from the paper's system the result is.
 
 solver="ccp": the authors' sequence of convex subproblems (cvxpy + ECOS, ``optim_niter`` steps,
 warm start, their stopping rule), for validation against their code.
@@ -51,16 +63,12 @@ class NashMTLConstants:
         diverged_beta: an iterate beyond this (in units of 1/‖gᵢ‖) means f is unbounded below.
         max_start_beta: the start is kept below this, so that growth towards diverged_beta is seen
             step by step.
-        shift_attempts: Cholesky attempts of the Newton system with a growing diagonal shift.
-        first_shift: the first shift, relative to the system's largest diagonal entry (then ×10).
     """
 
     max_newton_steps: int = 100
     converged_decrement2: float = 1e-20
     diverged_beta: float = 1e6
     max_start_beta: float = 1e3
-    shift_attempts: int = 40
-    first_shift: float = 1e-14
 
 
 #: the constants every Nash-MTL Newton solve uses
@@ -77,59 +85,52 @@ def _cosines(gram: Tensor, kept: Tensor, n: Tensor) -> Tensor:
     return cosine.fill_diagonal_(1.0)
 
 
-def _spd_solve(matrix: Tensor, rhs: Tensor, k: NashMTLConstants) -> Tensor | None:
-    """matrix⁻¹·rhs by Cholesky; a matrix that is not numerically positive definite (a Gram
-    accumulated in low precision) gets a growing diagonal shift until it is (None if it never is)."""
-    shift = 0.0
-    scale = float(matrix.diagonal().abs().max())
-    eye = torch.eye(matrix.shape[0], dtype=matrix.dtype)
-    for _ in range(k.shift_attempts):
-        try:
-            factor = torch.linalg.cholesky(matrix + shift * eye)
-        except torch.linalg.LinAlgError:
-            shift = max(10.0 * shift, k.first_shift * scale)
-            continue
-        return torch.cholesky_solve(rhs[:, None], factor)[:, 0]
-    return None
-
-
 def _barrier_objective(C: Tensor, beta: Tensor) -> float:
     return float(0.5 * beta @ C @ beta - torch.log(beta).sum())
 
 
 def _barrier_newton(C: Tensor, beta: Tensor, k: NashMTLConstants) -> tuple[Tensor, int, bool, Tensor | None]:
-    """Minimise f(β) = ½βᵀCβ − Σ log βᵢ by damped Newton from β > 0.
+    """Minimise f(β) = ½βᵀCβ − Σ log βᵢ by damped Newton from β > 0; every iterate stays > 0.
 
-    Returns (β, steps, converged, growing): ``growing`` is None unless f is unbounded below, when
-    it masks the tasks whose βᵢ still grows (relative step > 1/4) as the iterate passes diverged_beta.
+    Returns (β, steps, converged, growing): ``growing`` is None unless f is taken as unbounded
+    below — the iterate passes diverged_beta, or f's Hessian C + diag(β⁻²) is not positive
+    definite — when it masks the tasks whose βᵢ grows (relative step > 1/4) and the task of the
+    largest βᵢ.
     """
     previous_decrement2 = math.inf
+    growth = torch.zeros_like(beta)  # the last step relative to the iterate it was taken from
     for step_count in range(1, k.max_newton_steps + 1):
         gradient = C @ beta - 1.0 / beta
-        solved = _spd_solve(C + torch.diag(1.0 / beta**2), gradient, k)
-        if solved is None:
-            return beta, step_count - 1, False, None  # not converged; β is finite and positive
-        step = -solved
+        factor, info = torch.linalg.cholesky_ex(C + torch.diag(1.0 / beta**2))
+        if int(info) != 0:  # f is not convex at β: C's negative curvature outweighs the barrier's
+            return beta, step_count - 1, False, _growing(growth, beta)
+        step = -torch.cholesky_solve(gradient[:, None], factor)[:, 0]
         decrement2 = float(-(gradient @ step))
-        decrement = math.sqrt(max(decrement2, 0.0))
-        if decrement2 <= k.converged_decrement2:
+        # the step's length: the Newton decrement λ, or the step in the barrier's local norm when
+        # longer (C with negative curvature); |stepᵢ|/βᵢ ≤ length, so β + t·step > 0 for t·length < 1
+        length = max(math.sqrt(max(decrement2, 0.0)), float(torch.linalg.vector_norm(step / beta)))
+        if length**2 <= k.converged_decrement2:
             return beta + step, step_count, True, None
-        if decrement < 0.25:  # quadratic region: full steps, stop at the rounding floor
+        if length < 0.25:  # quadratic region: full steps, stop at the rounding floor
             if decrement2 >= previous_decrement2:
                 return beta, step_count - 1, True, None
             previous_decrement2 = decrement2
-            beta = beta + step
+            growth, beta = step / beta, beta + step
             continue
         trial = beta + step
         if not (bool((trial > 0).all()) and _barrier_objective(C, trial) <= _barrier_objective(C, beta) - 0.25 * decrement2):
-            step = step / (1.0 + decrement)  # the damped step of self-concordant analysis
-        beta_next = beta + step
-        if float(beta_next.max()) > k.diverged_beta:
-            growing = step > 0.25 * beta
-            growing[int(beta_next.argmax())] = True
-            return beta_next, step_count, False, growing
-        beta = beta_next
+            step = step / (1.0 + length)  # the damped step of self-concordant analysis
+        growth, beta = step / beta, beta + step
+        if float(beta.max()) > k.diverged_beta:
+            return beta, step_count, False, _growing(growth, beta)
     return beta, k.max_newton_steps, False, None
+
+
+def _growing(growth: Tensor, beta: Tensor) -> Tensor:
+    """The tasks dropped when f is unbounded below: relative last step > 1/4, and the largest βᵢ."""
+    growing = growth > 0.25
+    growing[int(beta.argmax())] = True
+    return growing
 
 
 def _solve_newton_torch(self: "NashMTLWeighting", gram: Tensor, previous: Tensor | None) -> tuple[Tensor, dict[str, Any]]:

@@ -20,6 +20,7 @@ pytest.importorskip("triton")
 
 COMPILE_ALL = textwrap.dedent(
     """
+    import torch
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -40,7 +41,7 @@ COMPILE_ALL = textwrap.dedent(
             solve_imtl._imtl_solve_kernel,
             dict(gram_ptr=gram, weights_ptr=f64, zero_tasks_ptr=i1, fallback_ptr=i1, unique_ptr=i1,
                  degenerate_ptr=i1, rank_ptr=i32, residual_ptr=f64),
-            dict(BLOCK_K=16, **kspace.constexprs(imtl.CONSTANTS)), K)
+            dict(BLOCK_K=16, **kspace.constexprs(imtl.tolerances(torch.float32))), K)
         compile_for_h100(
             solve_nash_mtl._nash_mtl_solve_kernel,
             dict(gram_ptr=gram, previous_ptr=f64, alpha_ptr=f64, weights_ptr=f64, dropped_ptr=i1,

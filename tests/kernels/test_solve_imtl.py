@@ -12,7 +12,7 @@ triton = pytest.importorskip("triton")
 import mtlkernels as mk  # noqa: E402
 from _devices import TRITON_DEVICE as DEVICE, poison_empty, requires_cuda, requires_triton  # noqa: E402
 from mtlkernels.kernels import solve_imtl  # noqa: E402
-from mtlkernels.methods.imtl import CONSTANTS, IMTLWeighting, equal_projection_residual  # noqa: E402
+from mtlkernels.methods.imtl import CONSTANTS, IMTLWeighting, equal_projection_residual, tolerances  # noqa: E402
 from cases import adversarial_cases, random_J  # noqa: E402
 
 pytestmark = requires_triton
@@ -48,7 +48,7 @@ def cases(K: int, N: int, seed: int) -> list[tuple[str, torch.Tensor]]:
 
 def check_against_cpp(name: str, gram: torch.Tensor, weights: torch.Tensor, diagnostics: dict) -> None:
     G = gram.double().cpu()
-    cpp = IMTLWeighting(backend="cpp")(G)
+    cpp = IMTLWeighting(backend="cpp")(gram.cpu())  # Γ's dtype sets the singularity tolerances
     assert not weights.isnan().any(), (name, "a weight was not written")
     assert weights.dtype == torch.float64 and weights.device.type == DEVICE
     for key in FLAGS:
@@ -95,14 +95,15 @@ def test_float64_gram_matches_cpp_and_reference(K, monkeypatch):
 
 @pytest.mark.parametrize("K", [2, 17])
 def test_float32_gram_matches_cpp(K, monkeypatch):
-    """Γ read as float32 (the GPU's Gram); the oracle is the C++ solve of the same rounded Γ.
+    """Γ read as float32 (the GPU's Gram), solved with float32's tolerances; the oracle is the C++
+    solve of the same rounded Γ.
     The 1e-20..1e20 scales are left out: Γ's 1e40 overflows float32."""
     poisoned_empty(monkeypatch)
     for name, J in cases(K, 30, seed=K + 100):
         if name.startswith("scales"):
             continue
         G = (J @ J.T).float().to(DEVICE)
-        weights, diagnostics = solve_imtl.imtl_solve(G, CONSTANTS)
+        weights, diagnostics = solve_imtl.imtl_solve(G, tolerances(G.dtype))
         check_against_cpp(name, G, weights, diagnostics)
 
 
@@ -193,10 +194,10 @@ def test_cuda_graph_capture_and_replay():
     first, second = random_J(5, 40, seed=8), random_J(5, 40, seed=9)
     first[2] = -first[0]
     G.copy_(first @ first.T)
-    solve_imtl.imtl_solve(G, CONSTANTS)  # compile before capture
+    solve_imtl.imtl_solve(G, tolerances(G.dtype))  # compile before capture
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        weights, diagnostics = solve_imtl.imtl_solve(G, CONSTANTS)
+        weights, diagnostics = solve_imtl.imtl_solve(G, tolerances(G.dtype))
     for J in (first, second):
         G.copy_(J @ J.T)
         graph.replay()

@@ -371,3 +371,17 @@ def test_bad_gram(backend):
         weighting(-G)
     with pytest.raises(ValueError, match="square"):
         weighting(torch.ones(2, 3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_singular_float32_gram_is_not_unique(backend):
+    """K gradients spanning K − 2 dimensions: a 2-dimensional family of impartial weights. A Γ
+    rounded to float32 has its zero eigenvalues at ~1e-7, which the float64 tolerances took for an
+    invertible C (``unique=True`` on 14 of these 20 before); float32's tolerances see the rank."""
+    for seed in range(20):
+        generator = torch.Generator().manual_seed(seed)
+        K = 4 + seed % 8
+        J = torch.randn(K, K - 2, generator=generator, dtype=torch.float64) @ torch.randn(K - 2, 40, generator=generator, dtype=torch.float64)
+        gram = J.float() @ J.float().T
+        diagnostics = IMTLWeighting(backend=backend)((gram + gram.T) / 2).diagnostics
+        assert not diagnostics["unique"] and diagnostics["rank"] <= K - 2, seed
