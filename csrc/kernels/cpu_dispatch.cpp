@@ -7,6 +7,9 @@
 #include <pybind11/stl.h>
 
 #include <atomic>
+#include <stdexcept>
+#include <string>
+#include <vector>
 
 #include "registry.h"
 

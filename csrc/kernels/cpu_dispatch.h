@@ -4,16 +4,15 @@
 // level's target flags and -DMTLK_ISA=<level>, which puts everything they define, and everything
 // in cpu_tensor.h, into the namespace mtlkernels::cpu::<level>. cpu_dispatch.cpp, compiled for
 // the portable baseline, checks the arguments, asks the CPU which levels it runs and calls the
-// active level's functions. Only plain types are shared between the levels (and no inline
-// function is called from both sides), so no code built for one level can stand in for another's.
+// active level's functions. The levels share only plain types and this header's declarations;
+// where two levels emit the same inline library function (std::vector internals), the linker keeps
+// the first copy, and setup.py links the baseline objects first.
 //
 // Levels, lowest first: baseline (x86-64: SSE2; the only level on other architectures), avx2
 // (AVX2 + FMA + F16C), avx512 (AVX-512 F/BW/VL/DQ on top), avx512bf16 (the avx512 build, with
 // bfloat16 Gram tiles through the AVX512-BF16 dot product).
 #pragma once
 #include <cstdint>
-#include <stdexcept>
-#include <string>
 #include <vector>
 
 namespace mtlkernels::cpu {

@@ -15,8 +15,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
-#include <stdexcept>
-#include <string>
 #include <type_traits>
 #include <vector>
 
