@@ -5,6 +5,7 @@ Data path: losses → per-task gradients J [K, N] (:mod:`mtlkernels.jacobian`) �
 (:mod:`mtlkernels.combine`) → the base optimizer (:mod:`mtlkernels.optim`).
 """
 from . import methods, reference
+from ._extension import cpu_isa
 from .aggregate import AggregationResult, Aggregator, NashMTLAggregator, aggregate
 from .combine import combine
 from .gram import gram
@@ -29,6 +30,7 @@ __all__ = [
     "Weighting",
     "aggregate",
     "combine",
+    "cpu_isa",
     "diagnostics_to_python",
     "gram",
     "methods",

@@ -6,16 +6,12 @@
 // Columns are independent, so the result does not depend on the thread count. The columns are
 // cut into chunks run in parallel; a chunk is walked in panels (the next one prefetched), and a
 // panel kVectors vectors of columns at a time, held in registers while the K rows stream past.
-#include <pybind11/pybind11.h>
-#include <pybind11/stl.h>
-
+//
+// Compiled once per instruction-set level (see cpu_dispatch.h); the arguments arrive checked.
 #include "kernels/cpu_tensor.h"
-#include "registry.h"
 
-namespace mtlkernels::cpu {
+namespace mtlkernels::cpu::MTLK_ISA {
 namespace {
-
-namespace py = pybind11;
 
 constexpr int kVectors = 4;                 // vectors of columns accumulated in registers at once
 constexpr int64_t kChunkColumns = 1 << 14;  // columns per unit of parallel work
@@ -63,58 +59,29 @@ void combine_chunk(const In* x, int64_t ld, int K, const double* w, Out* out, in
   }
 }
 
-// d = wᵀJ over the blocks into the outputs (see the launcher, mtlkernels/combine.py).
-void combine_cpu(uintptr_t weights_ptr, const std::vector<uintptr_t>& pointers, const std::vector<int64_t>& cols,
-                 const std::vector<int64_t>& row_strides, int64_t K, const std::string& dtype,
-                 const std::vector<uintptr_t>& out_pointers, const std::vector<std::string>& out_dtypes,
-                 bool accumulate) {
-  if (K < 1 || K > (int64_t{1} << 16))
-    throw std::invalid_argument("combine_cpu: K = " + std::to_string(K) + " is outside [1, 65536]");
-  if (weights_ptr == 0) throw std::invalid_argument("combine_cpu: the weights pointer is null");
-  const std::vector<Block> blocks = make_blocks(pointers, cols, row_strides);
-  if (out_pointers.size() != blocks.size() || out_dtypes.size() != blocks.size())
-    throw std::invalid_argument("combine_cpu: got " + std::to_string(out_pointers.size()) + " outputs and " +
-                                std::to_string(out_dtypes.size()) + " output dtypes for " +
-                                std::to_string(blocks.size()) + " blocks");
-  const DType in_type = parse_dtype(dtype, "J");
-  std::vector<DType> out_types;
-  for (size_t i = 0; i < blocks.size(); ++i) {
-    if (blocks[i].cols > 0 && out_pointers[i] == 0)
-      throw std::invalid_argument("combine_cpu: out[" + std::to_string(i) + "] has a null data pointer");
-    out_types.push_back(parse_dtype(out_dtypes[i], ("out[" + std::to_string(i) + "]").c_str()));
-  }
+}  // namespace
+
+// out[i] (+)= wᵀ·block i (see cpu_dispatch.h).
+void combine(const double* w, const std::vector<Block>& blocks, int K, DType dtype, const std::vector<void*>& out,
+             const std::vector<DType>& out_types, bool accumulate) {
   const std::vector<Chunk> chunks = split_columns(blocks, kChunkColumns);
   int64_t elements = 0;
   for (const Block& block : blocks) elements += block.cols * K;
-  const int k = static_cast<int>(K);
-
-  py::gil_scoped_release release;
 #pragma omp parallel for schedule(dynamic, 1) if (elements >= kParallelMinElements)
   for (size_t i = 0; i < chunks.size(); ++i) {
     const Chunk& chunk = chunks[i];
     const Block& block = blocks[chunk.block];
-    visit_dtype(in_type, [&](auto in_tag) {
+    visit_dtype(dtype, [&](auto in_tag) {
       using In = decltype(in_tag);
       const In* x = static_cast<const In*>(block.data) + chunk.start;
-      const auto* w = reinterpret_cast<const double*>(weights_ptr);
       visit_dtype(out_types[chunk.block], [&](auto out_tag) {
         using Out = decltype(out_tag);
-        Out* out = reinterpret_cast<Out*>(out_pointers[chunk.block]) + chunk.start;
-        combine_chunk<In, Out>(x, block.row_stride, k, w, out, chunk.cols, block.cols - chunk.start - chunk.cols,
+        Out* dst = static_cast<Out*>(out[chunk.block]) + chunk.start;
+        combine_chunk<In, Out>(x, block.row_stride, K, w, dst, chunk.cols, block.cols - chunk.start - chunk.cols,
                                accumulate);
       });
     });
   }
 }
 
-Registration reg([](py::module_& m) {
-  m.def("combine_cpu", &combine_cpu, py::arg("weights_ptr"), py::arg("pointers"), py::arg("cols"),
-        py::arg("row_strides"), py::arg("K"), py::arg("dtype"), py::arg("out_pointers"), py::arg("out_dtypes"),
-        py::arg("accumulate"),
-        "d = wᵀJ of the blocks [K, cols[i]] at pointers[i] (row stride row_strides[i] elements, unit column "
-        "stride, dtype float32/float64/float16/bfloat16) into the contiguous outputs at out_pointers[i] (dtype "
-        "out_dtypes[i]), adding to them when accumulate; the K weights at weights_ptr are float64.");
-});
-
-}  // namespace
-}  // namespace mtlkernels::cpu
+}  // namespace mtlkernels::cpu::MTLK_ISA

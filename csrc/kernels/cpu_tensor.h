@@ -1,7 +1,10 @@
-// What the CPU kernels share: how tensors arrive from Python (raw pointers, column counts, row
-// strides and a dtype name, already checked by the launcher), the four element types with their
-// conversions to and from float/double, one value or one vector at a time.
+// What the CPU kernels share: the four element types with their conversions to and from
+// float/double, one value or one vector at a time, the column chunks and the prefetcher. Included
+// by the per-level builds only (see cpu_dispatch.h): everything here is in the level's namespace.
 #pragma once
+#if !defined(MTLK_ISA)
+#error "cpu_tensor.h is compiled once per instruction-set level: define MTLK_ISA (see setup.py)"
+#endif
 #if defined(__F16C__) || defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -12,12 +15,12 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
-#include <stdexcept>
-#include <string>
 #include <type_traits>
 #include <vector>
 
-namespace mtlkernels::cpu {
+#include "kernels/cpu_dispatch.h"
+
+namespace mtlkernels::cpu::MTLK_ISA {
 
 // Element types stored as their bits; arithmetic happens in float or double.
 struct BFloat16 {
@@ -258,18 +261,6 @@ inline void store_as(Out* p, SimdOf<T, n> v) {
   }
 }
 
-enum class DType { Float32, Float64, Float16, BFloat16 };
-
-// Parse the launcher's dtype name ("float32", "float64", "float16", "bfloat16").
-inline DType parse_dtype(const std::string& name, const char* what) {
-  if (name == "float32") return DType::Float32;
-  if (name == "float64") return DType::Float64;
-  if (name == "float16") return DType::Float16;
-  if (name == "bfloat16") return DType::BFloat16;
-  throw std::invalid_argument(std::string(what) + " has unsupported dtype '" + name +
-                              "'; expected float32, float64, float16 or bfloat16");
-}
-
 // Call fn(T{}) with T the element type named by dtype.
 template <typename Fn>
 inline auto visit_dtype(DType dtype, Fn&& fn) {
@@ -286,13 +277,6 @@ inline auto visit_dtype(DType dtype, Fn&& fn) {
   }
 }
 
-// One [K, cols] block of J: row r starts at data + r·row_stride elements, columns are contiguous.
-struct Block {
-  const void* data;
-  int64_t cols;
-  int64_t row_stride;
-};
-
 // A range of columns of one block: the unit of parallel work.
 struct Chunk {
   int64_t block;
@@ -307,23 +291,6 @@ inline std::vector<Chunk> split_columns(const std::vector<Block>& blocks, int64_
     for (int64_t start = 0; start < blocks[b].cols; start += chunk_cols)
       chunks.push_back({b, start, std::min(chunk_cols, blocks[b].cols - start)});
   return chunks;
-}
-
-// Zip the launcher's parallel lists into blocks, checking their lengths and values.
-inline std::vector<Block> make_blocks(const std::vector<uintptr_t>& pointers, const std::vector<int64_t>& cols,
-                                      const std::vector<int64_t>& row_strides) {
-  if (pointers.empty() || pointers.size() != cols.size() || cols.size() != row_strides.size())
-    throw std::invalid_argument(
-        "blocks: pointers, column counts and row strides must be non-empty lists of one length");
-  std::vector<Block> blocks;
-  for (size_t i = 0; i < pointers.size(); ++i) {
-    if (cols[i] < 0 || row_strides[i] < 0)
-      throw std::invalid_argument("block " + std::to_string(i) + " has a negative column count or row stride");
-    if (cols[i] > 0 && pointers[i] == 0)
-      throw std::invalid_argument("block " + std::to_string(i) + " has a null data pointer");
-    blocks.push_back({reinterpret_cast<const void*>(pointers[i]), cols[i], row_strides[i]});
-  }
-  return blocks;
 }
 
 // Prefetches K rows × `cols` columns of J (rows row_stride elements apart) into L2, one cache
@@ -382,4 +349,4 @@ struct AlignedBuffer {
   std::unique_ptr<T, decltype(&std::free)> data;
 };
 
-}  // namespace mtlkernels::cpu
+}  // namespace mtlkernels::cpu::MTLK_ISA

@@ -14,19 +14,15 @@
 // in float64. bfloat16 J: the same (through AVX512-BF16 dot products where available) while every
 // row's largest |x| is 0 or in [2^-32, 2^32], where no float32 product or panel sum overflows and
 // the products flushed to zero are negligible; otherwise the pass is redone in float64.
-#include <pybind11/pybind11.h>
-#include <pybind11/stl.h>
-
+//
+// Compiled once per instruction-set level (see cpu_dispatch.h); the arguments arrive checked.
 #include <cmath>
 #include <type_traits>
 
 #include "kernels/cpu_tensor.h"
-#include "registry.h"
 
-namespace mtlkernels::cpu {
+namespace mtlkernels::cpu::MTLK_ISA {
 namespace {
-
-namespace py = pybind11;
 
 constexpr int kTileRows = 4;                  // Γ is computed in kTileRows × kTileRows tiles
 constexpr int kSlots = 64;                    // partial Γs: results are identical for ≤ kSlots threads
@@ -68,15 +64,21 @@ struct TileMath<WidenedFloat> : TileMath<double> {
   static Vector load(const float* p) { return in_register(load_as<double, columns>(p)); }
 };
 
-#if defined(__AVX512BF16__)
+// The AVX-512 build has bfloat16 tiles through the AVX512-BF16 dot product, compiled for that
+// extension function by function (the tile functions only), used where the CPU has it.
+#if defined(__AVX512F__)
+#define MTLK_BF16_TILES 1
+#define MTLK_BF16_TARGET __attribute__((target("avx512bf16")))
 template <>
 struct TileMath<BFloat16> {  // bfloat16 pairs: lane l sums x[2l]·y[2l] + x[2l+1]·y[2l+1] in float32
   using Element = BFloat16;
   static constexpr int columns = 32, lanes = 16;
   using Vector = __m512bh;
   using Acc = __m512;
-  static Vector load(const BFloat16* p) { return in_register((__m512bh)_mm512_loadu_si512(p)); }
-  static Acc mac(Acc acc, Vector a, Vector b) { return _mm512_dpbf16_ps(acc, a, b); }
+  MTLK_BF16_TARGET static inline Vector load(const BFloat16* p) {
+    return in_register((__m512bh)_mm512_loadu_si512(p));
+  }
+  MTLK_BF16_TARGET static inline Acc mac(Acc acc, Vector a, Vector b) { return _mm512_dpbf16_ps(acc, a, b); }
 };
 #endif
 
@@ -91,8 +93,9 @@ using LaneSums = SimdOf<double, TileMath<Math>::lanes>;
 // vectors of columns (rows ld elements apart), prefetching `prefetches` lines per vector.
 // Diagonal tiles (i0 == j0) fill q ≥ p only.
 template <typename Math, bool Diagonal, int RI, int RJ>
-void gram_tile(const ElementOf<Math>* rows_i, const ElementOf<Math>* rows_j, int64_t ld, int64_t vectors,
-               LaneSums<Math>* sums, PrefetchCursor& prefetch, int prefetches) {
+__attribute__((always_inline)) inline void tile_body(const ElementOf<Math>* rows_i, const ElementOf<Math>* rows_j,
+                                                     int64_t ld, int64_t vectors, LaneSums<Math>* sums,
+                                                     PrefetchCursor& prefetch, int prefetches) {
   using T = TileMath<Math>;
   typename T::Acc acc[RI][RJ];
   for (int p = 0; p < RI; ++p)
@@ -110,17 +113,43 @@ void gram_tile(const ElementOf<Math>* rows_i, const ElementOf<Math>* rows_j, int
       sums[p * kTileRows + q] += __builtin_convertvector(acc[p][q], LaneSums<Math>);
 }
 
+template <typename Math, bool Diagonal, int RI, int RJ>
+void gram_tile(const ElementOf<Math>* rows_i, const ElementOf<Math>* rows_j, int64_t ld, int64_t vectors,
+               LaneSums<Math>* sums, PrefetchCursor& prefetch, int prefetches) {
+  tile_body<Math, Diagonal, RI, RJ>(rows_i, rows_j, ld, vectors, sums, prefetch, prefetches);
+}
+
+#if defined(MTLK_BF16_TILES)
+template <bool Diagonal, int RI, int RJ>
+__attribute__((target("avx512bf16"))) void gram_tile_bf16(const BFloat16* rows_i, const BFloat16* rows_j, int64_t ld,
+                                                          int64_t vectors, LaneSums<BFloat16>* sums,
+                                                          PrefetchCursor& prefetch, int prefetches) {
+  tile_body<BFloat16, Diagonal, RI, RJ>(rows_i, rows_j, ld, vectors, sums, prefetch, prefetches);
+}
+#endif
+
 template <typename Math>
 using TileFn = void (*)(const ElementOf<Math>*, const ElementOf<Math>*, int64_t, int64_t, LaneSums<Math>*,
                         PrefetchCursor&, int);
 
+// The tile function for Math (the bfloat16 tiles are compiled for AVX512-BF16).
+template <typename Math, bool Diagonal, int RI, int RJ>
+TileFn<Math> tile_fn() {
+#if defined(MTLK_BF16_TILES)
+  if constexpr (std::is_same_v<Math, BFloat16>)
+    return &gram_tile_bf16<Diagonal, RI, RJ>;
+  else
+#endif
+    return &gram_tile<Math, Diagonal, RI, RJ>;
+}
+
 template <typename Math, int RI>
 TileFn<Math> off_diagonal_tile(int rj) {
   switch (rj) {
-    case 1: return &gram_tile<Math, false, RI, 1>;
-    case 2: return &gram_tile<Math, false, RI, 2>;
-    case 3: return &gram_tile<Math, false, RI, 3>;
-    default: return &gram_tile<Math, false, RI, kTileRows>;
+    case 1: return tile_fn<Math, false, RI, 1>();
+    case 2: return tile_fn<Math, false, RI, 2>();
+    case 3: return tile_fn<Math, false, RI, 3>();
+    default: return tile_fn<Math, false, RI, kTileRows>();
   }
 }
 
@@ -128,10 +157,10 @@ TileFn<Math> off_diagonal_tile(int rj) {
 template <typename Math>
 TileFn<Math> pick_tile(bool diagonal, int ri, int rj) {
   switch (ri) {
-    case 1: return diagonal ? &gram_tile<Math, true, 1, 1> : off_diagonal_tile<Math, 1>(rj);
-    case 2: return diagonal ? &gram_tile<Math, true, 2, 2> : off_diagonal_tile<Math, 2>(rj);
-    case 3: return diagonal ? &gram_tile<Math, true, 3, 3> : off_diagonal_tile<Math, 3>(rj);
-    default: return diagonal ? &gram_tile<Math, true, kTileRows, kTileRows> : off_diagonal_tile<Math, kTileRows>(rj);
+    case 1: return diagonal ? tile_fn<Math, true, 1, 1>() : off_diagonal_tile<Math, 1>(rj);
+    case 2: return diagonal ? tile_fn<Math, true, 2, 2>() : off_diagonal_tile<Math, 2>(rj);
+    case 3: return diagonal ? tile_fn<Math, true, 3, 3>() : off_diagonal_tile<Math, 3>(rj);
+    default: return diagonal ? tile_fn<Math, true, kTileRows, kTileRows>() : off_diagonal_tile<Math, kTileRows>(rj);
   }
 }
 
@@ -307,60 +336,49 @@ bool gram_pass(const std::vector<Block>& blocks, int K, double* gram) {
   return true;
 }
 
-// bfloat16 J: pairs of columns through the AVX512-BF16 dot product where the target has it,
-// otherwise converted to float32.
-#if defined(__AVX512BF16__)
-using BFloat16Tiles = BFloat16;
-#else
-using BFloat16Tiles = float;
-#endif
+}  // namespace
 
-// Γ of the blocks into the float64 [K, K] buffer at gram_ptr (see the launcher, mtlkernels/gram.py).
-void gram_cpu(const std::vector<uintptr_t>& pointers, const std::vector<int64_t>& cols,
-              const std::vector<int64_t>& row_strides, int64_t K, const std::string& dtype, uintptr_t gram_ptr) {
-  if (K < 1 || K > (int64_t{1} << 16))
-    throw std::invalid_argument("gram_cpu: K = " + std::to_string(K) + " is outside [1, 65536]");
-  if (gram_ptr == 0) throw std::invalid_argument("gram_cpu: the output pointer is null");
-  const std::vector<Block> blocks = make_blocks(pointers, cols, row_strides);
-  const DType type = parse_dtype(dtype, "J");
-  double* gram = reinterpret_cast<double*>(gram_ptr);
-  const int k = static_cast<int>(K);
-  py::gil_scoped_release release;
-  switch (type) {
+// Γ of the blocks into gram (see cpu_dispatch.h).
+void gram(const std::vector<Block>& blocks, int K, DType dtype, double* gram, bool bf16_dot) {
+  switch (dtype) {
     case DType::Float32:  // K ≤ 8: each row is loaded by at most two tiles, widen it as it is loaded
       if (K <= 2 * kTileRows)
-        gram_pass<float, WidenedFloat>(blocks, k, gram);
+        gram_pass<float, WidenedFloat>(blocks, K, gram);
       else
-        gram_pass<float, double>(blocks, k, gram);
+        gram_pass<float, double>(blocks, K, gram);
       break;
     case DType::Float64:
-      gram_pass<double, double>(blocks, k, gram);
+      gram_pass<double, double>(blocks, K, gram);
       break;
     case DType::Float16:
-      gram_pass<Half, float>(blocks, k, gram);
+      gram_pass<Half, float>(blocks, K, gram);
       break;
-    case DType::BFloat16:
-      if (!gram_pass<BFloat16, BFloat16Tiles>(blocks, k, gram)) gram_pass<BFloat16, double>(blocks, k, gram);
+    case DType::BFloat16: {  // summed in float32 (pairs of columns by the dot product) unless out of range
+#if defined(MTLK_BF16_TILES)
+      const bool in_range = bf16_dot ? gram_pass<BFloat16, BFloat16>(blocks, K, gram)
+                                     : gram_pass<BFloat16, float>(blocks, K, gram);
+#else
+      (void)bf16_dot;
+      const bool in_range = gram_pass<BFloat16, float>(blocks, K, gram);
+#endif
+      if (!in_range) gram_pass<BFloat16, double>(blocks, K, gram);
       break;
+    }
   }
 }
 
 // The memory floor the passes are benchmarked against: Σ of every element of J, read once in long
 // contiguous runs (rows × 64 Ki-element runs in parallel, four vector accumulators per run).
-double read_floor_cpu(const std::vector<uintptr_t>& pointers, const std::vector<int64_t>& cols,
-                      const std::vector<int64_t>& row_strides, int64_t K, const std::string& dtype) {
+double read_floor(const std::vector<Block>& blocks, int K, DType dtype) {
   constexpr int64_t kRun = 1 << 16;
-  const std::vector<Block> blocks = make_blocks(pointers, cols, row_strides);
   std::vector<Chunk> runs;
   for (const Chunk& chunk : split_columns(blocks, kRun))
     for (int64_t r = 0; r < K; ++r)
       runs.push_back({chunk.block, chunk.start + r * blocks[chunk.block].row_stride, chunk.cols});
-  const DType type = parse_dtype(dtype, "J");
-  py::gil_scoped_release release;
   double total = 0.0;
 #pragma omp parallel for schedule(static) reduction(+ : total)
   for (size_t i = 0; i < runs.size(); ++i) {
-    visit_dtype(type, [&](auto tag) {
+    visit_dtype(dtype, [&](auto tag) {
       using In = decltype(tag);
       using Acc = std::conditional_t<std::is_same_v<In, double>, double, float>;
       constexpr int n = lanes<Acc>;
@@ -379,15 +397,4 @@ double read_floor_cpu(const std::vector<uintptr_t>& pointers, const std::vector<
   return total;
 }
 
-Registration reg([](py::module_& m) {
-  m.def("gram_cpu", &gram_cpu, py::arg("pointers"), py::arg("cols"), py::arg("row_strides"), py::arg("K"),
-        py::arg("dtype"), py::arg("gram_ptr"),
-        "Γ = J·Jᵀ (float64, full K×K) of the blocks [K, cols[i]] at pointers[i] (row stride row_strides[i] "
-        "elements, unit column stride, dtype float32/float64/float16/bfloat16) into the buffer at gram_ptr.");
-  m.def("read_floor_cpu", &read_floor_cpu, py::arg("pointers"), py::arg("cols"), py::arg("row_strides"),
-        py::arg("K"), py::arg("dtype"),
-        "Σ of every element of the blocks (as gram_cpu takes them), read once: the benchmarks' memory floor.");
-});
-
-}  // namespace
-}  // namespace mtlkernels::cpu
+}  // namespace mtlkernels::cpu::MTLK_ISA

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from mtlkernels import _extension
+
 
 def environment() -> dict[str, Any]:
     """Machine, versions and date, stored beside every result."""
@@ -27,6 +29,7 @@ def environment() -> dict[str, Any]:
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_isa": _extension.cpu_isa() if _extension.available else None,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "mtlkernels": version("mtlkernels"),
