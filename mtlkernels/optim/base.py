@@ -296,7 +296,9 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         """Per-task gradients → weights → ``.grad`` (added to what is there, as ``Tensor.backward``).
 
         Args:
-            losses: K scalar losses (a sequence, or a 1-D tensor).
+            losses: K scalar losses (a sequence, or a 1-D tensor). A single 0-d loss is an error
+                (the sum of the task losses is the usual slip) unless the optimizer has
+                ``num_tasks=1``.
             features: the shared representation z (a tensor or several): the weights come from the
                 Gram of ∂Lₖ/∂z (full inner product over batch × features), then ONE backward of
                 Σ wₖ·Lₖ gives the shared parameters d = Σ wₖ·gₖ; no [K, N] parameter buffer.
@@ -310,6 +312,12 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
             ``self.last``: the Gram, the weights, cosines, conflicts and solver diagnostics; None
             when the step was skipped.
         """
+        if isinstance(losses, Tensor) and losses.dim() == 0 and self.num_tasks != 1:
+            expected = "" if self.num_tasks is None else f"; expected K = {self.num_tasks}"
+            raise ValueError(
+                f"{type(self).__name__}.backward got a single scalar loss{expected}: pass the K task losses as a list "
+                "or a 1-D tensor, not their sum (for one task, build the optimizer with num_tasks=1 or pass [loss])"
+            )
         losses = check_losses(losses, self.num_tasks)
         if self._evidence is not None and self._evidence.complete:
             roles, evidence = self._roles, None

@@ -141,7 +141,7 @@ def test_losses_that_are_not_a_sequence(losses, error, message):
     with pytest.raises(error, match=message):
         opt.backward(losses)
     x, y = batch(K=3)
-    with pytest.raises(ValueError, match="got 1 losses; expected K = 3"):
+    with pytest.raises(ValueError, match="single scalar loss; expected K = 3: pass the K task losses as a list"):
         opt.backward(sum(task_losses(model, x, y)[0]))  # the summed loss, a 0-d tensor
     same_state(snapshot(model, opt), before)
     assert _wrapper_facts(opt) == facts

@@ -1,0 +1,49 @@
+"""Porting slips that used to be accepted silently or fail with an unhelpful message: each is an
+error that names the fix and leaves everything as it was."""
+import pytest
+import torch
+import torch.nn as nn
+
+import mtlkernels as mk
+from mtlkernels.optim import CAGrad, MultiTaskOptimizer
+
+
+def _model_and_losses(K=3, seed=0):
+    torch.manual_seed(seed)
+    trunk = nn.Linear(4, 5, dtype=torch.float64)
+    heads = nn.ModuleList(nn.Linear(5, 1, dtype=torch.float64) for _ in range(K))
+    x = torch.randn(8, 4, dtype=torch.float64)
+    z = torch.tanh(trunk(x))
+    losses = [((head(z).squeeze(1) - (-1) ** k * x[:, 0]) ** 2).mean() for k, head in enumerate(heads)]
+    return nn.ModuleList([trunk, heads]), losses
+
+
+# -- a single scalar where K losses are expected ---------------------------------------------------
+def test_summed_losses_on_a_fresh_wrapper_raise_and_change_nothing():
+    model, losses = _model_and_losses()
+    opt = CAGrad(torch.optim.SGD(model.parameters(), lr=0.1))
+    with pytest.raises(ValueError, match="single scalar loss: pass the K task losses as a list or a 1-D tensor, not their sum"):
+        opt.backward(sum(losses))
+    assert opt.num_tasks is None and opt.last is None and opt.roles is None
+    assert all(p.grad is None for p in model.parameters())
+    opt.backward(losses)  # the correct call afterwards works (it used to fail: "expected K = 1")
+    assert opt.num_tasks == 3
+
+
+def test_summed_losses_after_k_is_known_name_k():
+    model, losses = _model_and_losses()
+    opt = CAGrad(torch.optim.SGD(model.parameters(), lr=0.1), num_tasks=3)
+    with pytest.raises(ValueError, match="single scalar loss; expected K = 3: pass the K task losses"):
+        opt.backward(sum(losses))
+
+
+@pytest.mark.parametrize("how", ["num_tasks=1", "list"])
+def test_one_task_is_still_accepted(how):
+    model, losses = _model_and_losses(K=1)
+    opt = MultiTaskOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), num_tasks=1 if how == "num_tasks=1" else None,
+                             shared_params=list(model.parameters()))
+    expected = torch.autograd.grad(losses[0], list(model.parameters()), retain_graph=True)  # K = 1: the gradient
+    opt.backward(losses[0] if how == "num_tasks=1" else [losses[0]])
+    for p, g in zip(model.parameters(), expected):
+        torch.testing.assert_close(p.grad, g, rtol=1e-12, atol=1e-15)
+    assert opt.num_tasks == 1
