@@ -21,6 +21,7 @@ def as_blocks(J: Jacobian) -> tuple[list[Tensor], bool]:
             raise ValueError(
                 f"J must be a 2-D tensor [K, N] (one task gradient per row); got shape {tuple(J.shape)}"
             )
+        check_not_transposed(J)
         blocks, single = [J], True
     elif isinstance(J, (list, tuple)):
         if len(J) == 0:
@@ -47,6 +48,29 @@ def as_blocks(J: Jacobian) -> tuple[list[Tensor], bool]:
     if sum(b.shape[1] for b in blocks) == 0:
         raise ValueError("J has N = 0 columns: there is nothing to aggregate")
     return blocks, single
+
+
+#: a single [K, N] tensor with more rows than this and at least ``TRANSPOSED_RATIO`` times as many
+#: rows as columns is taken for a transposed [N, K] one (see :func:`check_not_transposed`)
+TRANSPOSED_MIN_ROWS = 1024
+TRANSPOSED_RATIO = 64
+
+
+def check_not_transposed(J: Tensor) -> None:
+    """Raise when a 2-D J looks like the task gradients laid out as columns, [N, K].
+
+    More tasks than parameters is legitimate (K > N), so only the shapes no multi-task problem
+    has are flagged: over ``TRANSPOSED_MIN_ROWS`` rows and at least ``TRANSPOSED_RATIO`` times as
+    many rows as columns (Γ would be a K×K matrix of rank at most K/64, on which Nash-MTL and
+    IMTL have no solution). Such a J can still be passed deliberately as a one-block list ``[J]``.
+    """
+    rows, cols = J.shape
+    if rows > TRANSPOSED_MIN_ROWS and rows >= TRANSPOSED_RATIO * cols:
+        raise ValueError(
+            f"J has shape {tuple(J.shape)}: K = {rows} tasks of N = {cols} parameters looks transposed; "
+            f"J holds one task gradient per row, [K, N] — pass J.T (shape {(cols, rows)}). "
+            "If there really are that many tasks, pass [J] (a one-block list) to skip this check"
+        )
 
 
 def check_gram(gram: Tensor) -> int:

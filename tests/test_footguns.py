@@ -47,3 +47,29 @@ def test_one_task_is_still_accepted(how):
     for p, g in zip(model.parameters(), expected):
         torch.testing.assert_close(p.grad, g, rtol=1e-12, atol=1e-15)
     assert opt.num_tasks == 1
+
+
+# -- a J that looks transposed ---------------------------------------------------------------------
+@pytest.mark.parametrize("call", [
+    lambda J: mk.aggregate(J, "cagrad"),
+    lambda J: mk.gram(J),
+    lambda J: mk.combine(torch.ones(J.shape[0], dtype=torch.float64), J),
+])
+def test_transposed_J_is_named(call):
+    J = torch.randn(3, 5000, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"J has shape \(5000, 3\).*looks transposed.*pass J\.T \(shape \(3, 5000\)\)"):
+        call(J.T)
+
+
+@pytest.mark.parametrize("shape", [(1024, 2), (2000, 32), (300, 1)])
+def test_many_tasks_of_few_parameters_are_not_flagged(shape):
+    """K > N is legitimate: at most 1024 rows, or fewer than 64 rows per column, is taken as given."""
+    J = torch.randn(*shape, dtype=torch.float64)
+    res = mk.aggregate(J, "mean")
+    torch.testing.assert_close(res.direction, J.mean(0), rtol=1e-10, atol=1e-12)
+
+
+def test_a_one_block_list_passes_a_tall_J_deliberately():
+    J = torch.randn(1100, 3, dtype=torch.float64)
+    res = mk.aggregate([J], "mean")
+    torch.testing.assert_close(res.direction[0], J.mean(0), rtol=1e-10, atol=1e-12)
