@@ -73,3 +73,42 @@ def test_a_one_block_list_passes_a_tall_J_deliberately():
     J = torch.randn(1100, 3, dtype=torch.float64)
     res = mk.aggregate([J], "mean")
     torch.testing.assert_close(res.direction[0], J.mean(0), rtol=1e-10, atol=1e-12)
+
+
+# -- a reference implementation's option name ------------------------------------------------------
+@pytest.mark.parametrize("method, option, value, message", [
+    ("cagrad", "alpha", 0.4, "CAGrad's c is the authors' alpha: use c=0.4"),
+    ("cagrad", "calpha", 0.4, "CAGrad's c is LibMTL's calpha: use c=0.4"),
+    ("cagrad", "norm_eps", 1e-4, "torchjd's norm_eps .* drop it"),
+    ("nash_mtl", "n_tasks", 3, "n_tasks is the Nash-MTL authors' and torchjd's task count; .* num_tasks=3"),
+    ("pcgrad", "task_num", 3, "task_num is LibMTL's task count; .* num_tasks=3"),
+    ("mgda", "mgda_gn", "l2", "LibMTL's mgda_gn is MGDA's normalization.*use normalization='l2', combination='normalized'"),
+    ("mgda", "epsilon", 1e-3, "torchjd's MGDA epsilon .* exact .* drop it"),
+    ("mgda", "max_iters", 50, "torchjd's MGDA max_iters .* drop it"),
+    ("imtl", "pref_vector", [1.0, 2.0, 3.0], "torchjd's pref_vector has no counterpart in 'imtl'; .* scale their losses"),
+])
+def test_peer_option_names_name_ours(method, option, value, message):
+    J = torch.randn(3, 10, dtype=torch.float64)
+    with pytest.raises(TypeError, match=f"method '{method}' has no option '{option}': {message}"):
+        mk.aggregate(J, method, **{option: value})
+    model, _ = _model_and_losses()
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(TypeError, match=message):
+        MultiTaskOptimizer(sgd, method, **{option: value})
+    assert len(sgd.param_groups) == 1 and not sgd.state and all(p.grad is None for p in model.parameters())
+
+
+def test_wrapper_classes_name_ours():
+    model, _ = _model_and_losses()
+    from mtlkernels.optim import MGDA, NashMTL
+    with pytest.raises(TypeError, match="CAGrad's c is the authors' alpha: use c=0.4"):
+        CAGrad(torch.optim.SGD(model.parameters(), lr=0.1), alpha=0.4)
+    with pytest.raises(TypeError, match="num_tasks=3"):
+        NashMTL(torch.optim.SGD(model.parameters(), lr=0.1), n_tasks=3)
+    with pytest.raises(TypeError, match="use normalization='loss\\+', combination='normalized'"):
+        MGDA(torch.optim.SGD(model.parameters(), lr=0.1), mgda_gn="loss+")
+
+
+def test_an_unknown_option_lists_the_methods_options():
+    with pytest.raises(TypeError, match=r"method 'cagrad' has no option 'radius'; its options are \['c', 'rescale', 'sum_scale', 'backend'\]"):
+        mk.aggregate(torch.randn(3, 10), "cagrad", radius=0.4)

@@ -2,6 +2,8 @@
 method provides and what the shared backend layer does for it."""
 from __future__ import annotations
 
+import inspect
+
 from .base import Solution, Weighting, diagnostics_to_python
 from .cagrad import CAGradWeighting
 from .imtl import IMTLWeighting
@@ -16,8 +18,45 @@ METHODS: dict[str, type[Weighting]] = {
 }
 
 
+_NO_TASK_COUNT = (
+    "{peer} is {who} task count; here K is read from J or from the losses (an optimizer wrapper "
+    "checks it with num_tasks={value!r})"
+)
+
+#: option names of the reference implementations (the authors' code, LibMTL, torchjd) that are
+#: not ours: (method or None for any method, their name) → the message naming our option, formatted
+#: with ``peer`` (their name) and ``value`` (the value given)
+PEER_OPTIONS: dict[tuple[str | None, str], str] = {
+    ("cagrad", "alpha"): "CAGrad's c is the authors' alpha: use c={value!r}",
+    ("cagrad", "calpha"): "CAGrad's c is LibMTL's calpha: use c={value!r}",
+    ("cagrad", "norm_eps"): "torchjd's norm_eps guards its division by the norm of the combined gradient; "
+                            "the CAGrad solve here treats a zero norm as a case of its own: drop it",
+    ("mgda", "mgda_gn"): "LibMTL's mgda_gn is MGDA's normalization, and LibMTL combines the normalised "
+                         "gradients: use normalization={value!r}, combination='normalized'",
+    ("mgda", "epsilon"): "torchjd's MGDA epsilon is the tolerance of its iterative solver; the MGDA solve "
+                         "here is exact (Wolfe's active-set method): drop it",
+    ("mgda", "max_iters"): "torchjd's MGDA max_iters bounds its iterative solver; the MGDA solve here is "
+                           "exact (Wolfe's active-set method): drop it",
+    (None, "n_tasks"): _NO_TASK_COUNT.replace("{who}", "the Nash-MTL authors' and torchjd's"),
+    (None, "task_num"): _NO_TASK_COUNT.replace("{who}", "LibMTL's"),
+    (None, "pref_vector"): "torchjd's pref_vector has no counterpart in {method!r}; to weight the tasks, "
+                           "scale their losses (task k's loss × pₖ scales its gradient by pₖ)",
+}
+
+
+def _unknown_option(method: str, cls: type[Weighting], name: str, value: object) -> TypeError:
+    """The error for an option ``method`` does not take: the peer's name mapped to ours
+    (:data:`PEER_OPTIONS`), else the options it does take."""
+    hint = PEER_OPTIONS.get((method, name), PEER_OPTIONS.get((None, name)))
+    if hint is not None:
+        return TypeError(f"method {method!r} has no option {name!r}: " + hint.format(peer=name, value=value, method=method))
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    return TypeError(f"method {method!r} has no option {name!r}; its options are {accepted}")
+
+
 def make_weighting(method: "str | Weighting", **options) -> Weighting:
-    """Build the weighting for ``method`` with ``options``; unknown names/options raise clearly."""
+    """Build the weighting for ``method`` with ``options``; unknown names/options raise clearly,
+    a reference implementation's name for an option naming ours (:data:`PEER_OPTIONS`)."""
     if isinstance(method, Weighting):
         if options:
             raise TypeError(f"options {sorted(options)} given with an already-built {method!r}")
@@ -25,14 +64,16 @@ def make_weighting(method: "str | Weighting", **options) -> Weighting:
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
     cls = METHODS[method]
-    try:
-        return cls(**options)
-    except TypeError as exc:  # unexpected keyword → name the method and the option
-        raise TypeError(f"method {method!r}: {exc}") from None
+    accepted = inspect.signature(cls.__init__).parameters
+    for name, value in options.items():
+        if name not in accepted or name == "self":
+            raise _unknown_option(method, cls, name, value)
+    return cls(**options)
 
 
 __all__ = [
     "METHODS",
+    "PEER_OPTIONS",
     "CAGradWeighting",
     "IMTLWeighting",
     "MGDAWeighting",
