@@ -29,6 +29,7 @@ Two more families check what no reference comparison can see:
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import random
 import sys
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from torch import Tensor
 
 from . import reference
 from .aggregate import aggregate
+from .backend import _unavailable_reason, available
 from .methods import METHODS, make_weighting
 from .testing import peers
 from .testing.cases import adversarial_cases, conflicting_J, random_J, rank_deficient_grams
@@ -289,6 +291,23 @@ def wrapper_checks(seed: int, backend: str) -> list[Check]:
     return checks
 
 
+def backend_problem(backend: str) -> str | None:
+    """Why ``--backend`` cannot run the validation here (None when it can): the cases are CPU
+    tensors, on which the Triton kernels run only through the interpreter."""
+    cpu = torch.device("cpu")
+    if available(backend, cpu) or backend == "auto":
+        return None
+    if backend != "triton":
+        return _unavailable_reason(backend, cpu)
+    if importlib.util.find_spec("triton") is None:
+        return "--backend triton needs the triton package, which is not installed"
+    return (
+        "--backend triton runs Triton kernels on CUDA tensors, or on CPU tensors through the Triton "
+        "interpreter; the validation's cases are CPU tensors, so set TRITON_INTERPRET=1 before Python "
+        "starts: TRITON_INTERPRET=1 python -m mtlkernels.validate --backend triton"
+    )
+
+
 def main(argv: list[str] | None = None) -> list[Check]:
     parser = argparse.ArgumentParser(prog="python -m mtlkernels.validate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=list(METHODS))
@@ -304,6 +323,9 @@ def main(argv: list[str] | None = None) -> list[Check]:
                         help="also check the drop-in optimizers' scenarios on a small model")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    problem = backend_problem(args.backend)
+    if problem is not None:
+        parser.error(problem)  # exits with status 2
 
     have = peers.installed() if args.peers else {}
     checks: list[Check] = []

@@ -112,3 +112,26 @@ def test_wrapper_classes_name_ours():
 def test_an_unknown_option_lists_the_methods_options():
     with pytest.raises(TypeError, match=r"method 'cagrad' has no option 'radius'; its options are \['c', 'rescale', 'sum_scale', 'backend'\]"):
         mk.aggregate(torch.randn(3, 10), "cagrad", radius=0.4)
+
+
+# -- the command lines -----------------------------------------------------------------------------
+def test_validate_triton_without_the_interpreter_says_what_is_needed(monkeypatch, capsys):
+    from mtlkernels.validate import backend_problem, main
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--backend", "triton", "--methods", "mean", "--K", "2", "--N", "10", "--no-peers", "--no-wrappers"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "CUDA tensors" in err and "set TRITON_INTERPRET=1 before Python starts" in err and "Traceback" not in err
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert backend_problem("triton") is None and backend_problem("auto") is None
+
+
+def test_demo_help_documents_every_flag(capsys):
+    from mtlkernels.demo import main
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for flag, words in [("--tasks", "number of regression tasks"), ("--width", "width of the shared trunk"),
+                        ("--seed", "seed of the synthetic data"), ("--repeats", "calls timed per method")]:
+        assert flag in out and words in out, flag
