@@ -56,6 +56,38 @@ class AggregationResult:
         """Number of task pairs i < j with gᵢ·gⱼ < 0 (a 0-d tensor; no host sync)."""
         return torch.triu(self.gram < 0, diagonal=1).sum()
 
+    def scalars(self, losses: Tensor | Sequence[float] | None = None) -> dict[str, float]:
+        """The aggregation's facts as a flat ``{name: float}``, for ``SummaryWriter.add_scalars``
+        or ``wandb.log``: ``weight/{k}``, ``grad_norm/{k}`` (‖gₖ‖), ``cosine/{i}_{j}`` for i < j,
+        ``conflicts``, ``loss/{k}`` when ``losses`` are given, and ``solver/{name}`` for each
+        scalar diagnostic of the solve (numbers and flags; task lists, per-task vectors and
+        names are left to :attr:`diagnostics`).
+
+        Everything on the device is packed into one tensor and read once, when called.
+        """
+        K = self.gram.shape[0]
+        rows, cols = torch.triu_indices(K, K, offset=1).unbind()
+        parts = [self.weights, self.norms, self.cosine[rows, cols], self.conflicts]
+        names = [f"weight/{k}" for k in range(K)] + [f"grad_norm/{k}" for k in range(K)]
+        names += [f"cosine/{i}_{j}" for i, j in zip(rows.tolist(), cols.tolist())] + ["conflicts"]
+        if losses is not None:
+            values = losses.detach() if isinstance(losses, Tensor) else torch.tensor(
+                [float(l) for l in losses], dtype=torch.float64)
+            if values.numel() != K:
+                raise ValueError(f"got {values.numel()} losses for K = {K} tasks")
+            parts.append(values)
+            names += [f"loss/{k}" for k in range(K)]
+        on_host: dict[str, float] = {}
+        for key, value in self.diagnostics.items():
+            if isinstance(value, Tensor) and value.dim() == 0:
+                parts.append(value)
+                names.append(f"solver/{key}")
+            elif isinstance(value, (bool, int, float)):
+                on_host[f"solver/{key}"] = float(value)
+        device = self.gram.device
+        packed = torch.cat([p.detach().to(device=device, dtype=torch.float64).reshape(-1) for p in parts]).cpu()
+        return {**dict(zip(names, packed.tolist())), **on_host}
+
 
 def nonfinite_tasks(gram: Tensor, blocks: list[Tensor] | None = None, scale: float = 1.0) -> tuple[Tensor, list[int]]:
     """The tasks whose gradient holds NaN or Inf, read off Γ's diagonal, and the Γ to go on with.

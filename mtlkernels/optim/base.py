@@ -495,12 +495,20 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         self._skip_step = False  # a skipped backward's pending no-op step is superseded by this one
         return self.last
 
-    def diagnostics(self) -> dict[str, Any]:
+    def diagnostics(self, flat: bool = False) -> dict[str, Any]:
         """The last backward's facts as plain Python numbers, for logging (one host sync):
         weights, gradient norms, pairwise cosines, number of conflicting pairs, losses, and the
-        solver's scalar diagnostics. Empty after a skipped step."""
+        solver's scalar diagnostics. Empty after a skipped step.
+
+        With ``flat=True``, a flat ``{name: float}`` ready for ``SummaryWriter.add_scalars`` or
+        ``wandb.log``: ``weight/{k}``, ``grad_norm/{k}``, ``cosine/{i}_{j}`` (i < j),
+        ``conflicts``, ``loss/{k}`` and ``solver/{name}`` — ``self.last.scalars(self.last_losses)``
+        (:meth:`mtlkernels.AggregationResult.scalars`), read from the device once.
+        """
         if self.last is None:
             return {}
+        if flat:
+            return self.last.scalars(self.last_losses)
         facts: dict[str, Any] = {
             "weights": self.last.weights.tolist(),
             "norms": self.last.norms.tolist(),
