@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 import mtlkernels as mk
 from conformance.support import (
     BACKENDS,
+    METHODS,
     CPP_AVAILABLE,
     assert_direction_close,
     assert_direction_is_combination,
@@ -530,6 +531,27 @@ def test_auto_on_cpu_solves_in_cpp(method):
     cpp = mk.methods.make_weighting(method, backend="cpp", **options)(gram)
     assert torch.equal(auto.weights, cpp.weights)
     assert mk.diagnostics_to_python(auto.diagnostics) == mk.diagnostics_to_python(cpp.diagnostics)
+
+
+# -- bad Γ ------------------------------------------------------------------------------------------------
+def _bad_grams() -> list[tuple[torch.Tensor, str]]:
+    nan_off_diagonal = torch.eye(3, dtype=torch.float64)
+    nan_off_diagonal[1, 2] = float("nan")
+    return [
+        (nan_off_diagonal, "non-finite"),
+        (torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64)), "negative diagonal"),
+        (torch.ones(2, 3, dtype=torch.float64), "square"),
+    ]
+
+
+@pytest.mark.parametrize("method, backend", grid(methods=tuple(m for m in METHODS if m != "mean")))
+def test_bad_gram_is_named(method, backend):
+    """A Γ that is not a Gram matrix raises a ValueError naming the problem, on every backend (the
+    mean reads only Γ's shape)."""
+    weighting = mk.methods.make_weighting(method, backend=backend)
+    for gram, message in _bad_grams():
+        with pytest.raises(ValueError, match=message):
+            weighting(gram.to(device(backend)))
 
 
 # -- diagnostics ----------------------------------------------------------------------------------------
