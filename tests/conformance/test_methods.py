@@ -120,6 +120,19 @@ def test_weighting_on_a_gram_matches_aggregate(method, backend):
     assert_weights_close(solution.weights, run(J, method, backend, **options).weights, J, BACKEND_RTOL)
 
 
+def _run_against_reference(J: torch.Tensor, method: str, backend: str, options: dict[str, Any], weights: bool = True):
+    """mk.aggregate of J on ``backend``: d = wᵀJ, d as the float64 reference's, and (where the method's
+    weights are unique on J: ``weights``) w as the reference's. Returns the result."""
+    result = run(J, method, backend, **options)
+    assert_direction_is_combination(result, J)
+    expected = reference(J, method, **options)
+    rtol = REFERENCE_RTOL64[method]
+    assert_direction_close(result.direction, expected.direction, natural_scale(expected.weights, J), rtol)
+    if weights:
+        assert_weights_close(result.weights, expected.weights, J, rtol, "weights vs reference")
+    return result
+
+
 # -- symmetry and scale ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("method, backend", grid())
 def test_permutation_equivariance(method, backend):
@@ -285,12 +298,7 @@ def test_zero_rows(method, backend):
         J = random_J(5, 10, seed=11)
         J[zero] = 0
         options = deterministic_options(method, 5, seed=11)
-        result = run(J, method, backend, **options)
-        assert_direction_is_combination(result, J)
-        expected = reference(J, method, **options)
-        rtol = REFERENCE_RTOL64[method]
-        assert_weights_close(result.weights, expected.weights, J, rtol, f"zero rows {zero}: weights vs reference")
-        assert_direction_close(result.direction, expected.direction, natural_scale(expected.weights, J), rtol)
+        result = _run_against_reference(J, method, backend, options)
         zero_weight, others = ZERO_ROW[method]
         if zero_weight is not None:
             assert result.weights[zero].tolist() == pytest.approx([zero_weight(5, len(zero))] * len(zero), rel=EXACT_RTOL, abs=0)
@@ -315,16 +323,11 @@ def test_duplicate_rows(method, backend):
     distinct = random_J(3, 10, seed=12)
     J = torch.cat([distinct[:1], distinct])
     options = deterministic_options(method, 4, seed=12)
-    result = run(J, method, backend, **options)
-    assert_direction_is_combination(result, J)
-    expected = reference(J, method, **options)
-    rtol = REFERENCE_RTOL64[method]
-    assert_direction_close(result.direction, expected.direction, natural_scale(expected.weights, J), rtol)
-    if method in ("cagrad", "mgda"):
-        merged, merged_expected = _merge_first_two(result.weights), _merge_first_two(expected.weights)
-        assert_weights_close(merged, merged_expected, distinct, rtol, "weights (duplicates summed) vs reference")
-    else:
-        assert_weights_close(result.weights, expected.weights, J, rtol, "weights vs reference")
+    split_either_way = method in ("cagrad", "mgda")
+    result = _run_against_reference(J, method, backend, options, weights=not split_either_way)
+    if split_either_way:
+        merged, merged_expected = _merge_first_two(result.weights), _merge_first_two(reference(J, method, **options).weights)
+        assert_weights_close(merged, merged_expected, distinct, REFERENCE_RTOL64[method], "weights (duplicates summed) vs reference")
     if method == "mean":
         assert result.weights.tolist() == [0.25] * 4
     if method in ("nash_mtl", "imtl"):
@@ -374,14 +377,7 @@ def test_opposite_rows_among_others(method, backend):
     solves (h, k) alone. CAGrad's weights are not unique here (u moves freely along g − g), only d."""
     J = random_J(3, 10, seed=14)
     J = torch.stack([J[0], -J[0], J[1], J[2]])
-    options = deterministic_options(method, 4, seed=14)
-    result = run(J, method, backend, **options)
-    assert_direction_is_combination(result, J)
-    expected = reference(J, method, **options)
-    rtol = REFERENCE_RTOL64[method]
-    assert_direction_close(result.direction, expected.direction, natural_scale(expected.weights, J), rtol)
-    if method != "cagrad":
-        assert_weights_close(result.weights, expected.weights, J, rtol, "weights vs reference")
+    result = _run_against_reference(J, method, backend, deterministic_options(method, 4, seed=14), weights=method != "cagrad")
     if method == "nash_mtl":
         assert result.weights[:2].tolist() == [0.0, 0.0]
         assert mk.diagnostics_to_python(result.diagnostics)["dropped_tasks"] == [0, 1]
@@ -474,14 +470,7 @@ PARETO_STATIONARY: dict[str, tuple[dict[str, Any], list[float] | None, dict[str,
 @pytest.mark.parametrize("method, backend", grid())
 def test_pareto_stationary(method, backend):
     J = _pareto_stationary_J()
-    options = deterministic_options(method, 3, seed=16)
-    result = run(J, method, backend, **options)
-    assert_direction_is_combination(result, J)
-    expected = reference(J, method, **options)
-    rtol = REFERENCE_RTOL64[method]
-    assert_direction_close(result.direction, expected.direction, natural_scale(expected.weights, J), rtol)
-    if method != "cagrad":
-        assert_weights_close(result.weights, expected.weights, J, rtol, "weights vs reference")
+    _run_against_reference(J, method, backend, deterministic_options(method, 3, seed=16), weights=method != "cagrad")
     if method not in PARETO_STATIONARY:
         return
     variant, weights, facts = PARETO_STATIONARY[method]
