@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 triton = pytest.importorskip("triton")
 
 import mtlkernels as mk  # noqa: E402
-from _devices import TRITON_DEVICE as DEVICE, requires_cuda, requires_triton  # noqa: E402
+from _devices import TRITON_DEVICE as DEVICE, no_host_sync, requires_cuda, requires_triton  # noqa: E402
 from mtlkernels.kernels.gram import gram_config, triton_gram  # noqa: E402
 from cases import adversarial_cases, random_J  # noqa: E402
 
@@ -208,13 +208,9 @@ def test_no_host_sync():
     mk.combine(w, J, backend="triton"), triton_gram([J])  # compile outside the checked region
     fresh = [random_J(K, n, seed=n, dtype=torch.float32).to(DEVICE) for n in (5, 3000, 77)]
     outs = [torch.empty(b.shape[1], device=DEVICE) for b in fresh]
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+    with no_host_sync():
         G = triton_gram(fresh)
         mk.combine(w, fresh, out=outs, backend="triton")
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
     J64 = torch.cat([b.double().cpu() for b in fresh], dim=1)
     assert_gram_close(G, J64, TOL_FP32_ACC)
     torch.testing.assert_close(torch.cat(outs).double().cpu(), J64.mean(0), rtol=1e-5, atol=1e-6)

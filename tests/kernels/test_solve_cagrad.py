@@ -23,7 +23,7 @@ triton = pytest.importorskip("triton")
 
 import mtlkernels as mk  # noqa: E402
 from mtlkernels import _extension  # noqa: E402
-from _devices import TRITON_DEVICE as DEVICE, poison_empty, requires_cpp_oracle, requires_cuda, requires_triton  # noqa: E402
+from _devices import TRITON_DEVICE as DEVICE, poison_empty, requires_cpp_oracle, requires_cuda, requires_triton, solve_without_host_sync  # noqa: E402
 from mtlkernels.kernels import solve_cagrad  # noqa: E402
 from mtlkernels.methods import CAGradWeighting  # noqa: E402
 from mtlkernels.methods.base import cpp_constants  # noqa: E402
@@ -194,15 +194,7 @@ def test_beyond_register_limit_uses_the_torch_solver():
 @requires_cuda
 def test_no_host_sync():
     weighting = CAGradWeighting(backend="triton")
-    J = conflicting_J(6, 1000, seed=7).float().cuda()
-    mk.aggregate(J, weighting)  # compile outside the checked region
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        res = mk.aggregate(J, weighting)
-        solution = weighting(res.gram)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    res, solution = solve_without_host_sync(conflicting_J(6, 1000, seed=7).float().cuda(), weighting)
     check_against_cpp("no_sync", res.gram, solution.weights, solution.diagnostics, 0.5, 1.0 / 1.25)
     torch.testing.assert_close(res.weights, solution.weights)
 

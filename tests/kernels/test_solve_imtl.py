@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 triton = pytest.importorskip("triton")
 
 import mtlkernels as mk  # noqa: E402
-from _devices import TRITON_DEVICE as DEVICE, poison_empty, requires_cuda, requires_triton  # noqa: E402
+from _devices import TRITON_DEVICE as DEVICE, poison_empty, requires_cuda, requires_triton, solve_without_host_sync  # noqa: E402
 from mtlkernels.kernels import solve_imtl  # noqa: E402
 from mtlkernels.methods.imtl import CONSTANTS, IMTLWeighting, equal_projection_residual  # noqa: E402
 from cases import adversarial_cases, random_J  # noqa: E402
@@ -167,14 +167,7 @@ def test_beyond_register_limit_uses_torch_solver(triton_weighting):
 def test_no_host_sync(triton_weighting):
     J = random_J(6, 1000, seed=7).float().cuda()
     J[1] = J[0]  # the fallback path too
-    mk.aggregate(J, triton_weighting)  # compile outside the checked region
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        res = mk.aggregate(J, triton_weighting)
-        solution = triton_weighting(res.gram)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    res, solution = solve_without_host_sync(J, triton_weighting)
     check_against_cpp("no_sync", res.gram, solution.weights, solution.diagnostics)
     torch.testing.assert_close(res.weights, solution.weights)
 
