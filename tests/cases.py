@@ -8,7 +8,16 @@ from hypothesis import strategies as st
 
 from mtlkernels.testing.cases import adversarial_cases, conflicting_J, random_J
 
-__all__ = ["adversarial_cases", "awkward_blocks", "block_lists", "block_shapes", "conflicting_J", "random_J"]
+__all__ = [
+    "adversarial_cases",
+    "awkward_blocks",
+    "block_lists",
+    "block_shapes",
+    "conflicting_J",
+    "random_J",
+    "structured_J",
+    "structured_gradients",
+]
 
 
 def awkward_blocks(K: int, dtype: torch.dtype, long_columns: int = 0, device: str = "cpu", seed: int = 11) -> list[torch.Tensor]:
@@ -46,3 +55,23 @@ def block_lists(draw: st.DrawFn, dtypes: tuple[torch.dtype, ...], device: str) -
     K, widths = draw(block_shapes())
     J = random_J(K, sum(widths), seed=draw(st.integers(0, 2**16)), dtype=draw(st.sampled_from(dtypes)))
     return J.to(device), widths
+
+
+def structured_J(K: int, N: int, seed: int, structure: list[int], log_scales: list[float]) -> torch.Tensor:
+    """Random rows [K, N], then row i > 0 by ``structure[i]``: 0 kept, 1 zeroed, 2 a copy of row 0,
+    3 minus row 0, 4 row 0 tripled; then row i scaled by 10^log_scales[i] (copies become parallel
+    rows of other norms)."""
+    J = random_J(K, N, seed)
+    for i, kind in enumerate(structure[1:K], start=1):
+        J[i] = {0: J[i], 1: 0.0 * J[0], 2: J[0], 3: -J[0], 4: 3.0 * J[0]}[kind]
+    return J * torch.tensor([10.0**s for s in log_scales[:K]], dtype=torch.float64)[:, None]
+
+
+@st.composite
+def structured_gradients(draw: st.DrawFn, K: tuple[int, int], N: tuple[int, int], log_scales: list[float]) -> torch.Tensor:
+    """:func:`structured_J` with K and N drawn from the given ranges, a random seed and structure, and
+    each row's log₁₀ scale one of ``log_scales``."""
+    k = draw(st.integers(*K))
+    structure = draw(st.lists(st.integers(0, 4), min_size=k, max_size=k))
+    scales = draw(st.lists(st.sampled_from(log_scales), min_size=k, max_size=k))
+    return structured_J(k, draw(st.integers(*N)), draw(st.integers(0, 2**31 - 1)), structure, scales)
