@@ -15,6 +15,7 @@ __all__ = [
     "block_shapes",
     "conflicting_J",
     "random_J",
+    "scaled_gradients",
     "structured_J",
     "structured_gradients",
 ]
@@ -75,3 +76,13 @@ def structured_gradients(draw: st.DrawFn, K: tuple[int, int], N: tuple[int, int]
     structure = draw(st.lists(st.integers(0, 4), min_size=k, max_size=k))
     scales = draw(st.lists(st.sampled_from(log_scales), min_size=k, max_size=k))
     return structured_J(k, draw(st.integers(*N)), draw(st.integers(0, 2**31 - 1)), structure, scales)
+
+
+@st.composite
+def scaled_gradients(draw: st.DrawFn, K: tuple[int, int], N: tuple[int, int], log_scale: float) -> torch.Tensor:
+    """random_J [K, N] (K and N drawn from the given ranges, a random seed), row i scaled by 10^sᵢ
+    with sᵢ drawn from [−log_scale, log_scale]."""
+    k = draw(st.integers(*K))
+    J = random_J(k, draw(st.integers(*N)), seed=draw(st.integers(0, 2**31 - 1)))
+    exponents = draw(st.lists(st.floats(-log_scale, log_scale), min_size=k, max_size=k))
+    return J * torch.tensor([10.0**s for s in exponents], dtype=torch.float64)[:, None]
