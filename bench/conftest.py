@@ -1,11 +1,12 @@
 """Shared scaffolding of the microbenchmarks: the peer oracles of tests/peers.py (and LibMTL loaded
 as the tests load it), torch single-threaded per module, and :func:`record` for the numbers each
-benchmark reports."""
+benchmark reports, :func:`time_solve` for the K-space solve benchmarks and their (K, solver) grid
+(:func:`pytest_generate_tests`)."""
 from __future__ import annotations
 
 import os
 import sys
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
 import torch
@@ -50,3 +51,27 @@ def record(capsys) -> Callable[..., None]:
             print(f"\n{benchmark.group} {solver:18s} {info}")
 
     return record_numbers
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A benchmark taking ``K`` and ``solver`` runs for every K in its module's ``KS`` × every
+    solver in its ``SOLVERS``, with ids ``K<K>-<solver>``."""
+    if {"K", "solver"} <= set(metafunc.fixturenames):
+        grid = [(K, solver) for K in metafunc.module.KS for solver in metafunc.module.SOLVERS]
+        metafunc.parametrize("K, solver", grid, ids=[f"K{K}-{solver}" for K, solver in grid])
+
+
+@pytest.fixture
+def time_solve(benchmark, record) -> Callable[..., Any]:
+    """``time_solve(group, solver, solve, *args, baselines=(...), facts=result → dict)``: times
+    ``solve(*args)`` in benchmark group ``group``, then :func:`record`s it with ``facts(result)``;
+    returns the result."""
+
+    def timed(group: str, solver: str, solve: Callable[..., Any], *args: Any, baselines: tuple[str, ...] = (),
+              facts: Callable[[Any], dict[str, float]] = lambda result: {}) -> Any:
+        benchmark.group = group
+        result = benchmark(solve, *args)
+        record(benchmark, solver, baselines, **facts(result))
+        return result
+
+    return timed

@@ -93,10 +93,6 @@ def certificates(solver: str, K: int, seeds: range = range(5)) -> dict[str, floa
     return worst
 
 
-@pytest.mark.parametrize("K, solver", [(K, s) for K in KS for s in SOLVERS], ids=[f"K{K}-{s}" for K in KS for s in SOLVERS])
-def test_solve_cagrad(benchmark, record, K, solver):
-    gram = random_gram(K)
-    solve = solve_function(solver)
-    benchmark.group = f"cagrad solve K={K}"
-    benchmark(solve, gram)
-    record(benchmark, solver, ("authors_slsqp",), **certificates(solver, K))
+def test_solve_cagrad(time_solve, K, solver):
+    time_solve(f"cagrad solve K={K}", solver, solve_function(solver), random_gram(K), baselines=("authors_slsqp",),
+               facts=lambda _: certificates(solver, K))

@@ -87,11 +87,9 @@ def certificate(weights: Tensor, gram: Tensor, exact: Tensor) -> dict[str, float
     return {"residual": equal_projection_residual(gram, weights), "weights_error": float(error)}
 
 
-@pytest.mark.parametrize("K, solver", [(K, s) for K in KS for s in SOLVERS], ids=[f"K{K}-{s}" for K in KS for s in SOLVERS])
-def test_solve_imtl(benchmark, record, K, solver):
+def test_solve_imtl(time_solve, K, solver):
     J = against_first_J(K, N)
     gram = J @ J.T
     solve, argument = solver_call(solver, J)
-    benchmark.group = f"imtl solve K={K}"
-    weights = benchmark(solve, argument)
-    record(benchmark, solver, BASELINES, **certificate(weights, gram, exact_weights(gram)))
+    time_solve(f"imtl solve K={K}", solver, solve, argument, baselines=BASELINES,
+               facts=lambda weights: certificate(weights, gram, exact_weights(gram)))

@@ -59,10 +59,7 @@ def certificate(solver: str, K: int, seeds: range = range(5)) -> dict[str, float
     return worst
 
 
-@pytest.mark.parametrize("K, solver", [(K, s) for K in KS for s in SOLVERS], ids=[f"K{K}-{s}" for K in KS for s in SOLVERS])
-def test_solve_mgda(benchmark, record, K, solver):
+def test_solve_mgda(time_solve, K, solver):
     J = against_first_J(K, N)
-    gram = J @ J.T
-    benchmark.group = f"mgda solve K={K}"
-    benchmark(solve_function(solver), gram)
-    record(benchmark, solver, ("authors_fw",), **certificate(solver, K))
+    time_solve(f"mgda solve K={K}", solver, solve_function(solver), J @ J.T, baselines=("authors_fw",),
+               facts=lambda _: certificate(solver, K))

@@ -121,7 +121,6 @@ def residual(gram: Tensor, alpha: object) -> float:
 
 @pytest.mark.filterwarnings("ignore:You are solving a parameterized problem that is not DPP")
 @pytest.mark.filterwarnings("ignore:Solution may be inaccurate")
-@pytest.mark.parametrize("K, solver", [(K, s) for K in KS for s in SOLVERS], ids=[f"K{K}-{s}" for K in KS for s in SOLVERS])
 def test_solve_nash_mtl(benchmark, record, K, solver):
     require_peer("cvxpy")
     sequence = gradient_sequence(K)

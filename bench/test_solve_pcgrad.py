@@ -113,10 +113,6 @@ def solve_function(solver: str):
     return PCGradWeighting(backend=solver, generator=torch.Generator().manual_seed(0))
 
 
-@pytest.mark.parametrize("K, solver", [(K, s) for K in KS for s in SOLVERS], ids=[f"K{K}-{s}" for K in KS for s in SOLVERS])
-def test_solve_pcgrad(benchmark, record, K, solver):
-    gram = random_gram(K)
-    solve = solve_function(solver)
-    benchmark.group = f"pcgrad solve K={K}"
-    benchmark(solve, gram)
-    record(benchmark, solver, ("authors_loop",), **certificate(solver, K))
+def test_solve_pcgrad(time_solve, K, solver):
+    time_solve(f"pcgrad solve K={K}", solver, solve_function(solver), random_gram(K), baselines=("authors_loop",),
+               facts=lambda _: certificate(solver, K))

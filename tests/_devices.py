@@ -1,8 +1,12 @@
-"""Device and skip marks shared by the tests (tests/conftest.py has set TRITON_INTERPRET=1 on a
+"""Device and skip marks and the no-host-sync check shared by the tests (tests/conftest.py has set TRITON_INTERPRET=1 on a
 machine without CUDA before this imports mtlkernels)."""
+import contextlib
+from typing import Iterator
+
 import pytest
 import torch
 
+import mtlkernels as mk
 from mtlkernels import _extension
 from mtlkernels.backend import triton_interpreted
 
@@ -32,3 +36,25 @@ def poison_empty(monkeypatch: pytest.MonkeyPatch, module) -> None:
         return out.fill_(float("nan") if out.is_floating_point() else True if out.dtype == torch.bool else -7)
 
     monkeypatch.setattr(module.torch, "empty", poisoned)
+
+
+@contextlib.contextmanager
+def no_host_sync() -> Iterator[None]:
+    """Within the block, any CUDA call that makes the host wait for the GPU raises (torch's sync
+    debug mode "error"); the GPU is idle when it starts, so earlier work does not count."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def solve_without_host_sync(J: torch.Tensor, weighting) -> tuple:
+    """``mk.aggregate(J, weighting)`` and the solve of its Γ again, both inside :func:`no_host_sync`
+    (after a first aggregate outside it, which compiles the kernels). Returns (result, solution)."""
+    mk.aggregate(J, weighting)
+    with no_host_sync():
+        result = mk.aggregate(J, weighting)
+        solution = weighting(result.gram)
+    return result, solution

@@ -19,6 +19,7 @@ Tolerances (relative to the natural scale Σᵢ|wᵢ|·‖gᵢ‖, see support.p
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import pytest
@@ -29,6 +30,7 @@ from hypothesis import strategies as st
 import mtlkernels as mk
 from conformance.support import (
     BACKENDS,
+    METHODS,
     CPP_AVAILABLE,
     assert_direction_close,
     assert_direction_is_combination,
@@ -118,6 +120,19 @@ def test_weighting_on_a_gram_matches_aggregate(method, backend):
     assert_weights_close(solution.weights, run(J, method, backend, **options).weights, J, BACKEND_RTOL)
 
 
+def _run_against_reference(J: torch.Tensor, method: str, backend: str, options: dict[str, Any], weights: bool = True):
+    """mk.aggregate of J on ``backend``: d = wᵀJ, d as the float64 reference's, and (where the method's
+    weights are unique on J: ``weights``) w as the reference's. Returns the result."""
+    result = run(J, method, backend, **options)
+    assert_direction_is_combination(result, J)
+    expected = reference(J, method, **options)
+    rtol = REFERENCE_RTOL64[method]
+    assert_direction_close(result.direction, expected.direction, natural_scale(expected.weights, J), rtol)
+    if weights:
+        assert_weights_close(result.weights, expected.weights, J, rtol, "weights vs reference")
+    return result
+
+
 # -- symmetry and scale ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("method, backend", grid())
 def test_permutation_equivariance(method, backend):
@@ -137,13 +152,15 @@ def test_permutation_equivariance(method, backend):
 #: J → c·J: w → c^a·w and d → c^b·d, (a, b) from each method's definition.
 #: mean, PCGrad (projection coefficients gᵢ'·gⱼ/‖gⱼ‖² are scale-free), CAGrad (u is scale-free), IMTL-G
 #: (Σw = 1, equal projections), MGDA (the min-norm point of the hull scales with it): (0, 1).
-#: Nash-MTL: αᵢ(Γα)ᵢ = 1 with Γ → c²Γ gives α → α/c, and ‖d‖ = √K (or the clip) is unchanged: (−1, 0).
+#: Nash-MTL: αᵢ(Γα)ᵢ = 1 with Γ → c²Γ gives α → α/c, and ‖d‖ = √K (or the clip) is unchanged: (−1, 0),
+#: with the clip to max_norm = 1 and without it (max_norm = 0).
 #: MGDA with l2 normalisation and combination "normalized": d = Σ wᵢgᵢ/‖gᵢ‖ is scale-free: (−1, 0).
 GLOBAL_SCALE = [
     ("mean", {}, 0, 1),
     ("pcgrad", {}, 0, 1),
     ("cagrad", {}, 0, 1),
     ("nash_mtl", {}, -1, 0),
+    ("nash_mtl", {"max_norm": 0.0}, -1, 0),
     ("imtl", {}, 0, 1),
     ("mgda", {}, 0, 1),
     ("mgda", {"normalization": "l2"}, 0, 1),
@@ -151,7 +168,8 @@ GLOBAL_SCALE = [
 ]
 
 
-def _scale_grid(table: list[tuple]) -> list[Any]:
+def _table_grid(table: list[tuple]) -> list[Any]:
+    """pytest params (*row, backend) for every row (method, options, ...) × backend."""
     params = []
     for row in table:
         for backend in backend_params():
@@ -160,12 +178,12 @@ def _scale_grid(table: list[tuple]) -> list[Any]:
     return params
 
 
-@pytest.mark.parametrize("method, variant, weight_power, direction_power, backend", _scale_grid(GLOBAL_SCALE))
+@pytest.mark.parametrize("method, variant, weight_power, direction_power, backend", _table_grid(GLOBAL_SCALE))
 def test_global_scale(method, variant, weight_power, direction_power, backend):
     J = random_J(4, 12, seed=8)
     options = {**deterministic_options(method, 4, seed=8), **variant}
     base = run(J, method, backend, **options)
-    for c in (2.0**-20, 1e5):
+    for c in (1e-15, 2.0**-20, 1e5, 1e15):
         scaled = run(c * J, method, backend, **options)
         assert_direction_is_combination(scaled, c * J)
         assert_weights_close(scaled.weights, c**weight_power * base.weights, c * J, EXACT_RTOL)
@@ -187,10 +205,10 @@ PER_TASK_SCALE = [
 ]
 
 
-@pytest.mark.parametrize("method, variant, weight_power, renormalise, backend", _scale_grid(PER_TASK_SCALE))
+@pytest.mark.parametrize("method, variant, weight_power, renormalise, backend", _table_grid(PER_TASK_SCALE))
 def test_per_task_scale(method, variant, weight_power, renormalise, backend):
     J = random_J(4, 12, seed=9)
-    s = torch.tensor([1e-3, 1.0, 1e3, 7.5], dtype=torch.float64)
+    s = torch.tensor([1e-12, 3.0, 1e9, 0.5], dtype=torch.float64)
     base_options, scaled_options = dict(variant), dict(variant)
     if variant.get("normalization") == "loss":  # scaling a task's loss scales its gradient and its value
         base_options["losses"], scaled_options["losses"] = LOSSES[:4], LOSSES[:4] * s
@@ -204,58 +222,95 @@ def test_per_task_scale(method, variant, weight_power, renormalise, backend):
 
 
 # -- degenerate and special inputs ----------------------------------------------------------------------
-#: K = 1, ‖g‖ = 2.5: d = w·g with w: 1 for the mean, PCGrad (nothing to project), IMTL-G (Σw = 1) and
+#: K = 1, ‖g‖ = n: d = w·g with w: 1 for the mean, PCGrad (nothing to project), IMTL-G (Σw = 1) and
 #: MGDA (the hull is {g}); CAGrad: d = g + c‖g‖·g/‖g‖ = (1 + c)g, ÷(1 + c²) → 1.5/1.25 = 1.2;
-#: Nash-MTL: α·‖g‖²·α = 1 → α = 1/‖g‖ = 0.4, ‖d‖ = 1 is not clipped.
-SINGLE_TASK_WEIGHT = {"mean": 1.0, "pcgrad": 1.0, "cagrad": 1.2, "nash_mtl": 0.4, "imtl": 1.0, "mgda": 1.0}
+#: Nash-MTL: α·‖g‖²·α = 1 → α = 1/‖g‖, ‖d‖ = 1 is not clipped.
+SINGLE_TASK_WEIGHT: dict[str, Callable[[float], float]] = {
+    "mean": lambda n: 1.0,
+    "pcgrad": lambda n: 1.0,
+    "cagrad": lambda n: 1.2,
+    "nash_mtl": lambda n: 1.0 / n,
+    "imtl": lambda n: 1.0,
+    "mgda": lambda n: 1.0,
+}
+#: a literal weight up to a few roundings of the solve's closed form
+SINGLE_TASK_RTOL = 4 * torch.finfo(torch.float64).eps
 
 
 @pytest.mark.parametrize("method, backend", grid())
 def test_single_task(method, backend):
+    """K = 1 at norms 2.5e-20, 2.5 and 2.5e20 (Γ = ‖g‖² spanning 1e±40)."""
     g = random_J(1, 10, seed=10)
-    g = g / torch.linalg.vector_norm(g) * 2.5
-    result = run(g, method, backend, **deterministic_options(method, 1))
-    assert_direction_is_combination(result, g)
-    expected = torch.tensor([SINGLE_TASK_WEIGHT[method]], dtype=torch.float64)
-    torch.testing.assert_close(result.weights, expected, rtol=EXACT_RTOL, atol=0)
+    g = g / torch.linalg.vector_norm(g)
+    for n in (2.5e-20, 2.5, 2.5e20):
+        result = run(n * g, method, backend, **deterministic_options(method, 1))
+        assert_direction_is_combination(result, n * g)
+        expected = torch.tensor([SINGLE_TASK_WEIGHT[method](n)], dtype=torch.float64)
+        torch.testing.assert_close(result.weights, expected, rtol=SINGLE_TASK_RTOL, atol=0, msg=f"‖g‖ = {n}")
 
 
-#: J with g₁ = 0 among three generic gradients: (weight of the zero task, the others' weights).
-#: "reduced": the others' weights are the method's on J without the zero row (PCGrad never projects
-#: on or off a zero gradient; Nash-MTL and IMTL-G give it weight 0 and solve on the rest); "zero":
-#: all others 0 (MGDA: the min-norm point of a hull holding 0 is 0, weight on the zero gradient);
-#: None: not defined by the method beyond the reference (CAGrad: a zero gradient caps the worst
-#: improvement at 0; its weight does not change d).
-ZERO_ROW = {
-    "mean": (0.25, None),
-    "pcgrad": (1.0, "reduced"),
-    "cagrad": (None, None),
-    "nash_mtl": (0.0, "reduced"),
-    "imtl": (0.0, "reduced"),
-    "mgda": (1.0, "zero"),
+#: J = 0 ([K, N]): d = 0 exactly, with each method's weights: the mean's 1/K; PCGrad nothing to
+#: project, 1; CAGrad g₀ = 0 so d = g₀ with the mean's weights ÷(1 + c²); Nash-MTL no positive
+#: solution, every task dropped, 0; IMTL-G no direction to be impartial about, the mean's 1/K; MGDA
+#: every point of the hull is 0, the even weights 1/K.
+ALL_ZERO_WEIGHT: dict[str, Callable[[int], float]] = {
+    "mean": lambda K: 1.0 / K,
+    "pcgrad": lambda K: 1.0,
+    "cagrad": lambda K: 1.0 / K / CAGRAD_DIVISOR,
+    "nash_mtl": lambda K: 0.0,
+    "imtl": lambda K: 1.0 / K,
+    "mgda": lambda K: 1.0 / K,
 }
 
 
 @pytest.mark.parametrize("method, backend", grid())
-def test_zero_row(method, backend):
-    J = random_J(4, 10, seed=11)
-    J[1] = 0
-    options = deterministic_options(method, 4, seed=11)
-    result = run(J, method, backend, **options)
-    assert_direction_is_combination(result, J)
-    expected = reference(J, method, **options)
-    assert_weights_close(result.weights, expected.weights, J, REFERENCE_RTOL64[method], "weights vs reference")
-    assert_direction_close(result.direction, expected.direction, natural_scale(expected.weights, J), REFERENCE_RTOL64[method])
-    zero_weight, others = ZERO_ROW[method]
-    if zero_weight is not None:
-        assert float(result.weights[1]) == pytest.approx(zero_weight, rel=EXACT_RTOL, abs=0)
-    keep = torch.tensor([0, 2, 3])
-    if others == "reduced":
-        reduced_options = {"order": restrict(options["order"], keep)} if method == "pcgrad" else {}
-        reduced = run(J[keep], method, backend, **reduced_options)
-        assert_weights_close(result.weights[keep], reduced.weights, J[keep], EXACT_RTOL, "weights vs J without the zero row")
-    elif others == "zero":
-        assert result.weights[keep].tolist() == [0.0, 0.0, 0.0]
+def test_all_zero_gradients(method, backend):
+    for K in (1, 4):
+        J = torch.zeros(K, 10, dtype=torch.float64)
+        result = run(J, method, backend, **deterministic_options(method, K))
+        assert_direction_is_combination(result, J)
+        expected = torch.full((K,), ALL_ZERO_WEIGHT[method](K), dtype=torch.float64)
+        torch.testing.assert_close(result.weights, expected, rtol=SINGLE_TASK_RTOL, atol=0, msg=f"K = {K}")
+        assert not bool(result.direction.any()), f"K = {K}: d ≠ 0"
+
+
+#: J with zero rows among generic gradients (K tasks, z of them zero): (weight of each zero task, the
+#: others' weights). "reduced": the others' weights are the method's on J without the zero rows
+#: (PCGrad never projects on or off a zero gradient; Nash-MTL and IMTL-G give them weight 0 and solve
+#: on the rest); "zero": all others 0 (MGDA: the min-norm point of a hull holding 0 is 0, the weight
+#: shared evenly by the zero gradients); None: not defined by the method beyond the reference
+#: (CAGrad: a zero gradient caps the worst improvement at 0; its weight does not change d).
+ZERO_ROW: dict[str, tuple[Callable[[int, int], float] | None, str | None]] = {
+    "mean": (lambda K, z: 1.0 / K, None),
+    "pcgrad": (lambda K, z: 1.0, "reduced"),
+    "cagrad": (None, None),
+    "nash_mtl": (lambda K, z: 0.0, "reduced"),
+    "imtl": (lambda K, z: 0.0, "reduced"),
+    "mgda": (lambda K, z: 1.0 / z, "zero"),
+}
+#: the diagnostics that name the zero tasks
+ZERO_ROW_DIAGNOSTICS = {"nash_mtl": "dropped_tasks", "imtl": "zero_tasks"}
+
+
+@pytest.mark.parametrize("method, backend", grid())
+def test_zero_rows(method, backend):
+    for zero in ([1], [1, 3]):
+        J = random_J(5, 10, seed=11)
+        J[zero] = 0
+        options = deterministic_options(method, 5, seed=11)
+        result = _run_against_reference(J, method, backend, options)
+        zero_weight, others = ZERO_ROW[method]
+        if zero_weight is not None:
+            assert result.weights[zero].tolist() == pytest.approx([zero_weight(5, len(zero))] * len(zero), rel=EXACT_RTOL, abs=0)
+        keep = torch.tensor([i for i in range(5) if i not in zero])
+        if others == "reduced":
+            reduced_options = {"order": restrict(options["order"], keep)} if method == "pcgrad" else {}
+            reduced = run(J[keep], method, backend, **reduced_options)
+            assert_weights_close(result.weights[keep], reduced.weights, J[keep], EXACT_RTOL, f"weights vs J without rows {zero}")
+        elif others == "zero":
+            assert result.weights[keep].tolist() == [0.0] * len(keep)
+        if method in ZERO_ROW_DIAGNOSTICS:
+            assert mk.diagnostics_to_python(result.diagnostics)[ZERO_ROW_DIAGNOSTICS[method]] == zero
 
 
 @pytest.mark.parametrize("method, backend", grid())
@@ -268,16 +323,11 @@ def test_duplicate_rows(method, backend):
     distinct = random_J(3, 10, seed=12)
     J = torch.cat([distinct[:1], distinct])
     options = deterministic_options(method, 4, seed=12)
-    result = run(J, method, backend, **options)
-    assert_direction_is_combination(result, J)
-    expected = reference(J, method, **options)
-    rtol = REFERENCE_RTOL64[method]
-    assert_direction_close(result.direction, expected.direction, natural_scale(expected.weights, J), rtol)
-    if method in ("cagrad", "mgda"):
-        merged, merged_expected = _merge_first_two(result.weights), _merge_first_two(expected.weights)
-        assert_weights_close(merged, merged_expected, distinct, rtol, "weights (duplicates summed) vs reference")
-    else:
-        assert_weights_close(result.weights, expected.weights, J, rtol, "weights vs reference")
+    split_either_way = method in ("cagrad", "mgda")
+    result = _run_against_reference(J, method, backend, options, weights=not split_either_way)
+    if split_either_way:
+        merged, merged_expected = _merge_first_two(result.weights), _merge_first_two(reference(J, method, **options).weights)
+        assert_weights_close(merged, merged_expected, distinct, REFERENCE_RTOL64[method], "weights (duplicates summed) vs reference")
     if method == "mean":
         assert result.weights.tolist() == [0.25] * 4
     if method in ("nash_mtl", "imtl"):
@@ -297,37 +347,42 @@ def _merge_first_two(weights: torch.Tensor) -> torch.Tensor:
 #: = 0.4; Nash-MTL no positive solution, both tasks cancel: 0; IMTL-G the unique impartial weights
 #: summing to 1: ½ (its docstring's example); MGDA the min-norm point 0 = ½g + ½(−g): ½.
 OPPOSITE_WEIGHTS = {"mean": 0.5, "pcgrad": 2.0, "cagrad": 0.4, "nash_mtl": 0.0, "imtl": 0.5, "mgda": 0.5}
+#: what each method's diagnostics say of (g, −g): CAGrad's degenerate case (g₀ = 0); IMTL-G's
+#: rank-deficient fallback with a unique answer; Nash-MTL drops both tasks.
+OPPOSITE_DIAGNOSTICS: dict[str, dict[str, Any]] = {
+    "cagrad": {"degenerate": True},
+    "imtl": {"fallback": True, "unique": True},
+    "nash_mtl": {"dropped_tasks": [0, 1]},
+}
 
 
 @pytest.mark.parametrize("method, backend", grid())
 def test_opposite_rows(method, backend):
+    """d = w₀g − w₁g vanishes up to the rounding of the two terms: ‖d‖ ≤ 2·eps·(|w₀| + |w₁|)·‖g‖."""
     g = random_J(1, 10, seed=13)
     J = torch.cat([g, -g])
     result = run(J, method, backend, **deterministic_options(method, 2, seed=13))
     assert_direction_is_combination(result, J)
     expected = torch.full((2,), OPPOSITE_WEIGHTS[method], dtype=torch.float64)
     torch.testing.assert_close(result.weights, expected, rtol=EXACT_RTOL, atol=EXACT_RTOL)
-    scale = 4.0 * float(torch.linalg.vector_norm(g))
-    assert float(torch.linalg.vector_norm(result.direction)) <= EXACT_RTOL * scale
+    scale = natural_scale(expected, J)
+    assert float(torch.linalg.vector_norm(result.direction)) <= 2 * torch.finfo(torch.float64).eps * scale
+    diagnostics = mk.diagnostics_to_python(result.diagnostics)
+    assert {k: diagnostics[k] for k in OPPOSITE_DIAGNOSTICS.get(method, {})} == OPPOSITE_DIAGNOSTICS.get(method, {})
 
 
 @pytest.mark.parametrize("method, backend", grid())
 def test_opposite_rows_among_others(method, backend):
-    """J = (g, −g, h): as the reference. Nash-MTL drops the cancelling pair and solves h alone:
-    w = (0, 0, 1/‖h‖). CAGrad's weights are not unique here (u moves freely along g − g), only d."""
-    J = random_J(2, 10, seed=14)
-    J = torch.stack([J[0], -J[0], J[1]])
-    options = deterministic_options(method, 3, seed=14)
-    result = run(J, method, backend, **options)
-    assert_direction_is_combination(result, J)
-    expected = reference(J, method, **options)
-    rtol = REFERENCE_RTOL64[method]
-    assert_direction_close(result.direction, expected.direction, natural_scale(expected.weights, J), rtol)
-    if method != "cagrad":
-        assert_weights_close(result.weights, expected.weights, J, rtol, "weights vs reference")
+    """J = (g, −g, h, k): as the reference. Nash-MTL drops the cancelling pair (weight exactly 0) and
+    solves (h, k) alone. CAGrad's weights are not unique here (u moves freely along g − g), only d."""
+    J = random_J(3, 10, seed=14)
+    J = torch.stack([J[0], -J[0], J[1], J[2]])
+    result = _run_against_reference(J, method, backend, deterministic_options(method, 4, seed=14), weights=method != "cagrad")
     if method == "nash_mtl":
-        literal = torch.tensor([0.0, 0.0, 1.0 / float(torch.linalg.vector_norm(J[2]))], dtype=torch.float64)
-        torch.testing.assert_close(result.weights, literal, rtol=EXACT_RTOL, atol=0)
+        assert result.weights[:2].tolist() == [0.0, 0.0]
+        assert mk.diagnostics_to_python(result.diagnostics)["dropped_tasks"] == [0, 1]
+        rest = run(J[2:], method, backend)
+        assert_weights_close(result.weights[2:], rest.weights, J[2:], EXACT_RTOL, "weights vs (h, k) alone")
 
 
 def _check_mean(result, J):
@@ -337,6 +392,12 @@ def _check_mean(result, J):
 def _check_pcgrad(result, J):
     """Nothing conflicts: no projection, d = Σgᵢ (reduction "sum")."""
     assert result.weights.tolist() == [1.0] * J.shape[0]
+    assert int(result.diagnostics["projections"]) == 0
+
+
+def _check_pcgrad_mean(result, J):
+    """Nothing conflicts: no projection, d = Σgᵢ/K (reduction "mean")."""
+    assert result.weights.tolist() == [1.0 / J.shape[0]] * J.shape[0]
     assert int(result.diagnostics["projections"]) == 0
 
 
@@ -362,26 +423,27 @@ def _check_mgda(result, J):
 
 
 #: all pairwise gᵢ·gⱼ > 0: what each method reduces to, where it defines it (IMTL-G does not).
-NON_CONFLICTING: dict[str, Callable] = {
-    "mean": _check_mean,
-    "pcgrad": _check_pcgrad,
-    "cagrad": _check_cagrad,
-    "nash_mtl": _check_nash_mtl,
-    "mgda": _check_mgda,
-}
+NON_CONFLICTING: list[tuple[str, dict[str, Any], Callable]] = [
+    ("mean", {}, _check_mean),
+    ("pcgrad", {}, _check_pcgrad),
+    ("pcgrad", {"reduction": "mean"}, _check_pcgrad_mean),
+    ("cagrad", {}, _check_cagrad),
+    ("nash_mtl", {}, _check_nash_mtl),
+    ("mgda", {}, _check_mgda),
+]
 
 
-@pytest.mark.parametrize("method, backend", grid(methods=tuple(NON_CONFLICTING)))
-def test_non_conflicting(method, backend):
+@pytest.mark.parametrize("method, variant, check, backend", _table_grid(NON_CONFLICTING))
+def test_non_conflicting(method, variant, check, backend):
     generator = torch.Generator().manual_seed(15)
     J = torch.zeros(4, 10, dtype=torch.float64)
     J[:, 0] = 3.0
     J = J + 0.5 * torch.randn(4, 10, generator=generator, dtype=torch.float64)
     gram = J @ J.T
     assert bool((gram > 0).all()), "the input must be conflict-free"
-    result = run(J, method, backend, **deterministic_options(method, 4, seed=15))
+    result = run(J, method, backend, **deterministic_options(method, 4, seed=15), **variant)
     assert_direction_is_combination(result, J)
-    NON_CONFLICTING[method](result, J)
+    check(result, J)
 
 
 def _pareto_stationary_J() -> torch.Tensor:
@@ -391,41 +453,36 @@ def _pareto_stationary_J() -> torch.Tensor:
     return torch.tensor([[3.0, 0.0], [-1.0, 2.0], [-1.0, -1.0]], dtype=torch.float64) @ plane
 
 
-#: 0 ∈ conv{gᵢ} (no zero gradient): (options, weights or None, check of the diagnostics or None); d = 0
-#: for all of these. MGDA: the min-norm point is 0 at the unique hull weights (¼, ¼, ½). IMTL-G:
-#: only d = 0 has equal projections on the three unit gradients of a plane, at those weights.
-#: Nash-MTL: no positive solution, all three cancel: weight 0. CAGrad with c = 1.5: the ball
-#: around g₀ reaches 0 and no d has gᵢ·d ≥ 0 for all i but 0, so the degenerate case gives d = 0.
-PARETO_STATIONARY = {
-    "mgda": ({}, [0.25, 0.25, 0.5]),
-    "imtl": ({}, [0.25, 0.25, 0.5]),
-    "nash_mtl": ({}, [0.0, 0.0, 0.0]),
-    "cagrad": ({"c": 1.5}, None),
+#: 0 ∈ conv{gᵢ} (no zero gradient): (options, weights or None, diagnostics); d = 0 for all of these,
+#: and a weight of 0 is exactly 0. MGDA: the min-norm point is 0 at the unique hull weights (¼, ¼, ½).
+#: IMTL-G: only d = 0 has equal projections on the three unit gradients of a plane, at those weights.
+#: Nash-MTL: no positive solution, all three cancel and are dropped: weight 0, and the residual
+#: √(kept residual² + number dropped) = √3. CAGrad with c = 1.5: the ball around g₀ reaches 0 and
+#: no d has gᵢ·d ≥ 0 for all i but 0, so the degenerate case gives d = 0.
+PARETO_STATIONARY: dict[str, tuple[dict[str, Any], list[float] | None, dict[str, Any]]] = {
+    "mgda": ({}, [0.25, 0.25, 0.5], {}),
+    "imtl": ({}, [0.25, 0.25, 0.5], {}),
+    "nash_mtl": ({}, [0.0, 0.0, 0.0], {"dropped_tasks": [0, 1, 2], "residual": pytest.approx(math.sqrt(3), rel=EXACT_RTOL)}),
+    "cagrad": ({"c": 1.5}, None, {"degenerate": True}),
 }
 
 
 @pytest.mark.parametrize("method, backend", grid())
 def test_pareto_stationary(method, backend):
     J = _pareto_stationary_J()
-    options = deterministic_options(method, 3, seed=16)
-    result = run(J, method, backend, **options)
-    assert_direction_is_combination(result, J)
-    expected = reference(J, method, **options)
-    rtol = REFERENCE_RTOL64[method]
-    assert_direction_close(result.direction, expected.direction, natural_scale(expected.weights, J), rtol)
-    if method != "cagrad":
-        assert_weights_close(result.weights, expected.weights, J, rtol, "weights vs reference")
+    _run_against_reference(J, method, backend, deterministic_options(method, 3, seed=16), weights=method != "cagrad")
     if method not in PARETO_STATIONARY:
         return
-    variant, weights = PARETO_STATIONARY[method]
+    variant, weights, facts = PARETO_STATIONARY[method]
     result = run(J, method, backend, **variant)
     assert_direction_is_combination(result, J)
     scale = float(torch.linalg.vector_norm(J, dim=1).sum())
     assert float(torch.linalg.vector_norm(result.direction)) <= EXACT_RTOL * scale
     if weights is not None:
         torch.testing.assert_close(result.weights, torch.tensor(weights, dtype=torch.float64), rtol=0, atol=EXACT_RTOL)
-    if method == "cagrad":
-        assert bool(result.diagnostics["degenerate"])
+        assert [float(w) for w, literal in zip(result.weights, weights) if literal == 0.0] == [0.0] * weights.count(0.0)
+    diagnostics = mk.diagnostics_to_python(result.diagnostics)
+    assert {k: diagnostics[k] for k in facts} == facts
 
 
 # -- beyond every backend's task limit ------------------------------------------------------------------
@@ -437,10 +494,53 @@ LARGE_K = {"torch": (257, 8), "cpp": (257, 8), "auto": (257, 8), "triton": (65, 
 
 @pytest.mark.parametrize("method, backend", grid(backends=("auto", *BACKENDS)))
 def test_beyond_the_task_limit_falls_back(method, backend):
+    """mk.aggregate runs; the solve on Γ is the torch solve's, to the bit, with the same diagnostics."""
     K, N = LARGE_K[backend]
     J = random_J(K, N, seed=17, dtype=torch.float32 if backend == "triton" else torch.float64)
-    result = run(J, method, backend, **deterministic_options(method, K, seed=17))
+    options = deterministic_options(method, K, seed=17)
+    result = run(J, method, backend, **options)
     assert_direction_is_combination(result, J)
+    if backend == "torch":
+        return
+    gram = J.to(torch.float64) @ J.to(torch.float64).T
+    solution = mk.methods.make_weighting(method, backend=backend, **options)(gram.to(device(backend)))
+    on_torch = mk.methods.make_weighting(method, backend="torch", **options)(gram)
+    assert torch.equal(solution.weights.cpu(), on_torch.weights)
+    assert mk.diagnostics_to_python(solution.diagnostics) == mk.diagnostics_to_python(on_torch.diagnostics)
+
+
+@pytest.mark.skipif(not CPP_AVAILABLE, reason="C++ extension not built")
+@pytest.mark.parametrize("method", mk.METHODS)
+def test_auto_on_cpu_solves_in_cpp(method):
+    """backend="auto" on a CPU Γ within the C++ limit is the C++ solve, to the bit."""
+    J = random_J(5, 12, seed=19)
+    options = deterministic_options(method, 5, seed=19)
+    gram = J @ J.T
+    auto = mk.methods.make_weighting(method, **options)(gram)
+    cpp = mk.methods.make_weighting(method, backend="cpp", **options)(gram)
+    assert torch.equal(auto.weights, cpp.weights)
+    assert mk.diagnostics_to_python(auto.diagnostics) == mk.diagnostics_to_python(cpp.diagnostics)
+
+
+# -- bad Γ ------------------------------------------------------------------------------------------------
+def _bad_grams() -> list[tuple[torch.Tensor, str]]:
+    nan_off_diagonal = torch.eye(3, dtype=torch.float64)
+    nan_off_diagonal[1, 2] = float("nan")
+    return [
+        (nan_off_diagonal, "non-finite"),
+        (torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64)), "negative diagonal"),
+        (torch.ones(2, 3, dtype=torch.float64), "square"),
+    ]
+
+
+@pytest.mark.parametrize("method, backend", grid(methods=tuple(m for m in METHODS if m != "mean")))
+def test_bad_gram_is_named(method, backend):
+    """A Γ that is not a Gram matrix raises a ValueError naming the problem, on every backend (the
+    mean reads only Γ's shape)."""
+    weighting = mk.methods.make_weighting(method, backend=backend)
+    for gram, message in _bad_grams():
+        with pytest.raises(ValueError, match=message):
+            weighting(gram.to(device(backend)))
 
 
 # -- diagnostics ----------------------------------------------------------------------------------------

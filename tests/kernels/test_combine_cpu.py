@@ -4,8 +4,6 @@ strides, accumulate mode, extreme scales and weights, NaN propagation, determini
 backend, errors."""
 from __future__ import annotations
 
-import importlib
-
 import pytest
 import torch
 from hypothesis import given, settings
@@ -15,7 +13,7 @@ import mtlkernels as mk
 from mtlkernels import _extension
 from mtlkernels.combine import _combine_cpp
 from _devices import requires_cpp
-from cases import random_J
+from cases import awkward_blocks, block_shapes, random_J
 
 pytestmark = requires_cpp
 
@@ -78,26 +76,10 @@ def test_accumulate(K, dtype):
     assert_combination(out, w, J, base=base)
 
 
-def awkward_blocks(K: int, dtype: torch.dtype) -> list[torch.Tensor]:
-    """Views with a row stride into one buffer (one an element in, one [K, 3, 4, 5]), an empty
-    block, a [K, 1] block, a transposed block (column stride K: the launcher copies it), and a
-    block longer than one parallel chunk."""
-    buffer = random_J(K, 1 + 60 + 1000 + 17, seed=21, dtype=dtype)
-    return [
-        buffer[:, 1:61].reshape(K, 3, 4, 5),
-        buffer[:, 61:61],
-        buffer[:, 61:1061],
-        random_J(K, 1, seed=22, dtype=dtype),
-        buffer[:, 1061:],
-        random_J(33, K, seed=23, dtype=dtype).T,
-        random_J(K, 40000, seed=24, dtype=dtype)[:, 5:38005],
-    ]
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("K", [1, 5, 17])
 def test_block_list_into_given_outputs(K, dtype):
-    blocks, w = awkward_blocks(K, dtype), weights(K, seed=5)
+    blocks, w = awkward_blocks(K, dtype, long_columns=38000, seed=21), weights(K, seed=5)  # longer than a parallel chunk
     outs = [torch.full(b.shape[1:], float("nan"), dtype=dtype) for b in blocks]
     result = mk.combine(w, blocks, out=outs, backend="cpp")
     assert all(r is o for r, o in zip(result, outs))
@@ -179,21 +161,16 @@ def test_aggregate_end_to_end():
     torch.testing.assert_close(ours.gram, theirs.gram, rtol=1e-12, atol=1e-9)
 
 
-def test_auto_uses_cpp_on_cpu():
-    combine_module = importlib.import_module("mtlkernels.combine")  # the package attribute is the function
-    assert mk.backend.select("combine", combine_module._IMPLS, "auto", torch.device("cpu")) is _combine_cpp
-
-
 @settings(max_examples=25, deadline=None)
 @given(
-    K=st.integers(1, 20),
-    sizes=st.lists(st.integers(0, 3000), min_size=1, max_size=4).filter(lambda s: sum(s) > 0),
+    shape=block_shapes(min_width=0, max_width=3000, max_blocks=4),
     dtype=st.sampled_from(DTYPES),
     out_dtype=st.sampled_from(DTYPES),
     accumulate=st.booleans(),
     seed=st.integers(0, 2**16),
 )
-def test_random_block_lists(K, sizes, dtype, out_dtype, accumulate, seed):
+def test_random_block_lists(shape, dtype, out_dtype, accumulate, seed):
+    K, sizes = shape
     blocks = [random_J(K, n, seed=seed + i, dtype=dtype) for i, n in enumerate(sizes)]
     w = weights(K, seed=seed)
     bases = [random_J(1, n, seed=seed - i, dtype=out_dtype)[0] for i, n in enumerate(sizes)]

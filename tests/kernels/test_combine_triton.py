@@ -15,7 +15,7 @@ import mtlkernels as mk  # noqa: E402
 from _devices import TRITON_DEVICE as DEVICE, requires_cuda, requires_triton  # noqa: E402
 from mtlkernels.kernels.combine import combine_config, triton_combine  # noqa: E402
 from mtlkernels.kernels.gram import triton_gram  # noqa: E402
-from cases import adversarial_cases, random_J  # noqa: E402
+from cases import adversarial_cases, awkward_blocks, block_lists, random_J  # noqa: E402
 
 pytestmark = requires_triton
 
@@ -79,23 +79,10 @@ def test_adversarial(K):
         assert_combination(out, w, Jf)
 
 
-def block_list(K: int, dtype: torch.dtype) -> list[torch.Tensor]:
-    """Blocks as autograd leaves them in a [K, N] buffer (row-strided views, one misaligned by an
-    element, a conv-shaped one), separate tensors, one with column stride ≠ 1."""
-    buffer = random_J(K, 1 + 60 + 1000 + 17, seed=21, dtype=dtype).to(DEVICE)
-    return [
-        buffer[:, 1:61].reshape(K, 3, 4, 5),
-        buffer[:, 61:1061],
-        buffer[:, 1061:1078],
-        random_J(K, 1, seed=22, dtype=dtype).to(DEVICE),
-        random_J(33, K, seed=23, dtype=dtype).to(DEVICE).T,
-    ]
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("K", [1, 3, 17])
 def test_block_list_into_parameter_shaped_outputs(K, dtype):
-    blocks = block_list(K, dtype)
+    blocks = awkward_blocks(K, dtype, device=DEVICE, seed=21)
     outs = [nan_like(tuple(b.shape[1:]), dtype) for b in blocks]
     w = weights(K, seed=K)
     result = mk.combine(w, blocks, out=outs, backend="triton")  # through the dispatcher
@@ -106,7 +93,7 @@ def test_block_list_into_parameter_shaped_outputs(K, dtype):
 
 @pytest.mark.parametrize("K", [2, 40])
 def test_accumulate(K):
-    blocks = [b.reshape(K, -1) for b in block_list(K, torch.float32)]
+    blocks = [b.reshape(K, -1) for b in awkward_blocks(K, torch.float32, device=DEVICE, seed=21)]
     base = [random_J(1, b.shape[1], seed=i, dtype=torch.float32).to(DEVICE)[0] for i, b in enumerate(blocks)]
     outs = [b.clone() for b in base]
     w = weights(K, seed=7)
@@ -141,7 +128,7 @@ def test_one_J_split_over_outputs():
 
 def test_chunks_split_across_programs_and_blocks():
     K = 6
-    blocks = [b.reshape(K, -1) for b in block_list(K, torch.float32)]
+    blocks = [b.reshape(K, -1) for b in awkward_blocks(K, torch.float32, device=DEVICE, seed=21)]
     outs = [nan_like(b.shape[1], torch.float32) for b in blocks]
     config = replace(combine_config(K, torch.float32, torch.device(DEVICE)), block_n=16, block_k=4, programs=3)
     w = weights(K, seed=5)
@@ -151,7 +138,7 @@ def test_chunks_split_across_programs_and_blocks():
 
 def test_deterministic():
     K = 9
-    blocks = [b.reshape(K, -1) for b in block_list(K, torch.bfloat16)]
+    blocks = [b.reshape(K, -1) for b in awkward_blocks(K, torch.bfloat16, device=DEVICE, seed=21)]
     w = weights(K, seed=2)
     first = mk.combine(w, blocks, backend="triton")
     again = mk.combine(w, blocks, backend="triton")
@@ -159,16 +146,11 @@ def test_deterministic():
 
 
 @settings(max_examples=15, deadline=None)
-@given(
-    K=st.integers(1, 20),
-    sizes=st.lists(st.integers(1, 300), min_size=1, max_size=5),
-    dtype=st.sampled_from(DTYPES),
-    seed=st.integers(0, 2**16),
-)
-def test_random_block_lists(K, sizes, dtype, seed):
-    J = random_J(K, sum(sizes), seed=seed, dtype=dtype).to(DEVICE)
-    outs = [nan_like(n, dtype) for n in sizes]
-    w = weights(K, seed=seed)
+@given(case=block_lists(DTYPES, DEVICE), seed=st.integers(0, 2**16))
+def test_random_block_lists(case, seed):
+    J, sizes = case
+    outs = [nan_like(n, J.dtype) for n in sizes]
+    w = weights(J.shape[0], seed=seed)
     triton_combine(w, list(torch.split(J, sizes, dim=1)), outs)
     assert_combination(torch.cat(outs), w, J)
 

@@ -12,9 +12,10 @@ from hypothesis import strategies as st
 
 import mtlkernels as mk
 from mtlkernels import _extension
+from mtlkernels.combine import _combine_cpp
 from mtlkernels.gram import _gram_cpp
 from _devices import requires_cpp
-from cases import adversarial_cases, random_J
+from cases import adversarial_cases, awkward_blocks, block_shapes, random_J
 
 pytestmark = requires_cpp
 
@@ -44,26 +45,10 @@ def test_matches_float64(K, N, dtype):
     assert_gram_close(_gram_cpp([J]), J.double(), TOL[dtype])
 
 
-def awkward_blocks(K: int, dtype: torch.dtype) -> list[torch.Tensor]:
-    """Per-parameter blocks as a model gives them: views with a row stride into one buffer (one
-    starting an element in, one [K, 3, 4, 5]), an empty block, a [K, 1] block, a transposed
-    (column stride K) block that the launcher copies, and a block longer than a panel."""
-    buffer = random_J(K, 1 + 60 + 1000 + 17, seed=11, dtype=dtype)
-    return [
-        buffer[:, 1:61].reshape(K, 3, 4, 5),
-        buffer[:, 61:61],
-        buffer[:, 61:1061],
-        random_J(K, 1, seed=12, dtype=dtype),
-        buffer[:, 1061:],
-        random_J(33, K, seed=14, dtype=dtype).T,
-        random_J(K, 5000, seed=15, dtype=dtype)[:, 3:4003],
-    ]
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("K", [1, 5, 17])
 def test_block_list(K, dtype):
-    blocks = awkward_blocks(K, dtype)
+    blocks = awkward_blocks(K, dtype, long_columns=4000)  # longer than a panel
     J64 = torch.cat([b.reshape(K, -1).double() for b in blocks], dim=1)
     assert_gram_close(mk.gram(blocks, backend="cpp", dtype=torch.float64), J64, TOL[dtype])
 
@@ -141,20 +126,22 @@ def test_agrees_with_torch_backend(dtype):
     assert mk.gram(J, backend="cpp").dtype == mk.gram(J, backend="torch").dtype
 
 
-def test_auto_uses_cpp_on_cpu():
-    gram_module = importlib.import_module("mtlkernels.gram")  # the package attribute is the function
-    assert mk.backend.select("gram", gram_module._IMPLS, "auto", torch.device("cpu")) is _gram_cpp
+@pytest.mark.parametrize("op, implementation", [("gram", _gram_cpp), ("combine", _combine_cpp)])
+def test_auto_uses_cpp_on_cpu(op, implementation):
+    """backend="auto" on CPU tensors runs the C++ Gram and the C++ combination."""
+    module = importlib.import_module(f"mtlkernels.{op}")  # the package attribute is the function
+    assert mk.backend.select(op, module._IMPLS, "auto", torch.device("cpu")) is implementation
 
 
 @settings(max_examples=25, deadline=None)
 @given(
-    K=st.integers(1, 20),
-    sizes=st.lists(st.integers(0, 3000), min_size=1, max_size=4).filter(lambda s: sum(s) > 0),
+    shape=block_shapes(min_width=0, max_width=3000, max_blocks=4),
     dtype=st.sampled_from(DTYPES),
     exponent=st.integers(-20, 20),
     seed=st.integers(0, 2**16),
 )
-def test_random_block_lists(K, sizes, dtype, exponent, seed):
+def test_random_block_lists(shape, dtype, exponent, seed):
+    K, sizes = shape
     scale = 10.0**exponent if dtype != torch.float16 else 1.0  # float16 holds 6e-8..65504 only
     blocks = [(random_J(K, n, seed=seed + i) * scale).to(dtype) for i, n in enumerate(sizes)]
     J64 = torch.cat([b.double() for b in blocks], dim=1)

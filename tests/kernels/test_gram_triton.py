@@ -8,14 +8,13 @@ from dataclasses import replace
 import pytest
 import torch
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
 triton = pytest.importorskip("triton")
 
 import mtlkernels as mk  # noqa: E402
-from _devices import TRITON_DEVICE as DEVICE, requires_cuda, requires_triton  # noqa: E402
+from _devices import TRITON_DEVICE as DEVICE, no_host_sync, requires_cuda, requires_triton  # noqa: E402
 from mtlkernels.kernels.gram import gram_config, triton_gram  # noqa: E402
-from cases import adversarial_cases, random_J  # noqa: E402
+from cases import adversarial_cases, awkward_blocks, block_lists, random_J  # noqa: E402
 
 pytestmark = requires_triton
 
@@ -74,27 +73,17 @@ def test_tiled_large_K(K, dtype):
     assert_gram_close(triton_gram([Jd]), J64, TOL.get(dtype, TOL_FP32_ACC))
 
 
-def awkward_blocks(K: int, dtype: torch.dtype) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Per-parameter blocks as a model would give them: views with a row stride into one [K, N]
-    buffer (a conv weight, a bias, an odd-sized tail), separate tensors, one misaligned by an
-    element, one with column stride ≠ 1; and the concatenation in float64 as the reference."""
-    buffer = random_J(K, 1 + 3 * 4 * 5 + 1000 + 17, seed=11, dtype=dtype).to(DEVICE)
-    blocks = [
-        buffer[:, 1:61].reshape(K, 3, 4, 5),  # starts one element in: misaligned rows
-        buffer[:, 61:1061],
-        buffer[:, 1061:1078],
-        random_J(K, 1, seed=12, dtype=dtype).to(DEVICE),
-        random_J(K, 129, seed=13, dtype=dtype).to(DEVICE)[:, 1:],
-        random_J(33, K, seed=14, dtype=dtype).to(DEVICE).T,  # column stride K
-    ]
-    J64 = torch.cat([b.reshape(K, -1).double().cpu() for b in blocks], dim=1)
-    return blocks, J64
+def blocks_and_reference(K: int, dtype: torch.dtype) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """:func:`cases.awkward_blocks` on the Triton device (with a 128-column block) and their
+    concatenation in float64 as the reference."""
+    blocks = awkward_blocks(K, dtype, long_columns=128, device=DEVICE)
+    return blocks, torch.cat([b.reshape(K, -1).double().cpu() for b in blocks], dim=1)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("K", [1, 3, 17])
 def test_block_list(K, dtype):
-    blocks, J64 = awkward_blocks(K, dtype)
+    blocks, J64 = blocks_and_reference(K, dtype)
     G = mk.gram(blocks, backend="triton")  # through the dispatcher (and its input checks)
     assert_gram_close(G, J64, TOL.get(dtype, TOL_FP32_ACC))
 
@@ -102,7 +91,7 @@ def test_block_list(K, dtype):
 @pytest.mark.parametrize("K", [2, 5, 70])
 def test_chunks_split_across_programs_and_blocks(K):
     """Tiny chunks and 3 programs: program ranges start and end inside blocks."""
-    blocks, J64 = awkward_blocks(K, torch.float32)
+    blocks, J64 = blocks_and_reference(K, torch.float32)
     blocks = [b.reshape(K, -1) for b in blocks]
     config = replace(gram_config(K, torch.float32, torch.device(DEVICE)), segment=16, programs=3)
     assert_gram_close(triton_gram(blocks, config=config), J64, TOL_FP32_ACC)
@@ -154,23 +143,18 @@ def test_every_element_written(monkeypatch):
 
 
 def test_deterministic():
-    blocks, _ = awkward_blocks(9, torch.float32)
+    blocks, _ = blocks_and_reference(9, torch.float32)
     first = triton_gram([b.reshape(9, -1) for b in blocks])
     for _ in range(2):
         assert torch.equal(triton_gram([b.reshape(9, -1) for b in blocks]), first)
 
 
 @settings(max_examples=15, deadline=None)
-@given(
-    K=st.integers(1, 20),
-    sizes=st.lists(st.integers(1, 300), min_size=1, max_size=5),
-    dtype=st.sampled_from(DTYPES),
-    seed=st.integers(0, 2**16),
-)
-def test_random_block_lists(K, sizes, dtype, seed):
-    J = random_J(K, sum(sizes), seed=seed, dtype=dtype).to(DEVICE)
+@given(case=block_lists(DTYPES, DEVICE))
+def test_random_block_lists(case):
+    J, sizes = case
     blocks = list(torch.split(J, sizes, dim=1))
-    assert_gram_close(triton_gram(blocks), J.double().cpu(), TOL.get(dtype, TOL_FP32_ACC))
+    assert_gram_close(triton_gram(blocks), J.double().cpu(), TOL.get(J.dtype, TOL_FP32_ACC))
 
 
 @pytest.mark.parametrize(
@@ -208,13 +192,9 @@ def test_no_host_sync():
     mk.combine(w, J, backend="triton"), triton_gram([J])  # compile outside the checked region
     fresh = [random_J(K, n, seed=n, dtype=torch.float32).to(DEVICE) for n in (5, 3000, 77)]
     outs = [torch.empty(b.shape[1], device=DEVICE) for b in fresh]
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+    with no_host_sync():
         G = triton_gram(fresh)
         mk.combine(w, fresh, out=outs, backend="triton")
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
     J64 = torch.cat([b.double().cpu() for b in fresh], dim=1)
     assert_gram_close(G, J64, TOL_FP32_ACC)
     torch.testing.assert_close(torch.cat(outs).double().cpu(), J64.mean(0), rtol=1e-5, atol=1e-6)

@@ -8,7 +8,7 @@ triton = pytest.importorskip("triton")
 
 import mtlkernels as mk  # noqa: E402
 from cases import adversarial_cases, conflicting_J, random_J  # noqa: E402
-from _devices import TRITON_DEVICE as DEVICE, requires_cuda, requires_triton  # noqa: E402
+from _devices import TRITON_DEVICE as DEVICE, no_host_sync, requires_cuda, requires_triton  # noqa: E402
 from mtlkernels.kernels.solve_pcgrad import _pcgrad_solve_kernel, pcgrad_solve  # noqa: E402
 from mtlkernels.methods import PCGradWeighting  # noqa: E402
 
@@ -75,11 +75,8 @@ def test_no_host_sync_and_cuda_graph_replay():
     J = conflicting_J(K, 4096, seed=1).float().cuda()
     agg = mk.Aggregator("pcgrad", order=random_orders(K, 1), backend="triton")
     agg(J)  # compile, copy the fixed order to the device
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+    with no_host_sync():
         first = agg(J)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         captured = agg(J)

@@ -217,16 +217,11 @@ def test_cpp_agrees_with_torch(K):
     assert abs(a.diagnostics["objective"] - b.diagnostics["objective"]) <= 1e-12 * float(G.diagonal().max())
 
 
-def test_auto_uses_cpp_on_cpu_up_to_its_limit():
-    J = random_J(3, 10)
-    G = J @ J.T
-    res = MGDAWeighting()(G)
-    torch.testing.assert_close(res.weights, MGDAWeighting(backend="cpp")(G).weights, rtol=0, atol=0)
+def test_certified_beyond_the_cpp_limit():
+    """K = 257 gradients in 3 dimensions, solved in torch past the C++ limit: the KKT certificate holds."""
     J = random_J(257, 3)
-    G = J @ J.T
-    res = MGDAWeighting()(G)  # solved in torch
+    res = MGDAWeighting()(J @ J.T)
     assert res.diagnostics["kkt_residual"] <= 1e-9
-    assert torch.equal(MGDAWeighting(backend="cpp")(G).weights, MGDAWeighting(backend="torch")(G).weights)
 
 
 # -- certificates on degenerate Gram matrices ------------------------------------------------------

@@ -4,7 +4,7 @@ and the plain gradient for the heads."""
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -37,6 +37,14 @@ def batch(K: int = 3, B: int = 16, d_in: int = 6, seed: int = 1, dtype=torch.flo
 def task_losses(model: TrunkHeads, x: Tensor, y: Tensor) -> tuple[list[Tensor], Tensor]:
     z, out = model(x)
     return [((out[:, k] - y[:, k]) ** 2).mean() for k in range(y.shape[1])], z
+
+
+def wrapped_model(wrapper: Callable[..., Any], K: int = 3, model_seed: int = 0, batch_seed: int = 1, **options: Any) -> tuple[TrunkHeads, Tensor, Tensor, Any]:
+    """A :class:`TrunkHeads` with K tasks (``model_seed``), a :func:`batch` (``batch_seed``), and
+    ``wrapper(SGD(lr=0.1) on the model's parameters, **options)``: (model, x, y, optimizer)."""
+    model = TrunkHeads(K=K, seed=model_seed)
+    x, y = batch(K=K, seed=batch_seed)
+    return model, x, y, wrapper(torch.optim.SGD(model.parameters(), lr=0.1), **options)
 
 
 def manual_grads(

@@ -9,7 +9,7 @@ import torch
 from mtlkernels import reference
 from mtlkernels.methods import make_weighting
 from mtlkernels.optim import CAGrad, IMTL, MGDA, MGDAUB, MultiTaskOptimizer, NashMTL, PCGrad
-from mtl_model import TrunkHeads, batch, grads_of, manual_grads, task_losses
+from mtl_model import TrunkHeads, grads_of, manual_grads, task_losses, wrapped_model
 
 
 #: the wrappers' default normalisation of MGDA, from their documentation
@@ -63,9 +63,7 @@ def _close(actual, expected):
 @pytest.mark.parametrize("features", [False, True], ids=["parameters", "features"])
 @pytest.mark.parametrize("method, wrapper, options", WRAPPERS, ids=[f"{m}-{i}" for i, (m, _, _) in enumerate(WRAPPERS)])
 def test_one_step_equals_manual(method, wrapper, options, features):
-    model = TrunkHeads(K=3)
-    x, y = batch(K=3)
-    opt = wrapper(torch.optim.SGD(model.parameters(), lr=0.1), **options)
+    model, x, y, opt = wrapped_model(wrapper, K=3, **options)
     losses, z = task_losses(model, x, y)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # MGDAUB's note when features= is missing
@@ -80,10 +78,8 @@ def test_one_step_equals_manual(method, wrapper, options, features):
 def test_loop_and_batched_paths_agree(wrapper):
     results = []
     for grad_mode in ("loop", "batched"):
-        model = TrunkHeads(K=3, seed=2)
-        x, y = batch(K=3, seed=5)
         extra = {"seed": 0} if wrapper is PCGrad else {}
-        opt = wrapper(torch.optim.SGD(model.parameters(), lr=0.1), grad_mode=grad_mode, **extra)
+        model, x, y, opt = wrapped_model(wrapper, K=3, model_seed=2, batch_seed=5, grad_mode=grad_mode, **extra)
         losses, z = task_losses(model, x, y)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -93,9 +89,7 @@ def test_loop_and_batched_paths_agree(wrapper):
 
 
 def test_imtl_l_scales_losses_and_trains_log_scales():
-    model = TrunkHeads(K=3, seed=3)
-    x, y = batch(K=3, seed=6)
-    opt = IMTL(torch.optim.SGD(model.parameters(), lr=0.1), num_tasks=3, imtl_l=True)
+    model, x, y, opt = wrapped_model(IMTL, K=3, model_seed=3, batch_seed=6, num_tasks=3, imtl_l=True)
     assert opt.param_groups[-1]["params"] == [opt.log_scales]
     s = torch.tensor([0.3, -0.2, 0.1], dtype=torch.float64)
     with torch.no_grad():
@@ -118,9 +112,7 @@ def test_imtl_l_scales_losses_and_trains_log_scales():
 
 
 def test_task_specific_weighted_gives_heads_weighted_gradients():
-    model = TrunkHeads(K=3, seed=4)
-    x, y = batch(K=3, seed=7)
-    opt = CAGrad(torch.optim.SGD(model.parameters(), lr=0.1), task_specific="weighted")
+    model, x, y, opt = wrapped_model(CAGrad, K=3, model_seed=4, batch_seed=7, task_specific="weighted")
     losses, _ = task_losses(model, x, y)
     weights = opt.backward(losses).weights
     losses, _ = task_losses(model, x, y)
@@ -130,9 +122,7 @@ def test_task_specific_weighted_gives_heads_weighted_gradients():
 
 
 def test_explicit_shared_params_and_detected_roles():
-    model = TrunkHeads(K=3, seed=5)
-    x, y = batch(K=3)
-    opt = NashMTL(torch.optim.SGD(model.parameters(), lr=0.1))
+    model, x, y, opt = wrapped_model(NashMTL, K=3, model_seed=5)
     opt.backward(task_losses(model, x, y)[0])
     trunk_ids = {id(p) for p in model.trunk.parameters()}
     assert {id(p) for p in opt.roles.shared} == trunk_ids
@@ -145,9 +135,7 @@ def test_explicit_shared_params_and_detected_roles():
 
 
 def test_mgdaub_warns_without_features_once():
-    model = TrunkHeads(K=2)
-    x, y = batch(K=2)
-    opt = MGDAUB(torch.optim.SGD(model.parameters(), lr=0.1))
+    model, x, y, opt = wrapped_model(MGDAUB, K=2)
     with pytest.warns(UserWarning, match="features="):
         opt.backward(task_losses(model, x, y)[0])
     with warnings.catch_warnings():
@@ -158,9 +146,7 @@ def test_mgdaub_warns_without_features_once():
 
 
 def test_gradients_accumulate_like_backward():
-    model = TrunkHeads(K=3, seed=6)
-    x, y = batch(K=3)
-    opt = CAGrad(torch.optim.SGD(model.parameters(), lr=0.1))
+    model, x, y, opt = wrapped_model(CAGrad, K=3, model_seed=6)
     opt.backward(task_losses(model, x, y)[0])
     once = grads_of(model)
     opt.backward(task_losses(model, x, y)[0])
@@ -168,9 +154,7 @@ def test_gradients_accumulate_like_backward():
 
 
 def test_single_task_gets_its_gradient():
-    model = TrunkHeads(K=1, seed=7)
-    x, y = batch(K=1)
-    opt = IMTL(torch.optim.SGD(model.parameters(), lr=0.1), imtl_l=False)
+    model, x, y, opt = wrapped_model(IMTL, K=1, model_seed=7, imtl_l=False)
     losses, _ = task_losses(model, x, y)
     opt.backward(losses)
     expected = torch.autograd.grad(task_losses(model, x, y)[0][0], list(model.parameters()))
@@ -178,9 +162,7 @@ def test_single_task_gets_its_gradient():
 
 
 def test_diagnostics_are_plain_numbers():
-    model = TrunkHeads(K=3, seed=8)
-    x, y = batch(K=3)
-    opt = PCGrad(torch.optim.SGD(model.parameters(), lr=0.1), seed=0)
+    model, x, y, opt = wrapped_model(PCGrad, K=3, model_seed=8, seed=0)
     last = opt.backward(task_losses(model, x, y)[0])
     facts = opt.diagnostics()
     assert facts["conflicts"] == int(last.conflicts) and len(facts["weights"]) == 3
@@ -193,9 +175,7 @@ def test_diagnostics_are_plain_numbers():
 
 
 def test_losses_as_one_tensor_and_retain_graph():
-    model = TrunkHeads(K=3, seed=9)
-    x, y = batch(K=3)
-    opt = CAGrad(torch.optim.SGD(model.parameters(), lr=0.1))
+    model, x, y, opt = wrapped_model(CAGrad, K=3, model_seed=9)
     opt.backward(task_losses(model, x, y)[0])
     as_list = grads_of(model)
     model.zero_grad(set_to_none=True)
@@ -211,11 +191,9 @@ def test_losses_as_one_tensor_and_retain_graph():
 )
 def test_a_wrapper_has_its_functional_names_defaults(method, wrapper):
     """Same name, same maths: the wrapper's defaults are mk.aggregate(J, method)'s."""
-    model = TrunkHeads(K=3)
-    opt = wrapper(torch.optim.SGD(model.parameters(), lr=0.1))
+    model, x, y, opt = wrapped_model(wrapper, K=3)
     assert opt.method == method
     assert opt.weighting.options() == make_weighting(method).options()
-    x, y = batch(K=3)
     opt.backward(task_losses(model, x, y)[0])
     assert len(opt.param_groups) == 1  # no parameter group of its own (IMTL-L's needs imtl_l=True)
 
