@@ -37,6 +37,11 @@ def next_power_of_2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
+def previous_power_of_2(n: int) -> int:
+    """The largest power of two ≤ n (n ≥ 1)."""
+    return 1 << (n.bit_length() - 1)
+
+
 def vector_width(dtype: torch.dtype) -> int:
     """Elements per 16-byte access."""
     return 16 // dtype.itemsize

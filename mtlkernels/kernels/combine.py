@@ -19,8 +19,12 @@ from torch import Tensor
 
 from . import _launch
 
-#: bytes of J one program loads per step (a [BLOCK_K, BLOCK_N] tile)
-STEP_BYTES = 32 * 1024
+#: elements of J one program loads per step (all its [BLOCK_K, BLOCK_N] row tiles together): 32
+#: per thread at 4 warps, each summed in float64 — so that every default shape compiles for sm_90
+#: without spilling registers (≤ 128 per thread aligned, 4 programs per SM)
+STEP_ELEMENTS = 4096
+#: columns one program combines per step
+MAX_BLOCK_N = 2048
 
 
 @triton.jit
@@ -94,9 +98,12 @@ class CombineConfig:
 
 
 def combine_config(K: int, dtype: torch.dtype, device: torch.device, programs_per_sm: int = 4) -> CombineConfig:
-    """Default shape: tiles of up to 16 task rows × as many columns as make ~32 KB of J per tile."""
+    """Default shape: row tiles of up to 16 tasks × a power of two of columns, as many as keep all
+    ⌈K/16⌉ tiles within :data:`STEP_ELEMENTS`: at least one 128-byte line per row, at most
+    :data:`MAX_BLOCK_N` columns (the float64 sums of a step stay in registers)."""
     block_k = min(16, _launch.next_power_of_2(K))
-    block_n = max(16 * _launch.vector_width(dtype), STEP_BYTES // (block_k * dtype.itemsize))
+    rows = triton.cdiv(K, block_k) * block_k
+    block_n = min(MAX_BLOCK_N, max(128 // dtype.itemsize, _launch.previous_power_of_2(STEP_ELEMENTS // rows)))
     return CombineConfig(block_n, block_k, _launch.persistent_programs(device, programs_per_sm))
 
 

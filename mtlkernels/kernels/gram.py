@@ -24,12 +24,19 @@ from torch import Tensor
 from .._checks import check_option
 from . import _launch
 
-#: bytes of J one program loads per step (a [ROWS, SEG] tile)
+#: bytes of J one program loads per step (a [ROWS, SEG] tile) and the pipeline's stages, by the
+#: dot's input precision. Sized so that every default shape compiles for sm_90 without spilling
+#: registers: 3×tf32 holds each operand twice (high and low parts), so its steps are small and
+#: more of them are kept in flight; 16-bit J is upcast to float32 in registers.
 STEP_BYTES = 16 * 1024
+STEP_BYTES_TF32X3, STAGES_TF32X3, MIN_SEGMENT_TF32X3 = 4 * 1024, 5, 32
+STEP_BYTES_16BIT, STAGES_16BIT = 8 * 1024, 4
 #: tl.dot input precisions: exact fp32 products, 3×tf32 (≈ fp32), one tf32 (10-bit mantissa)
 PRECISIONS = ("ieee", "tf32x3", "tf32")
 #: rows of the dot's operands: tl.dot needs ≥ 16; above MAX_TILE_K, Γ is tiled
 MIN_ROWS, MAX_TILE_K = 16, 64
+#: partials the reduce kernel sums per step
+REDUCE_BLOCK_P = 16
 
 
 @triton.jit
@@ -157,8 +164,19 @@ class GramConfig:
         return self.tiles * (self.tiles + 1) // 2
 
 
-def gram_config(K: int, dtype: torch.dtype, device: torch.device, programs_per_sm: int = 2) -> GramConfig:
-    """Default shape: a ≥16-row dot (packed for small K, tiled above 64), ~16 KB of J per step."""
+def gram_config(
+    K: int, dtype: torch.dtype, device: torch.device, programs_per_sm: int = 2, precision: str | None = None,
+    accumulate_dtype: torch.dtype | None = None,
+) -> GramConfig:
+    """Default shape: a ≥16-row dot (packed for small K, tiled above 64) and a step size by precision.
+
+    precision: the dot's input precision (default :func:`default_precision`): with "tf32x3", 4 KB
+    of J per step (at least 32 columns) over 5 stages; 16-bit J, 8 KB over 4 stages; otherwise
+    16 KB over 3 stages. accumulate_dtype (default float64 for float64 J, else float32): a float64
+    accumulator of 64 rows takes 8 warps.
+    """
+    if precision is not None:
+        check_option("precision", precision, PRECISIONS)
     k_pad = _launch.next_power_of_2(K)
     if k_pad <= MIN_ROWS:
         rows, pack, tile_k, tiles = MIN_ROWS, MIN_ROWS // k_pad, k_pad, 1
@@ -166,10 +184,25 @@ def gram_config(K: int, dtype: torch.dtype, device: torch.device, programs_per_s
         rows, pack, tile_k, tiles = k_pad, 1, k_pad, 1
     else:
         rows, pack, tile_k, tiles = MAX_TILE_K, 1, MAX_TILE_K, -(-K // MAX_TILE_K)
-    segment = max(16, STEP_BYTES // (rows * dtype.itemsize))
+    accumulate = accumulate_dtype or (torch.float64 if dtype == torch.float64 else torch.float32)
+    precision = precision or default_precision(dtype, accumulate)
+    if precision == "tf32x3":
+        segment = max(MIN_SEGMENT_TF32X3, STEP_BYTES_TF32X3 // (rows * dtype.itemsize))
+        stages = STAGES_TF32X3
+    elif dtype.itemsize == 2:
+        segment, stages = max(16, STEP_BYTES_16BIT // (rows * dtype.itemsize)), STAGES_16BIT
+    else:
+        segment, stages = max(16, STEP_BYTES // (rows * dtype.itemsize)), 3
     pairs = tiles * (tiles + 1) // 2
     programs = max(1, _launch.persistent_programs(device, programs_per_sm) // pairs)
-    return GramConfig(rows, pack, segment, tile_k, tiles, programs)
+    warps = 8 if accumulate == torch.float64 and rows == MAX_TILE_K else 4
+    return GramConfig(rows, pack, segment, tile_k, tiles, programs, num_warps=warps, num_stages=stages)
+
+
+def reduce_block(K: int) -> int:
+    """Entries of Γ one program of the reduce kernel sums (the grid covers the K² entries): at most
+    256, so a float64 [REDUCE_BLOCK_P, 256] tile fits 4 warps' registers and K = 64 runs 16 programs."""
+    return min(256, _launch.next_power_of_2(K * K))
 
 
 def default_precision(dtype: torch.dtype, accumulate_dtype: torch.dtype) -> str:
@@ -215,7 +248,7 @@ def triton_gram(
         raise ValueError(f"out_dtype={out_dtype} is not a floating dtype")
     precision = precision or default_precision(dtype, accumulate_dtype)
     check_option("precision", precision, PRECISIONS)
-    config = config or gram_config(K, dtype, device)
+    config = config or gram_config(K, dtype, device, precision=precision, accumulate_dtype=accumulate_dtype)
 
     table = _launch.address_table(blocks, None, config.block_n, config.programs)
     partial = torch.empty(table.programs, K, K, dtype=accumulate_dtype, device=device)
@@ -227,10 +260,10 @@ def triton_gram(
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     out = torch.empty(K, K, dtype=out_dtype, device=device)
-    block_e = min(1024, _launch.next_power_of_2(K * K))
+    block_e = reduce_block(K)
     sum_dtype = torch.float64 if torch.float64 in (accumulate_dtype, out_dtype) else torch.float32
     _gram_reduce_kernel[(triton.cdiv(K * K, block_e),)](
-        partial, out, K, table.programs, BLOCK_P=16, BLOCK_E=block_e, SUM_DTYPE=_TL_DTYPES[sum_dtype],
+        partial, out, K, table.programs, BLOCK_P=REDUCE_BLOCK_P, BLOCK_E=block_e, SUM_DTYPE=_TL_DTYPES[sum_dtype],
     )
     return out
 

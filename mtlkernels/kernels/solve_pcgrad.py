@@ -10,6 +10,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from . import kspace
+
 
 
 @triton.jit
@@ -53,12 +55,13 @@ def pcgrad_solve(gram: Tensor, order: Tensor, mean: bool) -> tuple[Tensor, dict[
     gram: Γ [K, K]; order: [K, K] int64, row i the visiting order for task i.
     """
     K = gram.shape[0]
+    block, warps = kspace.launch_config(K)
     weights = torch.empty(K, dtype=torch.float64, device=gram.device)
     projections = torch.empty((), dtype=torch.int32, device=gram.device)
     residual = torch.empty((), dtype=torch.float64, device=gram.device)
     _pcgrad_solve_kernel[(1,)](
         gram.contiguous(), order.contiguous(), weights, projections, residual, K,
-        MEAN=mean, BLOCK_K=max(16, triton.next_power_of_2(K)),
+        MEAN=mean, BLOCK_K=block, num_warps=warps,
     )
     return weights, {"projections": projections, "orthogonality_residual": residual}
 

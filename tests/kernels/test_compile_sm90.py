@@ -1,0 +1,63 @@
+"""Every default launch of the Gram, combine and PCGrad-solve kernels compiles for an H100 (sm_90)
+on a machine without a GPU and spills no registers.
+
+A spill is a silent slowdown (local-memory traffic in the inner loop of a bandwidth-bound pass)
+that no CPU test can see; here a register regression fails CI instead. The compilation and the
+``ptxas -v`` report are done by ``tests/kernels/compile_sm90.py`` in a subprocess without
+TRITON_INTERPRET; each line it prints is one configuration as the launchers pick it
+(``gram_config``, ``reduce_block``, ``combine_config``, ``kspace.launch_config``).
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+SCRIPT = os.path.join(os.path.dirname(__file__), "compile_sm90.py")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def compile_reports(*args: str) -> list[dict]:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
+    done = subprocess.run([sys.executable, SCRIPT, *args], env=env, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def assert_no_spills(reports: list[dict]) -> None:
+    for r in reports:  # the register counts go to the log (pytest -rA or -s shows them)
+        print(json.dumps(r))
+    spilling = [r for r in reports if r["spill_stores"] or r["spill_loads"]]
+    assert not spilling, "spills registers on sm_90:\n" + "\n".join(map(json.dumps, spilling))
+    assert all(0 < r["registers"] <= 255 for r in reports)
+
+
+skip_on_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU tests compile the kernels on this machine")
+
+
+@skip_on_cuda
+def test_default_launches_compile_without_spills():
+    reports = compile_reports()
+    kinds = {(r["kernel"], r["K"], r.get("dtype"), r.get("aligned")) for r in reports}
+    for K in (1, 2, 3, 8, 16, 32, 40, 64):
+        for dtype in ("float32", "bfloat16", "float16", "float64"):
+            assert ("gram_partial", K, dtype, True) in kinds and ("combine", K, dtype, True) in kinds
+    assert {("gram_partial", 64, "float32", False), ("combine", 64, "bfloat16", False)} <= kinds
+    assert {r["block_k"] for r in reports if r["kernel"] == "pcgrad_solve"} == {16, 32, 64}
+    assert_no_spills(reports)
+
+
+@pytest.mark.slow  # a few minutes of CPU with a cold Triton cache
+@skip_on_cuda
+def test_every_launch_variant_compiles_without_spills():
+    """Also unaligned blocks at every K and combine adding into its outputs."""
+    reports = compile_reports("--full")
+    assert any(r["kernel"] == "combine" and r["accumulate"] for r in reports)
+    assert any(r["kernel"] == "gram_partial" and r["K"] == 40 and not r["aligned"] for r in reports)
+    assert_no_spills(reports)
