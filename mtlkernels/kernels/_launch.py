@@ -1,6 +1,5 @@
 """Launch arithmetic shared by the streaming kernels (gram, combine): grid size, vector widths,
-and the device-side address table that lets one launch walk a list of blocks of J, with the
-kernel-side readers of its records (:func:`program_chunks`, :func:`block_source`, :func:`block_destination`).
+and the device-side address table that lets one launch walk a list of blocks of J.
 
 The address table (multi-tensor-apply style) is one int64 tensor:
 
@@ -22,8 +21,6 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
-import triton
-import triton.language as tl
 from torch import Tensor
 
 #: programs of a persistent grid under TRITON_INTERPRET=1 (each one is simulated in turn)
@@ -167,24 +164,3 @@ def clear_table_cache() -> None:
 def unit_column_stride(blocks: list[Tensor]) -> list[Tensor]:
     """Blocks with column stride 1 (the kernels' layout); any other layout is copied once."""
     return [b if b.shape[1] <= 1 or b.stride(1) == 1 else b.contiguous() for b in blocks]
-
-
-@triton.jit
-def program_chunks(table_ptr, PROGRAM_RECORDS, program):
-    """(first chunk, end chunk, first block) of program ``program``: it walks chunks
-    [programs[program][0], programs[program + 1][0]) starting in block programs[program][1]."""
-    record = table_ptr + PROGRAM_RECORDS + 2 * program
-    return tl.load(record), tl.load(record + 2), tl.load(record + 1)
-
-
-@triton.jit
-def block_source(table_ptr, block):
-    """(src_offset, src_row_stride, n_cols, chunk_begin) of block ``block`` (records of 5 int64)."""
-    record = table_ptr + 5 * block
-    return tl.load(record), tl.load(record + 1), tl.load(record + 2), tl.load(record + 3)
-
-
-@triton.jit
-def block_destination(table_ptr, block):
-    """dst_offset of block ``block``."""
-    return tl.load(table_ptr + 5 * block + 4)

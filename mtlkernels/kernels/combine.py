@@ -66,10 +66,17 @@ def _combine_kernel(
     VEC_OUT: tl.constexpr, ACCUMULATE: tl.constexpr,
 ):
     """Program p combines the chunks [programs[p], programs[p+1]) of the address table."""
-    chunk, chunk_end, block = _launch.program_chunks(table_ptr, PROGRAM_RECORDS, tl.program_id(0))
+    program = table_ptr + PROGRAM_RECORDS + 2 * tl.program_id(0)
+    chunk = tl.load(program)
+    chunk_end = tl.load(program + 2)
+    block = tl.load(program + 1)
     while chunk < chunk_end:
-        src, stride, n, first = _launch.block_source(table_ptr, block)
-        dst = _launch.block_destination(table_ptr, block)
+        record = table_ptr + 5 * block  # 5 int64 fields per block (see _launch)
+        src = tl.load(record)
+        stride = tl.load(record + 1)
+        n = tl.load(record + 2)
+        first = tl.load(record + 3)
+        dst = tl.load(record + 4)
         if ALIGNED:
             src = tl.multiple_of(src, VEC_X)
             stride = tl.multiple_of(stride, VEC_X)

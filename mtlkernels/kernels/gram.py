@@ -89,10 +89,17 @@ def _gram_partial_kernel(
         ti += (pair >= t * TILES - t * (t - 1) // 2).to(tl.int32)
     tj = pair - (ti * TILES - ti * (ti - 1) // 2) + ti
 
-    chunk, chunk_end, block = _launch.program_chunks(table_ptr, PROGRAM_RECORDS, pid_n)
+    program = table_ptr + PROGRAM_RECORDS + 2 * pid_n
+    chunk = tl.load(program)
+    chunk_end = tl.load(program + 2)
+    block = tl.load(program + 1)
     acc = tl.zeros([ROWS, ROWS], dtype=ACC_DTYPE)
     while chunk < chunk_end:
-        src, stride, n, first = _launch.block_source(table_ptr, block)
+        record = table_ptr + 5 * block  # 5 int64 fields per block (see _launch)
+        src = tl.load(record)
+        stride = tl.load(record + 1)
+        n = tl.load(record + 2)
+        first = tl.load(record + 3)
         if ALIGNED:
             src = tl.multiple_of(src, VEC)
             stride = tl.multiple_of(stride, VEC)
