@@ -86,3 +86,16 @@ def scaled_gradients(draw: st.DrawFn, K: tuple[int, int], N: tuple[int, int], lo
     J = random_J(k, draw(st.integers(*N)), seed=draw(st.integers(0, 2**31 - 1)))
     exponents = draw(st.lists(st.floats(-log_scale, log_scale), min_size=k, max_size=k))
     return J * torch.tensor([10.0**s for s in exponents], dtype=torch.float64)[:, None]
+
+
+def assert_option_rejected(method: str, options: dict, message: str, error: type = ValueError, K: int = 3) -> None:
+    """A bad option raises ``error`` matching ``message`` both when the method's weighting is built
+    and through ``mk.aggregate`` on a [K, 5] J."""
+    import pytest
+
+    import mtlkernels as mk
+
+    with pytest.raises(error, match=message):
+        mk.methods.make_weighting(method, **options)
+    with pytest.raises(error, match=message):
+        mk.aggregate(random_J(K, 5), method, **options)

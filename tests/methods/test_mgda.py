@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mtlkernels as mk
-from cases import adversarial_cases, conflicting_J, random_J
+from cases import adversarial_cases, assert_option_rejected, conflicting_J, random_J
 from mtlkernels._extension import extension
 from mtlkernels.methods import MGDAWeighting
 from mtlkernels.methods.base import cpp_constants
@@ -349,8 +349,7 @@ def test_options_and_repr():
     ],
 )
 def test_bad_options(options, error, message):
-    with pytest.raises(error, match=message):
-        mk.aggregate(random_J(3, 5), "mgda", **options)
+    assert_option_rejected("mgda", options, message, error)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mtlkernels as mk
-from cases import adversarial_cases, conflicting_J, random_J
+from cases import adversarial_cases, assert_option_rejected, conflicting_J, random_J
 from _devices import requires_cuda
 from mtlkernels import _extension
 from mtlkernels.methods import NashMTLWeighting
@@ -349,10 +349,7 @@ def test_ccp_solver_approaches_the_exact_solution(backend):
     ],
 )
 def test_option_errors(options, message):
-    with pytest.raises(ValueError, match=message):
-        NashMTLWeighting(**options)
-    with pytest.raises(ValueError, match=message):
-        mk.aggregate(random_J(2, 5), "nash_mtl", **options)
+    assert_option_rejected("nash_mtl", options, message, K=2)
 
 
 def test_unknown_option():

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mtlkernels as mk
-from cases import adversarial_cases, conflicting_J, random_J
+from cases import adversarial_cases, assert_option_rejected, conflicting_J, random_J
 from mtlkernels import _extension
 from mtlkernels.methods import PCGradWeighting
 from mtlkernels.methods.pcgrad import draw_orders
@@ -256,10 +256,7 @@ def test_fresh_order_every_call():
     ],
 )
 def test_bad_options(options, message):
-    with pytest.raises(ValueError, match=message):
-        PCGradWeighting(**options)
-    with pytest.raises(ValueError, match=message):
-        mk.aggregate(random_J(2, 3), "pcgrad", **options)
+    assert_option_rejected("pcgrad", options, message, K=2)
 
 
 def test_unknown_option_named():
