@@ -134,7 +134,6 @@ class Aggregator:
     def method(self) -> str:
         return self.weighting.name
 
-    @torch.no_grad()
     def __call__(
         self,
         J: Jacobian,

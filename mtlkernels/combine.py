@@ -24,9 +24,10 @@ _TORCH_CHUNK_ELEMS = 1 << 22
 
 def _combine_torch(weights: Tensor, blocks: list[Tensor], outs: list[Tensor], accumulate: bool) -> None:
     acc = torch.float64
-    w = weights.to(device=blocks[0].device, dtype=acc)
+    w = weights.detach().to(device=blocks[0].device, dtype=acc)
     step = max(1, _TORCH_CHUNK_ELEMS // blocks[0].shape[0])
     for block, out in zip(blocks, outs):
+        block = block.detach()  # a pass reads values: the result never requires grad
         flat = out.view(-1)
         for start in range(0, block.shape[1], step):
             part = w @ block[:, start : start + step].to(acc)
@@ -101,7 +102,6 @@ def combine_blocks(
     _backend.select("combine", _IMPLS, backend, blocks[0].device)(weights, blocks, outs, accumulate)
 
 
-@torch.no_grad()
 def combine(
     weights: Tensor | Sequence[float],
     J: Jacobian,

@@ -35,6 +35,7 @@ def _gram_torch(blocks: list[Tensor], acc: torch.dtype | None = None) -> Tensor:
     gram = torch.zeros(K, K, dtype=acc, device=device)
     step = max(1, _TORCH_CHUNK_ELEMS // K)
     for block in blocks:
+        block = block.detach()  # a pass reads values: the result never requires grad
         for start in range(0, block.shape[1], step):
             chunk = block[:, start : start + step].to(acc)
             gram.addmm_(chunk, chunk.T)
@@ -88,7 +89,6 @@ def gram_blocks_float64(blocks: list[Tensor]) -> Tensor:
     return _gram_torch(blocks, torch.float64)
 
 
-@torch.no_grad()
 def gram(J: Jacobian, *, backend: str = "auto", dtype: torch.dtype | None = None) -> Tensor:
     """Γ = J·Jᵀ, the K×K Gram matrix of the task gradients.
 
