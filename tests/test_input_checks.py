@@ -78,3 +78,10 @@ def test_results_never_require_grad(backend):
     assert not mk.gram(J, backend=backend).requires_grad
     assert not mk.combine(torch.ones(3), J, backend=backend).requires_grad
     torch.testing.assert_close(result.direction, result.weights.float() @ J.detach(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("max_norm", [np.float32(2.0), torch.tensor(2.0)])
+def test_nash_mtl_max_norm_accepts_numpy_and_0d_tensor(J, max_norm):
+    expected = mk.aggregate(J.double(), "nash_mtl", max_norm=2.0, backend="torch").weights
+    got = mk.aggregate(J.double(), "nash_mtl", max_norm=max_norm, backend="torch").weights
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-12)

@@ -38,14 +38,14 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from numbers import Integral, Real
+from numbers import Integral
 from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .._checks import check_option
+from .._checks import check_option, check_real
 from .._extension import extension
 from .base import Solution, Weighting, cpp_constants
 
@@ -286,8 +286,7 @@ class NashMTLWeighting(Weighting):
     ) -> None:
         _check_count("optim_niter", optim_niter)
         _check_count("update_weights_every", update_weights_every)
-        if isinstance(max_norm, bool) or not isinstance(max_norm, Real) or not (0 <= max_norm < math.inf):
-            raise ValueError(f"max_norm={max_norm!r} must be a finite number ≥ 0 (0 disables the clipping)")
+        max_norm = check_real("max_norm", max_norm, minimum=0.0)  # 0 disables the clipping
         check_option("solver", solver, SOLVERS)
         super().__init__(backend=backend)
         self.optim_niter = int(optim_niter)
