@@ -1,7 +1,7 @@
 """Device and skip marks and the no-host-sync check shared by the tests (tests/conftest.py has set TRITON_INTERPRET=1 on a
 machine without CUDA before this imports mtlkernels)."""
 import contextlib
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 import torch
@@ -13,7 +13,13 @@ from mtlkernels.backend import triton_interpreted
 #: where the Triton kernels run: the GPU, or CPU tensors under TRITON_INTERPRET=1
 TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+_skip_without_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def requires_cuda(test: Callable) -> Callable:
+    """A GPU-only test: skipped without CUDA, and marked ``gpu`` so that ``pytest -m gpu`` selects
+    exactly these (the first stage of bench/run_gpu.sh)."""
+    return pytest.mark.gpu(_skip_without_cuda(test))
 
 requires_cpp = pytest.mark.skipif(not _extension.available, reason=f"C++ extension not built: {_extension.import_error}")
 

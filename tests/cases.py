@@ -4,7 +4,7 @@ per-parameter block lists the Gram and combination kernels are fed."""
 from __future__ import annotations
 
 import torch
-from hypothesis import strategies as st
+from _hypothesis import st
 
 from mtlkernels.testing.cases import adversarial_cases, conflicting_J, random_J
 

@@ -15,15 +15,16 @@ if not torch.cuda.is_available():
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from hypothesis import settings  # noqa: E402
-
+from _hypothesis import AVAILABLE as HYPOTHESIS_AVAILABLE, settings  # noqa: E402
 from peers import load_libmtl_without_torchvision  # noqa: E402
 
 # Reproducible property tests: each test draws the same examples on every run (CI included), so a
 # red run is a real regression, not a lucky draw. HYPOTHESIS_PROFILE=explore draws fresh ones.
-settings.register_profile("ci", derandomize=True, database=None)
-settings.register_profile("explore", derandomize=False)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+# Without hypothesis (a bare GPU machine) the property tests skip and the rest runs (_hypothesis.py).
+if HYPOTHESIS_AVAILABLE:
+    settings.register_profile("ci", derandomize=True, database=None)
+    settings.register_profile("explore", derandomize=False)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 load_libmtl_without_torchvision()
 

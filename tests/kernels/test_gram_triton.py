@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from hypothesis import given, settings
+from _hypothesis import given, settings
 
 triton = pytest.importorskip("triton")
 

@@ -4,7 +4,7 @@ certificates and flags, the fallback beyond the register limit; on CUDA also no 
 CUDA-graph capture + replay."""
 import pytest
 import torch
-from hypothesis import given, settings
+from _hypothesis import given, settings
 
 triton = pytest.importorskip("triton")
 

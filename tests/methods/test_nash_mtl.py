@@ -10,8 +10,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from _hypothesis import given, settings, st
 
 import mtlkernels as mk
 from cases import adversarial_cases, assert_option_rejected, conflicting_J, random_J

@@ -8,10 +8,10 @@ to that sum, not to ‖d‖ (which can vanish, e.g. for opposite gradients).
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from _hypothesis import given, settings, st
 
 import mtlkernels as mk
+from _devices import requires_cuda
 from cases import adversarial_cases, assert_option_rejected, conflicting_J, random_J
 from mtlkernels import _extension
 from mtlkernels.methods import PCGradWeighting
@@ -301,7 +301,7 @@ def test_gram_dtype_and_layout(backend):
     torch.testing.assert_close(single, expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@requires_cuda
 def test_weights_on_the_gram_device():
     J = conflicting_J(5, 30, seed=9).cuda()
     solution = PCGradWeighting(generator=torch.Generator().manual_seed(0))(J @ J.T)
