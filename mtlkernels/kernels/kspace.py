@@ -32,11 +32,13 @@ def constexprs(constants: Any) -> dict[str, Any]:
     return entry[1]
 
 
-def launch_config(K: int) -> tuple[int, int]:
-    """(BLOCK_K, num_warps) of a one-program K-space solve: BLOCK_K = max(16, next_pow2(K)); 4 warps
-    at 16, 8 above (compiled for sm_90, the solves then spill no registers up to BLOCK_K = 32)."""
+def launch_config(K: int, warps_at_16: int = 4) -> tuple[int, int]:
+    """(BLOCK_K, num_warps) of a one-program K-space solve: BLOCK_K = max(16, next_pow2(K));
+    ``warps_at_16`` warps at 16 (a kernel whose live tiles do not fit 4 warps' registers passes 8),
+    8 above. Each solve's choice is compiled for sm_90 by tests/kernels/compile_sm90.py, which
+    reports its registers and spills."""
     block = max(16, triton.next_power_of_2(K))
-    return block, 4 if block == 16 else 8
+    return block, warps_at_16 if block == 16 else 8
 
 
 @triton.jit

@@ -23,6 +23,9 @@ from .kspace import MAX_TASKS
 # The solver's caps and tolerances arrive as constexpr arguments in upper case (the fields of
 # mtlkernels.methods.nash_mtl.NashMTLConstants, see kspace.constexprs).
 
+#: warps at BLOCK_K = 16: with 4 the kernel (solve and reuse in one) spills 64 B per thread on sm_90
+WARPS_AT_16 = 8
+
 # Newton round status
 RUNNING = tl.constexpr(0)
 CONVERGED = tl.constexpr(1)
@@ -102,22 +105,27 @@ def _nash_mtl_barrier_newton(
 
 @triton.jit
 def _nash_mtl_solve_kernel(
-    gram_ptr, previous_ptr, alpha_ptr, weights_ptr, dropped_ptr, iterations_ptr, converged_ptr, certificates_ptr,
-    K, MAX_NORM: tl.constexpr, HAS_PREVIOUS: tl.constexpr, REUSE: tl.constexpr, BLOCK_K: tl.constexpr,
+    gram_ptr, alpha_ptr, counters_ptr, weights_ptr, dropped_ptr, iterations_ptr, converged_ptr, reused_ptr,
+    step_ptr, certificates_ptr,
+    K, MAX_NORM: tl.constexpr, UPDATE_EVERY: tl.constexpr, BLOCK_K: tl.constexpr,
     MAX_NEWTON_STEPS: tl.constexpr, CONVERGED_DECREMENT2: tl.constexpr, DIVERGED_BETA: tl.constexpr,
     MAX_START_BETA: tl.constexpr,
 ):
+    """One call of the weighting: the state (α [K] at alpha_ptr, counters = (calls so far, α
+    valid?) at counters_ptr) is read, and written back in place, on the device."""
     offs = tl.arange(0, BLOCK_K)
     in_k = offs < K
     G = kspace.load_square(gram_ptr, K, BLOCK_K)
     norms = tl.sqrt(tl.maximum(kspace.diagonal(G, BLOCK_K), 0.0))
-    previous = tl.zeros([BLOCK_K], dtype=tl.float64)
-    if HAS_PREVIOUS:
-        previous = tl.load(previous_ptr + offs, mask=in_k, other=0.0).to(tl.float64)
+    step = tl.load(counters_ptr)
+    has_previous = tl.load(counters_ptr + 1) != 0
+    # no previous α: zeros, which the warm start below replaces by 1 (the cold start)
+    previous = tl.where(has_previous, tl.load(alpha_ptr + offs, mask=in_k, other=0.0).to(tl.float64), 0.0)
+    reuse = has_previous & ((step % UPDATE_EVERY) != 0)
     alpha = tl.zeros([BLOCK_K], dtype=tl.float64)
     iterations = 0
     converged = 1
-    if REUSE:
+    if reuse:
         alpha = previous
     else:
         kept = in_k & (norms > 0.0)
@@ -130,9 +138,8 @@ def _nash_mtl_solve_kernel(
             C = tl.where(pair, tl.minimum(tl.maximum(G / safe_norms[:, None] / safe_norms[None, :], -1.0), 1.0), 0.0)
             C = tl.where((offs[:, None] == offs[None, :]) & pair, 1.0, C)
             beta = tl.where(kept, 1.0, 0.0).to(tl.float64)
-            if HAS_PREVIOUS:
-                warm = previous * norms
-                beta = tl.where(kept & (warm > 0.0) & (warm < float("inf")), warm, beta)
+            warm = previous * norms
+            beta = tl.where(kept & (warm > 0.0) & (warm < float("inf")), warm, beta)
             ray = tl.sum(beta * tl.sum(C * beta[None, :], axis=1), axis=0)
             if (ray > 0.0) & (ray < float("inf")):  # the minimiser of f along the ray, kept below 1e3
                 n = tl.sum(kept.to(tl.float64), axis=0)
@@ -162,16 +169,78 @@ def _nash_mtl_solve_kernel(
     tl.store(dropped_ptr + offs, ~(alpha > 0.0), mask=in_k)
     tl.store(iterations_ptr, iterations)
     tl.store(converged_ptr, converged != 0)
+    tl.store(reused_ptr, reuse)
+    tl.store(step_ptr, step + 1)
+    tl.store(counters_ptr, step + 1)
+    tl.store(counters_ptr + 1, 1)
     tl.store(certificates_ptr, tl.sqrt(tl.sum(squares, axis=0)))
     tl.store(certificates_ptr + 1, tl.sqrt(tl.sum(tl.where(alpha > 0.0, squares, 0.0), axis=0)))
     tl.store(certificates_ptr + 2, direction_norm)
     tl.store(certificates_ptr + 3, clip_scale)
 
 
+def nash_mtl_state(K: int, device: torch.device, alpha: Tensor | None = None, step: int = 0) -> tuple[Tensor, Tensor]:
+    """A device state for :func:`nash_mtl_step`: (α [K] float64, counters [2] int64 = (calls so
+    far, 1 if α holds a previous solution else 0)), from a host α (or None) and step count. The
+    copies do not block the host (and, being fills and a device copy, can be captured)."""
+    state = torch.zeros(K, dtype=torch.float64, device=device)
+    counters = torch.zeros(2, dtype=torch.int64, device=device)
+    if alpha is not None:
+        state.copy_(alpha.detach(), non_blocking=True)
+        counters[1] = 1
+    if step:
+        counters[0] = step
+    return state, counters
+
+
+def nash_mtl_step(
+    gram: Tensor, alpha: Tensor, counters: Tensor, update_every: int, max_norm: float, constants: Any
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """One call of the Nash-MTL weighting on the device, its state updated **in place**:
+    (weights [K], diagnostics) — csrc's nash_mtl_solve plus the weighting's step logic.
+
+    gram: Γ [K, K] float32/float64, K ≤ :data:`MAX_TASKS`; alpha, counters: the state from
+    :func:`nash_mtl_state` on gram's device. The kernel reuses α (certified on this Γ, no Newton
+    step) when it holds a solution and ``counters[0] % update_every != 0``, else solves warm-started
+    from it; it writes the new α (before clipping) into ``alpha`` and advances ``counters``. Nothing
+    is decided on the host, so a CUDA graph holding this call advances the warm start and the
+    reuse schedule on every replay. constants: :class:`mtlkernels.methods.nash_mtl.NashMTLConstants`
+    (kernel constexprs). Diagnostics: residual, kept_residual, direction_norm, clip_scale (0-d
+    float64), iterations (0-d int32), converged and reused (0-d bool), step (0-d int64, calls
+    including this one), dropped_tasks ([K] bool mask).
+    """
+    K = gram.shape[0]
+    device = gram.device
+    if alpha.shape != (K,) or alpha.dtype != torch.float64 or not alpha.is_contiguous() or alpha.device != device:
+        raise ValueError(f"nash_mtl: the state α must be a contiguous float64 [{K}] tensor on {device}")
+    if counters.shape != (2,) or counters.dtype != torch.int64 or counters.device != device:
+        raise ValueError(f"nash_mtl: the state counters must be an int64 [2] tensor on {device}")
+    weights = torch.empty(K, dtype=torch.float64, device=device)
+    dropped = torch.empty(K, dtype=torch.bool, device=device)
+    iterations = torch.empty((), dtype=torch.int32, device=device)
+    converged = torch.empty((), dtype=torch.bool, device=device)
+    reused = torch.empty((), dtype=torch.bool, device=device)
+    step = torch.empty((), dtype=torch.int64, device=device)
+    certificates = torch.empty(4, dtype=torch.float64, device=device)
+    block, warps = kspace.launch_config(K, warps_at_16=WARPS_AT_16)
+    _nash_mtl_solve_kernel[(1,)](
+        gram.contiguous(), alpha, counters, weights, dropped, iterations, converged, reused, step, certificates, K,
+        MAX_NORM=float(max_norm), UPDATE_EVERY=int(update_every), BLOCK_K=block,
+        num_warps=warps, **kspace.constexprs(constants),
+    )
+    diagnostics = {
+        "residual": certificates[0], "kept_residual": certificates[1], "direction_norm": certificates[2],
+        "clip_scale": certificates[3], "dropped_tasks": dropped, "iterations": iterations, "converged": converged,
+        "reused": reused, "step": step,
+    }
+    return weights, diagnostics
+
+
 def nash_mtl_solve(
     gram: Tensor, previous: Tensor | None, reuse: bool, max_norm: float, constants: Any
 ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-    """(α [K] before clipping, weights [K], diagnostics) as device tensors — csrc's nash_mtl_solve.
+    """(α [K] before clipping, weights [K], diagnostics) as device tensors — csrc's nash_mtl_solve,
+    stateless: one :func:`nash_mtl_step` on a fresh state holding ``previous``.
 
     gram: Γ [K, K] float32/float64, K ≤ :data:`MAX_TASKS`; previous: the warm start α [K] on gram's
     device (or None); reuse: return ``previous`` (certified on this Γ) without solving; constants:
@@ -181,24 +250,8 @@ def nash_mtl_solve(
     """
     if reuse and previous is None:
         raise ValueError("nash_mtl: reuse=True needs the previous weights")
-    K = gram.shape[0]
-    device = gram.device
-    alpha = torch.empty(K, dtype=torch.float64, device=device)
-    weights = torch.empty(K, dtype=torch.float64, device=device)
-    dropped = torch.empty(K, dtype=torch.bool, device=device)
-    iterations = torch.empty((), dtype=torch.int32, device=device)
-    converged = torch.empty((), dtype=torch.bool, device=device)
-    certificates = torch.empty(4, dtype=torch.float64, device=device)
-    block, warps = kspace.launch_config(K)
-    _nash_mtl_solve_kernel[(1,)](
-        gram.contiguous(), alpha if previous is None else previous.contiguous(), alpha, weights, dropped,
-        iterations, converged, certificates, K,
-        MAX_NORM=float(max_norm), HAS_PREVIOUS=previous is not None, REUSE=reuse, BLOCK_K=block,
-        num_warps=warps, **kspace.constexprs(constants),
-    )
-    diagnostics = {
-        "residual": certificates[0], "kept_residual": certificates[1], "direction_norm": certificates[2],
-        "clip_scale": certificates[3], "dropped_tasks": dropped, "iterations": iterations, "converged": converged,
-    }
+    # reuse ⇔ a state with a previous α at call 1 of every 2; solve ⇔ call 0 of every 1
+    alpha, counters = nash_mtl_state(gram.shape[0], gram.device, previous, step=1 if reuse else 0)
+    weights, diagnostics = nash_mtl_step(gram, alpha, counters, 2 if reuse else 1, max_norm, constants)
+    del diagnostics["reused"], diagnostics["step"]
     return alpha, weights, diagnostics
-

@@ -307,6 +307,7 @@ class NashMTLWeighting(Weighting):
 
     # -- state ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        self._state_to_host()
         return {"alpha": None if self._alpha is None else self._alpha.clone(), "step": self._step}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -322,10 +323,24 @@ class NashMTLWeighting(Weighting):
                 raise ValueError("state['alpha'] has a non-finite entry")
             alpha = alpha.detach().to("cpu", torch.float64).clone()
         self._alpha, self._step = alpha, int(step)
+        self._device_state = None
 
     def reset(self) -> None:
         self._alpha: Tensor | None = None
         self._step = 0
+        #: the Triton solve's state, (α [K] float64, counters [2] int64: calls so far, α valid?),
+        #: on the device and updated there in place; while it is set it is the state (the host
+        #: fields are stale), so replays of a captured CUDA graph advance it
+        self._device_state: tuple[Tensor, Tensor] | None = None
+
+    def _state_to_host(self) -> None:
+        """Make the host fields the state again (reading the device state: a synchronisation)."""
+        if self._device_state is not None:
+            alpha, counters = self._device_state
+            step, has_alpha = counters.tolist()
+            self._alpha = alpha.clone() if has_alpha else None
+            self._step = int(step)
+            self._device_state = None
 
     # -- one call ---------------------------------------------------------------------------
     def resolve_backend(self, gram: Tensor) -> str:
@@ -352,26 +367,36 @@ class NashMTLWeighting(Weighting):
         return weights, self._commit(torch.from_numpy(alpha), diagnostics, reused)
 
     def solve_triton(self, gram: Tensor, losses: Tensor | None) -> Solution:
-        """The warm-start α stays on the device in the state; ``update_weights_every`` reuse is
-        decided by the host step counter."""
-        from ..kernels.solve_nash_mtl import nash_mtl_solve
+        """The state (α and the call counter) lives on the device, where the kernel reads it and
+        writes it back in place: the warm start and the ``update_weights_every`` reuse are decided
+        there, so a captured CUDA graph advances both on every replay. ``reused`` and ``step``
+        are then 0-d device tensors too."""
+        from ..kernels.solve_nash_mtl import nash_mtl_state, nash_mtl_step
 
-        reused, previous = self._plan(gram)
-        if previous is not None:
-            previous = previous.to(device=gram.device, dtype=torch.float64, non_blocking=True)
-        alpha, weights, diagnostics = nash_mtl_solve(gram, previous, reused, self.max_norm, self.constants)
-        return Solution(weights, self._commit(alpha, diagnostics, reused))
-
-    def _plan(self, gram: Tensor) -> tuple[bool, Tensor | None]:
-        """(reuse the stored α this call?, the stored α), after checking it fits Γ."""
         K = gram.shape[0]
+        state = self._device_state
+        if state is not None and (state[0].device != gram.device or state[0].shape[0] != K):
+            self._state_to_host()
+            state = None
+        if state is None:
+            self._check_state_size(K)
+            state = self._device_state = nash_mtl_state(K, gram.device, self._alpha, self._step)
+        weights, diagnostics = nash_mtl_step(gram, *state, self.update_weights_every, self.max_norm, self.constants)
+        diagnostics["solver"] = self.solver
+        return Solution(weights, diagnostics)
+
+    def _check_state_size(self, K: int) -> None:
         if self._alpha is not None and self._alpha.shape[0] != K:
             raise ValueError(
                 f"nash_mtl: the stored state is for K = {self._alpha.shape[0]} tasks but the Gram matrix "
                 f"has K = {K}; call reset() when the tasks change"
             )
+
+    def _plan(self, gram: Tensor) -> tuple[bool, Tensor | None]:
+        """(reuse the stored α this call?, the stored α), after checking it fits Γ."""
+        self._state_to_host()
+        self._check_state_size(gram.shape[0])
         reused = self._alpha is not None and self._step % self.update_weights_every != 0
-        # α lives where the last solve ran (the Triton solve keeps it on the GPU): follow Γ
         return reused, None if self._alpha is None else self._alpha.to(gram.device)
 
     def _commit(self, alpha: Tensor, facts: dict[str, Any], reused: bool) -> dict[str, Any]:

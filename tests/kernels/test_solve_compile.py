@@ -44,9 +44,9 @@ COMPILE_ALL = textwrap.dedent(
             dict(BLOCK_K=16, **kspace.constexprs(imtl.tolerances(torch.float32))), K)
         compile_for_h100(
             solve_nash_mtl._nash_mtl_solve_kernel,
-            dict(gram_ptr=gram, previous_ptr=f64, alpha_ptr=f64, weights_ptr=f64, dropped_ptr=i1,
-                 iterations_ptr=i32, converged_ptr=i1, certificates_ptr=f64),
-            dict(MAX_NORM=1.0, HAS_PREVIOUS=True, REUSE=False, BLOCK_K=16, **kspace.constexprs(nash_mtl.CONSTANTS)),
+            dict(gram_ptr=gram, alpha_ptr=f64, counters_ptr="*i64", weights_ptr=f64, dropped_ptr=i1,
+                 iterations_ptr=i32, converged_ptr=i1, reused_ptr=i1, step_ptr="*i64", certificates_ptr=f64),
+            dict(MAX_NORM=1.0, UPDATE_EVERY=2, BLOCK_K=16, **kspace.constexprs(nash_mtl.CONSTANTS)),
             K)
         compile_for_h100(
             solve_mgda._mgda_solve_kernel,

@@ -119,6 +119,62 @@ def test_stateful_steps_match_cpp_weighting():
     assert relative_error(ours.state_dict()["alpha"], theirs.state_dict()["alpha"]) <= CPP_RTOL
 
 
+def test_device_state_is_updated_in_place_like_the_host_state():
+    """The Triton weighting keeps α and the call counter in device buffers that the kernel
+    rewrites in place (the same tensors every call: what a captured CUDA graph needs), and its
+    sequence of warm starts, reuses and α is the cpp weighting's, whose state lives on the host."""
+    ours = NashMTLWeighting(backend="triton", update_weights_every=3)
+    theirs = NashMTLWeighting(backend="cpp", update_weights_every=3)
+    buffers = None
+    for step in range(7):
+        J = conflicting_J(5, 60, seed=20 + step)
+        G = J @ J.T
+        a, b = ours(G.to(DEVICE)), theirs(G)
+        if buffers is None:
+            buffers = [t.data_ptr() for t in ours._device_state]
+        assert [t.data_ptr() for t in ours._device_state] == buffers, step
+        alpha, counters = ours._device_state
+        assert counters.tolist() == [step + 1, 1]
+        assert relative_error(alpha, theirs.state_dict()["alpha"]) <= CPP_RTOL, step
+        assert relative_error(a.weights, b.weights) <= CPP_RTOL, step
+        assert a.diagnostics["reused"] == b.diagnostics["reused"] == (step % 3 != 0), step
+        assert a.diagnostics["step"] == b.diagnostics["step"] == step + 1
+        assert a.diagnostics["iterations"] == b.diagnostics["iterations"], step
+
+
+def test_kernel_state_sequence_matches_cpp_calls():
+    """nash_mtl_step on one state, called repeatedly, against the C++ solve driven by a host
+    loop with the same warm start and reuse schedule; the state after load_state_dict-like
+    initialisation (α given, step 4) included."""
+    K = 4
+    start = (torch.linspace(0.5, 1.5, K, dtype=torch.float64) / 10).to(DEVICE)
+    for initial_alpha, initial_step in ((None, 0), (start, 4)):
+        alpha, counters = solve_nash_mtl.nash_mtl_state(K, torch.device(DEVICE), initial_alpha, initial_step)
+        previous = None if initial_alpha is None else initial_alpha.cpu().numpy()
+        for call in range(initial_step, initial_step + 5):
+            J = conflicting_J(K, 50, seed=call)
+            G = (J @ J.T).to(DEVICE)
+            weights, diagnostics = solve_nash_mtl.nash_mtl_step(G, alpha, counters, 2, 1.0, CONSTANTS)
+            reuse = previous is not None and call % 2 != 0
+            cpp_alpha, cpp_weights, cpp = _extension.extension().nash_mtl_solve(
+                G.double().cpu().numpy(), cpp_constants(CONSTANTS), previous, reuse, 1.0)
+            previous = cpp_alpha
+            assert bool(diagnostics["reused"]) == reuse and int(diagnostics["step"]) == call + 1
+            assert relative_error(alpha, torch.from_numpy(cpp_alpha)) <= CPP_RTOL, call
+            assert relative_error(weights, torch.from_numpy(cpp_weights)) <= CPP_RTOL, call
+            assert int(diagnostics["iterations"]) == cpp["iterations"], call
+
+
+def test_state_of_another_size_is_rejected():
+    weighting = NashMTLWeighting(backend="triton")
+    weighting(torch.eye(3, dtype=torch.float64, device=DEVICE))
+    with pytest.raises(ValueError, match="K = 3 tasks but the Gram matrix has K = 4"):
+        weighting(torch.eye(4, dtype=torch.float64, device=DEVICE))
+    alpha, counters = solve_nash_mtl.nash_mtl_state(3, torch.device(DEVICE))
+    with pytest.raises(ValueError, match="state α must be a contiguous float64"):
+        solve_nash_mtl.nash_mtl_step(torch.eye(4, device=DEVICE), alpha, counters, 1, 1.0, CONSTANTS)
+
+
 def test_beyond_register_limit_uses_the_torch_solver():
     J = conflicting_J(solve_nash_mtl.MAX_TASKS + 1, 100, seed=5)
     G = J @ J.T
@@ -159,3 +215,33 @@ def test_cuda_graph_capture_and_replay():
         graph.replay()
         torch.cuda.synchronize()
         check_against_cpp("graph", G, alpha, weights, diagnostics, previous=previous)
+
+
+@requires_cuda
+def test_cuda_graph_replays_advance_the_warm_start():
+    """A weighting call captured once (update_weights_every=2) and replayed on six Γ: every replay
+    reads the α the previous one wrote and follows the solve/reuse schedule, as eager calls of
+    another weighting and the cpp weighting (host state) on the same Γ do."""
+    captured = NashMTLWeighting(backend="triton", update_weights_every=2)
+    eager = NashMTLWeighting(backend="triton", update_weights_every=2)
+    host = NashMTLWeighting(backend="cpp", update_weights_every=2)
+    grams = [(J @ J.T).float() for J in (conflicting_J(5, 40, seed=30 + i) for i in range(7))]
+    G = grams[0].cuda()
+    # call 1 (compiles, creates the device state) and call 2 (a reuse) eagerly, on every weighting
+    for gram in grams[:2]:
+        G.copy_(gram)
+        captured(G), eager(G.clone()), host(gram.double())
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        solution = captured(G)  # capturing does not run the kernel: the state is still at call 2
+    for call, gram in enumerate(grams[2:], start=3):
+        G.copy_(gram)
+        graph.replay()
+        expected, on_host = eager(G.clone()), host(gram.double())
+        torch.cuda.synchronize()
+        assert int(solution.diagnostics["step"]) == int(expected.diagnostics["step"]) == call
+        assert bool(solution.diagnostics["reused"]) == bool(expected.diagnostics["reused"]) == (call % 2 == 0)
+        assert torch.equal(solution.weights, expected.weights), call
+        assert relative_error(solution.weights, on_host.weights) <= CPP_RTOL, call
+    assert torch.equal(captured.state_dict()["alpha"], eager.state_dict()["alpha"])
+    assert captured.state_dict()["step"] == len(grams)
