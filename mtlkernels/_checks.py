@@ -86,9 +86,19 @@ def check_gram(gram: Tensor) -> int:
 
 
 def check_losses(losses: Tensor | Sequence[float] | None, K: int) -> Tensor | None:
-    """Return the K loss values as a detached float64 CPU tensor (or None), checked."""
+    """Return the K loss values as a detached float64 tensor (or None): on the CPU, checked
+    finite; a tensor on another device (CUDA) stays there and only its size is checked here —
+    reading its values would make the host wait for the device. Its values are checked where they
+    are read: on the host by a host solve (:meth:`mtlkernels.methods.base.Weighting.__call__`
+    moves them there), on the device by a Triton solve (MGDA's gives NaN weights for a loss that is
+    not finite or, with a loss normalisation, negative)."""
     if losses is None:
         return None
+    if isinstance(losses, Tensor) and losses.device.type != "cpu":
+        values = losses.detach().to(torch.float64).reshape(-1)
+        if values.numel() != K:
+            raise ValueError(f"got {values.numel()} losses for K = {K} tasks")
+        return values
     values = torch.as_tensor(
         [float(l) for l in losses] if not isinstance(losses, Tensor) else losses.detach(),
         dtype=torch.float64,

@@ -85,3 +85,17 @@ def test_nash_mtl_max_norm_accepts_numpy_and_0d_tensor(J, max_norm):
     expected = mk.aggregate(J.double(), "nash_mtl", max_norm=2.0, backend="torch").weights
     got = mk.aggregate(J.double(), "nash_mtl", max_norm=max_norm, backend="torch").weights
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-12)
+
+
+def test_losses_on_another_device_are_not_read_on_the_host():
+    """Losses on a device other than the CPU keep their device and only their size is checked
+    (reading values would make the host wait for the GPU): a "meta" tensor has no values to read,
+    so any read would fail here."""
+    from mtlkernels._checks import check_losses
+
+    checked = check_losses(torch.zeros(3, device="meta"), 3)
+    assert checked.device.type == "meta" and checked.dtype == torch.float64 and checked.shape == (3,)
+    with pytest.raises(ValueError, match="got 2 losses for K = 3 tasks"):
+        check_losses(torch.zeros(2, device="meta"), 3)
+    with pytest.raises(ValueError, match=r"loss of task\(s\) \[1\] is not finite"):
+        check_losses(torch.tensor([1.0, float("nan"), 2.0]), 3)  # CPU values are checked

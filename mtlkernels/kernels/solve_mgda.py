@@ -66,6 +66,7 @@ def _mgda_solve_kernel(
     offs = tl.arange(0, BLOCK_K)
     in_k = offs < K
     G = kspace.load_square(gram_ptr, K, BLOCK_K)
+    bad_losses = 0  # losses that are negative or not finite: NaN weights (the host does not check them)
     if NORMALIZATION == NONE:
         n = tl.where(in_k, 1.0, 1.0).to(tl.float64)
     else:
@@ -74,6 +75,7 @@ def _mgda_solve_kernel(
             n = norms
         else:
             losses = tl.load(losses_ptr + offs, mask=in_k, other=1.0).to(tl.float64)
+            bad_losses = tl.sum((~((losses >= 0.0) & (losses < float("inf")))).to(tl.int32), axis=0)
             if NORMALIZATION == LOSS:
                 n = losses
             else:
@@ -154,6 +156,7 @@ def _mgda_solve_kernel(
         weights = lam / n
     else:
         weights = lam
+    weights = tl.where(bad_losses > 0, float("nan"), weights)
     tl.store(weights_ptr + offs, weights, mask=in_k)
     tl.store(simplex_ptr + offs, lam, mask=in_k)
     tl.store(normalizers_ptr + offs, n, mask=in_k)
@@ -170,7 +173,8 @@ def mgda_solve(
     "kkt_residual", "objective" (0-d float64), "iterations", "support" (0-d int32)}.
 
     gram: Γ [K, K] float32/float64, K ≤ :data:`MAX_TASKS`; losses: [K] on gram's device, needed by
-    the "loss"/"loss+" normalisations (unchecked here); constants: the solver's
+    the "loss"/"loss+" normalisations — not read on the host: a negative or non-finite loss makes every
+    weight NaN (the host solves raise a ValueError instead); constants: the solver's
     :class:`mtlkernels.methods.mgda.MGDAConstants` (kernel constexprs).
     """
     K = gram.shape[0]

@@ -169,8 +169,10 @@ class Weighting(ABC):
         losses = check_losses(losses, K)
         if self.needs_losses and losses is None:
             raise ValueError(f"{self!r} needs the K loss values: pass losses=")
-        self.check_inputs(gram, losses)
         backend = self.resolve_backend(gram)
+        if losses is not None and losses.device.type != "cpu" and backend != "triton":
+            losses = check_losses(losses.cpu(), K)  # a host solve reads them on the host: check there
+        self.check_inputs(gram, losses)
         weighting = self.for_precision(gram.dtype)
         if backend == "cpp":
             return weighting._run_cpp(gram, losses)

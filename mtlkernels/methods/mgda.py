@@ -56,8 +56,10 @@ def _symmetrized(G: Tensor) -> Tensor:
 
 
 def check_loss_signs(normalization: str, losses: Tensor | None) -> None:
-    """Loss normalisations divide by the losses: a negative loss would flip its gradient."""
-    if normalization in ("loss", "loss+") and losses is not None:
+    """Loss normalisations divide by the losses: a negative loss would flip its gradient. Losses on
+    the device (CUDA, read by the Triton solve) are not read here: that solve gives NaN weights
+    for a negative or non-finite loss instead of making the host wait."""
+    if normalization in ("loss", "loss+") and losses is not None and losses.device.type == "cpu":
         negative = (losses < 0).nonzero().flatten().tolist()
         if negative:
             raise ValueError(

@@ -416,7 +416,8 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         if mode == "replicated":
             for part in ws.gradient_parts:
                 _dist.all_reduce_mean_(part, self.process_group)
-        if not all(bool(torch.isfinite(part).all()) for part in ws.gradient_parts):
+        finite = [torch.isfinite(part).all() for part in ws.gradient_parts]  # one host sync, not one per part
+        if finite and not bool(torch.stack(finite).all()):
             self._load_method_state(saved)
             _, problem = find_nonfinite(
                 values, gram, torch.zeros((), dtype=torch.bool), ws.private_views, roles.private_tasks,

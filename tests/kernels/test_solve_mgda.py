@@ -114,6 +114,21 @@ def test_weighting_with_losses():
         MGDAWeighting(normalization="loss", backend="triton")(J @ J.T, torch.tensor([1.0, -1.0, 1.0, 1.0]))
 
 
+@pytest.mark.parametrize("normalization", ["loss", "loss+"])
+def test_bad_losses_on_the_device_give_nan_weights(normalization):
+    """The Triton solve reads losses the host did not check (CUDA losses are not read on the
+    host): a negative, NaN or infinite loss makes every weight NaN; valid losses do not."""
+    J = conflicting_J(4, 50, seed=3)
+    G = (J @ J.T).to(DEVICE)
+    good = solve_mgda.mgda_solve(G, torch.tensor([0.5, 2.0, 0.0, 1.5], dtype=torch.float64, device=DEVICE),
+                                 normalization, "normalized", CONSTANTS)
+    assert torch.isfinite(good["weights"]).all()
+    for bad in (-1.0, float("nan"), float("inf")):
+        losses = torch.tensor([0.5, 2.0, bad, 1.5], dtype=torch.float64, device=DEVICE)
+        out = solve_mgda.mgda_solve(G, losses, normalization, "normalized", CONSTANTS)
+        assert torch.isnan(out["weights"]).all(), bad
+
+
 def test_beyond_register_limit_uses_the_torch_solver():
     J = random_J(solve_mgda.MAX_TASKS + 1, 80, seed=5)
     G = J @ J.T
