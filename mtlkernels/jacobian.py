@@ -67,16 +67,37 @@ def common_dtype(tensors: Sequence[Tensor]) -> torch.dtype | None:
     return functools.reduce(torch.promote_types, dtypes) if dtypes else None
 
 
-def column_views(buffer: Tensor, inputs: Sequence[Tensor]) -> list[Tensor]:
-    """Split the columns of ``buffer`` [K, N] into per-input blocks [K, *input.shape] (views)."""
-    views, start = [], 0
+#: a padded layout (:func:`column_offsets`) starts every input's block, and every row, on a
+#: multiple of this many bytes: the Triton kernels' 16-byte vector loads need every block aligned
+ALIGN_BYTES = 16
+
+
+def column_offsets(inputs: Sequence[Tensor], align: int = 1) -> tuple[list[int], int]:
+    """(first column of each input's block, total width) when each block starts at a multiple of
+    ``align`` columns and the width is one too (zero columns pad the gaps); ``align=1`` packs them."""
+    offsets, start = [], 0
     for t in inputs:
-        n = t.numel()
-        views.append(buffer[:, start : start + n].view(buffer.shape[0], *t.shape))
-        start += n
-    if start != buffer.shape[1]:
-        raise ValueError(f"the buffer has N = {buffer.shape[1]} columns; the inputs hold {start} elements")
-    return views
+        offsets.append(start)
+        start += -(-t.numel() // align) * align
+    return offsets, start
+
+
+def column_views(buffer: Tensor, inputs: Sequence[Tensor]) -> list[Tensor]:
+    """Split the columns of ``buffer`` [K, N] into per-input blocks [K, *input.shape] (views).
+
+    N is Σ numel (packed blocks) or the padded width of :func:`column_offsets` with
+    ``align = ALIGN_BYTES // itemsize`` (every block 16-byte aligned when the buffer is); the two
+    layouts coincide when every numel is a multiple of ``align``."""
+    offsets, width = column_offsets(inputs)
+    if buffer.shape[1] != width:
+        packed = width
+        offsets, width = column_offsets(inputs, max(1, ALIGN_BYTES // buffer.element_size()))
+        if buffer.shape[1] != width:
+            raise ValueError(
+                f"the buffer has N = {buffer.shape[1]} columns; the inputs hold {packed} elements "
+                f"({width} with each block padded to {ALIGN_BYTES} bytes)"
+            )
+    return [buffer[:, o : o + t.numel()].view(buffer.shape[0], *t.shape) for o, t in zip(offsets, inputs)]
 
 
 def fill_task_gradients(

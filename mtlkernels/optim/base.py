@@ -372,7 +372,7 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         solution, weights = self.aggregator.solve(gram, values, ws.rows.device)
         self._commit(K, roles, evidence)
         outs, accumulate = grad_outputs(roles.shared)
-        self.aggregator.combine(weights, [ws.rows], outs, accumulate)
+        self.aggregator.combine(weights, ws.blocks, outs, accumulate)
         self._write_private(weights, ws.private_views, roles)
         self._write_owned_grads(values, grad_scale)
         return self._record(gram, solution, values, roles)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..jacobian import column_views, common_dtype
+from ..jacobian import ALIGN_BYTES, column_offsets, column_views, common_dtype
 from .roles import ParameterRoles
 
 
@@ -21,8 +21,14 @@ class Workspace:
     plain gradients in the private ones'; when the two agree (the usual case) it is ONE buffer, so
     data-parallel training averages it with one all-reduce.
 
+    The rows are laid out for the Triton kernels: each shared parameter's columns start on a
+    16-byte boundary and the row stride is a multiple of 16 bytes (zero columns pad the gaps, so Γ
+    over the rows is unchanged), so one odd-sized parameter does not make the Gram and combination
+    launches fall back to unaligned accesses.
+
     Attributes:
-        rows: [K, N_shared] task gradients (None on the features path).
+        rows: [K, N_rows] task gradients, N_rows ≥ N_shared with the zero pads (None on the features path).
+        blocks: per shared parameter its [K, numel] columns of ``rows`` (None on the features path).
         direction: per shared parameter a [1, n] view of the direction (None with rows).
         private: the N_private plain gradients; ``private_views`` splits it per parameter.
         losses: K loss values (for the data-parallel average).
@@ -35,7 +41,8 @@ class Workspace:
         private_dtype = common_dtype(roles.private) or shared_dtype
         n_shared = sum(p.numel() for p in roles.shared)
         n_private = sum(p.numel() for p in roles.private)
-        head = K * n_shared if with_rows else n_shared
+        offsets, n_rows = column_offsets(roles.shared, max(1, ALIGN_BYTES // shared_dtype.itemsize))
+        head = K * n_rows if with_rows else n_shared
         self.key = key
         if private_dtype == shared_dtype:
             storage = torch.empty(head + n_private + K, dtype=shared_dtype, device=device)
@@ -46,7 +53,12 @@ class Workspace:
             self.private = torch.empty(n_private, dtype=private_dtype, device=device)
             front, self.losses = main[:head], main[head:]
             self.buffers, self.gradient_parts = [main, self.private], [front, self.private]
-        self.rows = front.view(K, n_shared) if with_rows else None
+        self.rows = front.view(K, n_rows) if with_rows else None
+        self.blocks = None
+        if with_rows:
+            if n_rows != n_shared:
+                self.rows.zero_()  # the pads stay zero: only the parameters' columns are written
+            self.blocks = [self.rows[:, o : o + p.numel()] for o, p in zip(offsets, roles.shared)]
         self.direction = None if with_rows else column_views(front.view(1, n_shared), roles.shared)
         self.private_views = [v[0] for v in column_views(self.private.view(1, n_private), roles.private)]
 
