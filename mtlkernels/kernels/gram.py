@@ -61,14 +61,23 @@ def _gram_rows(
 def _gram_step(
     acc, x_ptr, src, stride, n, col0, ti, tj, K,
     ROWS: tl.constexpr, PACK: tl.constexpr, SEG: tl.constexpr, TILE_K: tl.constexpr, TILES: tl.constexpr,
-    MASK_COLS: tl.constexpr, ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+    MASK_COLS: tl.constexpr, ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr, RESTART: tl.constexpr,
 ):
-    """acc += A·Bᵀ for the row tiles A (ti) and B (tj) of one chunk of columns."""
+    """acc += A·Bᵀ for the row tiles A (ti) and B (tj) of one chunk of columns.
+
+    RESTART: the tensor cores sum this step's SEG products from zero and the step's sum is added to
+    ``acc`` by an ordinary (round-to-nearest) float32 addition. Tensor-core accumulation does not
+    round to nearest, so a program that kept adding into the MMA accumulator over its whole column
+    range (tens of thousands of MMAs at N = 1e8) could bias Γ's diagonal; restarting bounds each
+    such chain to one step. (The 3×tf32 float32 path is decomposed this way by Triton already.)"""
     a = _gram_rows(x_ptr, src, stride, n, col0, ti, K, ROWS, PACK, SEG, TILE_K, MASK_COLS, ACC_DTYPE)
     if TILES == 1:
         b = a
     else:
         b = _gram_rows(x_ptr, src, stride, n, col0, tj, K, ROWS, PACK, SEG, TILE_K, MASK_COLS, ACC_DTYPE)
+    if RESTART:
+        # from acc·0, not a literal zero: Triton folds add(acc, dot(a, b, 0)) back into dot(a, b, acc)
+        return acc + tl.dot(a, tl.trans(b), acc * 0.0, input_precision=PRECISION, out_dtype=ACC_DTYPE)
     return tl.dot(a, tl.trans(b), acc, input_precision=PRECISION, out_dtype=ACC_DTYPE)
 
 
@@ -77,9 +86,10 @@ def _gram_partial_kernel(
     x_ptr, table_ptr, partial_ptr, K, PROGRAM_RECORDS,
     ROWS: tl.constexpr, PACK: tl.constexpr, SEG: tl.constexpr, TILE_K: tl.constexpr,
     TILES: tl.constexpr, PAIRS: tl.constexpr, ALIGNED: tl.constexpr, VEC: tl.constexpr,
-    ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+    ACC_DTYPE: tl.constexpr, PRECISION: tl.constexpr, RESTART: tl.constexpr,
 ):
-    """partial[p, tile ti, tile tj] = Σ over program p's columns of J[ti]·J[tj]ᵀ."""
+    """partial[p, tile ti, tile tj] = Σ over program p's columns of J[ti]·J[tj]ᵀ (RESTART: see
+    :func:`_gram_step`)."""
     BLOCK_N: tl.constexpr = PACK * SEG
     pid = tl.program_id(0)
     pair = pid % PAIRS  # the tile pair varies fastest: programs on one column range run together
@@ -107,10 +117,10 @@ def _gram_partial_kernel(
         full_stop = tl.minimum(stop, first + n // BLOCK_N)
         for c in range(chunk, full_stop):  # whole chunks: no column mask, 16-byte loads
             acc = _gram_step(acc, x_ptr, src, stride, n, (c - first) * BLOCK_N, ti, tj, K,
-                             ROWS, PACK, SEG, TILE_K, TILES, False, ACC_DTYPE, PRECISION)
+                             ROWS, PACK, SEG, TILE_K, TILES, False, ACC_DTYPE, PRECISION, RESTART)
         if full_stop < stop:  # the block's last, partial chunk
             acc = _gram_step(acc, x_ptr, src, stride, n, (full_stop - first) * BLOCK_N, ti, tj, K,
-                             ROWS, PACK, SEG, TILE_K, TILES, True, ACC_DTYPE, PRECISION)
+                             ROWS, PACK, SEG, TILE_K, TILES, True, ACC_DTYPE, PRECISION, RESTART)
         chunk = stop
         block += 1
 
@@ -219,6 +229,13 @@ def default_precision(dtype: torch.dtype, accumulate_dtype: torch.dtype) -> str:
     return "tf32x3" if dtype == torch.float32 else "tf32"
 
 
+def restarts_accumulation(dtype: torch.dtype, accumulate_dtype: torch.dtype, precision: str) -> bool:
+    """Whether each step's tensor-core sum starts from zero and is added to the float32
+    accumulator on CUDA cores: for 16-bit J on tensor cores, whose products are exact and whose
+    accumulation is then the only rounding (see :func:`_gram_step`)."""
+    return dtype.itemsize == 2 and accumulate_dtype == torch.float32 and precision != "ieee"
+
+
 _TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}
 
 
@@ -264,6 +281,7 @@ def triton_gram(
         ROWS=config.rows, PACK=config.pack, SEG=config.segment, TILE_K=config.tile_k,
         TILES=config.tiles, PAIRS=config.pairs, ALIGNED=table.aligned, VEC=_launch.vector_width(dtype),
         ACC_DTYPE=_TL_DTYPES[accumulate_dtype], PRECISION=precision,
+        RESTART=restarts_accumulation(dtype, accumulate_dtype, precision),
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     out = torch.empty(K, K, dtype=out_dtype, device=device)

@@ -95,7 +95,8 @@ def gram_cases(K: int, dtype: torch.dtype, aligned: bool, arch: int) -> list[dic
         dict(ROWS=config.rows, PACK=config.pack, SEG=config.segment, TILE_K=config.tile_k, TILES=config.tiles,
              PAIRS=config.pairs, ALIGNED=aligned, VEC=16 // dtype.itemsize,
              ACC_DTYPE=_TL[accumulate],
-             PRECISION=gram.default_precision(dtype, accumulate)),
+             PRECISION=gram.default_precision(dtype, accumulate),
+             RESTART=gram.restarts_accumulation(dtype, accumulate, gram.default_precision(dtype, accumulate))),
         arch=arch, num_warps=config.num_warps, num_stages=config.num_stages,
     )
     partial.update(kernel="gram_partial", K=K, dtype=str(dtype).removeprefix("torch."), aligned=aligned,
@@ -150,11 +151,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--full", action="store_true", help="also the unaligned variants at every K")
     parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 or 80")
     parser.add_argument("--kernels", default="gram,combine,pcgrad", help="comma-separated subset")
+    parser.add_argument("--K", default=",".join(map(str, TASK_COUNTS)), help="comma-separated task counts")
+    parser.add_argument("--dtypes", default="float32,bfloat16,float16,float64", help="comma-separated J dtypes")
     args = parser.parse_args(argv)
     kernels = set(args.kernels.split(","))
-    for K in TASK_COUNTS:
+    dtypes = [getattr(torch, name) for name in args.dtypes.split(",")]
+    for K in map(int, args.K.split(",")):
         alignments = (True, False) if args.full or K in UNALIGNED_IN_DEFAULT else (True,)
-        for dtype in DTYPES:
+        for dtype in dtypes:
             for aligned in alignments:
                 reports = []
                 if "gram" in kernels:
