@@ -23,13 +23,19 @@ from .kspace import MAX_TASKS
 # The solver's caps and tolerances arrive as constexpr arguments in upper case (the fields of
 # mtlkernels.methods.nash_mtl.NashMTLConstants, see kspace.constexprs).
 
-#: warps at BLOCK_K = 16: with 4 the kernel (solve and reuse in one) spills 64 B per thread on sm_90
-WARPS_AT_16 = 8
-
 # Newton round status
 RUNNING = tl.constexpr(0)
 CONVERGED = tl.constexpr(1)
 DIVERGED = tl.constexpr(2)
+
+
+#: num_warps by BLOCK_K (registers and spills for sm_90: tests/kernels/compile_sm90.py)
+WARPS = {16: 4, 32: 8, 64: 8}
+
+
+def launch_config(K: int) -> tuple[int, int]:
+    """(BLOCK_K, num_warps) of this solve's launch (:func:`kspace.launch_config` with :data:`WARPS`)."""
+    return kspace.launch_config(K, WARPS)
 
 
 @triton.jit
@@ -222,11 +228,11 @@ def nash_mtl_step(
     reused = torch.empty((), dtype=torch.bool, device=device)
     step = torch.empty((), dtype=torch.int64, device=device)
     certificates = torch.empty(4, dtype=torch.float64, device=device)
-    block, warps = kspace.launch_config(K, warps_at_16=WARPS_AT_16)
+    block, warps = launch_config(K)
     _nash_mtl_solve_kernel[(1,)](
         gram.contiguous(), alpha, counters, weights, dropped, iterations, converged, reused, step, certificates, K,
         MAX_NORM=float(max_norm), UPDATE_EVERY=int(update_every), BLOCK_K=block,
-        num_warps=warps, **kspace.constexprs(constants),
+        num_warps=warps, maxnreg=kspace.MAX_REGISTERS, **kspace.constexprs(constants),
     )
     diagnostics = {
         "residual": certificates[0], "kept_residual": certificates[1], "direction_norm": certificates[2],

@@ -24,7 +24,8 @@ from triton.backends.compiler import GPUTarget
 from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
 from triton.compiler import ASTSource
 
-from mtlkernels.kernels import combine, gram, kspace, solve_pcgrad
+from mtlkernels.kernels import combine, gram, kspace, solve_cagrad, solve_imtl, solve_mgda, solve_nash_mtl, solve_pcgrad
+from mtlkernels.methods import cagrad, imtl, mgda, nash_mtl
 
 #: task counts the tests cover (K = 1 is a compile-time constant; 3 and 40 are not powers of two,
 #: 40 is not a multiple of 16: a 64-row tile with a masked K)
@@ -59,7 +60,7 @@ def ptxas_report(ptx: str, arch: int) -> dict[str, int]:
 
 
 def compile_kernel(fn, pointers: dict[str, str], ints: dict[str, int], constexprs: dict, *, arch: int,
-                   num_warps: int, num_stages: int = 3) -> dict[str, int]:
+                   num_warps: int, num_stages: int = 3, maxnreg: int | None = None) -> dict[str, int]:
     """Compile ``fn`` for ``arch`` as a launch with these integer values would, and report it.
 
     pointers: argument → Triton pointer type (all 16-byte aligned); ints: integer argument → a
@@ -79,7 +80,7 @@ def compile_kernel(fn, pointers: dict[str, str], ints: dict[str, int], constexpr
             attrs[(fn.arg_names.index(name),)] = [["tt.divisibility", 16]]
     compiled = triton.compile(
         ASTSource(fn, signature, constants, attrs), target=GPUTarget("cuda", arch, 32),
-        options={"num_warps": num_warps, "num_stages": num_stages},
+        options={"num_warps": num_warps, "num_stages": num_stages, "maxnreg": maxnreg},
     )
     return ptxas_report(compiled.asm["ptx"], arch)
 
@@ -136,13 +137,47 @@ def combine_case(K: int, dtype: torch.dtype, aligned: bool, accumulate: bool, ar
 
 def pcgrad_case(K: int, arch: int) -> dict:
     """The PCGrad solve on a float32 Γ as ``pcgrad_solve`` launches it."""
-    block, warps = kspace.launch_config(K)
+    block, warps = solve_pcgrad.launch_config(K)
     report = compile_kernel(
         solve_pcgrad._pcgrad_solve_kernel,
         dict(gram_ptr="*fp32", order_ptr="*i64", weights_ptr="*fp64", projections_ptr="*i32", residual_ptr="*fp64"),
-        dict(K=K), dict(MEAN=True, BLOCK_K=block), arch=arch, num_warps=warps,
+        dict(K=K), dict(MEAN=True, BLOCK_K=block), arch=arch, num_warps=warps, maxnreg=kspace.MAX_REGISTERS,
     )
     report.update(kernel="pcgrad_solve", K=K, block_k=block, num_warps=warps)
+    return report
+
+
+#: the other four on-device solves: (kernel, pointer arguments, constexprs) on a float32 Γ, as
+#: their launchers pass them (MGDA with the loss normalisation, its largest variant)
+_F64, _I1, _I32, _I64 = "*fp64", "*i1", "*i32", "*i64"
+SOLVES = {
+    "imtl": (solve_imtl, "_imtl_solve_kernel",
+             dict(gram_ptr="*fp32", weights_ptr=_F64, zero_tasks_ptr=_I1, fallback_ptr=_I1, unique_ptr=_I1,
+                  degenerate_ptr=_I1, rank_ptr=_I32, residual_ptr=_F64),
+             lambda: dict(kspace.constexprs(imtl.tolerances(torch.float32)))),
+    "nash_mtl": (solve_nash_mtl, "_nash_mtl_solve_kernel",
+                 dict(gram_ptr="*fp32", alpha_ptr=_F64, counters_ptr=_I64, weights_ptr=_F64, dropped_ptr=_I1,
+                      iterations_ptr=_I32, converged_ptr=_I1, reused_ptr=_I1, step_ptr=_I64, certificates_ptr=_F64),
+                 lambda: dict(MAX_NORM=1.0, UPDATE_EVERY=2, **kspace.constexprs(nash_mtl.CONSTANTS))),
+    "mgda": (solve_mgda, "_mgda_solve_kernel",
+             dict(gram_ptr="*fp32", losses_ptr=_F64, weights_ptr=_F64, simplex_ptr=_F64, normalizers_ptr=_F64,
+                  kkt_ptr=_F64, objective_ptr=_F64, iterations_ptr=_I32, support_ptr=_I32),
+             lambda: dict(NORMALIZATION=3, NORMALIZED=True, **kspace.constexprs(mgda.CONSTANTS))),
+    "cagrad": (solve_cagrad, "_cagrad_solve_kernel",
+               dict(gram_ptr="*fp32", weights_ptr=_F64, active_ptr=_I1, degenerate_ptr=_I1, iterations_ptr=_I32,
+                    facts_ptr=_F64),
+               lambda: dict(C=0.4, FACTOR=1 / 1.16, **kspace.constexprs(cagrad.CONSTANTS))),
+}
+
+
+def solve_case(name: str, K: int, arch: int, num_warps: int | None = None) -> dict:
+    """One on-device solve as its launcher launches it (``num_warps`` overrides, to explore)."""
+    module, kernel, pointers, constexprs = SOLVES[name]
+    block, warps = module.launch_config(K)
+    warps = num_warps or warps
+    report = compile_kernel(getattr(module, kernel), pointers, dict(K=K), dict(constexprs(), BLOCK_K=block),
+                            arch=arch, num_warps=warps, maxnreg=kspace.MAX_REGISTERS)
+    report.update(kernel=f"{name}_solve", K=K, block_k=block, num_warps=warps)
     return report
 
 
@@ -153,6 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kernels", default="gram,combine,pcgrad", help="comma-separated subset")
     parser.add_argument("--K", default=",".join(map(str, TASK_COUNTS)), help="comma-separated task counts")
     parser.add_argument("--dtypes", default="float32,bfloat16,float16,float64", help="comma-separated J dtypes")
+    parser.add_argument("--warps", type=int, help="override the solves' num_warps (to explore)")
     args = parser.parse_args(argv)
     kernels = set(args.kernels.split(","))
     dtypes = [getattr(torch, name) for name in args.dtypes.split(",")]
@@ -173,6 +209,9 @@ def main(argv: list[str] | None = None) -> None:
                 print(json.dumps(gram_reduce_case(K, dtype, args.arch)), flush=True)
         if "pcgrad" in kernels:
             print(json.dumps(pcgrad_case(K, args.arch)), flush=True)
+        for name in SOLVES:
+            if name in kernels:
+                print(json.dumps(solve_case(name, K, args.arch, args.warps)), flush=True)
 
 
 if __name__ == "__main__":
