@@ -35,6 +35,7 @@ GPU_TESTS=(
   tests/kernels/test_solve_pcgrad.py tests/kernels/test_solve_imtl.py tests/kernels/test_solve_nash_mtl.py
   tests/kernels/test_solve_mgda.py tests/kernels/test_solve_cagrad.py
   tests/methods/test_nash_mtl.py tests/methods/test_pcgrad.py tests/test_no_host_sync.py
+  tests/bench/test_timing.py tests/bench/test_step.py
 )
 BENCH=bench/test_gram_combine_gpu.py
 PYTEST=("$PY" -m pytest -q -p no:cacheprovider)
