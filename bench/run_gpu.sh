@@ -10,7 +10,9 @@
 #   bash bench/run_gpu.sh 4    every Triton test on the device (not only the GPU-only ones): hundreds
 #                              of specialisations, longer than one slot; run where time allows.
 #   bash bench/run_gpu.sh      stages 1-3 in a row.
-# Needs torch, triton, numpy and pytest (hypothesis optional: its property tests then skip).
+# Needs torch, triton, numpy and pytest (hypothesis optional: its property tests then skip). The
+# solve tests that compare with the C++ solver need the extension built for this torch
+# (python setup.py build_ext --inplace); without it they skip, and the header says so.
 # Results (JSON + Markdown + each stage's log, with device, date and command) go to
 # $MTLK_BENCH_RESULTS (default bench/results), rewritten after every benchmark case, so a run cut
 # short still leaves its numbers. Extra arguments go to every pytest run (e.g. -x).
@@ -50,6 +52,12 @@ try:
     print(f"hypothesis {hypothesis.__version__}")
 except ImportError:
     print("hypothesis not installed: the property tests skip")
+try:
+    from mtlkernels import _extension
+    print("C++ extension:", "built" if _extension.available else
+          f"not importable ({_extension.import_error}): the tests that compare with the C++ solver skip")
+except Exception as error:  # the header must print whatever is broken
+    print(f"import mtlkernels failed: {error!r}")
 if torch.cuda.is_available():
     p = torch.cuda.get_device_properties(0)
     print(f"device {p.name} | sm_{p.major}{p.minor} | {p.multi_processor_count} SMs | {p.total_memory / 2**30:.0f} GiB")
