@@ -307,8 +307,8 @@ class NashMTLWeighting(Weighting):
 
     # -- state ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        self._state_to_host()
-        return {"alpha": None if self._alpha is None else self._alpha.clone(), "step": self._step}
+        alpha, step = self._read_state()
+        return {"alpha": None if alpha is None else alpha.clone(), "step": step}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if set(state) != {"alpha", "step"}:
@@ -333,13 +333,20 @@ class NashMTLWeighting(Weighting):
         #: fields are stale), so replays of a captured CUDA graph advance it
         self._device_state: tuple[Tensor, Tensor] | None = None
 
+    def _read_state(self) -> tuple[Tensor | None, int]:
+        """(α or None, calls so far): the device state when there is one (reading its counters is
+        a synchronisation; the buffers stay in use), else the host fields."""
+        if self._device_state is None:
+            return self._alpha, self._step
+        alpha, counters = self._device_state
+        step, has_alpha = counters.tolist()
+        return (alpha if has_alpha else None), int(step)
+
     def _state_to_host(self) -> None:
-        """Make the host fields the state again (reading the device state: a synchronisation)."""
+        """Make the host fields the state again, dropping the device state (a host solve runs)."""
         if self._device_state is not None:
-            alpha, counters = self._device_state
-            step, has_alpha = counters.tolist()
-            self._alpha = alpha.clone() if has_alpha else None
-            self._step = int(step)
+            alpha, self._step = self._read_state()
+            self._alpha = None if alpha is None else alpha.clone()
             self._device_state = None
 
     # -- one call ---------------------------------------------------------------------------

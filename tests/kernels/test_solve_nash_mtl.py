@@ -122,7 +122,8 @@ def test_stateful_steps_match_cpp_weighting():
 def test_device_state_is_updated_in_place_like_the_host_state():
     """The Triton weighting keeps α and the call counter in device buffers that the kernel
     rewrites in place (the same tensors every call: what a captured CUDA graph needs), and its
-    sequence of warm starts, reuses and α is the cpp weighting's, whose state lives on the host."""
+    sequence of warm starts, reuses and α is the cpp weighting's, whose state lives on the host;
+    ``state_dict()`` reads it without giving the buffers up."""
     ours = NashMTLWeighting(backend="triton", update_weights_every=3)
     theirs = NashMTLWeighting(backend="cpp", update_weights_every=3)
     buffers = None
@@ -140,6 +141,10 @@ def test_device_state_is_updated_in_place_like_the_host_state():
         assert a.diagnostics["reused"] == b.diagnostics["reused"] == (step % 3 != 0), step
         assert a.diagnostics["step"] == b.diagnostics["step"] == step + 1
         assert a.diagnostics["iterations"] == b.diagnostics["iterations"], step
+        if step == 3:  # reading the state (checkpointing) keeps the buffers in use
+            state = ours.state_dict()
+            assert state["step"] == 4 and torch.equal(state["alpha"], alpha)
+            assert state["alpha"].data_ptr() != alpha.data_ptr()  # a copy
 
 
 def test_kernel_state_sequence_matches_cpp_calls():
