@@ -6,7 +6,7 @@ so the weights are computed on the GPU with no host synchronisation. Padding con
 columns ≥ K are zero in Γ and identity in a system matrix, so they never change a result.
 """
 from dataclasses import fields
-from typing import Any, Mapping
+from typing import Any
 
 import triton
 import triton.language as tl
@@ -32,21 +32,18 @@ def constexprs(constants: Any) -> dict[str, Any]:
     return entry[1]
 
 
-#: num_warps by BLOCK_K unless a solve passes its own (sizes above 64: PCGrad only)
-DEFAULT_WARPS = {16: 4}
 #: registers per thread a one-program solve may use (``maxnreg``, the most sm_80/sm_90 allow). Left
 #: unset, ptxas caps a kernel to keep 2-3 programs per SM resident (168 registers at 4 warps, 128
 #: at 8) and spills instead; a solve runs one program, so that occupancy buys nothing.
 MAX_REGISTERS = 255
 
 
-def launch_config(K: int, warps: Mapping[int, int] = DEFAULT_WARPS) -> tuple[int, int]:
-    """(BLOCK_K, num_warps) of a one-program K-space solve: BLOCK_K = max(16, next_pow2(K)) and
-    ``warps[BLOCK_K]`` warps (8 for a BLOCK_K not listed). Each solve lists the warps at which its
-    kernel compiles for sm_90 without spilling (or spilling least), as measured by
-    tests/kernels/compile_sm90.py, whose test asserts it."""
+def launch_config(K: int) -> tuple[int, int]:
+    """(BLOCK_K, num_warps) of a one-program K-space solve: BLOCK_K = max(16, next_pow2(K)); 4 warps
+    at 16, 8 above. With ``maxnreg=MAX_REGISTERS`` every solve then compiles for sm_90 without
+    spilling up to BLOCK_K = 32, except CAGrad at 32 (tests/kernels/test_compile_sm90.py)."""
     block = max(16, triton.next_power_of_2(K))
-    return block, warps.get(block, 8)
+    return block, 4 if block == 16 else 8
 
 
 @triton.jit

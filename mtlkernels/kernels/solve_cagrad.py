@@ -40,15 +40,6 @@ ENTER = tl.constexpr(2)
 LEAVE = tl.constexpr(3)
 
 
-#: num_warps by BLOCK_K (registers and spills for sm_90: tests/kernels/compile_sm90.py)
-WARPS = {16: 4, 32: 8, 64: 8}
-
-
-def launch_config(K: int) -> tuple[int, int]:
-    """(BLOCK_K, num_warps) of this solve's launch (:func:`kspace.launch_config` with :data:`WARPS`)."""
-    return kspace.launch_config(K, WARPS)
-
-
 @triton.jit
 def _cagrad_active_solve(
     A, sigma, S, y1, y2, last, K, BLOCK_K: tl.constexpr, PAIR: tl.constexpr,
@@ -431,7 +422,7 @@ def cagrad_solve(gram: Tensor, c: float, factor: float, constants: Any) -> tuple
     degenerate = torch.empty((), dtype=torch.bool, device=device)
     iterations = torch.empty((), dtype=torch.int32, device=device)
     facts = torch.empty(6, dtype=torch.float64, device=device)
-    block, warps = launch_config(K)
+    block, warps = kspace.launch_config(K)
     _cagrad_solve_kernel[(1,)](
         gram.contiguous(), weights, active, degenerate, iterations, facts, K,
         C=float(c), FACTOR=float(factor), BLOCK_K=block, num_warps=warps, maxnreg=kspace.MAX_REGISTERS,

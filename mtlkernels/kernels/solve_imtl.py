@@ -23,15 +23,6 @@ from .kspace import MAX_TASKS
 # mtlkernels.methods.imtl.IMTLConstants, see kspace.constexprs).
 
 
-#: num_warps by BLOCK_K (registers and spills for sm_90: tests/kernels/compile_sm90.py)
-WARPS = {16: 4, 32: 8, 64: 8}
-
-
-def launch_config(K: int) -> tuple[int, int]:
-    """(BLOCK_K, num_warps) of this solve's launch (:func:`kspace.launch_config` with :data:`WARPS`)."""
-    return kspace.launch_config(K, WARPS)
-
-
 @triton.jit
 def _imtl_min_norm_impartial(
     C, n, active, m, K, BLOCK_K: tl.constexpr,
@@ -126,7 +117,7 @@ def imtl_solve(gram: Tensor, constants: Any) -> tuple[Tensor, dict[str, Tensor]]
     flags = torch.empty(3, dtype=torch.bool, device=device)
     rank = torch.empty((), dtype=torch.int32, device=device)
     residual = torch.empty((), dtype=torch.float64, device=device)
-    block, warps = launch_config(K)
+    block, warps = kspace.launch_config(K)
     _imtl_solve_kernel[(1,)](
         gram.contiguous(), weights, zero_tasks, flags[0], flags[1], flags[2], rank, residual, K,
         BLOCK_K=block, num_warps=warps, maxnreg=kspace.MAX_REGISTERS, **kspace.constexprs(constants),

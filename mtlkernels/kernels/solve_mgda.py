@@ -33,15 +33,6 @@ LOSS = tl.constexpr(NORMALIZATION_CODES["loss"])
 NEVER = tl.constexpr(2**30)
 
 
-#: num_warps by BLOCK_K (registers and spills for sm_90: tests/kernels/compile_sm90.py)
-WARPS = {16: 4, 32: 8, 64: 8}
-
-
-def launch_config(K: int) -> tuple[int, int]:
-    """(BLOCK_K, num_warps) of this solve's launch (:func:`kspace.launch_config` with :data:`WARPS`)."""
-    return kspace.launch_config(K, WARPS)
-
-
 @triton.jit
 def _mgda_affine_minimizer(Q, active, added, lengths, K, BLOCK_K: tl.constexpr, DEPENDENT_PIVOT: tl.constexpr):
     """(α, ok): α (Σα = 1, zero off ``active``) of the point of the affine hull of the active
@@ -200,7 +191,7 @@ def mgda_solve(
     )
     if normalization in ("loss", "loss+") and losses is None:
         raise ValueError(f"normalization={normalization!r} needs the K loss values")
-    block, warps = launch_config(K)
+    block, warps = kspace.launch_config(K)
     _mgda_solve_kernel[(1,)](
         gram.contiguous(), out["weights"] if losses is None else losses.contiguous(), out["weights"],
         out["simplex_weights"], out["normalizers"], out["kkt_residual"], out["objective"], out["iterations"],

@@ -29,15 +29,6 @@ CONVERGED = tl.constexpr(1)
 DIVERGED = tl.constexpr(2)
 
 
-#: num_warps by BLOCK_K (registers and spills for sm_90: tests/kernels/compile_sm90.py)
-WARPS = {16: 4, 32: 8, 64: 8}
-
-
-def launch_config(K: int) -> tuple[int, int]:
-    """(BLOCK_K, num_warps) of this solve's launch (:func:`kspace.launch_config` with :data:`WARPS`)."""
-    return kspace.launch_config(K, WARPS)
-
-
 @triton.jit
 def _nash_mtl_growing(growth, beta, kept, BLOCK_K: tl.constexpr):
     """The tasks dropped when f is unbounded below: relative last step > 1/4, and the largest βᵢ."""
@@ -228,7 +219,7 @@ def nash_mtl_step(
     reused = torch.empty((), dtype=torch.bool, device=device)
     step = torch.empty((), dtype=torch.int64, device=device)
     certificates = torch.empty(4, dtype=torch.float64, device=device)
-    block, warps = launch_config(K)
+    block, warps = kspace.launch_config(K)
     _nash_mtl_solve_kernel[(1,)](
         gram.contiguous(), alpha, counters, weights, dropped, iterations, converged, reused, step, certificates, K,
         MAX_NORM=float(max_norm), UPDATE_EVERY=int(update_every), BLOCK_K=block,

@@ -14,15 +14,6 @@ from . import kspace
 
 
 
-#: num_warps by BLOCK_K (registers and spills for sm_90: tests/kernels/compile_sm90.py)
-WARPS = {16: 4, 32: 8, 64: 8}
-
-
-def launch_config(K: int) -> tuple[int, int]:
-    """(BLOCK_K, num_warps) of this solve's launch (:func:`kspace.launch_config` with :data:`WARPS`)."""
-    return kspace.launch_config(K, WARPS)
-
-
 @triton.jit
 def _pcgrad_solve_kernel(
     gram_ptr, order_ptr, weights_ptr, projections_ptr, residual_ptr, K, MEAN: tl.constexpr, BLOCK_K: tl.constexpr
@@ -64,7 +55,7 @@ def pcgrad_solve(gram: Tensor, order: Tensor, mean: bool) -> tuple[Tensor, dict[
     gram: Γ [K, K]; order: [K, K] int64, row i the visiting order for task i.
     """
     K = gram.shape[0]
-    block, warps = launch_config(K)
+    block, warps = kspace.launch_config(K)
     weights = torch.empty(K, dtype=torch.float64, device=gram.device)
     projections = torch.empty((), dtype=torch.int32, device=gram.device)
     residual = torch.empty((), dtype=torch.float64, device=gram.device)

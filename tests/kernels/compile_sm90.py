@@ -137,7 +137,7 @@ def combine_case(K: int, dtype: torch.dtype, aligned: bool, accumulate: bool, ar
 
 def pcgrad_case(K: int, arch: int) -> dict:
     """The PCGrad solve on a float32 Γ as ``pcgrad_solve`` launches it."""
-    block, warps = solve_pcgrad.launch_config(K)
+    block, warps = kspace.launch_config(K)
     report = compile_kernel(
         solve_pcgrad._pcgrad_solve_kernel,
         dict(gram_ptr="*fp32", order_ptr="*i64", weights_ptr="*fp64", projections_ptr="*i32", residual_ptr="*fp64"),
@@ -173,7 +173,7 @@ SOLVES = {
 def solve_case(name: str, K: int, arch: int, num_warps: int | None = None) -> dict:
     """One on-device solve as its launcher launches it (``num_warps`` overrides, to explore)."""
     module, kernel, pointers, constexprs = SOLVES[name]
-    block, warps = module.launch_config(K)
+    block, warps = kspace.launch_config(K)
     warps = num_warps or warps
     report = compile_kernel(getattr(module, kernel), pointers, dict(K=K), dict(constexprs(), BLOCK_K=block),
                             arch=arch, num_warps=warps, maxnreg=kspace.MAX_REGISTERS)

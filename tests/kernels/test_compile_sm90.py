@@ -6,7 +6,7 @@ A spill is a silent slowdown (local-memory traffic in the inner loop of a bandwi
 that no CPU test can see; here a register regression fails CI instead. The compilation and the
 ``ptxas -v`` report are done by ``tests/kernels/compile_sm90.py`` in a subprocess without
 TRITON_INTERPRET; each line it prints is one configuration as the launchers pick it
-(``gram_config``, ``reduce_block``, ``combine_config``, each solve's ``launch_config``). Compiling
+(``gram_config``, ``reduce_block``, ``combine_config``, ``kspace.launch_config``). Compiling
 also catches code the interpreter accepts but the compiler rejects (non-constexpr globals,
 loop-carried values changing type).
 """
