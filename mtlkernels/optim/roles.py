@@ -90,6 +90,8 @@ def detect_roles(
     shared_ids: set[int] | None,
     one_owner: bool,
     reduce: Callable[[Tensor], Tensor] | None = None,
+    present: Sequence[int] | None = None,
+    num_tasks: int | None = None,
 ) -> tuple[ParameterRoles, RoleEvidence]:
     """The roles from this batch's gradients merged with the ``prior`` evidence (see the module
     docstring); changes nothing, the caller keeps the result once its backward succeeds.
@@ -98,7 +100,10 @@ def detect_roles(
     with only zero gradients falls back to the tasks whose graph reaches it. Shared = used by two
     or more tasks (by K = 1: by the one), or in ``shared_ids`` when given. ``one_owner``: every
     non-shared parameter must belong to one task. ``reduce`` sums the [K, 2, P] evidence counts
-    over data-parallel ranks, so that every rank finds the same roles.
+    over data-parallel ranks, so that every rank finds the same roles. ``present``: the tasks (of
+    ``num_tasks``) that ``losses`` belong to, in a step where the others are absent; an absent task
+    shows nothing, and one never present counts as using the parameters every task seen so far
+    uses (the trunk, not another task's head) and as owning those no task uses (its own head).
     """
     K = len(losses)
     flags = []
@@ -113,14 +118,26 @@ def detect_roles(
     reached, used = (counts > 0).cpu().unbind(1)
     for k in range(K):
         if not bool(reached[k].any()):
-            raise ValueError(f"loss of task {k} does not depend on any trainable parameter of the wrapped optimizer")
+            task = k if present is None else present[k]
+            raise ValueError(f"loss of task {task} does not depend on any trainable parameter of the wrapped optimizer")
+    if present is not None:  # the absent tasks' rows: nothing seen
+        K = num_tasks
+        rows = torch.tensor(list(present))
+        used = torch.zeros(K, len(params), dtype=torch.bool).index_copy_(0, rows, used)
+        reached = torch.zeros(K, len(params), dtype=torch.bool).index_copy_(0, rows, reached)
     ids = tuple(id(p) for p in params)
     if prior is not None and prior.ids == ids and prior.used.shape[0] == K:
         used, reached = used | prior.used, reached | prior.reached
     evidence = RoleEvidence(ids, used, reached)
     absent = ~used.any(1)
     owners = used | (absent[:, None] & reached)
-    owners = torch.where(owners.any(0), owners, reached)
+    fallback, never, seen = reached, ~reached.any(1), ~absent
+    if bool(never.any()) and bool(seen.any()):
+        # a task never present uses what every task seen uses (the trunk), and owns the parameters
+        # no task uses (e.g. its head, which the others reach through a torch.cat)
+        owners |= never[:, None] & used[seen].all(0)
+        fallback = never[:, None] & reached.any(0)
+    owners = torch.where(owners.any(0), owners, fallback)
     shared, private, private_tasks = [], [], []
     for j, p in enumerate(params):
         tasks = tuple(owners[:, j].nonzero().flatten().tolist())
