@@ -27,6 +27,7 @@ from ..aggregate import AggregationResult, Aggregator
 from ..jacobian import GRAD_MODES, check_losses, fill_task_gradients, resolve_grad_mode
 from ..methods import Weighting, diagnostics_to_python, make_weighting
 from . import distributed as _dist
+from . import fsdp as _fsdp
 from . import tasks as _tasks
 from .nonfinite import ON_NONFINITE, NonFiniteError, find_nonfinite, flag_overflow
 from .roles import ParameterRoles, RoleEvidence, check_shared, detect_roles, trainable_parameters
@@ -38,12 +39,15 @@ TASK_SPECIFIC = ("plain", "weighted")
 
 
 class _Step(NamedTuple):
-    """What a backward step is over: K, the present tasks (None: all K), and the commit of what
-    it established (K, names, roles), called once the step is sure to write."""
+    """What a backward step is over and what it establishes, kept by ``_commit_step`` once the
+    step is sure to write: K, the present tasks (None: all K), the names, the parameter roles
+    over all K tasks and their evidence (None: the roles were known already)."""
 
     num_tasks: int
     present: list[int] | None
-    commit: Callable[[], None]
+    names: tuple[str, ...] | None
+    roles: ParameterRoles | None
+    evidence: RoleEvidence | None
 
 
 class MultiTaskOptimizer(torch.optim.Optimizer):
@@ -366,16 +370,20 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         else:
             losses = check_losses(split, self.num_tasks)
             K = len(losses)
+        step = _Step(K, present, names, None, None)
+        mode = _dist.resolve_mode(self.distributed, self.process_group)
+        if _fsdp.fully_sharded(self._trainable()):
+            if features is not None:
+                raise ValueError("features= with FSDP-sharded parameters is not supported; pass the losses alone")
+            if self.distributed in ("none", "replicated"):
+                raise ValueError(f"the parameters are sharded by FSDP (fully_shard); distributed={self.distributed!r} "
+                                 "does not fit them: use distributed='auto' (or 'sharded')")
+            return _fsdp.backward(self, losses, step, retain_graph, grad_scaler)
         if self._evidence is not None and self._evidence.complete:
             roles, evidence = self._roles, None
         else:
             roles, evidence = self._detect_roles(losses, present, K)
-
-        def commit() -> None:
-            """Keep K, the names, the roles and their evidence, once the step is sure to write."""
-            self._commit(K, roles, evidence)
-            self.task_names = names
-
+        step = step._replace(roles=roles, evidence=evidence)
         step_roles = roles if present is None else _tasks.restrict_roles(roles, present)
         multipliers = self._loss_multipliers()
         if multipliers is not None and present is not None:
@@ -386,9 +394,7 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
             differentiated = [grad_scaler.scale(l) for l in differentiated]
             grad_scale = float(grad_scaler.get_scale())
         values = torch.stack([l.detach().reshape(()).to(torch.float64) for l in losses])
-        mode = _dist.resolve_mode(self.distributed, self.process_group)
         grad_mode = resolve_grad_mode(self.grad_mode)
-        step = _Step(K, present, commit)
         if features is None:
             return self._backward_parameters(
                 differentiated, values, step_roles, step, mode, grad_mode, grad_scale, grad_scaler, retain_graph
@@ -427,12 +433,12 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         if problem is not None:
             return self._give_up(problem, roles, grad_scaler)
         solution, weights = self._solve(gram, values, ws.rows.device, step)
-        step.commit()
+        self._commit_step(step)
         outs, accumulate = grad_outputs(roles.shared)
         self.aggregator.combine(weights, [ws.rows], outs, accumulate)
         self._write_private(weights, ws.private_views, roles)
         self._write_owned_grads(values, grad_scale, step.present)
-        return self._record(gram, solution, values, roles, step)
+        return self._record(gram, solution, values, [p.grad for p in roles.shared], step)
 
     def _backward_features(
         self, losses: list[Tensor], values: Tensor, features: Tensor | Sequence[Tensor], roles: ParameterRoles,
@@ -480,11 +486,11 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
                 otherwise="the gradient of Σ wₖ·Lₖ over the shared parameters holds NaN/Inf (every ∂Lₖ/∂z is finite)",
             )
             return self._give_up(problem, roles, grad_scaler)
-        step.commit()
+        self._commit_step(step)
         accumulate_grads(roles.shared, [v[0] for v in ws.direction])
         self._write_private(weights, ws.private_views, roles)
         self._write_owned_grads(values, grad_scale, step.present)
-        return self._record(gram, solution, values, roles, step)
+        return self._record(gram, solution, values, [p.grad for p in roles.shared], step)
 
     # -- pieces ---------------------------------------------------------------------------------
     def _solve(self, gram: Tensor, values: Tensor, device: torch.device, step: _Step) -> tuple[Any, Tensor]:
@@ -494,13 +500,15 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         with _tasks.restricted(self.weighting, step.present, step.num_tasks):
             return self.aggregator.solve(gram, values, device)
 
-    def _commit(self, K: int, roles: ParameterRoles, evidence: RoleEvidence | None) -> None:
+    def _commit_step(self, step: _Step) -> None:
         """Keep what a backward established, once it is sure to write: K (fixed by the first
-        successful backward, which adds e.g. IMTL-L's log-scales), the roles and their evidence."""
+        successful backward, which adds e.g. IMTL-L's log-scales), the names, the roles and their
+        evidence."""
         if self.num_tasks is None:
-            self._set_num_tasks(K)
-        if evidence is not None:
-            self._roles, self._evidence = roles, evidence
+            self._set_num_tasks(step.num_tasks)
+        self.task_names = step.names
+        if step.evidence is not None:
+            self._roles, self._evidence = step.roles, step.evidence
 
     @staticmethod
     def _check_features_reached(reached: list[list[bool]]) -> None:
@@ -554,8 +562,8 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
                 view.mul_(weights[tasks[0]].to(view.dtype))
         accumulate_grads(roles.private, views)
 
-    def _record(self, gram: Tensor, solution: Any, values: Tensor, roles: ParameterRoles, step: _Step) -> AggregationResult:
-        self.last = AggregationResult([p.grad for p in roles.shared], solution.weights, gram, self.weighting.name, dict(solution.diagnostics))
+    def _record(self, gram: Tensor, solution: Any, values: Tensor, direction: list[Tensor], step: _Step) -> AggregationResult:
+        self.last = AggregationResult(direction, solution.weights, gram, self.weighting.name, dict(solution.diagnostics))
         self.last_losses = values
         self.last_tasks = _tasks.describe_present(list(range(step.num_tasks)) if step.present is None else step.present, self.task_names)
         self._skip_step = False  # a skipped backward's pending no-op step is superseded by this one

@@ -105,13 +105,34 @@ def detect_roles(
     shows nothing, and one never present counts as using the parameters every task seen so far
     uses (the trunk, not another task's head) and as owning those no task uses (its own head).
     """
-    K = len(losses)
+    grads = [torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True) for loss in losses]
+    return roles_from_gradients(
+        grads, params, prior, shared_ids=shared_ids, one_owner=one_owner, reduce=reduce, present=present,
+        num_tasks=num_tasks, device=losses[0].device,
+    )
+
+
+def roles_from_gradients(
+    grads: Sequence[Sequence[Tensor | None]],
+    params: list[Tensor],
+    prior: RoleEvidence | None,
+    *,
+    shared_ids: set[int] | None,
+    one_owner: bool,
+    reduce: Callable[[Tensor], Tensor] | None = None,
+    present: Sequence[int] | None = None,
+    num_tasks: int | None = None,
+    device: torch.device | None = None,
+) -> tuple[ParameterRoles, RoleEvidence]:
+    """:func:`detect_roles` from the tasks' gradients ``grads[k][j]`` on ``params[j]`` (None: not
+    reached), however they were taken (e.g. this rank's shards under FSDP, with ``reduce``
+    summing the counts over the ranks)."""
+    K = len(grads)
     flags = []
-    for loss in losses:
-        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-        none = torch.zeros((), dtype=torch.bool, device=loss.device)
-        flags.append(torch.tensor([g is not None for g in grads], device=loss.device))
-        flags.append(torch.stack([g.ne(0).any().to(loss.device) if g is not None else none for g in grads]))
+    for task_grads in grads:
+        none = torch.zeros((), dtype=torch.bool, device=device)
+        flags.append(torch.tensor([g is not None for g in task_grads], device=device))
+        flags.append(torch.stack([g.ne(0).any().to(device) if g is not None else none for g in task_grads]))
     counts = torch.stack(flags).view(K, 2, len(params)).to(torch.float64)
     if reduce is not None:
         counts = reduce(counts)
