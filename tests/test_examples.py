@@ -106,3 +106,17 @@ def test_accelerate_loop_saves_and_loads_the_method_state(tmp_path):
     assert torch.equal(result["restored"]["weighting"]["alpha"], result["saved"]["method"]["weighting"]["alpha"])
     assert result["again"] == result["continued"]  # steps 6-10 again from the loaded state: the same
     assert {"weight/depth", "grad_norm/seg", "cosine/seg_normal", "loss/depth"} <= set(result["log"][-1])
+
+
+@pytest.mark.slow
+def test_fsdp_example_ranks_agree(monkeypatch):
+    dist = pytest.importorskip("torch.distributed")
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    monkeypatch.syspath_prepend(EXAMPLES)  # imported by name: the spawned ranks import it again
+    example = importlib.import_module("fsdp_mtl")
+    results = example.main(["--method", "nash_mtl", "--steps", "3"])
+    assert sorted(results) == [0, 1]
+    assert results[0] == results[1]  # Γ, the weights and the losses are global: every rank has the same
+    assert {f"weight/{task}" for task in example.TASKS} <= set(results[0])
+    assert all(torch.isfinite(torch.tensor(list(results[0].values()))))
