@@ -163,6 +163,7 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         self._evidence: RoleEvidence | None = None
         self._buffers = Buffers()
         self._skip_step = False
+        self._fully_sharded: bool | None = None  # are the parameters sharded by FSDP2? (found at the first backward)
         if num_tasks is not None:
             self._set_num_tasks(num_tasks)
 
@@ -192,6 +193,7 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         self.optimizer.add_param_group(param_group)
         self._roles = None
         self._evidence = None
+        self._fully_sharded = None
         self._buffers.clear()
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -372,7 +374,9 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
             K = len(losses)
         step = _Step(K, present, names, None, None)
         mode = _dist.resolve_mode(self.distributed, self.process_group)
-        if _fsdp.fully_sharded(self._trainable()):
+        if self._fully_sharded is None:
+            self._fully_sharded = _fsdp.fully_sharded(self._trainable())
+        if self._fully_sharded:
             if features is not None:
                 raise ValueError("features= with FSDP-sharded parameters is not supported; pass the losses alone")
             if self.distributed in ("none", "replicated"):

@@ -23,16 +23,21 @@ METHODS = [
     ("mgda", MGDA, {}),
     ("mgda_ub_loss+", MGDAUB, {}),
 ]
-#: (name, wrapper, options, dtype, reshard_after_forward)
-SCENARIOS = [(f"{name}-{str(dtype)[6:]}", w, o, dtype, True) for dtype in (torch.float64, torch.float32) for name, w, o in METHODS]
-SCENARIOS.append(("cagrad-float64-keep_unsharded", CAGrad, {}, torch.float64, False))
+#: (name, wrapper, options, dtype, reshard_after_forward, a task absent from the middle step?)
+SCENARIOS = [(f"{name}-{str(dtype)[6:]}", w, o, dtype, True, False) for dtype in (torch.float64, torch.float32) for name, w, o in METHODS]
+SCENARIOS += [
+    ("cagrad-float64-keep_unsharded", CAGrad, {}, torch.float64, False, False),
+    ("nash_mtl-float64-task_absent", NashMTL, {}, torch.float64, True, True),
+    ("imtl_l-float64-task_absent", IMTL, {"imtl_l": True}, torch.float64, True, True),
+]
 STEPS = 3
 B = 16
 
 
-def run(wrapper, options, dtype, rank: int | None, world: int, reshard: bool = True) -> dict:
+def run(wrapper, options, dtype, rank: int | None, world: int, reshard: bool = True, absent: bool = False) -> dict:
     """STEPS steps of SGD with momentum; rank None: one process on the global batch, unsharded.
-    Returns per step the parameters (this rank's slices) and the last step's weights."""
+    ``absent``: task 1 has no loss in the middle step. Returns per step the parameters (this
+    rank's slices) and the weights."""
     model = TrunkHeads(K=3, seed=0, dtype=dtype)
     if rank is not None:
         from torch.distributed.fsdp import fully_shard
@@ -49,7 +54,7 @@ def run(wrapper, options, dtype, rank: int | None, world: int, reshard: bool = T
         losses, _ = task_losses(model, x, y)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # MGDAUB's note that it is made for features=
-            opt.backward(losses)
+            opt.backward([None if absent and step == 1 and k == 1 else loss for k, loss in enumerate(losses)])
         opt.step()
         params_by_step.append([_local(p).clone() for p in model.parameters()])
         weights.append(opt.last.weights.detach().clone())
@@ -104,7 +109,7 @@ def worker(rank: int, world: int, port: int, out_path: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        results = {name: run(w, o, dtype, rank, world, reshard) for name, w, o, dtype, reshard in SCENARIOS}
+        results = {name: run(w, o, dtype, rank, world, reshard, absent) for name, w, o, dtype, reshard, absent in SCENARIOS}
         results["nonfinite"] = nonfinite(rank, world)
         torch.save(results, f"{out_path}/rank{rank}.pt")
     finally:

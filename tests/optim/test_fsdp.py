@@ -1,8 +1,9 @@
 """FSDP2 (``fully_shard``, gloo, 2 processes on the CPU): every method on the local shards —
 per-task gradient slices, local partial Gram, one K×K all-reduce, local combination — equals one
 process on the global batch, after one and after several steps (float64 to 1e-6, float32 to
-1e-5 relative), with the trunk and the root resharded after forward or kept unsharded; a
-non-finite task on one rank is refused on every rank with nothing changed."""
+1e-5 relative), with the trunk and the root resharded after forward or kept unsharded, and with
+a task absent from a step; a non-finite task on one rank is refused on every rank with nothing
+changed."""
 import socket
 
 import pytest
@@ -41,9 +42,9 @@ def _gathered(ranks, name, step):
     return [torch.cat(slices, dim=0) for slices in zip(*per_rank)]
 
 
-@pytest.mark.parametrize("name, wrapper, options, dtype, reshard", SCENARIOS, ids=[s[0] for s in SCENARIOS])
-def test_sharded_steps_equal_one_process_on_the_global_batch(ranks, name, wrapper, options, dtype, reshard):
-    single = run(wrapper, options, dtype, rank=None, world=1)
+@pytest.mark.parametrize("name, wrapper, options, dtype, reshard, absent", SCENARIOS, ids=[s[0] for s in SCENARIOS])
+def test_sharded_steps_equal_one_process_on_the_global_batch(ranks, name, wrapper, options, dtype, reshard, absent):
+    single = run(wrapper, options, dtype, rank=None, world=1, absent=absent)
     tol = TOLERANCE[dtype]
     for step in (0, STEPS - 1):
         for actual, expected in zip(_gathered(ranks, name, step), single["params"][step]):
