@@ -14,10 +14,11 @@ over the ranks — the slice of the global-batch gradient. A step:
 4. d_r = wᵀJ_r into the shared parameters' sharded ``.grad``; the task-specific parameters
    (heads) get their plain gradient Σₖ gₖ (or wₖ·gₖ with ``task_specific="weighted"``).
 
-Memory per rank: the K task-gradient slices as FSDP hands them over, and their copy as the rows
-of the shared parameters' slice, at most 2·K × (parameters ÷ ranks) values plus the direction's
-slice — never K × the whole model; FSDP's unsharded gradient of one backward pass exists only
-during that pass. The parameter roles come from the same K passes (their nonzero flags summed over the
+Memory per rank: the K rows of task-gradient slices, K × (shared parameters ÷ ranks) values, the
+task-specific parameters' K slices and the direction's slice — never K × the whole model; FSDP's
+unsharded gradient of one backward pass exists only during that pass. (While the roles are still
+being detected — the first step, or until every task has been seen — the K slices of every
+parameter are kept until the rows are filled: twice that for the shared part.) The parameter roles come from the same K passes (their nonzero flags summed over the
 ranks), so no pass is added to detect them. Under HSDP (a 2-D mesh of replicated groups of
 shards) the Gram is summed over the shard dimension's group: FSDP already averages the
 replicas' gradients.
@@ -89,6 +90,12 @@ def backward(
         multipliers = multipliers[step.present]
     differentiated = losses if multipliers is None else [l * m for l, m in zip(losses, multipliers.to(losses[0].device))]
     K = len(losses)
+    index = {id(p): j for j, p in enumerate(params)}
+    known = opt._roles if opt._evidence is not None and opt._evidence.complete else None
+    rows = None
+    if known is not None:  # the roles are known: each pass's shared slices go straight into the rows
+        shared = [index[id(p)] for p in known.shared]
+        rows = _empty_rows(K, [params[j] for j in shared])
     saved = [p.grad for p in params]
     grads: list[list[Tensor | None]] = []
     try:  # K passes, each leaving its reduce-scattered slice in .grad; .grad is put back after
@@ -97,11 +104,15 @@ def backward(
                 p.grad = None
             loss.backward(retain_graph=retain_graph or k < K - 1)
             grads.append([None if p.grad is None else p.grad.to_local().detach() for p in params])
+            if rows is not None:
+                _fill_row(rows[k], grads[k], shared, params)
+                for j in shared:
+                    grads[k][j] = None  # kept once, in the rows
     finally:
         for p, g in zip(params, saved):
             p.grad = g
-    if opt._evidence is not None and opt._evidence.complete:
-        roles, evidence = opt._roles, None
+    if known is not None:
+        roles, evidence = known, None
     else:
         roles, evidence = roles_from_gradients(
             grads, params, opt._evidence, shared_ids=opt._shared_ids, one_owner=opt.task_specific == "weighted",
@@ -113,9 +124,11 @@ def backward(
         roles = restrict_roles(roles, step.present)
     if not roles.shared:
         raise ValueError("no parameter is shared by two or more tasks, so there is nothing to aggregate; pass shared_params=")
-    index = {id(p): j for j, p in enumerate(params)}
-    shared = [index[id(p)] for p in roles.shared]
-    rows = _rows(grads, shared, [params[j] for j in shared])
+    if rows is None:
+        shared = [index[id(p)] for p in roles.shared]
+        rows = _empty_rows(K, roles.shared)
+        for k in range(K):
+            _fill_row(rows[k], grads[k], shared, params)
     private = [_task_sum(grads, index[id(p)], tasks, p) for p, tasks in zip(roles.private, roles.private_tasks)]
     private_ok = torch.ones((), dtype=torch.bool)
     for g in private:
@@ -142,20 +155,24 @@ def backward(
     return opt._record(gram, solution, values, [direction], step)
 
 
-def _rows(grads: list[list[Tensor | None]], columns: list[int], params: list[Tensor]) -> Tensor:
-    """[K, n_local] over the ``columns`` parameters' local slices (zeros where a task has no gradient)."""
+def _empty_rows(K: int, params: list[Tensor]) -> Tensor:
+    """[K, n_local] for the local slices of ``params``, in their common dtype."""
     locals_ = [p.to_local() for p in params]
     dtype = common_dtype(locals_) or torch.float32
-    n = sum(t.numel() for t in locals_)
-    rows = torch.zeros(len(grads), n, dtype=dtype, device=locals_[0].device if locals_ else None)
-    for k, task_grads in enumerate(grads):
-        start = 0
-        for j, local in zip(columns, locals_):
-            g = task_grads[j]
-            if g is not None:
-                rows[k, start:start + local.numel()].copy_(g.reshape(-1))
-            start += local.numel()
-    return rows
+    return torch.empty(K, sum(t.numel() for t in locals_), dtype=dtype, device=locals_[0].device if locals_ else None)
+
+
+def _fill_row(row: Tensor, task_grads: list[Tensor | None], columns: list[int], params: list[Tensor]) -> None:
+    """row ← one task's local gradient slices of ``params`` (at ``columns`` of ``task_grads``;
+    zeros where the task has none)."""
+    start = 0
+    for j in columns:
+        n, g = params[j].to_local().numel(), task_grads[j]
+        if g is None:
+            row[start:start + n].zero_()
+        else:
+            row[start:start + n].copy_(g.reshape(-1))
+        start += n
 
 
 def _task_sum(grads: list[list[Tensor | None]], j: int, tasks: tuple[int, ...], param: Tensor) -> Tensor:
