@@ -202,3 +202,23 @@ def test_first_step_with_an_absent_task_detects_the_heads_as_their_tasks_own():
     opt.zero_grad()
     opt.backward(dict(zip(NAMES, task_losses(model, x, y)[0])))
     assert opt._evidence.complete
+
+
+def test_absent_task_on_the_features_path():
+    from mtlkernels.optim import MGDAUB
+    model, x, y, opt = wrapped_model(MGDAUB, task_names=NAMES)
+    losses, z = task_losses(model, x, y)
+    opt.backward(dict(zip(NAMES, losses)), features=z)
+    opt.zero_grad()
+    losses, z = task_losses(model, x, y)
+    present = [0, 2]
+    Jz = torch.stack([torch.autograd.grad(losses[k], z, retain_graph=True)[0].reshape(-1) for k in present])
+    values = torch.stack([losses[k].detach() for k in present])
+    w = reference.mgda(Jz, normalization="loss+", losses=values).weights
+    trunk = list(model.trunk.parameters())
+    expected = list(torch.autograd.grad(sum(float(wk) * losses[k] for wk, k in zip(w, present)), trunk, retain_graph=True))
+    for k, head in enumerate(model.heads):
+        expected += list(torch.autograd.grad(losses[k], list(head.parameters()), retain_graph=True)) if k in present else [None, None]
+    opt.backward({"depth": losses[0], "normal": losses[2]}, features=z)
+    _assert_grads(grads_of(model), expected)
+    assert opt.last_tasks == ["depth", "normal"]
