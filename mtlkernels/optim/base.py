@@ -164,6 +164,7 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         self._buffers = Buffers()
         self._skip_step = False
         self._fully_sharded: bool | None = None  # are the parameters sharded by FSDP2? (found at the first backward)
+        self._labels: Sequence[Any] | None = None
         if num_tasks is not None:
             self._set_num_tasks(num_tasks)
 
@@ -367,11 +368,15 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
                 raise ValueError(f"got {len(split)} losses; expected K = {self.num_tasks} (one per task, None for an absent one)")
             present = _tasks.present_tasks(split)
             _tasks.check_pcgrad_order(self.weighting, present, len(split))
-            K = len(split)
-            losses = check_losses([split[k] for k in present])
-        else:
-            losses = check_losses(split, self.num_tasks)
-            K = len(losses)
+        # the step's tasks in messages: their names, or their positions among the K (None: as they are)
+        self._labels = _tasks.describe_present(present, names) if present is not None else names
+        try:
+            losses = check_losses(split if present is None else [split[k] for k in present], None if present else self.num_tasks)
+        except (TypeError, ValueError) as error:
+            if self._labels is None:
+                raise
+            raise type(error)(_tasks.relabel(str(error), self._labels)) from None
+        K = len(split) if present is not None else len(losses)
         step = _Step(K, present, names, None, None)
         mode = _dist.resolve_mode(self.distributed, self.process_group)
         if self._fully_sharded is None:
@@ -554,6 +559,8 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         if grad_scaler is not None and grad_scaler.is_enabled():  # let scaler.step see the overflow
             flag_overflow(roles.shared + roles.private + self._owned)
             return None
+        if self._labels is not None:
+            problem = _tasks.relabel(problem, self._labels)
         if self.on_nonfinite == "raise":
             raise NonFiniteError(f"{type(self).__name__}.backward: {problem}; nothing was changed")
         self.num_skipped += 1

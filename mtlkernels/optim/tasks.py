@@ -15,6 +15,7 @@ method's per-task state (Nash-MTL's warm-start α; IMTL-L's log-scales) keeps it
 from __future__ import annotations
 
 import contextlib
+import re
 from typing import Any, Iterator, Mapping, Sequence
 
 import torch
@@ -148,6 +149,19 @@ def name_keys(scalars: Mapping[str, float], names: Sequence[str]) -> dict[str, f
     return named
 
 
+_TASK_REFERENCE = re.compile(r"\b(tasks?) (\[?\d+(?:(?:, |/)\d+)*\]?)")
+
+
+def relabel(message: str, labels: Sequence[Any]) -> str:
+    """An error message about the step's tasks by position ("task 1", "task 0/2", "tasks [0, 1]")
+    rewritten with their labels: names (``task 'seg'``) or positions among the K."""
+    def rewrite(match: re.Match) -> str:
+        numbers = re.sub(r"\d+", lambda n: repr(labels[int(n.group())]) if int(n.group()) < len(labels) else n.group(), match.group(2))
+        return f"{match.group(1)} {numbers}"
+
+    return _TASK_REFERENCE.sub(rewrite, message)
+
+
 def describe_present(present: list[int], names: Sequence[str] | None) -> list[Any]:
     """The step's tasks as names when the tasks are named, else as positions."""
     return [names[k] for k in present] if names is not None else list(present)
@@ -159,6 +173,7 @@ __all__ = [
     "describe_present",
     "name_keys",
     "present_tasks",
+    "relabel",
     "restrict_roles",
     "restricted",
     "split_losses",

@@ -159,9 +159,24 @@ def test_non_finite_present_task_is_rejected_with_the_absent_state_kept():
     opt.step()
     losses, _ = task_losses(model, x, y)
     before = snapshot(model, opt)
-    with pytest.raises(NonFiniteError):
+    with pytest.raises(NonFiniteError, match="task 'normal': loss is nan"):
         opt.backward({"depth": losses[0], "normal": losses[2] * float("nan")})
     same_state(snapshot(model, opt), before)
+    losses, _ = task_losses(model, x, y)  # the refused step used up the graph
+    with pytest.raises(NonFiniteError, match=r"task 'normal': loss is nan"):  # by position: still named
+        opt.backward([losses[0], None, losses[2] * float("nan")])
+    losses, _ = task_losses(model, x, y)
+    with pytest.raises(ValueError, match="loss of task 'seg' is not a scalar"):
+        opt.backward({"depth": losses[0], "seg": torch.stack([losses[1], losses[1]])})
+    same_state(snapshot(model, opt), before)
+
+
+def test_unnamed_absent_step_errors_give_the_position_among_the_k():
+    model, x, y, opt = wrapped_model(NashMTL)
+    opt.backward(task_losses(model, x, y)[0])
+    losses, _ = task_losses(model, x, y)
+    with pytest.raises(NonFiniteError, match=r"task 2: loss is nan"):
+        opt.backward([losses[0], None, losses[2] * float("nan")])
 
 
 def test_first_dict_must_name_k_tasks_and_task_names_must_agree():
