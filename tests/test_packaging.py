@@ -68,7 +68,7 @@ def test_wheel_installs_and_runs_without_the_source_tree_or_a_compiler(tmp_path)
     # --no-build-isolation: the build requirements (setuptools, pybind11, ninja) are the test extras'
     # own, so the test needs no network; in-tree builds reuse build/'s compiled objects (ninja).
     subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation",
-                    "--disable-pip-version-check", "-q", "-w", str(wheels)], check=True, cwd=tmp_path)
+                    "--disable-pip-version-check", "-q", "-w", str(wheels)], check=True, cwd=tmp_path, timeout=900)
     (wheel,) = wheels.glob("mtlkernels-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
