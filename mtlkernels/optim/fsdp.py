@@ -19,9 +19,8 @@ task-specific parameters' K slices and the direction's slice — never K × the 
 unsharded gradient of one backward pass exists only during that pass. (While the roles are still
 being detected — the first step, or until every task has been seen — the K slices of every
 parameter are kept until the rows are filled: twice that for the shared part.) The parameter roles come from the same K passes (their nonzero flags summed over the
-ranks), so no pass is added to detect them. Under HSDP (a 2-D mesh of replicated groups of
-shards) the Gram is summed over the shard dimension's group: FSDP already averages the
-replicas' gradients.
+ranks), so no pass is added to detect them. A 1-D device mesh only: HSDP (a 2-D mesh of
+replicated groups of shards) raises.
 """
 from __future__ import annotations
 
@@ -70,11 +69,13 @@ def fully_sharded(params: list[Tensor]) -> bool:
 
 def shard_group(param: Tensor, group: dist.ProcessGroup | None) -> dist.ProcessGroup:
     """The process group over which ``param``'s slices add up: ``group`` when given, else the
-    mesh dimension it is sharded on."""
-    if group is not None:
-        return group
-    (dim,) = [i for i, placement in enumerate(param.placements) if placement.is_shard()]
-    return param.device_mesh.get_group(dim)
+    group of its 1-D device mesh."""
+    if param.device_mesh.ndim != 1:
+        raise ValueError(
+            f"the parameters are sharded over a {param.device_mesh.ndim}-D device mesh (HSDP); the wrappers take "
+            "FSDP over a 1-D mesh only"
+        )
+    return group if group is not None else param.device_mesh.get_group(0)
 
 
 def backward(

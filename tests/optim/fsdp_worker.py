@@ -88,6 +88,40 @@ def nonfinite(rank: int, world: int) -> dict:
     return {"error": error, "before": before, "after": after}
 
 
+def refusals(rank: int, world: int) -> dict:
+    """What the FSDP path refuses, each before anything changes: features=, grad_scaler=,
+    distributed='replicated', and a model of which only a part is sharded."""
+    from torch.distributed.fsdp import fully_shard
+
+    messages = {}
+    cases = {
+        "features": ({}, {"features": True}),
+        "grad_scaler": ({}, {"grad_scaler": torch.amp.GradScaler("cpu", init_scale=2.0)}),
+        "replicated": ({"distributed": "replicated"}, {}),
+    }
+    for name, (options, call) in cases.items():
+        model = TrunkHeads(K=3, seed=0)  # a fresh one: after a forward FSDP's root holds unsharded parameters
+        fully_shard(model.trunk)
+        fully_shard(model)
+        opt = CAGrad(torch.optim.SGD(model.parameters(), lr=0.05), **options)
+        losses, z = task_losses(model, *batch(K=3, B=8))
+        try:
+            opt.backward(losses, features=z if call.get("features") else None, grad_scaler=call.get("grad_scaler"))
+            messages[name] = None
+        except ValueError as exc:
+            messages[name] = str(exc)
+        messages[name + "_grads"] = [p.grad is None for p in opt.param_groups[0]["params"]]
+    partial = TrunkHeads(K=3, seed=0)
+    fully_shard(partial.trunk)  # the heads stay plain tensors
+    opt = CAGrad(torch.optim.SGD(partial.parameters(), lr=0.05))
+    try:
+        opt.backward(task_losses(partial, *batch(K=3, B=8))[0])
+        messages["partial"] = None
+    except ValueError as exc:
+        messages["partial"] = str(exc)
+    return messages
+
+
 def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local().detach() if hasattr(t, "to_local") else t.detach()
 
@@ -111,6 +145,7 @@ def worker(rank: int, world: int, port: int, out_path: str) -> None:
     try:
         results = {name: run(w, o, dtype, rank, world, reshard, absent) for name, w, o, dtype, reshard, absent in SCENARIOS}
         results["nonfinite"] = nonfinite(rank, world)
+        results["refusals"] = refusals(rank, world)
         torch.save(results, f"{out_path}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()

@@ -62,3 +62,14 @@ def test_a_nonfinite_task_on_one_rank_is_refused_on_every_rank_with_nothing_chan
             for a, b in zip(facts["after"][key], facts["before"][key]):
                 assert (a is None and b is None) or torch.equal(a, b), key
         assert torch.equal(facts["after"]["alpha"], facts["before"]["alpha"])
+
+
+def test_what_the_fsdp_path_refuses_raises_before_anything_changes(ranks):
+    for result in ranks:
+        facts = result["refusals"]
+        assert "features= with FSDP-sharded parameters is not supported" in facts["features"]
+        assert "grad_scaler= with FSDP-sharded parameters is not supported" in facts["grad_scaler"]
+        assert "distributed='replicated' does not fit them" in facts["replicated"]
+        assert "apply fully_shard to the root module too" in facts["partial"]
+        for name in ("features", "grad_scaler", "replicated"):
+            assert all(facts[name + "_grads"]), name  # no .grad was written
