@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -45,8 +46,9 @@ def make_data(n: int = 64, seed: int = 0) -> TensorDataset:
     return TensorDataset(x, torch.tanh(x @ a) * torch.tensor([1.0, 2.0, 0.5]))
 
 
-def train(accelerator: Accelerator, model: nn.Module, opt: mk.MultiTaskOptimizer, loader: DataLoader, steps: int) -> list[dict]:
-    """``steps`` multi-task steps; returns the flat diagnostics of each."""
+def train(model: nn.Module, opt: Any, loader: DataLoader, steps: int) -> list[dict]:
+    """``steps`` multi-task steps with ``opt``, accelerate's optimizer around the wrapper; returns
+    the flat diagnostics of each."""
     log = []
     batches = iter(())
     for _ in range(steps):
@@ -79,14 +81,14 @@ def main(argv: list[str] | None = None) -> dict:
     loader = DataLoader(make_data(), batch_size=16, shuffle=False)
     model, opt, loader = accelerator.prepare(model, opt, loader)
 
-    log = train(accelerator, model, opt, loader, args.steps // 2)
+    log = train(model, opt, loader, args.steps // 2)
     state_dir = os.path.join(args.out, "halfway")
     accelerator.save_state(state_dir)
     saved = {"params": [p.detach().clone() for p in model.parameters()], "method": opt.optimizer.state_dict()["method"]}
-    continued = train(accelerator, model, opt, loader, args.steps - args.steps // 2)
+    continued = train(model, opt, loader, args.steps - args.steps // 2)
     accelerator.load_state(state_dir)  # back to halfway: parameters, Adam's moments and the method's state
     restored = opt.optimizer.state_dict()["method"]
-    again = train(accelerator, model, opt, loader, args.steps - args.steps // 2)  # the second half once more
+    again = train(model, opt, loader, args.steps - args.steps // 2)  # the second half once more
     log += continued
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "log.json"), "w") as f:

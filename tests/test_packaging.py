@@ -5,7 +5,6 @@ smoke run blocks ``import triton`` (an optional dependency), loads the C++ exten
 wheel, aggregates with every method (the extension against plain torch) and takes one optimizer
 step; the command lines answer without a traceback."""
 import json
-import os
 import shutil
 import subprocess
 import sys
