@@ -45,11 +45,11 @@ class MultiTaskModule(L.LightningModule):
         x, y = batch
         z = self.trunk(x)
         losses = {task: nn.functional.mse_loss(head(z).squeeze(1), y[:, k]) for k, (task, head) in enumerate(self.heads.items())}
-        opt = self.optimizers()  # Lightning's wrapper around the one configure_optimizers returned
+        opt = self.optimizers()  # Lightning's proxy of the wrapper configure_optimizers returned
         opt.zero_grad()
-        opt.optimizer.backward(losses)  # the multi-task backward: d = Σ wₖ·gₖ into .grad
+        opt.backward(losses)  # the multi-task backward (not self.manual_backward): d = Σ wₖ·gₖ into .grad
         opt.step()
-        self.log_dict(opt.optimizer.diagnostics(flat=True), on_step=True, on_epoch=False)
+        self.log_dict(opt.diagnostics(flat=True), on_step=True, on_epoch=False)
 
 
 def make_data(n: int = 64, seed: int = 0) -> TensorDataset:

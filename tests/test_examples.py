@@ -83,6 +83,8 @@ def test_lightning_manual_optimisation_resumes_with_the_method_state(tmp_path):
     assert isinstance(straight, example.mk.NashMTL) and isinstance(resumed, example.mk.NashMTL)
     assert torch.equal(straight.weighting.state_dict()["alpha"], resumed.weighting.state_dict()["alpha"])
     assert resumed.weighting.state_dict()["step"] == 8 and resumed.task_names == example.TASKS
+    # training_step calls backward on Lightning's proxy: the wrapper itself holds the last step
+    assert straight.last is not None and straight.last_tasks == list(example.TASKS) and straight.roles is not None
     saved = torch.load(result["checkpoint"], weights_only=False)["optimizer_states"][0]
     assert saved["method"]["weighting"]["step"] == 4 and saved["task_names"] == list(example.TASKS)
     header = open(result["metrics"]).readline().strip().split(",")

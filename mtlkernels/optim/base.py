@@ -355,6 +355,11 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
             ``self.last``: the Gram, the weights, cosines, conflicts and solver diagnostics; None
             when the step was skipped.
         """
+        if "aggregator" not in self.__dict__:  # a proxy that took this class, e.g. Lightning's LightningOptimizer
+            inner = getattr(self, "_optimizer", None)
+            if not isinstance(inner, MultiTaskOptimizer):
+                raise TypeError(f"{type(self).__name__}.backward: call it on the multi-task optimizer itself")
+            return inner.backward(losses, features=features, grad_scaler=grad_scaler, retain_graph=retain_graph)
         if isinstance(losses, Tensor) and losses.dim() == 0 and self.num_tasks != 1:
             expected = "" if self.num_tasks is None else f"; expected K = {self.num_tasks}"
             raise ValueError(
