@@ -35,6 +35,16 @@ def triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def triton_installed() -> bool:
+    """True when the triton package imports (an optional dependency: ``mtlkernels[triton]``, or
+    brought by a CUDA build of torch)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def check_backend(backend: str) -> str:
     check_option("backend", backend, BACKENDS)
     return backend
@@ -81,9 +91,7 @@ def available(backend: str, device: torch.device) -> bool:
     if backend == "cpp":
         return device.type == "cpu" and _extension.available
     if backend == "triton":
-        try:
-            import triton  # noqa: F401
-        except ImportError:
+        if not triton_installed():
             return False
         return device.type == "cuda" or (device.type == "cpu" and triton_interpreted())
     return False
@@ -95,6 +103,11 @@ def _unavailable_reason(backend: str, device: torch.device) -> str:
             return f"backend='cpp' runs on CPU tensors only; these are on {device}"
         return f"backend='cpp' needs the C++ extension ({_extension.import_error}). {_extension.REBUILD_HINT}"
     if backend == "triton":
+        if not triton_installed():
+            return (
+                "backend='triton' needs the triton package, which is not installed (CUDA builds of torch bring it; "
+                'on a CPU-only install: pip install "mtlkernels[triton]" and set TRITON_INTERPRET=1)'
+            )
         if device.type == "cpu":
             return "backend='triton' on CPU tensors needs TRITON_INTERPRET=1 set before mtlkernels is imported"
         return f"backend='triton' needs triton installed and CUDA tensors; got {device}"

@@ -29,7 +29,6 @@ Two more families check what no reference comparison can see:
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import random
 import sys
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ from torch import Tensor
 
 from . import reference
 from .aggregate import aggregate
-from .backend import _unavailable_reason, available
+from .backend import _unavailable_reason, available, triton_installed
 from .methods import METHODS, make_weighting
 from .testing import peers
 from .testing.cases import adversarial_cases, conflicting_J, random_J, rank_deficient_grams
@@ -299,8 +298,8 @@ def backend_problem(backend: str) -> str | None:
         return None
     if backend != "triton":
         return _unavailable_reason(backend, cpu)
-    if importlib.util.find_spec("triton") is None:
-        return "--backend triton needs the triton package, which is not installed"
+    if not triton_installed():
+        return _unavailable_reason(backend, cpu)
     return (
         "--backend triton runs Triton kernels on CUDA tensors, or on CPU tensors through the Triton "
         "interpreter; the validation's cases are CPU tensors, so set TRITON_INTERPRET=1 before Python "
@@ -310,18 +309,24 @@ def backend_problem(backend: str) -> str | None:
 
 def main(argv: list[str] | None = None) -> list[Check]:
     parser = argparse.ArgumentParser(prog="python -m mtlkernels.validate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=list(METHODS))
-    parser.add_argument("--K", nargs="+", type=int, default=[2, 3, 8])
-    parser.add_argument("--N", type=int, default=1000)
-    parser.add_argument("--dtype", nargs="+", choices=("float32", "float64"), default=["float32", "float64"])
-    parser.add_argument("--backend", default="auto", choices=("auto", "torch", "cpp", "triton"))
-    parser.add_argument("--gradients", nargs="*", default=[], metavar="FILE", help="torch.save'd [K, N] task gradients")
-    parser.add_argument("--peers", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=list(METHODS), metavar="METHOD",
+                        help=f"methods to check (default: all of {', '.join(METHODS)})")
+    parser.add_argument("--K", nargs="+", type=int, default=[2, 3, 8], help="numbers of tasks of the generated cases (default: 2 3 8)")
+    parser.add_argument("--N", type=int, default=1000, help="gradient length of the generated cases (default: 1000)")
+    parser.add_argument("--dtype", nargs="+", choices=("float32", "float64"), default=["float32", "float64"],
+                        help="dtypes J is given in; each has its own tolerance (default: both)")
+    parser.add_argument("--backend", default="auto", choices=("auto", "torch", "cpp", "triton"),
+                        help="backend of the Gram, solve and combination (default: auto); triton without CUDA "
+                             "run needs TRITON_INTERPRET=1 set before Python starts")
+    parser.add_argument("--gradients", nargs="*", default=[], metavar="FILE",
+                        help="torch.save'd [K, N] task gradients of your own model, checked as well")
+    parser.add_argument("--peers", action=argparse.BooleanOptionalAction, default=True,
+                        help="also compare against the importable peers (torchjd, LibMTL)")
     parser.add_argument("--draws", type=int, default=25,
                         help="random draws per K of the rank-deficient float32 Gram family (4 Grams each)")
     parser.add_argument("--wrappers", action=argparse.BooleanOptionalAction, default=True,
                         help="also check the drop-in optimizers' scenarios on a small model")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated cases (default: 0)")
     args = parser.parse_args(argv)
     problem = backend_problem(args.backend)
     if problem is not None:

@@ -1,5 +1,7 @@
 """Porting slips that used to be accepted silently or fail with an unhelpful message: each is an
 error that names the fix and leaves everything as it was."""
+import sys
+
 import pytest
 import torch
 import torch.nn as nn
@@ -135,3 +137,35 @@ def test_demo_help_documents_every_flag(capsys):
     for flag, words in [("--tasks", "number of regression tasks"), ("--width", "width of the shared trunk"),
                         ("--seed", "seed of the synthetic data"), ("--repeats", "calls timed per method")]:
         assert flag in out and words in out, flag
+
+
+def test_validate_help_documents_every_flag(capsys):
+    from mtlkernels.validate import main
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for flag, words in [("--methods", "methods to check"), ("--K", "numbers of tasks"), ("--N", "gradient length"),
+                        ("--dtype", "dtypes J is given in"), ("--backend", "TRITON_INTERPRET=1"),
+                        ("--gradients", "your own model"), ("--peers", "importable peers"), ("--draws", "random draws"),
+                        ("--wrappers", "drop-in optimizers"), ("--seed", "seed of the generated cases")]:
+        assert flag in out and words in out, flag
+
+
+def test_triton_backend_without_triton_names_the_package(monkeypatch):
+    from mtlkernels.validate import backend_problem
+    monkeypatch.setitem(sys.modules, "triton", None)  # `import triton` raises ImportError, as when not installed
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with pytest.raises(RuntimeError, match=r"needs the triton package, which is not installed .*mtlkernels\[triton\]"):
+        mk.gram(torch.randn(2, 5), backend="triton")
+    assert "needs the triton package" in backend_problem("triton")
+    assert mk.gram(torch.randn(2, 5)).shape == (2, 2)  # "auto" goes on without it
+
+
+def test_python_m_mtlkernels_prints_the_version_and_the_environment(capsys):
+    from mtlkernels.__main__ import main
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"mtlkernels {mk.__version__}"
+    main([])
+    out = capsys.readouterr().out
+    assert out.startswith(f"mtlkernels {mk.__version__} (torch {torch.__version__}") and "C++ extension: loaded" in out

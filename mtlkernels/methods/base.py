@@ -111,11 +111,14 @@ class Weighting(ABC):
             dataclass instance, or None when it has none.
         backends: the backends the method implements: unless the subclass sets it, "torch" and
             those of the ``solve_cpp`` / ``solve_triton`` it defines.
+        per_task_state: the keys of ``state_dict()`` holding one entry per task (1-D [K]); a
+            step over some of the tasks keeps the others' entries (:mod:`mtlkernels.optim.tasks`).
     """
 
     name: ClassVar[str]
     constants: ClassVar[Any] = None
     backends: ClassVar[tuple[str, ...]] = ("torch",)
+    per_task_state: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

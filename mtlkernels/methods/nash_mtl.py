@@ -274,6 +274,7 @@ class NashMTLWeighting(Weighting):
 
     name = "nash_mtl"
     constants = CONSTANTS
+    per_task_state = ("alpha",)
 
     def __init__(
         self,

@@ -16,7 +16,7 @@ Sener & Koltun 2018) and one backward of Σ wₖ·Lₖ replaces the combination.
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Mapping, NamedTuple, Sequence
 
 import torch
 import torch.distributed as dist
@@ -27,6 +27,8 @@ from ..aggregate import AggregationResult, Aggregator
 from ..jacobian import GRAD_MODES, check_losses, fill_task_gradients, resolve_grad_mode
 from ..methods import Weighting, diagnostics_to_python, make_weighting
 from . import distributed as _dist
+from . import fsdp as _fsdp
+from . import tasks as _tasks
 from .nonfinite import ON_NONFINITE, NonFiniteError, find_nonfinite, flag_overflow
 from .roles import ParameterRoles, RoleEvidence, check_shared, detect_roles, trainable_parameters
 from .workspace import Buffers, accumulate_grads, grad_outputs
@@ -34,6 +36,18 @@ from .workspace import Buffers, accumulate_grads, grad_outputs
 __all__ = ["MultiTaskOptimizer", "NonFiniteError", "ParameterRoles"]
 
 TASK_SPECIFIC = ("plain", "weighted")
+
+
+class _Step(NamedTuple):
+    """What a backward step is over and what it establishes, kept by ``_commit_step`` once the
+    step is sure to write: K, the present tasks (None: all K), the names, the parameter roles
+    over all K tasks and their evidence (None: the roles were known already)."""
+
+    num_tasks: int
+    present: list[int] | None
+    names: tuple[str, ...] | None
+    roles: ParameterRoles | None
+    evidence: RoleEvidence | None
 
 
 class MultiTaskOptimizer(torch.optim.Optimizer):
@@ -60,8 +74,14 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
             :mod:`mtlkernels.optim.distributed`.
         process_group: the torch.distributed group (default: the world).
         num_tasks: K, checked on every ``backward`` (default: set by the first successful one).
+        task_names: names of the K tasks (K = their number), for ``backward({name: loss})`` and the
+            diagnostics; default: the keys of the first dict passed, or none (tasks by position).
         backend: "auto", "torch", "cpp" or "triton", for the Gram, the solve and the combination.
         **options: the method's options (its Weighting's arguments).
+
+    Tasks by name, absent tasks: ``backward({"depth": l1, "seg": l2})`` names the tasks; a dict
+    that lacks a name, or a ``None`` in the list, makes that task absent from the step: the method
+    runs over the present tasks and keeps the absent ones' state (see :mod:`.tasks`).
 
     Roles: task k uses parameter p when ∂Lₖ/∂p was nonzero in some batch (a head that a
     ``torch.cat`` or indexing of the outputs connects to every loss gets exact zeros from the
@@ -88,6 +108,7 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         distributed: str = "auto",
         process_group: dist.ProcessGroup | None = None,
         num_tasks: int | None = None,
+        task_names: Sequence[str] | None = None,
         backend: str = "auto",
         **options: Any,
     ) -> None:
@@ -101,6 +122,11 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         check_option("distributed", distributed, _dist.DISTRIBUTED_MODES)
         if num_tasks is not None and (not isinstance(num_tasks, int) or num_tasks < 1):
             raise ValueError(f"num_tasks must be a positive int; got {num_tasks!r}")
+        if task_names is not None:
+            task_names = _tasks.check_task_names(task_names)
+            if num_tasks not in (None, len(task_names)):
+                raise ValueError(f"num_tasks={num_tasks} but {len(task_names)} task_names are given")
+            num_tasks = len(task_names)
         if method is not None and type(self) is not MultiTaskOptimizer:
             raise TypeError(f"{type(self).__name__} is {self.method!r}; method= is for MultiTaskOptimizer itself")
         if method is not None:
@@ -120,11 +146,15 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         self.distributed = distributed
         self.process_group = process_group
         self.num_tasks = num_tasks
+        #: the task names (None: tasks by position); fixed like K
+        self.task_names: tuple[str, ...] | None = task_names
         self.backend = backend
         #: the last backward's Γ, weights, cosines, conflicts and solver diagnostics (None after a skip)
         self.last: AggregationResult | None = None
         #: the last backward's K loss values (float64; averaged over ranks when data-parallel)
         self.last_losses: Tensor | None = None
+        #: the tasks of the last backward (names, or positions when unnamed), in the order of its weights
+        self.last_tasks: list[Any] | None = None
         #: how many backward calls were skipped for a non-finite loss or gradient
         self.num_skipped = 0
         self._owned: list[Tensor] = []  # parameters this wrapper adds (IMTL-L log-scales)
@@ -133,6 +163,8 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         self._evidence: RoleEvidence | None = None
         self._buffers = Buffers()
         self._skip_step = False
+        self._fully_sharded: bool | None = None  # are the parameters sharded by FSDP2? (found at the first backward)
+        self._labels: Sequence[Any] | None = None
         if num_tasks is not None:
             self._set_num_tasks(num_tasks)
 
@@ -162,6 +194,7 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         self.optimizer.add_param_group(param_group)
         self._roles = None
         self._evidence = None
+        self._fully_sharded = None
         self._buffers.clear()
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -185,6 +218,7 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
             "method": copy.deepcopy(self._method_state()),
             "num_tasks": self.num_tasks,
             "num_skipped": self.num_skipped,
+            "task_names": None if self.task_names is None else list(self.task_names),
         }
         for post_hook in self._optimizer_state_dict_post_hooks.values():
             result = post_hook(self, state)
@@ -212,6 +246,11 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
             raise ValueError(f"state_dict['num_tasks'] must be None or a positive int; got {K!r}")
         if self.num_tasks is not None and K not in (None, self.num_tasks):
             raise ValueError(f"the state_dict is for K = {K} tasks; this optimizer has K = {self.num_tasks}")
+        names = state_dict.get("task_names")
+        if names is not None:
+            names = _tasks.check_task_names(names)
+            if len(names) != (K if K is not None else len(names)) or (self.task_names not in (None, names)):
+                raise ValueError(f"the state_dict's task names {list(names)} differ from this optimizer's {list(self.task_names or ())}")
         num_skipped = state_dict.get("num_skipped", 0)
         if isinstance(num_skipped, bool) or not isinstance(num_skipped, int) or num_skipped < 0:
             raise ValueError(f"state_dict['num_skipped'] must be an int >= 0; got {num_skipped!r}")
@@ -220,6 +259,8 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         self._check_method_state(method, self.num_tasks if K is None else K)
         if K is not None:
             self._set_num_tasks(K)
+        if names is not None:
+            self.task_names = names
         self.optimizer.load_state_dict(state_dict["optimizer"])
         self._load_method_state(method)
         self.num_skipped = num_skipped
@@ -281,13 +322,14 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         """Per-task factors mₖ (detached) applied to the losses before differentiation (IMTL-L)."""
         return None
 
-    def _write_owned_grads(self, losses: Tensor, grad_scale: float) -> None:
-        """Write the gradients of the parameters this wrapper owns, from the K loss values."""
+    def _write_owned_grads(self, losses: Tensor, grad_scale: float, present: list[int] | None) -> None:
+        """Write the gradients of the parameters this wrapper owns, from the loss values of the
+        step's tasks (``present``: their positions among the K, None: all K)."""
 
     # -- backward ------------------------------------------------------------------------------
     def backward(
         self,
-        losses: Sequence[Tensor] | Tensor,
+        losses: Sequence[Tensor | None] | Tensor | Mapping[str, Tensor | None],
         *,
         features: Tensor | Sequence[Tensor] | None = None,
         grad_scaler: torch.amp.GradScaler | None = None,
@@ -296,9 +338,10 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         """Per-task gradients → weights → ``.grad`` (added to what is there, as ``Tensor.backward``).
 
         Args:
-            losses: K scalar losses (a sequence, or a 1-D tensor). A single 0-d loss is an error
-                (the sum of the task losses is the usual slip) unless the optimizer has
-                ``num_tasks=1``.
+            losses: K scalar losses (a sequence, or a 1-D tensor), or a dict {task name: loss}. A
+                single 0-d loss is an error (the sum of the task losses is the usual slip) unless
+                the optimizer has ``num_tasks=1``. A ``None`` entry, or a name the dict lacks
+                (once the names are known), is a task absent from this step (see :mod:`.tasks`).
             features: the shared representation z (a tensor or several): the weights come from the
                 Gram of ∂Lₖ/∂z (full inner product over batch × features), then ONE backward of
                 Σ wₖ·Lₖ gives the shared parameters d = Σ wₖ·gₖ; no [K, N] parameter buffer.
@@ -312,36 +355,70 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
             ``self.last``: the Gram, the weights, cosines, conflicts and solver diagnostics; None
             when the step was skipped.
         """
+        if "aggregator" not in self.__dict__:  # a proxy that took this class, e.g. Lightning's LightningOptimizer
+            inner = getattr(self, "_optimizer", None)
+            if not isinstance(inner, MultiTaskOptimizer):
+                raise TypeError(f"{type(self).__name__}.backward: call it on the multi-task optimizer itself")
+            return inner.backward(losses, features=features, grad_scaler=grad_scaler, retain_graph=retain_graph)
         if isinstance(losses, Tensor) and losses.dim() == 0 and self.num_tasks != 1:
             expected = "" if self.num_tasks is None else f"; expected K = {self.num_tasks}"
             raise ValueError(
                 f"{type(self).__name__}.backward got a single scalar loss{expected}: pass the K task losses as a list "
                 "or a 1-D tensor, not their sum (for one task, build the optimizer with num_tasks=1 or pass [loss])"
             )
-        losses = check_losses(losses, self.num_tasks)
+        split, names = _tasks.split_losses(losses, self.task_names, self.num_tasks)
+        present = None
+        if isinstance(split, list) and any(loss is None for loss in split):
+            if self.num_tasks is not None and len(split) != self.num_tasks:
+                raise ValueError(f"got {len(split)} losses; expected K = {self.num_tasks} (one per task, None for an absent one)")
+            present = _tasks.present_tasks(split)
+            _tasks.check_pcgrad_order(self.weighting, present, len(split))
+        # the step's tasks in messages: their names, or their positions among the K (None: as they are)
+        self._labels = _tasks.describe_present(present, names) if present is not None else names
+        try:
+            losses = check_losses(split if present is None else [split[k] for k in present], None if present else self.num_tasks)
+        except (TypeError, ValueError) as error:
+            if self._labels is None:
+                raise
+            raise type(error)(_tasks.relabel(str(error), self._labels)) from None
+        K = len(split) if present is not None else len(losses)
+        step = _Step(K, present, names, None, None)
+        mode = _dist.resolve_mode(self.distributed, self.process_group)
+        if self._fully_sharded is None:
+            self._fully_sharded = _fsdp.fully_sharded(self._trainable())
+        if self._fully_sharded:
+            if features is not None:
+                raise ValueError("features= with FSDP-sharded parameters is not supported; pass the losses alone")
+            if self.distributed in ("none", "replicated"):
+                raise ValueError(f"the parameters are sharded by FSDP (fully_shard); distributed={self.distributed!r} "
+                                 "does not fit them: use distributed='auto' (or 'sharded')")
+            return _fsdp.backward(self, losses, step, retain_graph, grad_scaler)
         if self._evidence is not None and self._evidence.complete:
             roles, evidence = self._roles, None
         else:
-            roles, evidence = self._detect_roles(losses)
+            roles, evidence = self._detect_roles(losses, present, K)
+        step = step._replace(roles=roles, evidence=evidence)
+        step_roles = roles if present is None else _tasks.restrict_roles(roles, present)
         multipliers = self._loss_multipliers()
+        if multipliers is not None and present is not None:
+            multipliers = multipliers[present]
         differentiated = losses if multipliers is None else [l * m for l, m in zip(losses, multipliers.to(losses[0].device))]
         grad_scale = 1.0
         if grad_scaler is not None and grad_scaler.is_enabled():
             differentiated = [grad_scaler.scale(l) for l in differentiated]
             grad_scale = float(grad_scaler.get_scale())
         values = torch.stack([l.detach().reshape(()).to(torch.float64) for l in losses])
-        mode = _dist.resolve_mode(self.distributed, self.process_group)
         grad_mode = resolve_grad_mode(self.grad_mode)
         if features is None:
             return self._backward_parameters(
-                differentiated, values, roles, evidence, mode, grad_mode, grad_scale, grad_scaler, retain_graph
+                differentiated, values, step_roles, step, mode, grad_mode, grad_scale, grad_scaler, retain_graph
             )
         return self._backward_features(
-            differentiated, values, features, roles, evidence, mode, grad_mode, grad_scale, grad_scaler, retain_graph
+            differentiated, values, features, step_roles, step, mode, grad_mode, grad_scale, grad_scaler, retain_graph
         )
 
     def _backward_parameters(
-        self, losses: list[Tensor], values: Tensor, roles: ParameterRoles, evidence: RoleEvidence | None, mode: str,
+        self, losses: list[Tensor], values: Tensor, roles: ParameterRoles, step: _Step, mode: str,
         grad_mode: str, grad_scale: float, grad_scaler: Any, retain_graph: bool,
     ) -> AggregationResult | None:
         K = len(losses)
@@ -369,17 +446,17 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         )
         if problem is not None:
             return self._give_up(problem, roles, grad_scaler)
-        solution, weights = self.aggregator.solve(gram, values, ws.rows.device)
-        self._commit(K, roles, evidence)
+        solution, weights = self._solve(gram, values, ws.rows.device, step)
+        self._commit_step(step)
         outs, accumulate = grad_outputs(roles.shared)
         self.aggregator.combine(weights, ws.blocks, outs, accumulate)
         self._write_private(weights, ws.private_views, roles)
-        self._write_owned_grads(values, grad_scale)
-        return self._record(gram, solution, values, roles)
+        self._write_owned_grads(values, grad_scale, step.present)
+        return self._record(gram, solution, values, [p.grad for p in roles.shared], step)
 
     def _backward_features(
         self, losses: list[Tensor], values: Tensor, features: Tensor | Sequence[Tensor], roles: ParameterRoles,
-        evidence: RoleEvidence | None, mode: str, grad_mode: str, grad_scale: float, grad_scaler: Any, retain_graph: bool,
+        step: _Step, mode: str, grad_mode: str, grad_scale: float, grad_scaler: Any, retain_graph: bool,
     ) -> AggregationResult | None:
         K = len(losses)
         if mode == "sharded":
@@ -407,7 +484,7 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         if problem is not None:
             return self._give_up(problem, roles, grad_scaler)
         saved = copy.deepcopy(self._method_state())
-        solution, weights = self.aggregator.solve(gram, values, losses[0].device)
+        solution, weights = self._solve(gram, values, losses[0].device, step)
         if roles.shared:
             combined = sum(w.to(torch.promote_types(l.dtype, torch.float32)) * l for w, l in zip(weights, losses))
             grads = torch.autograd.grad(combined, roles.shared, allow_unused=True, retain_graph=retain_graph)
@@ -424,20 +501,29 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
                 otherwise="the gradient of Σ wₖ·Lₖ over the shared parameters holds NaN/Inf (every ∂Lₖ/∂z is finite)",
             )
             return self._give_up(problem, roles, grad_scaler)
-        self._commit(K, roles, evidence)
+        self._commit_step(step)
         accumulate_grads(roles.shared, [v[0] for v in ws.direction])
         self._write_private(weights, ws.private_views, roles)
-        self._write_owned_grads(values, grad_scale)
-        return self._record(gram, solution, values, roles)
+        self._write_owned_grads(values, grad_scale, step.present)
+        return self._record(gram, solution, values, [p.grad for p in roles.shared], step)
 
     # -- pieces ---------------------------------------------------------------------------------
-    def _commit(self, K: int, roles: ParameterRoles, evidence: RoleEvidence | None) -> None:
+    def _solve(self, gram: Tensor, values: Tensor, device: torch.device, step: _Step) -> tuple[Any, Tensor]:
+        """The method's solve over the step's tasks (the absent ones' state kept)."""
+        if step.present is None:
+            return self.aggregator.solve(gram, values, device)
+        with _tasks.restricted(self.weighting, step.present, step.num_tasks):
+            return self.aggregator.solve(gram, values, device)
+
+    def _commit_step(self, step: _Step) -> None:
         """Keep what a backward established, once it is sure to write: K (fixed by the first
-        successful backward, which adds e.g. IMTL-L's log-scales), the roles and their evidence."""
+        successful backward, which adds e.g. IMTL-L's log-scales), the names, the roles and their
+        evidence."""
         if self.num_tasks is None:
-            self._set_num_tasks(K)
-        if evidence is not None:
-            self._roles, self._evidence = roles, evidence
+            self._set_num_tasks(step.num_tasks)
+        self.task_names = step.names
+        if step.evidence is not None:
+            self._roles, self._evidence = step.roles, step.evidence
 
     @staticmethod
     def _check_features_reached(reached: list[list[bool]]) -> None:
@@ -459,7 +545,7 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
     def _trainable(self) -> list[Tensor]:
         return trainable_parameters(self.param_groups, exclude=self._owned)
 
-    def _detect_roles(self, losses: list[Tensor]) -> tuple[ParameterRoles, RoleEvidence]:
+    def _detect_roles(self, losses: list[Tensor], present: list[int] | None, K: int) -> tuple[ParameterRoles, RoleEvidence]:
         """This batch's roles merged with the earlier evidence (:func:`.roles.detect_roles`); every
         rank finds the same when data-parallel. Nothing is kept until the backward succeeds."""
         reduce = None
@@ -467,7 +553,7 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
             reduce = lambda counts: _dist.all_reduce_sum_(counts, self.process_group)  # noqa: E731
         return detect_roles(
             losses, self._trainable(), self._evidence, shared_ids=self._shared_ids,
-            one_owner=self.task_specific == "weighted", reduce=reduce,
+            one_owner=self.task_specific == "weighted", reduce=reduce, present=present, num_tasks=K,
         )
 
     def _give_up(self, problem: str, roles: ParameterRoles, grad_scaler: Any) -> None:
@@ -475,9 +561,12 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         error, or the skip of the next step (see :mod:`.nonfinite`)."""
         self.last = None
         self.last_losses = None
+        self.last_tasks = None
         if grad_scaler is not None and grad_scaler.is_enabled():  # let scaler.step see the overflow
             flag_overflow(roles.shared + roles.private + self._owned)
             return None
+        if self._labels is not None:
+            problem = _tasks.relabel(problem, self._labels)
         if self.on_nonfinite == "raise":
             raise NonFiniteError(f"{type(self).__name__}.backward: {problem}; nothing was changed")
         self.num_skipped += 1
@@ -490,9 +579,10 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
                 view.mul_(weights[tasks[0]].to(view.dtype))
         accumulate_grads(roles.private, views)
 
-    def _record(self, gram: Tensor, solution: Any, values: Tensor, roles: ParameterRoles) -> AggregationResult:
-        self.last = AggregationResult([p.grad for p in roles.shared], solution.weights, gram, self.weighting.name, dict(solution.diagnostics))
+    def _record(self, gram: Tensor, solution: Any, values: Tensor, direction: list[Tensor], step: _Step) -> AggregationResult:
+        self.last = AggregationResult(direction, solution.weights, gram, self.weighting.name, dict(solution.diagnostics))
         self.last_losses = values
+        self.last_tasks = _tasks.describe_present(list(range(step.num_tasks)) if step.present is None else step.present, self.task_names)
         self._skip_step = False  # a skipped backward's pending no-op step is superseded by this one
         return self.last
 
@@ -504,13 +594,19 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         With ``flat=True``, a flat ``{name: float}`` ready for ``SummaryWriter.add_scalars`` or
         ``wandb.log``: ``weight/{k}``, ``grad_norm/{k}``, ``cosine/{i}_{j}`` (i < j),
         ``conflicts``, ``loss/{k}`` and ``solver/{name}`` — ``self.last.scalars(self.last_losses)``
-        (:meth:`mtlkernels.AggregationResult.scalars`), read from the device once.
+        (:meth:`mtlkernels.AggregationResult.scalars`), read from the device once. Per-task keys
+        name the task (``weight/depth``) when the tasks are named, else its position among the K;
+        a step with absent tasks has keys for the present ones only.
         """
         if self.last is None:
             return {}
         if flat:
-            return self.last.scalars(self.last_losses)
+            scalars = self.last.scalars(self.last_losses)
+            if self.last_tasks == list(range(len(self.last_tasks))):
+                return scalars
+            return _tasks.name_keys(scalars, [str(task) for task in self.last_tasks])
         facts: dict[str, Any] = {
+            "tasks": list(self.last_tasks),
             "weights": self.last.weights.tolist(),
             "norms": self.last.norms.tolist(),
             "cosine": self.last.cosine.tolist(),

@@ -62,11 +62,15 @@ class IMTL(MultiTaskOptimizer):
     def _loss_multipliers(self) -> Tensor | None:
         return None if self.log_scales is None else self.log_scales.detach().exp()
 
-    def _write_owned_grads(self, losses: Tensor, grad_scale: float) -> None:
+    def _write_owned_grads(self, losses: Tensor, grad_scale: float, present: list[int] | None) -> None:
         if self.log_scales is None:
             return
         s = self.log_scales.detach()
-        grad = (s.exp() * losses.to(s) - 1) * grad_scale  # ∂/∂sᵢ (e^{sᵢ}Lᵢ − sᵢ)
+        if present is None:
+            grad = (s.exp() * losses.to(s) - 1) * grad_scale  # ∂/∂sᵢ (e^{sᵢ}Lᵢ − sᵢ)
+        else:  # an absent task's log-scale gets no gradient: it is kept, as its loss was not seen
+            grad = torch.zeros_like(s)
+            grad[present] = (s[present].exp() * losses.to(s) - 1) * grad_scale
         accumulate_grads([self.log_scales], [grad])
 
     def _method_state(self) -> dict[str, Any]:

@@ -90,6 +90,8 @@ def detect_roles(
     shared_ids: set[int] | None,
     one_owner: bool,
     reduce: Callable[[Tensor], Tensor] | None = None,
+    present: Sequence[int] | None = None,
+    num_tasks: int | None = None,
 ) -> tuple[ParameterRoles, RoleEvidence]:
     """The roles from this batch's gradients merged with the ``prior`` evidence (see the module
     docstring); changes nothing, the caller keeps the result once its backward succeeds.
@@ -98,29 +100,65 @@ def detect_roles(
     with only zero gradients falls back to the tasks whose graph reaches it. Shared = used by two
     or more tasks (by K = 1: by the one), or in ``shared_ids`` when given. ``one_owner``: every
     non-shared parameter must belong to one task. ``reduce`` sums the [K, 2, P] evidence counts
-    over data-parallel ranks, so that every rank finds the same roles.
+    over data-parallel ranks, so that every rank finds the same roles. ``present``: the tasks (of
+    ``num_tasks``) that ``losses`` belong to, in a step where the others are absent; an absent task
+    shows nothing, and one never present counts as using the parameters every task seen so far
+    uses (the trunk, not another task's head) and as owning those no task uses (its own head).
     """
-    K = len(losses)
+    grads = [torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True) for loss in losses]
+    return roles_from_gradients(
+        grads, params, prior, shared_ids=shared_ids, one_owner=one_owner, reduce=reduce, present=present,
+        num_tasks=num_tasks, device=losses[0].device,
+    )
+
+
+def roles_from_gradients(
+    grads: Sequence[Sequence[Tensor | None]],
+    params: list[Tensor],
+    prior: RoleEvidence | None,
+    *,
+    shared_ids: set[int] | None,
+    one_owner: bool,
+    reduce: Callable[[Tensor], Tensor] | None = None,
+    present: Sequence[int] | None = None,
+    num_tasks: int | None = None,
+    device: torch.device | None = None,
+) -> tuple[ParameterRoles, RoleEvidence]:
+    """:func:`detect_roles` from the tasks' gradients ``grads[k][j]`` on ``params[j]`` (None: not
+    reached), however they were taken (e.g. this rank's shards under FSDP, with ``reduce``
+    summing the counts over the ranks)."""
+    K = len(grads)
     flags = []
-    for loss in losses:
-        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-        none = torch.zeros((), dtype=torch.bool, device=loss.device)
-        flags.append(torch.tensor([g is not None for g in grads], device=loss.device))
-        flags.append(torch.stack([g.ne(0).any().to(loss.device) if g is not None else none for g in grads]))
+    for task_grads in grads:
+        none = torch.zeros((), dtype=torch.bool, device=device)
+        flags.append(torch.tensor([g is not None for g in task_grads], device=device))
+        flags.append(torch.stack([g.ne(0).any().to(device) if g is not None else none for g in task_grads]))
     counts = torch.stack(flags).view(K, 2, len(params)).to(torch.float64)
     if reduce is not None:
         counts = reduce(counts)
     reached, used = (counts > 0).cpu().unbind(1)
     for k in range(K):
         if not bool(reached[k].any()):
-            raise ValueError(f"loss of task {k} does not depend on any trainable parameter of the wrapped optimizer")
+            task = k if present is None else present[k]
+            raise ValueError(f"loss of task {task} does not depend on any trainable parameter of the wrapped optimizer")
+    if present is not None:  # the absent tasks' rows: nothing seen
+        K = num_tasks
+        rows = torch.tensor(list(present))
+        used = torch.zeros(K, len(params), dtype=torch.bool).index_copy_(0, rows, used)
+        reached = torch.zeros(K, len(params), dtype=torch.bool).index_copy_(0, rows, reached)
     ids = tuple(id(p) for p in params)
     if prior is not None and prior.ids == ids and prior.used.shape[0] == K:
         used, reached = used | prior.used, reached | prior.reached
     evidence = RoleEvidence(ids, used, reached)
     absent = ~used.any(1)
     owners = used | (absent[:, None] & reached)
-    owners = torch.where(owners.any(0), owners, reached)
+    fallback, never, seen = reached, ~reached.any(1), ~absent
+    if bool(never.any()) and bool(seen.any()):
+        # a task never present uses what every task seen uses (the trunk), and owns the parameters
+        # no task uses (e.g. its head, which the others reach through a torch.cat)
+        owners |= never[:, None] & used[seen].all(0)
+        fallback = never[:, None] & reached.any(0)
+    owners = torch.where(owners.any(0), owners, fallback)
     shared, private, private_tasks = [], [], []
     for j, p in enumerate(params):
         tasks = tuple(owners[:, j].nonzero().flatten().tolist())

@@ -64,12 +64,36 @@ def run_scenario(
     return {"params": [p.detach().clone() for p in params], "grads": grads, "weights": weights}
 
 
+def run_named_with_an_absent_task(rank: int | None, world: int) -> dict:
+    """Nash-MTL with named tasks under DDP: a full step, then a step without "seg" (the same on
+    every rank), then a full one; rank None = one process on the full batch."""
+    model = TrunkHeads(K=3, seed=0)
+    opt = NashMTL(torch.optim.SGD(model.parameters(), lr=0.05), task_names=("depth", "seg", "normal"))
+    net = nn.parallel.DistributedDataParallel(model) if rank is not None else model
+    weights = []
+    for step in range(3):
+        x, y = batch(K=3, B=B, seed=30 + step)
+        if rank is not None:
+            x, y = x[rank * B // world : (rank + 1) * B // world], y[rank * B // world : (rank + 1) * B // world]
+        opt.zero_grad(set_to_none=True)
+        _, out = net(x)
+        losses = {name: ((out[:, k] - y[:, k]) ** 2).mean() for k, name in enumerate(opt.task_names)}
+        if step == 1:
+            del losses["seg"]
+        opt.backward(losses)
+        weights.append(opt.last.weights.clone())
+        opt.step()
+    return {"params": [p.detach().clone() for p in model.parameters()], "weights": weights,
+            "alpha": opt.weighting.state_dict()["alpha"].clone()}
+
+
 def worker(rank: int, world: int, port: int, out_path: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         results = {name: run_scenario(w, o, f, h, rank, world) for name, w, o, f, h in SCENARIOS}
         results["sharded"] = run_scenario(CAGrad, {}, False, None, rank, world, sharded=True)
+        results["absent"] = run_named_with_an_absent_task(rank, world)
         torch.save(results, f"{out_path}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()

@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from ddp_worker import SCENARIOS, run_scenario, worker
+from ddp_worker import SCENARIOS, run_named_with_an_absent_task, run_scenario, worker
 from mtlkernels.optim import CAGrad
 
 WORLD = 2
@@ -56,3 +56,12 @@ def test_sharded_gram_all_reduce_equals_full_computation(ranks):
         _close([result["sharded"]["grads"][i] for i in owned], [single["grads"][i] for i in owned])
         _close(result["sharded"]["params"], single["params"])
         torch.testing.assert_close(result["sharded"]["weights"], single["weights"], rtol=1e-6, atol=1e-9)
+
+
+def test_named_tasks_with_an_absent_task_under_ddp_equal_one_process(ranks):
+    single = run_named_with_an_absent_task(rank=None, world=1)
+    for result in ranks:
+        _close(result["absent"]["params"], single["params"])
+        assert [w.shape[0] for w in result["absent"]["weights"]] == [3, 2, 3]
+        _close(result["absent"]["weights"], single["weights"])
+        torch.testing.assert_close(result["absent"]["alpha"], single["alpha"], rtol=1e-6, atol=1e-9)
