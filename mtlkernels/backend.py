@@ -12,6 +12,7 @@ limit a solve runs in torch, whether the backend was chosen by "auto" or named.
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Callable, Collection, Mapping, TypeVar
 
@@ -35,14 +36,26 @@ def triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def triton_installed() -> bool:
-    """True when the triton package imports (an optional dependency: ``mtlkernels[triton]``, or
-    brought by a CUDA build of torch)."""
+#: the oldest Triton the kernels compile with: 3.3 brought ``tl.gather`` (the K-space solves)
+TRITON_MIN_VERSION = (3, 3)
+
+
+@functools.lru_cache(maxsize=None)
+def triton_version() -> tuple[int, int] | None:
+    """(major, minor) of the installed triton package, or None when it does not import (an
+    optional dependency: ``mtlkernels[triton]``, or brought by a CUDA build of torch)."""
     try:
-        import triton  # noqa: F401
+        import triton
     except ImportError:
-        return False
-    return True
+        return None
+    parts = (triton.__version__.split(".") + ["0"])[:2]
+    return tuple(int("".join(ch for ch in part if ch.isdigit()) or 0) for part in parts)  # type: ignore[return-value]
+
+
+def triton_installed() -> bool:
+    """True when a triton the kernels compile with (:data:`TRITON_MIN_VERSION` or newer) imports."""
+    version = triton_version()
+    return version is not None and version >= TRITON_MIN_VERSION
 
 
 def check_backend(backend: str) -> str:
@@ -103,10 +116,17 @@ def _unavailable_reason(backend: str, device: torch.device) -> str:
             return f"backend='cpp' runs on CPU tensors only; these are on {device}"
         return f"backend='cpp' needs the C++ extension ({_extension.import_error}). {_extension.REBUILD_HINT}"
     if backend == "triton":
-        if not triton_installed():
+        version = triton_version()
+        if version is None:
             return (
                 "backend='triton' needs the triton package, which is not installed (CUDA builds of torch bring it; "
                 'on a CPU-only install: pip install "mtlkernels[triton]" and set TRITON_INTERPRET=1)'
+            )
+        if version < TRITON_MIN_VERSION:
+            have, need = ".".join(map(str, version)), ".".join(map(str, TRITON_MIN_VERSION))
+            return (
+                f"backend='triton' needs triton >= {need} (tl.gather); triton {have} is installed "
+                f"(torch 2.7's CUDA wheels bring 3.3): upgrade torch, or use backend='torch'"
             )
         if device.type == "cpu":
             return "backend='triton' on CPU tensors needs TRITON_INTERPRET=1 set before mtlkernels is imported"

@@ -151,13 +151,33 @@ def test_validate_help_documents_every_flag(capsys):
         assert flag in out and words in out, flag
 
 
-def test_triton_backend_without_triton_names_the_package(monkeypatch):
+@pytest.fixture
+def fresh_triton_version():
+    """Reads the installed triton again (the version is cached per process)."""
+    from mtlkernels import backend
+    backend.triton_version.cache_clear()
+    yield
+    backend.triton_version.cache_clear()
+
+
+def test_triton_backend_without_triton_names_the_package(monkeypatch, fresh_triton_version):
     from mtlkernels.validate import backend_problem
     monkeypatch.setitem(sys.modules, "triton", None)  # `import triton` raises ImportError, as when not installed
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     with pytest.raises(RuntimeError, match=r"needs the triton package, which is not installed .*mtlkernels\[triton\]"):
         mk.gram(torch.randn(2, 5), backend="triton")
     assert "needs the triton package" in backend_problem("triton")
+    assert mk.gram(torch.randn(2, 5)).shape == (2, 2)  # "auto" goes on without it
+
+
+def test_triton_older_than_the_floor_is_refused_by_name(monkeypatch, fresh_triton_version):
+    import types
+    from mtlkernels.validate import backend_problem
+    monkeypatch.setitem(sys.modules, "triton", types.SimpleNamespace(__version__="3.2.0"))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with pytest.raises(RuntimeError, match=r"needs triton >= 3\.3 \(tl\.gather\); triton 3\.2 is installed"):
+        mk.gram(torch.randn(2, 5), backend="triton")
+    assert "triton 3.2 is installed" in backend_problem("triton")
     assert mk.gram(torch.randn(2, 5)).shape == (2, 2)  # "auto" goes on without it
 
 
