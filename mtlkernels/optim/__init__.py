@@ -8,9 +8,13 @@
 from .base import MultiTaskOptimizer, NonFiniteError, ParameterRoles
 from .cagrad import CAGrad
 from .imtl import IMTL
+from .loss_weighting import DWA, FAMO, RLW, UW, GradNorm, LossWeighting
 from .mgda import MGDA
 from .mgda_ub import MGDAUB
 from .nash_mtl import NashMTL
 from .pcgrad import PCGrad
 
-__all__ = ["CAGrad", "IMTL", "MGDA", "MGDAUB", "MultiTaskOptimizer", "NashMTL", "NonFiniteError", "ParameterRoles", "PCGrad"]
+__all__ = [
+    "CAGrad", "DWA", "FAMO", "GradNorm", "IMTL", "LossWeighting", "MGDA", "MGDAUB", "MultiTaskOptimizer", "NashMTL",
+    "NonFiniteError", "ParameterRoles", "PCGrad", "RLW", "UW",
+]

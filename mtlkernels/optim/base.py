@@ -61,7 +61,18 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         process_group: the torch.distributed group (default: the world).
         num_tasks: K, checked on every ``backward`` (default: set by the first successful one).
         backend: "auto", "torch", "cpp" or "triton", for the Gram, the solve and the combination.
+        update_every: n ≥ 1 (default 1). Solve for the weights on every n-th successful
+            ``backward`` (the first, and whenever the roles are not known yet); on the others take
+            ONE backward of Σₖ wₖ·Lₖ with the last weights (see "Reusing the weights" below).
         **options: the method's options (its Weighting's arguments).
+
+    Reusing the weights (``update_every=n``, as the Nash-MTL paper's ``update_weights_every``):
+    a reusing step costs one backward pass and no [K, N] buffer. The shared parameters get
+    ∇ Σₖ wₖ·Lₖ with the weights w of the last solving step (Nash-MTL's clip scale included, as
+    solved on that step's Γ); the task-specific parameters follow ``task_specific`` as on a solving
+    step ("plain": ∇ Σₖ Lₖ, "weighted": wₖ·∇Lₖ). ``self.last`` stays the last solving step's
+    result, ``self.last_reused`` says which kind of step ran (also ``reused`` in
+    :meth:`diagnostics`); the counter and the weights are in ``state_dict()``.
 
     Roles: task k uses parameter p when ∂Lₖ/∂p was nonzero in some batch (a head that a
     ``torch.cat`` or indexing of the outputs connects to every loss gets exact zeros from the
@@ -89,6 +100,7 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         process_group: dist.ProcessGroup | None = None,
         num_tasks: int | None = None,
         backend: str = "auto",
+        update_every: int = 1,
         **options: Any,
     ) -> None:
         if isinstance(optimizer, MultiTaskOptimizer):
@@ -133,6 +145,7 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         self._evidence: RoleEvidence | None = None
         self._buffers = Buffers()
         self._skip_step = False
+        self._init_reuse(update_every)
         if num_tasks is not None:
             self._set_num_tasks(num_tasks)
 
@@ -185,6 +198,7 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
             "method": copy.deepcopy(self._method_state()),
             "num_tasks": self.num_tasks,
             "num_skipped": self.num_skipped,
+            "update_every": self._reuse_state(),
         }
         for post_hook in self._optimizer_state_dict_post_hooks.values():
             result = post_hook(self, state)
@@ -218,10 +232,12 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         self._check_optimizer_state(state_dict["optimizer"], self.num_tasks if K is None else K)
         method = copy.deepcopy(state_dict["method"])
         self._check_method_state(method, self.num_tasks if K is None else K)
+        reuse = self._check_reuse_state(state_dict.get("update_every"), self.num_tasks if K is None else K)
         if K is not None:
             self._set_num_tasks(K)
         self.optimizer.load_state_dict(state_dict["optimizer"])
         self._load_method_state(method)
+        self._load_reuse_state(reuse)
         self.num_skipped = num_skipped
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
@@ -319,7 +335,8 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
                 "or a 1-D tensor, not their sum (for one task, build the optimizer with num_tasks=1 or pass [loss])"
             )
         losses = check_losses(losses, self.num_tasks)
-        if self._evidence is not None and self._evidence.complete:
+        reuse = self._reuse_due()
+        if reuse or (self._evidence is not None and self._evidence.complete):
             roles, evidence = self._roles, None
         else:
             roles, evidence = self._detect_roles(losses)
@@ -332,6 +349,8 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         values = torch.stack([l.detach().reshape(()).to(torch.float64) for l in losses])
         mode = _dist.resolve_mode(self.distributed, self.process_group)
         grad_mode = resolve_grad_mode(self.grad_mode)
+        if reuse:
+            return self._backward_reusing(differentiated, values, roles, mode, grad_scale, grad_scaler, retain_graph)
         if features is None:
             return self._backward_parameters(
                 differentiated, values, roles, evidence, mode, grad_mode, grad_scale, grad_scaler, retain_graph
@@ -493,6 +512,7 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         self.last = AggregationResult([p.grad for p in roles.shared], solution.weights, gram, self.weighting.name, dict(solution.diagnostics))
         self.last_losses = values
         self._skip_step = False  # a skipped backward's pending no-op step is superseded by this one
+        self._count_update(solution.weights, reused=False)
         return self.last
 
     def diagnostics(self, flat: bool = False) -> dict[str, Any]:
@@ -508,7 +528,10 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         if self.last is None:
             return {}
         if flat:
-            return self.last.scalars(self.last_losses)
+            scalars = self.last.scalars(self.last_losses)
+            if self.update_every > 1:
+                scalars["reused"] = float(self.last_reused)
+            return scalars
         facts: dict[str, Any] = {
             "weights": self.last.weights.tolist(),
             "norms": self.last.norms.tolist(),
@@ -519,4 +542,92 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         for key, value in diagnostics_to_python(self.last.diagnostics).items():
             if isinstance(value, (int, float, bool, str)):
                 facts[key] = value
+        if self.update_every > 1:
+            facts["reused"] = self.last_reused
         return facts
+
+    # -- update_every: steps that reuse the last weights ------------------------------------------
+    def _init_reuse(self, update_every: int) -> None:
+        if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
+            raise ValueError(f"update_every={update_every!r} must be an integer >= 1")
+        self.update_every = update_every
+        #: whether the last successful backward reused the weights (one backward of Σ wₖ·Lₖ)
+        self.last_reused = False
+        self._updates = 0  # successful backward calls, solving or reusing
+        self._reused_weights: Tensor | None = None  # [K] float64 on the CPU, from the last solve
+
+    def _reuse_due(self) -> bool:
+        """Whether this backward reuses the last weights: not every n-th call, and only once a
+        solve has fixed the weights and the roles."""
+        return (
+            self.update_every > 1 and self._reused_weights is not None and self._roles is not None
+            and self._updates % self.update_every != 0
+        )
+
+    def _count_update(self, weights: Tensor, *, reused: bool) -> None:
+        self._updates += 1
+        self.last_reused = reused
+        if not reused and self.update_every > 1:
+            self._reused_weights = weights.detach().to("cpu", torch.float64).clone()
+
+    def _reuse_state(self) -> dict[str, Any]:
+        weights = self._reused_weights
+        return {"step": self._updates, "weights": None if weights is None else weights.clone()}
+
+    @staticmethod
+    def _check_reuse_state(state: Any, K: int | None) -> dict[str, Any]:
+        if state is None:  # a state_dict saved before update_every existed
+            return {"step": 0, "weights": None}
+        if not isinstance(state, dict) or set(state) != {"step", "weights"}:
+            raise ValueError("state_dict['update_every'] must be a dict with the keys 'step' and 'weights'")
+        step, weights = state["step"], state["weights"]
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"state_dict['update_every']['step'] must be an int >= 0; got {step!r}")
+        if weights is not None and (
+            not isinstance(weights, Tensor) or weights.dim() != 1 or (K is not None and weights.shape[0] != K)
+            or not bool(torch.isfinite(weights).all())
+        ):
+            raise ValueError(f"state_dict['update_every']['weights'] must be None or K = {K} finite weights")
+        return state
+
+    def _load_reuse_state(self, state: dict[str, Any]) -> None:
+        weights = state["weights"]
+        self._updates = state["step"]
+        self._reused_weights = None if weights is None else weights.detach().to("cpu", torch.float64).clone()
+
+    def _backward_reusing(
+        self, losses: list[Tensor], values: Tensor, roles: ParameterRoles, mode: str, grad_scale: float,
+        grad_scaler: Any, retain_graph: bool,
+    ) -> AggregationResult | None:
+        """One backward of Σₖ wₖ·Lₖ with the last solved weights (task-specific parameters: ∇ Σ Lₖ,
+        a backward through the heads only, with ``task_specific="plain"``); nothing is written
+        unless the losses and the gradients are finite."""
+        weights = self._reused_weights.to(losses[0].device)
+        combined = sum(w.to(torch.promote_types(l.dtype, torch.float32)) * l for w, l in zip(weights, losses))
+        plain_private = bool(roles.private) and self.task_specific == "plain"
+        weighted = roles.shared + ([] if plain_private else roles.private)
+        private_grads = (
+            torch.autograd.grad(sum(losses), roles.private, allow_unused=True, retain_graph=True) if plain_private else ()
+        )
+        grads = [*torch.autograd.grad(combined, weighted, allow_unused=True, retain_graph=retain_graph), *private_grads]
+        params = weighted + (roles.private if plain_private else [])
+        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+        if mode == "replicated":
+            values = _dist.all_reduce_mean_(values.clone(), self.process_group)
+            for g in grads:
+                _dist.all_reduce_mean_(g, self.process_group)
+        finite = torch.stack([torch.isfinite(values).all()] + [torch.isfinite(g).all() for g in grads]).all()
+        if mode == "sharded":
+            finite = _dist.all_reduce_sum_((~finite).to(torch.float64).reshape(1), self.process_group)[0] == 0
+        if not bool(finite):
+            bad = (~torch.isfinite(values)).nonzero().flatten().tolist()
+            problem = "; ".join(f"task {k}: loss is {values[k].item()}" for k in bad) or (
+                "the gradient of Σ wₖ·Lₖ with the reused weights holds NaN/Inf"
+            )
+            return self._give_up(problem, roles, grad_scaler)
+        accumulate_grads(params, grads)
+        self._write_owned_grads(values, grad_scale)
+        self.last_losses = values
+        self._skip_step = False
+        self._count_update(self._reused_weights, reused=True)
+        return self.last
