@@ -336,7 +336,7 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
             )
         losses = check_losses(losses, self.num_tasks)
         reuse = self._reuse_due()
-        if reuse or (self._evidence is not None and self._evidence.complete):
+        if (self._evidence is not None and self._evidence.complete) or (reuse and self._roles is not None):
             roles, evidence = self._roles, None
         else:
             roles, evidence = self._detect_roles(losses)
@@ -350,7 +350,7 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         mode = _dist.resolve_mode(self.distributed, self.process_group)
         grad_mode = resolve_grad_mode(self.grad_mode)
         if reuse:
-            return self._backward_reusing(differentiated, values, roles, mode, grad_scale, grad_scaler, retain_graph)
+            return self._backward_reusing(differentiated, values, roles, evidence, mode, grad_scale, grad_scaler, retain_graph)
         if features is None:
             return self._backward_parameters(
                 differentiated, values, roles, evidence, mode, grad_mode, grad_scale, grad_scaler, retain_graph
@@ -558,11 +558,8 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
 
     def _reuse_due(self) -> bool:
         """Whether this backward reuses the last weights: not every n-th call, and only once a
-        solve has fixed the weights and the roles."""
-        return (
-            self.update_every > 1 and self._reused_weights is not None and self._roles is not None
-            and self._updates % self.update_every != 0
-        )
+        solve has fixed the weights (the roles are detected again after a ``load_state_dict``)."""
+        return self.update_every > 1 and self._reused_weights is not None and self._updates % self.update_every != 0
 
     def _count_update(self, weights: Tensor, *, reused: bool) -> None:
         self._updates += 1
@@ -596,8 +593,8 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         self._reused_weights = None if weights is None else weights.detach().to("cpu", torch.float64).clone()
 
     def _backward_reusing(
-        self, losses: list[Tensor], values: Tensor, roles: ParameterRoles, mode: str, grad_scale: float,
-        grad_scaler: Any, retain_graph: bool,
+        self, losses: list[Tensor], values: Tensor, roles: ParameterRoles, evidence: RoleEvidence | None, mode: str,
+        grad_scale: float, grad_scaler: Any, retain_graph: bool,
     ) -> AggregationResult | None:
         """One backward of Σₖ wₖ·Lₖ with the last solved weights (task-specific parameters: ∇ Σ Lₖ,
         a backward through the heads only, with ``task_specific="plain"``); nothing is written
@@ -625,6 +622,7 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
                 "the gradient of Σ wₖ·Lₖ with the reused weights holds NaN/Inf"
             )
             return self._give_up(problem, roles, grad_scaler)
+        self._commit(len(losses), roles, evidence)
         accumulate_grads(params, grads)
         self._write_owned_grads(values, grad_scale)
         self.last_losses = values
