@@ -135,6 +135,7 @@ class LossWeighting(MultiTaskOptimizer):
         self,
         losses: Sequence[Tensor] | Tensor,
         *,
+        features: Tensor | Sequence[Tensor] | None = None,
         grad_scaler: torch.amp.GradScaler | None = None,
         retain_graph: bool = False,
     ) -> LossWeightingStep | None:
@@ -143,6 +144,8 @@ class LossWeighting(MultiTaskOptimizer):
 
         Args:
             losses: K scalar losses (a sequence, or a 1-D tensor).
+            features: accepted so that a training loop written for the Gramian wrappers runs
+                unchanged, and unused: the weights need no gradients.
             grad_scaler: a ``torch.amp.GradScaler``; pass the *unscaled* losses: the scaled sum is
                 differentiated, and on overflow every ``.grad`` is set to Inf for ``scaler.step``.
             retain_graph: keep the autograd graph after the backward.
