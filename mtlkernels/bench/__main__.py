@@ -57,11 +57,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     dtypes = [getattr(torch, d) for d in (args.dtype or dtypes)]
     min_time = args.min_time if args.min_time is not None else min_time
 
-    methods = args.methods
-    if args.suite.startswith("step"):
-        if "--methods" not in (argv if argv is not None else sys.argv[1:]):
-            methods = list(METHODS) + list(step.LOSS_WEIGHTING)
-    elif set(methods) & set(step.LOSS_WEIGHTING):
+    methods = args.methods or list(METHODS) + (list(step.LOSS_WEIGHTING) if args.suite.startswith("step") else [])
+    if not args.suite.startswith("step") and set(methods) & set(step.LOSS_WEIGHTING):
         parser.error(f"{sorted(set(methods) & set(step.LOSS_WEIGHTING))} need no Gram: only the step suites time them")
     if args.suite.startswith("step"):
         jobs = [(path, m, K, N, dt) for dt in dtypes for N in Ns for K in Ks for path in step.PATHS for m in methods
