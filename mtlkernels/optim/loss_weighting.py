@@ -75,8 +75,7 @@ class LossWeighting(MultiTaskOptimizer):
         on_nonfinite: "raise" (default: :class:`~mtlkernels.optim.NonFiniteError` naming the task)
             or "skip" (the next ``step()`` does nothing); nothing is changed either way.
         distributed: "auto", "none" or "replicated" (DDP: the losses and the gradients of
-            Σ wₖ·Lₖ are averaged over ranks). "sharded" is not supported: the weights need no
-            Gram, so let FSDP reduce the gradients of ``(weights * losses).sum()`` itself.
+            Σ wₖ·Lₖ are averaged over ranks). "sharded" is not supported.
         process_group: the torch.distributed group (default: the world).
         num_tasks: K, checked on every ``backward`` (default: set by the first successful one).
         backend: the Gram's backend where one is taken (GradNorm's layer).
@@ -99,8 +98,8 @@ class LossWeighting(MultiTaskOptimizer):
     ) -> None:
         if distributed == "sharded":
             raise ValueError(
-                f"{type(self).__name__} supports distributed='auto', 'none' or 'replicated'; with sharded parameters "
-                "(FSDP) differentiate (opt.weights(losses) * losses).sum() and let FSDP reduce the gradients"
+                f"{type(self).__name__} supports distributed='auto', 'none' or 'replicated', not 'sharded': its "
+                "gradients come from one torch.autograd.grad of Σ wₖ·Lₖ, which does not run FSDP's reduce-scatter"
             )
         super().__init__(
             optimizer, on_nonfinite=on_nonfinite, distributed=distributed, process_group=process_group,
