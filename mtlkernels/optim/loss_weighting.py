@@ -308,7 +308,9 @@ class FAMO(LossWeighting):
     - default: the next ``backward``'s losses, on the next batch — free; the logits are updated
       at the start of that backward, before its weights are formed;
     - ``opt.update(losses)`` after ``opt.step()``, with the losses recomputed on the same batch
-      (one more forward, no backward): what the paper's Algorithm 2 and the authors' code do.
+      (one more forward, no backward): what the paper's Algorithm 2 and the authors' training
+      scripts do (their toy script, where every step sees the same objective, uses the next
+      step's losses).
       Once called, the next ``backward`` makes no update of its own.
 
     Args:
