@@ -308,16 +308,14 @@ class FAMO(LossWeighting):
     - default: the next ``backward``'s losses, on the next batch — free; the logits are updated
       at the start of that backward, before its weights are formed;
     - ``opt.update(losses)`` after ``opt.step()``, with the losses recomputed on the same batch
-      (one more forward, no backward): what the paper's Algorithm 2 and the authors' training
-      scripts do (their toy script, where every step sees the same objective, uses the next
-      step's losses).
-      Once called, the next ``backward`` makes no update of its own.
+      (one more forward, no backward): what the authors' training scripts do (their toy script,
+      where every step sees the same objective, uses the next step's losses). Once called, the next ``backward`` makes no update of its own.
 
     Args:
         optimizer: the wrapped torch optimizer (it does not see ξ: FAMO steps ξ itself).
         min_losses: bₖ, a lower bound of each loss (default zeros: every loss must be > 0).
         lr: the logits' Adam learning rate (paper and authors: 0.025).
-        weight_decay: the logits' L2 weight decay (paper's Algorithm 2, LibMTL and torchjd:
+        weight_decay: the logits' L2 weight decay (the paper's Algorithm 2 and torchjd:
             1e-3; the authors' code: 1e-5).
         eps: ε inside the logarithms (1e-8).
         **options: :class:`LossWeighting`'s arguments.
@@ -432,8 +430,8 @@ class FAMO(LossWeighting):
 
     @torch.no_grad()
     def update(self, losses: Sequence[Tensor] | Sequence[float] | Tensor) -> None:
-        """Update ξ from the losses recomputed on the same batch after ``step()`` (the paper's
-        Algorithm 2): δ = log(Lₖ⁻ − bₖ + ε) − log(Lₖ⁺ − bₖ + ε), one Adam step. The next
+        """Update ξ from the losses recomputed on the same batch after ``step()`` (as the authors'
+        training scripts do): δ = log(Lₖ⁻ − bₖ + ε) − log(Lₖ⁺ − bₖ + ε), one Adam step. The next
         ``backward`` then makes no update of its own. Under DDP the losses are averaged over ranks.
         A non-finite loss follows ``on_nonfinite`` (the logits are left as they are)."""
         if self._before is None:
