@@ -300,8 +300,8 @@ class FAMO(LossWeighting):
     constant c = (Σₖ zₖ/(Lₖ − bₖ + ε))⁻¹ held fixed — the same gradient as Σₖ wₖ·Lₖ with
     wₖ = c·zₖ/(Lₖ − bₖ + ε) (Σ wₖ = 1), which is what is differentiated here. The logits ξ learn
     from how much each log-loss fell across a step, δₖ = log(Lₖ⁻ − bₖ + ε) − log(Lₖ⁺ − bₖ + ε):
-    one Adam step (lr, L2 ``weight_decay``, betas (0.9, 0.999), eps 1e-8, as the paper's
-    Algorithm 2 regularised by weight decay) on ξ with gradient z ⊙ (δ − zᵀδ).
+    one Adam step (lr, L2 ``weight_decay`` γ, betas (0.9, 0.999), eps 1e-8) on ξ with gradient
+    z ⊙ (δ − zᵀδ).
 
     The losses after the step (Lₖ⁺):
 
@@ -315,8 +315,8 @@ class FAMO(LossWeighting):
         optimizer: the wrapped torch optimizer (it does not see ξ: FAMO steps ξ itself).
         min_losses: bₖ, a lower bound of each loss (default zeros: every loss must be > 0).
         lr: the logits' Adam learning rate (paper and authors: 0.025).
-        weight_decay: the logits' L2 weight decay (the paper's Algorithm 2 and torchjd:
-            1e-3; the authors' code: 1e-5).
+        weight_decay: the logits' L2 weight decay γ (default 1e-3, torchjd's; the authors'
+            standalone ``famo.py`` defaults to 0.01, their experiments set it per dataset).
         eps: ε inside the logarithms (1e-8).
         **options: :class:`LossWeighting`'s arguments.
 
