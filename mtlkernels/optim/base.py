@@ -27,7 +27,7 @@ from ..aggregate import AggregationResult, Aggregator
 from ..jacobian import GRAD_MODES, check_losses, fill_task_gradients, resolve_grad_mode
 from ..methods import Weighting, diagnostics_to_python, make_weighting
 from . import distributed as _dist
-from .nonfinite import ON_NONFINITE, NonFiniteError, find_nonfinite, flag_overflow
+from .nonfinite import ON_NONFINITE, NonFiniteError, all_finite, find_nonfinite, flag_overflow
 from .roles import ParameterRoles, RoleEvidence, check_shared, detect_roles, trainable_parameters
 from .workspace import Buffers, accumulate_grads, grad_outputs
 
@@ -613,7 +613,7 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
             values = _dist.all_reduce_mean_(values.clone(), self.process_group)
             for g in grads:
                 _dist.all_reduce_mean_(g, self.process_group)
-        finite = torch.stack([torch.isfinite(values).all()] + [torch.isfinite(g).all() for g in grads]).all()
+        finite = torch.tensor(bool(torch.isfinite(values).all()) and all_finite(grads), device=values.device)
         if mode == "sharded":
             finite = _dist.all_reduce_sum_((~finite).to(torch.float64).reshape(1), self.process_group)[0] == 0
         if not bool(finite):

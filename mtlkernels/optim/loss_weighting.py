@@ -33,7 +33,7 @@ from .._checks import check_option, check_real
 from ..jacobian import check_losses
 from . import distributed as _dist
 from .base import MultiTaskOptimizer
-from .nonfinite import NonFiniteError, flag_overflow
+from .nonfinite import NonFiniteError, all_finite, flag_overflow
 from .workspace import accumulate_grads
 
 __all__ = ["DWA", "FAMO", "GradNorm", "LossWeighting", "LossWeightingStep", "RLW", "UW"]
@@ -181,14 +181,12 @@ class LossWeighting(MultiTaskOptimizer):
         if mode == "replicated":
             for _, g in reached:
                 _dist.all_reduce_mean_(g, self.process_group)
-        checks = [torch.isfinite(g).all() for _, g in reached]
-        if plan.layer_ok is not None:
-            checks.append(plan.layer_ok)
-        if checks and not bool(torch.stack([c.to(checks[0].device) for c in checks]).all()):
+        layer_ok = plan.layer_ok is None or bool(plan.layer_ok)
+        if not (layer_ok and all_finite([g for _, g in reached])):
             return self._reject("the gradient of Σ wₖ·Lₖ holds NaN/Inf (every loss is finite)", params, grad_scaler)
         if self.num_tasks is None:
             self._set_num_tasks(len(losses))
-        accumulate_grads([p for p, _ in reached], [g for _, g in reached])
+        _accumulate_fresh([p for p, _ in reached], [g for _, g in reached])
         self._commit_plan(plan)
         if plan.owned_grad is not None:
             accumulate_grads(self._owned, [plan.owned_grad.to(self._owned[0])])
@@ -261,6 +259,16 @@ class LossWeighting(MultiTaskOptimizer):
     def options(self) -> dict[str, Any]:
         """The constructor options, for ``repr`` and logging."""
         return {"on_nonfinite": self.on_nonfinite, "distributed": self.distributed}
+
+
+def _accumulate_fresh(params: list[Tensor], grads: list[Tensor]) -> None:
+    """``p.grad += g`` as ``Tensor.backward`` does, for gradients that ``torch.autograd.grad`` just
+    made: a missing ``.grad`` takes the new tensor itself (no copy) when it fits."""
+    for p, g in zip(params, grads):
+        if p.grad is None and g.dtype == p.dtype and g.shape == p.shape and g.is_contiguous():
+            p.grad = g
+        else:
+            accumulate_grads([p], [g])
 
 
 def _float_vector(state: dict[str, Any], key: str, K: int | None, optional: bool = False) -> None:

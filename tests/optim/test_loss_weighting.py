@@ -344,3 +344,13 @@ def test_exports_and_errors():
     opt.backward(_losses(model, 1))
     flat = opt.diagnostics(flat=True)
     assert set(flat) >= {"weight/0", "loss/2", "task_weight/1", "logits_updated"}
+
+
+def test_all_finite_tells_overflowing_sums_from_nonfinite_entries():
+    from mtlkernels.optim.nonfinite import all_finite
+
+    huge = torch.full((8,), 3e38)  # finite entries whose float32 sum overflows
+    assert all_finite([huge, torch.ones(3, dtype=torch.float64)])
+    assert not all_finite([huge, torch.tensor([1.0, float("nan")])])
+    assert not all_finite([torch.tensor([float("inf"), -float("inf")], dtype=torch.bfloat16)])
+    assert all_finite([])
