@@ -29,7 +29,7 @@ from ..methods import Weighting, diagnostics_to_python, make_weighting
 from . import distributed as _dist
 from .nonfinite import ON_NONFINITE, NonFiniteError, all_finite, find_nonfinite, flag_overflow
 from .roles import ParameterRoles, RoleEvidence, check_shared, detect_roles, trainable_parameters
-from .workspace import Buffers, accumulate_grads, grad_outputs
+from .workspace import Buffers, accumulate_fresh_grads, accumulate_grads, grad_outputs
 
 __all__ = ["MultiTaskOptimizer", "NonFiniteError", "ParameterRoles"]
 
@@ -623,7 +623,7 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
             )
             return self._give_up(problem, roles, grad_scaler)
         self._commit(len(losses), roles, evidence)
-        accumulate_grads(params, grads)
+        accumulate_fresh_grads(params, grads)
         self._write_owned_grads(values, grad_scale)
         self.last_losses = values
         self._skip_step = False

@@ -34,7 +34,7 @@ from ..jacobian import check_losses
 from . import distributed as _dist
 from .base import MultiTaskOptimizer
 from .nonfinite import NonFiniteError, all_finite, flag_overflow
-from .workspace import accumulate_grads
+from .workspace import accumulate_fresh_grads, accumulate_grads
 
 __all__ = ["DWA", "FAMO", "GradNorm", "LossWeighting", "LossWeightingStep", "RLW", "UW"]
 
@@ -186,7 +186,7 @@ class LossWeighting(MultiTaskOptimizer):
             return self._reject("the gradient of Σ wₖ·Lₖ holds NaN/Inf (every loss is finite)", params, grad_scaler)
         if self.num_tasks is None:
             self._set_num_tasks(len(losses))
-        _accumulate_fresh([p for p, _ in reached], [g for _, g in reached])
+        accumulate_fresh_grads([p for p, _ in reached], [g for _, g in reached])
         self._commit_plan(plan)
         if plan.owned_grad is not None:
             accumulate_grads(self._owned, [plan.owned_grad.to(self._owned[0])])
@@ -259,16 +259,6 @@ class LossWeighting(MultiTaskOptimizer):
     def options(self) -> dict[str, Any]:
         """The constructor options, for ``repr`` and logging."""
         return {"on_nonfinite": self.on_nonfinite, "distributed": self.distributed}
-
-
-def _accumulate_fresh(params: list[Tensor], grads: list[Tensor]) -> None:
-    """``p.grad += g`` as ``Tensor.backward`` does, for gradients that ``torch.autograd.grad`` just
-    made: a missing ``.grad`` takes the new tensor itself (no copy) when it fits."""
-    for p, g in zip(params, grads):
-        if p.grad is None and g.dtype == p.dtype and g.shape == p.shape and g.is_contiguous():
-            p.grad = g
-        else:
-            accumulate_grads([p], [g])
 
 
 def _float_vector(state: dict[str, Any], key: str, K: int | None, optional: bool = False) -> None:
