@@ -4,6 +4,10 @@
     opt.zero_grad(set_to_none=True)
     opt.backward(losses)                # or opt.backward(losses, features=z)
     opt.step()
+
+The Gramian wrappers (PCGrad, CAGrad, NashMTL, IMTL, MGDA, MGDAUB) take the K task gradients
+(every step, or every n-th with ``update_every=n``); the loss-weighting wrappers (FAMO, UW, DWA,
+RLW, GradNorm, :mod:`.loss_weighting`) take one backward of Σₖ wₖ·Lₖ.
 """
 from .base import MultiTaskOptimizer, NonFiniteError, ParameterRoles
 from .cagrad import CAGrad
