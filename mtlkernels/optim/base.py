@@ -66,7 +66,7 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
             ONE backward of Σₖ wₖ·Lₖ with the last weights (see "Reusing the weights" below).
         **options: the method's options (its Weighting's arguments).
 
-    Reusing the weights (``update_every=n``, as the Nash-MTL paper's ``update_weights_every``):
+    Reusing the weights (``update_every=n``, as the Nash-MTL authors' ``update_weights_every``):
     a reusing step costs one backward pass and no [K, N] buffer. The shared parameters get
     ∇ Σₖ wₖ·Lₖ with the weights w of the last solving step (Nash-MTL's clip scale included, as
     solved on that step's Γ); the task-specific parameters follow ``task_specific`` as on a solving
@@ -554,7 +554,7 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         #: whether the last successful backward reused the weights (one backward of Σ wₖ·Lₖ)
         self.last_reused = False
         self._updates = 0  # successful backward calls, solving or reusing
-        self._reused_weights: Tensor | None = None  # [K] float64 on the CPU, from the last solve
+        self._reused_weights: Tensor | None = None  # [K] float64 where the last solve left them
 
     def _reuse_due(self) -> bool:
         """Whether this backward reuses the last weights: not every n-th call, and only once a
@@ -564,12 +564,12 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
     def _count_update(self, weights: Tensor, *, reused: bool) -> None:
         self._updates += 1
         self.last_reused = reused
-        if not reused and self.update_every > 1:
-            self._reused_weights = weights.detach().to("cpu", torch.float64).clone()
+        if not reused and self.update_every > 1:  # kept on the solve's device: no host sync
+            self._reused_weights = weights.detach().to(torch.float64).clone()
 
     def _reuse_state(self) -> dict[str, Any]:
         weights = self._reused_weights
-        return {"step": self._updates, "weights": None if weights is None else weights.clone()}
+        return {"step": self._updates, "weights": None if weights is None else weights.to("cpu", copy=True)}
 
     @staticmethod
     def _check_reuse_state(state: Any, K: int | None) -> dict[str, Any]:
