@@ -20,8 +20,6 @@ and then follows ``on_nonfinite`` (or flags the overflow for ``scaler.step``).
 """
 from __future__ import annotations
 
-import copy
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Sequence
 
