@@ -144,3 +144,26 @@ def test_nonfinite_reusing_step_changes_nothing(case, on_nonfinite):
     assert after["optimizer"].pop("num_skipped") == (1 if on_nonfinite == "skip" else 0)
     before["optimizer"].pop("num_skipped")
     same_state(before, after)
+
+
+@pytest.mark.parametrize("wrapper, options", [(CAGrad, {}), (IMTL, {"imtl_l": True})], ids=["CAGrad", "IMTL-L"])
+def test_grad_scaler_reusing_steps_equal_unscaled_ones(wrapper, options):
+    """A power-of-two scale: solving and reusing steps (and IMTL-L's log-scales) equal the unscaled run."""
+    plain_model, scaled_model = TrunkHeads(K=K, seed=2, dtype=torch.float32), TrunkHeads(K=K, seed=2, dtype=torch.float32)
+    plain = wrapper(torch.optim.SGD(plain_model.parameters(), lr=0.05), update_every=2, **options)
+    scaled = wrapper(torch.optim.SGD(scaled_model.parameters(), lr=0.05), update_every=2, **options)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8, growth_interval=1000)
+    for step in range(4):
+        x, y = batch(K=K, seed=step, dtype=torch.float32)
+        plain.zero_grad()
+        plain.backward(task_losses(plain_model, x, y)[0])
+        plain.step()
+        scaled.zero_grad()
+        scaled.backward(task_losses(scaled_model, x, y)[0], grad_scaler=scaler)
+        scaler.step(scaled)
+        scaler.update()
+        assert scaled.last_reused == (step % 2 == 1)
+    for p, q in zip(plain_model.parameters(), scaled_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    for p, q in zip(plain._owned, scaled._owned):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
