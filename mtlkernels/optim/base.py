@@ -267,6 +267,10 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
     def __repr__(self) -> str:
         options = {"method": self.weighting.name, **self.weighting.options(), "task_specific": self.task_specific, "grad_mode": self.grad_mode,
                    "on_nonfinite": self.on_nonfinite, "distributed": self.distributed}
+        if self.update_every > 1:  # the wrapper's reuse; the weighting's own then stays at 1, unshown
+            options["update_every"] = self.update_every
+            if options.get("update_weights_every") == 1:
+                del options["update_weights_every"]
         shown = ", ".join(f"{k}={v!r}" for k, v in options.items() if k != "backend")
         inner = "\n".join("    " + line for line in repr(self.optimizer).splitlines())
         return f"{type(self).__name__}({shown}, backend={self.backend!r}) wrapping\n{inner}"

@@ -62,7 +62,7 @@ def test_nash_mtl_update_weights_every_is_an_alias():
             opt.zero_grad()
             opt.backward(_losses(model, step)[0])
             opt.step()
-        assert opt.update_every == 3
+        assert opt.update_every == 3 and "update_every=3" in repr(opt) and "update_weights_every" not in repr(opt)
         runs.append([p.detach().clone() for p in model.parameters()])
     for run in runs[1:]:
         for p, q in zip(runs[0], run):
