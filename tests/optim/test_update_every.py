@@ -167,3 +167,17 @@ def test_grad_scaler_reusing_steps_equal_unscaled_ones(wrapper, options):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
     for p, q in zip(plain._owned, scaled._owned):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_a_state_dict_without_the_update_every_entry_loads():
+    """Checkpoints written before ``update_every`` existed: the counter starts again at 0."""
+    model = TrunkHeads(K=K, seed=1)
+    opt = CAGrad(torch.optim.Adam(model.parameters(), lr=1e-2), update_every=3)
+    _train(model, opt, 2, 0)
+    old = opt.state_dict()
+    del old["update_every"]
+    fresh = CAGrad(torch.optim.Adam(model.parameters(), lr=1e-2), update_every=3)
+    fresh.load_state_dict(old)
+    assert fresh.state_dict()["update_every"] == {"step": 0, "weights": None}
+    fresh.backward(_losses(model, 7)[0])
+    assert not fresh.last_reused  # no weights yet: this step solves
