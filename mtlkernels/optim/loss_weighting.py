@@ -175,10 +175,11 @@ class LossWeighting(MultiTaskOptimizer):
         weights = plan.weights.to(losses[0].device)
         combined = sum(w.to(torch.promote_types(l.dtype, torch.float32)) * l for w, l in zip(weights, scaled))
         grads = torch.autograd.grad(combined, params, allow_unused=True, retain_graph=retain_graph)
-        reached = [(p, g) for p, g in zip(params, grads) if g is not None]
-        if mode == "replicated":
-            for _, g in reached:
+        if mode == "replicated":  # the same list on every rank: a parameter this rank did not reach sends zeros
+            grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+            for g in grads:
                 _dist.all_reduce_mean_(g, self.process_group)
+        reached = [(p, g) for p, g in zip(params, grads) if g is not None]
         layer_ok = plan.layer_ok is None or bool(plan.layer_ok)
         if not (layer_ok and all_finite([g for _, g in reached])):
             return self._reject("the gradient of Σ wₖ·Lₖ holds NaN/Inf (every loss is finite)", params, grad_scaler)
