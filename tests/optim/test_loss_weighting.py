@@ -354,3 +354,43 @@ def test_all_finite_tells_overflowing_sums_from_nonfinite_entries():
     assert not all_finite([huge, torch.tensor([1.0, float("nan")])])
     assert not all_finite([torch.tensor([float("inf"), -float("inf")], dtype=torch.bfloat16)])
     assert all_finite([])
+
+
+@pytest.mark.parametrize("name", sorted(WRAPPERS))
+def test_one_task(name):
+    model = TrunkHeads(K=1, seed=2)
+    opt = WRAPPERS[name](model.parameters())
+    x, y = batch(K=1, seed=3)
+    for _ in range(3):
+        opt.zero_grad()
+        losses = task_losses(model, x, y)[0]
+        expected = torch.autograd.grad(losses[0], list(model.parameters()), retain_graph=True)
+        result = opt.backward(losses)
+        w = float(result.weights[0])
+        for p, g in zip(model.parameters(), expected):
+            torch.testing.assert_close(p.grad, w * g, rtol=1e-12, atol=1e-14)
+        opt.step()
+        if isinstance(opt, DWA):
+            opt.end_epoch()
+
+
+def test_famo_with_losses_twelve_orders_apart_and_a_constant_task():
+    """Adversarial scales: losses multiplied by 1e-6 and 1e6, and a task whose loss does not
+    depend on the parameters (zero gradient): .grad still equals autograd on the objective."""
+    model = TrunkHeads(K=K, seed=9)
+    opt = FAMO(torch.optim.SGD(model.parameters(), lr=1e-9))
+    logits, moments, before = torch.zeros(K, dtype=torch.float64), (torch.zeros(K), torch.zeros(K), 0), None
+    for step in range(3):
+        base = _losses(model, step)
+        anchor = sum(p.sum() for p in model.parameters()) * 0  # in the graph, gradient zero
+        losses = [base[0] * 1e-6, base[1] * 1e6, anchor + 2.0]
+        values = torch.stack([l.detach() for l in losses])
+        if before is not None:
+            logits, moments = ref.famo_logit_step(logits, moments, before, values, lr=0.025, weight_decay=1e-3)
+        expected = torch.autograd.grad(ref.famo_objective(torch.stack(losses), logits), list(model.parameters()), retain_graph=True)
+        opt.zero_grad()
+        opt.backward(losses)
+        for p, g in zip(model.parameters(), expected):
+            torch.testing.assert_close(p.grad, g, rtol=1e-10, atol=1e-20)
+        opt.step()
+        before = values
