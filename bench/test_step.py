@@ -8,7 +8,8 @@ One synthetic batch and one model (:class:`mtlkernels.bench.step.MultiTaskMLP`, 
 parameters and K heads) per K; every way of stepping trains its own copy (same initial weights)
 with Adam. Ways: the baselines ``plain`` (one backward of Σ Lₖ) and ``per_task_backward`` (K
 backward passes, no aggregation), then per method ``mtlkernels`` (``opt.backward(losses)``),
-``mtlkernels_features`` (``opt.backward(losses, features=z)``), ``libmtl`` / ``libmtl_features``
+``mtlkernels_features`` (``opt.backward(losses, features=z)``), the loss-weighting wrappers
+(FAMO, UW, DWA, RLW, GradNorm: ``mtlkernels`` only), ``libmtl`` / ``libmtl_features``
 (LibMTL's weighting on the model, ``rep_grad`` False / True) and ``torchjd`` (``mtl_backward`` +
 ``jac_to_grad``); a way a peer does not offer is skipped with the reason.
 
@@ -33,6 +34,7 @@ N = int(float(os.environ.get("MTLK_STEP_N", "1e7" if DEVICE.type == "cpu" else "
 BASELINES = ("plain", "per_task_backward")
 WAYS = ("mtlkernels", "mtlkernels_features", "libmtl", "libmtl_features", "torchjd")
 CASES = [(K, "-", way) for K in KS for way in BASELINES] + [(K, m, way) for K in KS for m in METHODS for way in WAYS]
+CASES += [(K, m, "mtlkernels") for K in KS for m in step.LOSS_WEIGHTING]  # one backward of Σ wₖLₖ
 PROBLEMS: dict[int, step.StepProblem] = {}
 MEDIANS_S: dict[tuple[int, str], float] = {}
 

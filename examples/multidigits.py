@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from mtlkernels.optim import CAGrad, IMTL, MGDAUB, NashMTL, PCGrad
+from mtlkernels.optim import DWA, FAMO, IMTL, MGDAUB, RLW, UW, CAGrad, GradNorm, NashMTL, PCGrad
 
 CANVAS = 12  # the two 8×8 digits sit at (0, 0) and (4, 4) of a 12×12 canvas and overlap
 SHIFT = CANVAS - 8
@@ -85,14 +85,21 @@ class SummedLoss:
         self.optimizer.step()
 
 
-#: name → (wrap the Adam optimizer, pass the representation z to backward?)
-METHODS: dict[str, tuple[Callable[[torch.optim.Optimizer], object], bool]] = {
-    "sum": (SummedLoss, False),
-    "PCGrad": (lambda opt: PCGrad(opt, seed=0), False),
-    "CAGrad": (lambda opt: CAGrad(opt, c=0.4), False),
-    "Nash-MTL": (lambda opt: NashMTL(opt), False),
-    "IMTL": (lambda opt: IMTL(opt, num_tasks=2, imtl_l=True), False),  # IMTL-L+G, LibMTL's hybrid
-    "MGDA-UB": (lambda opt: MGDAUB(opt), True),
+#: name → (wrap the Adam optimizer of the model, pass the representation z to backward?)
+METHODS: dict[str, tuple[Callable[[torch.optim.Optimizer, "TwoDigitNet"], object], bool]] = {
+    "sum": (lambda opt, model: SummedLoss(opt), False),
+    "PCGrad": (lambda opt, model: PCGrad(opt, seed=0), False),
+    "CAGrad": (lambda opt, model: CAGrad(opt, c=0.4), False),
+    "CAGrad/10": (lambda opt, model: CAGrad(opt, c=0.4, update_every=10), False),  # solve every 10th step
+    "Nash-MTL": (lambda opt, model: NashMTL(opt), False),
+    "IMTL": (lambda opt, model: IMTL(opt, num_tasks=2, imtl_l=True), False),  # IMTL-L+G, LibMTL's hybrid
+    "MGDA-UB": (lambda opt, model: MGDAUB(opt), True),
+    # loss weighting: one backward of Σ wₖ·Lₖ per step
+    "FAMO": (lambda opt, model: FAMO(opt), False),
+    "UW": (lambda opt, model: UW(opt, num_tasks=2), False),
+    "DWA": (lambda opt, model: DWA(opt), False),
+    "RLW": (lambda opt, model: RLW(opt, seed=0), False),
+    "GradNorm": (lambda opt, model: GradNorm(opt, layer=model.trunk[6].weight, num_tasks=2), False),
 }
 
 
@@ -109,7 +116,7 @@ def train(method: str, data, epochs: int, batch_size: int, lr: float, seed: int 
     torch.manual_seed(seed)
     model = TwoDigitNet()
     wrap, use_features = METHODS[method]
-    opt = wrap(torch.optim.Adam(model.parameters(), lr=lr))
+    opt = wrap(torch.optim.Adam(model.parameters(), lr=lr), model)
     batches = torch.Generator().manual_seed(seed + 1)
     curves: dict[str, list] = {"train_loss": [], "test_accuracy": [], "seconds": []}
     for _ in range(epochs):
@@ -122,6 +129,8 @@ def train(method: str, data, epochs: int, batch_size: int, lr: float, seed: int 
             opt.backward(losses, features=z if use_features else None)
             opt.step()
             totals += torch.stack([l.detach() for l in losses]) * len(idx)
+        if isinstance(opt, DWA):
+            opt.end_epoch()
         curves["seconds"].append(time.perf_counter() - began)
         curves["train_loss"].append((totals / len(x)).tolist())
         curves["test_accuracy"].append(accuracy(model, test))

@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from mtlkernels.optim import CAGrad, IMTL, MGDA, MultiTaskOptimizer, NashMTL, PCGrad
+from mtlkernels.optim import DWA, FAMO, IMTL, MGDA, RLW, UW, CAGrad, GradNorm, MultiTaskOptimizer, NashMTL, PCGrad
 
 #: where the paper starts the three runs
 STARTS = [(-8.5, 7.5), (-8.5, -5.0), (9.0, 9.0)]
@@ -33,7 +33,18 @@ METHODS = {
     "Nash-MTL": lambda opt: NashMTL(opt),
     "IMTL-G": lambda opt: IMTL(opt),  # IMTL-G, the default: the losses go negative, so no IMTL-L log-scales
     "MGDA": lambda opt: MGDA(opt),  # no loss normalisation (the default): the losses go negative
+    # loss weighting, one backward of Σ wₖ·Lₖ: the losses reach −20 (their infimum), so FAMO gets that
+    # bound and UW, DWA and GradNorm, which assume positive losses, see Lₖ + 20 (LOSS_SHIFT)
+    "FAMO": lambda opt: FAMO(opt, min_losses=[LOWER_BOUND, LOWER_BOUND]),
+    "UW": lambda opt: UW(opt),
+    "DWA": lambda opt: DWA(opt),  # an epoch is one step here (one deterministic "batch")
+    "RLW": lambda opt: RLW(opt, seed=0),
+    "GradNorm": lambda opt: GradNorm(opt, layer=opt.param_groups[0]["params"][0]),  # x is the shared layer
 }
+#: the objectives' infimum (the bowls' −20)
+LOWER_BOUND = -20.0
+#: added to the losses of the methods that assume positive losses
+LOSS_SHIFT = {"UW": -LOWER_BOUND, "DWA": -LOWER_BOUND, "GradNorm": -LOWER_BOUND}
 
 
 def objectives(x: torch.Tensor) -> torch.Tensor:
@@ -57,9 +68,11 @@ def trajectory(method: str, start: tuple[float, float], steps: int, lr: float) -
     for step in range(steps):
         points[step] = x.detach()
         opt.zero_grad(set_to_none=True)
-        losses = objectives(x)
+        losses = objectives(x) + LOSS_SHIFT.get(method, 0.0)
         opt.backward(losses.unbind())
         opt.step()
+        if isinstance(opt, DWA):
+            opt.end_epoch()
     points[steps] = x.detach()
     return points
 
@@ -73,7 +86,7 @@ def plot(trajectories: dict[str, list[torch.Tensor]], path: str) -> None:
     grid = torch.linspace(-11, 11, 300, dtype=torch.float64)
     X1, X2 = torch.meshgrid(grid, grid, indexing="xy")
     mean_objective = objectives(torch.stack([X1, X2], dim=-1)).mean(-1)
-    columns = min(3, len(trajectories))
+    columns = min(4 if len(trajectories) > 9 else 3, len(trajectories))
     rows = -(-len(trajectories) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(4.4 * columns, 4.25 * rows), squeeze=False)
     for ax, (method, paths) in zip(axes.flat, trajectories.items()):

@@ -10,12 +10,17 @@ from .aggregate import AggregationResult, Aggregator, NashMTLAggregator, aggrega
 from .combine import combine
 from .gram import gram
 from .methods import METHODS, Weighting, diagnostics_to_python
-from .optim import CAGrad, IMTL, MGDA, MGDAUB, MultiTaskOptimizer, NashMTL, NonFiniteError, PCGrad
+from .optim import (
+    DWA, FAMO, IMTL, MGDA, MGDAUB, RLW, UW, CAGrad, GradNorm, MultiTaskOptimizer, NashMTL, NonFiniteError, PCGrad,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CAGrad",
+    "DWA",
+    "FAMO",
+    "GradNorm",
     "IMTL",
     "MGDA",
     "MGDAUB",
@@ -27,6 +32,8 @@ __all__ = [
     "NashMTLAggregator",
     "NonFiniteError",
     "PCGrad",
+    "RLW",
+    "UW",
     "Weighting",
     "aggregate",
     "combine",

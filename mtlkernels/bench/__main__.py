@@ -1,4 +1,4 @@
-"""python -m mtlkernels.bench [--suite NAME] [--methods ...] [--K ...] [--N ...] [--dtype ...] [--out DIR]"""
+"""python -m mtlkernels.bench [--suite NAME] [--methods ...] [--K ...] [--N ...] [--dtype ...] [--update-every ...] [--out DIR]"""
 from __future__ import annotations
 
 import argparse
@@ -34,7 +34,10 @@ def _progress(i: int, total: int, label: str, started: float) -> None:
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(prog="python -m mtlkernels.bench", description=__doc__)
     parser.add_argument("--suite", choices=sorted(SUITES), default="cpu-small")
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--methods", nargs="+", choices=METHODS + tuple(step.LOSS_WEIGHTING),
+                        help="default: every method; the step suites add the loss-weighting ones (famo, uw, dwa, rlw, gradnorm)")
+    parser.add_argument("--update-every", nargs="*", type=int, default=list(step.UPDATE_EVERY),
+                        help="step suite: also time the Gramian wrappers with update_every=n (default 10 50; none to skip)")
     parser.add_argument("--K", nargs="+", type=int, help="override the suite's K values")
     parser.add_argument("--N", nargs="+", type=float, help="override the suite's N values")
     parser.add_argument("--dtype", nargs="+", choices=("float32", "bfloat16", "float16", "float64"))
@@ -54,10 +57,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     dtypes = [getattr(torch, d) for d in (args.dtype or dtypes)]
     min_time = args.min_time if args.min_time is not None else min_time
 
+    methods = args.methods or list(METHODS) + (list(step.LOSS_WEIGHTING) if args.suite.startswith("step") else [])
+    if not args.suite.startswith("step") and set(methods) & set(step.LOSS_WEIGHTING):
+        parser.error(f"{sorted(set(methods) & set(step.LOSS_WEIGHTING))} need no Gram: only the step suites time them")
     if args.suite.startswith("step"):
-        jobs = [(path, m, K, N, dt) for dt in dtypes for N in Ns for K in Ks for path in step.PATHS for m in args.methods]
+        jobs = [(path, m, K, N, dt) for dt in dtypes for N in Ns for K in Ks for path in step.PATHS for m in methods
+                if not (m in step.LOSS_WEIGHTING and step.PATHS[path])]  # one loss-weighting row per K
     else:
-        jobs = [("aggregate", m, K, N, dt) for dt in dtypes for N in Ns for K in Ks for m in args.methods]
+        jobs = [("aggregate", m, K, N, dt) for dt in dtypes for N in Ns for K in Ks for m in methods]
         if args.passes:
             jobs += [("passes", op, K, N, dt) for dt in dtypes for N in Ns for K in Ks for op in ("gram", "combine")]
     rows, started = [], time.perf_counter()
@@ -66,7 +73,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if suite == "aggregate":
             row = aggregate_case(name, K, N, dt, device, min_time, with_peers=args.peers)
         elif suite in step.PATHS:
-            row = step.step_case(name, K, N, dt, device, min_time, with_peers=args.peers, features=step.PATHS[suite])
+            row = step.step_case(
+                name, K, N, dt, device, min_time, with_peers=args.peers, features=step.PATHS[suite],
+                update_every=() if step.PATHS[suite] else tuple(args.update_every),
+            )
         else:
             row = passes_case(name, K, N, dt, device, min_time)
         rows.append(row.as_dict())

@@ -51,15 +51,26 @@ def _fmt_time(seconds: float) -> str:
     return f"{seconds * 1e9:.3g} ns"
 
 
+def _every(rows: list[dict[str, Any]]) -> set[str]:
+    """The ``every<n>`` ways of the step rows (a wrapper with update_every=n)."""
+    return {k.removeprefix("tax_") for r in rows for k in r if k.startswith("tax_every")}
+
+
 def table(rows: list[dict[str, Any]]) -> str:
-    """A fixed-width text table: one line per case, peers as speed-up columns."""
-    peers = sorted({k.removeprefix("speedup_vs_") for r in rows for k in r if k.startswith("speedup_vs_")})
+    """A fixed-width text table: one line per case, peers as speed-up columns; step rows add the
+    K-passes baseline and the ``update_every=n`` ways as taxes (÷ the plain step)."""
+    peers = sorted({k.removeprefix("speedup_vs_") for r in rows for k in r if k.startswith("speedup_vs_")} - _every(rows))
+    every = sorted(_every(rows), key=lambda name: int(name.removeprefix("every")))
     head = ["suite", "method", "K", "N", "dtype", "ours", "floor", "ours/floor"] + [f"{p}/ours" for p in peers]
+    head += ["K-passes/floor"] * any("tax_per_task_backward" in r for r in rows) + [f"{e}/floor" for e in every]
     lines = []
     for r in rows:
         cells = [r["suite"], r["method"], str(r["K"]), f"{r['N']:.0e}", r["dtype"], _fmt_time(r["mtlkernels_s"]),
                  _fmt_time(r["floor_s"]), f"{r['ratio_to_floor']:.2f}"]
         cells += [f"{r[f'speedup_vs_{p}']:.1f}x" if f"speedup_vs_{p}" in r else "-" for p in peers]
+        if "K-passes/floor" in head:
+            cells.append(f"{r['tax_per_task_backward']:.2f}" if "tax_per_task_backward" in r else "-")
+        cells += [f"{r[f'tax_{e}']:.2f}" if f"tax_{e}" in r else "-" for e in every]
         lines.append(cells)
     widths = [max(len(h), *(len(c[i]) for c in lines)) if lines else len(h) for i, h in enumerate(head)]
     fmt = "  ".join(f"{{:>{w}}}" for w in widths)

@@ -8,7 +8,11 @@ model (same initial weights, same batch), as:
 - ``per_task_backward``: K backward passes of the Lₖ (autograd sums them into ``.grad``) and no
   aggregation — the floor of every method that needs the K task gradients over the trunk;
 - ``mtlkernels``: the drop-in wrapper, ``opt.backward(losses)`` (rows of suite ``step``) or
-  ``opt.backward(losses, features=z)`` (suite ``step-features``), then ``opt.step()``;
+  ``opt.backward(losses, features=z)`` (suite ``step-features``), then ``opt.step()``; for the
+  loss-weighting methods (FAMO, UW, DWA, RLW, GradNorm) one backward of Σ wₖ·Lₖ whatever the suite;
+- ``every<n>``: the Gramian wrapper with ``update_every=n`` (suite ``step``): one call runs n
+  steps — one solving, n − 1 reusing the weights — and its time is divided by n, so the median is
+  the amortised cost of a step;
 - ``libmtl``: LibMTL 1.1.5's weighting driven as its trainer drives it: its ``backward(losses)``
   runs K ``loss.backward`` passes into its own [K, N] buffer over the trunk's parameters
   (``get_share_params``) and writes the combination into their ``.grad``; on the features path
@@ -45,7 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..testing import peers
-from ..optim import CAGrad, IMTL, MGDAUB, MultiTaskOptimizer, NashMTL, PCGrad
+from ..optim import DWA, FAMO, RLW, UW, CAGrad, GradNorm, IMTL, MGDAUB, MultiTaskOptimizer, NashMTL, PCGrad
 from .suites import Row
 from .timing import Timing, _quantile
 
@@ -62,6 +66,13 @@ LEGEND = (
 WRAPPERS: dict[str, Callable[..., MultiTaskOptimizer]] = {
     "mean": MultiTaskOptimizer, "pcgrad": PCGrad, "cagrad": CAGrad, "nash_mtl": NashMTL, "imtl": IMTL, "mgda": MGDAUB,
 }
+#: the loss-weighting wrappers (one backward of Σ wₖ·Lₖ; GradNorm's layer: the trunk's last Linear)
+LOSS_WEIGHTING: dict[str, Callable[..., MultiTaskOptimizer]] = {
+    "famo": lambda opt, model: FAMO(opt), "uw": lambda opt, model: UW(opt), "dwa": lambda opt, model: DWA(opt),
+    "rlw": lambda opt, model: RLW(opt), "gradnorm": lambda opt, model: GradNorm(opt, layer=model.trunk[-1].linear.weight),
+}
+#: the Gramian wrappers' update_every values timed beside update_every=1 (suite ``step``)
+UPDATE_EVERY = (10, 50)
 #: options that make our wrapper do the peers' math (see docs/optimizers.md)
 WRAPPER_OPTIONS: dict[str, dict[str, Any]] = {"pcgrad": {"seed": 0}, "imtl": {"imtl_l": True}, "mgda": {"normalization": "none"}}
 #: keyword arguments of LibMTL's ``backward`` (its trainer's defaults for these methods)
@@ -201,16 +212,21 @@ def per_task_backward_step(problem: StepProblem) -> TrainingStep:
     return TrainingStep(model, step)
 
 
-def mtlkernels_step(problem: StepProblem, method: str, features: bool) -> TrainingStep:
-    """The drop-in wrapper: ``opt.backward(losses[, features=z])``, then ``opt.step()``."""
+def mtlkernels_step(problem: StepProblem, method: str, features: bool, update_every: int = 1) -> TrainingStep:
+    """The drop-in wrapper: ``opt.backward(losses[, features=z])``, then ``opt.step()``; with
+    ``update_every=n`` one call runs n such steps."""
     model = problem.fresh()
-    opt = WRAPPERS[method](_adam(model.parameters()), **WRAPPER_OPTIONS.get(method, {}))
+    if method in LOSS_WEIGHTING:
+        opt = LOSS_WEIGHTING[method](_adam(model.parameters()), model)
+    else:
+        opt = WRAPPERS[method](_adam(model.parameters()), update_every=update_every, **WRAPPER_OPTIONS.get(method, {}))
 
     def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        z = problem.trunk_forward(model)
-        opt.backward(problem.losses(model, [z] * problem.K), features=z if features else None)
-        opt.step()
+        for _ in range(update_every):
+            opt.zero_grad(set_to_none=True)
+            z = problem.trunk_forward(model)
+            opt.backward(problem.losses(model, [z] * problem.K), features=z if features else None)
+            opt.step()
 
     return TrainingStep(model, step)
 
@@ -380,19 +396,23 @@ def _problem_and_baselines(K: int, N: int, dtype: torch.dtype, device: torch.dev
 
 def step_case(
     method: str, K: int, N: int, dtype: torch.dtype, device: torch.device, min_time_s: float,
-    with_peers: bool = True, features: bool = False,
+    with_peers: bool = True, features: bool = False, update_every: tuple[int, ...] = (),
 ) -> StepRow:
     """Time one training step of ``method`` our way and the peers' ways, interleaved with the two
     baselines (:func:`measure_interleaved`), and the peak memory of each.
 
     N is the trunk's target size (the row carries the actual parameter count); ``features``
-    selects the features path (suite ``step-features``) instead of the parameter path (``step``).
+    selects the features path (suite ``step-features``) instead of the parameter path (``step``);
+    ``update_every`` adds the ways ``every<n>`` for a Gramian method (n > 1; amortised per step).
     """
     problem, baselines, baseline_peaks = _problem_and_baselines(K, N, dtype, device)
     suite = "step-features" if features else "step"
     row = StepRow(suite, method, K, problem.N, str(dtype).removeprefix("torch."), device.type, batch=len(problem.inputs))
     row.peak_bytes.update(baseline_peaks)
     makers: dict[str, Callable[[], TrainingStep]] = {"mtlkernels": lambda: mtlkernels_step(problem, method, features)}
+    steps_per_call = {f"every{n}": n for n in update_every if n > 1 and method in WRAPPERS}
+    for name, n in steps_per_call.items():
+        makers[name] = functools.partial(mtlkernels_step, problem, method, features, n)
     if with_peers:
         makers.update(peer_steps(problem, method, features, row.skipped))
     ways: dict[str, TrainingStep] = dict(baselines)
@@ -401,6 +421,10 @@ def step_case(
         warnings.filterwarnings("ignore", message="You are solving a parameterized problem that is not DPP")  # torchjd's NashMTL
         for name, make in makers.items():
             run = make()
+            if name in steps_per_call:  # n steps per call: warm up without the profiler
+                run()
+                ways[name] = run
+                continue
             try:
                 row.peak_bytes[name] = peak_step_bytes(run, device)  # also the warm-up
             except Exception as error:  # a peer that cannot run this configuration is reported, not fatal
@@ -410,6 +434,9 @@ def step_case(
                 continue
             ways[name] = run
         timings = measure_interleaved(ways, device, min_time_s)
+    for name, n in steps_per_call.items():  # one call ran n steps: the amortised time of one
+        t = timings[name]
+        timings[name] = Timing(t.median_s / n, t.p20_s / n, t.p80_s / n, t.repeats)
     row.floor_s = timings.pop("plain").median_s
     row.per_task_backward = timings.pop("per_task_backward")
     row.times = timings

@@ -4,13 +4,26 @@
     opt.zero_grad(set_to_none=True)
     opt.backward(losses)                # or opt.backward(losses, features=z)
     opt.step()
+
+The Gramian wrappers (PCGrad, CAGrad, NashMTL, IMTL, MGDA, MGDAUB) take the K task gradients
+(every step, or every n-th with ``update_every=n``); the loss-weighting wrappers (FAMO, UW, DWA,
+RLW, GradNorm; :mod:`.loss_weighting`) take one backward of Σₖ wₖ·Lₖ.
 """
 from .base import MultiTaskOptimizer, NonFiniteError, ParameterRoles
 from .cagrad import CAGrad
+from .dwa import DWA
+from .famo import FAMO
+from .gradnorm import GradNorm
 from .imtl import IMTL
+from .loss_weighting import LossWeighting
 from .mgda import MGDA
 from .mgda_ub import MGDAUB
 from .nash_mtl import NashMTL
 from .pcgrad import PCGrad
+from .rlw import RLW
+from .uw import UW
 
-__all__ = ["CAGrad", "IMTL", "MGDA", "MGDAUB", "MultiTaskOptimizer", "NashMTL", "NonFiniteError", "ParameterRoles", "PCGrad"]
+__all__ = [
+    "CAGrad", "DWA", "FAMO", "GradNorm", "IMTL", "LossWeighting", "MGDA", "MGDAUB", "MultiTaskOptimizer", "NashMTL",
+    "NonFiniteError", "ParameterRoles", "PCGrad", "RLW", "UW",
+]

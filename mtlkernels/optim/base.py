@@ -29,9 +29,9 @@ from ..methods import Weighting, diagnostics_to_python, make_weighting
 from . import distributed as _dist
 from . import fsdp as _fsdp
 from . import tasks as _tasks
-from .nonfinite import ON_NONFINITE, NonFiniteError, find_nonfinite, flag_overflow
+from .nonfinite import ON_NONFINITE, NonFiniteError, all_finite, find_nonfinite, flag_overflow
 from .roles import ParameterRoles, RoleEvidence, check_shared, detect_roles, trainable_parameters
-from .workspace import Buffers, accumulate_grads, grad_outputs
+from .workspace import Buffers, accumulate_fresh_grads, accumulate_grads, grad_outputs
 
 __all__ = ["MultiTaskOptimizer", "NonFiniteError", "ParameterRoles"]
 
@@ -77,11 +77,23 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         task_names: names of the K tasks (K = their number), for ``backward({name: loss})`` and the
             diagnostics; default: the keys of the first dict passed, or none (tasks by position).
         backend: "auto", "torch", "cpp" or "triton", for the Gram, the solve and the combination.
+        update_every: n ≥ 1 (default 1). Solve for the weights on every n-th successful
+            ``backward`` (the first, and whenever the roles are not known yet); on the others take
+            ONE backward of Σₖ wₖ·Lₖ with the last weights (see "Reusing the weights" below).
         **options: the method's options (its Weighting's arguments).
 
     Tasks by name, absent tasks: ``backward({"depth": l1, "seg": l2})`` names the tasks; a dict
     that lacks a name, or a ``None`` in the list, makes that task absent from the step: the method
     runs over the present tasks and keeps the absent ones' state (see :mod:`.tasks`).
+
+    Reusing the weights (``update_every=n``, as the Nash-MTL authors' ``update_weights_every``):
+    a reusing step costs one backward pass and no [K, N] buffer. The shared parameters get
+    ∇ Σₖ wₖ·Lₖ with the weights w of the last solving step (Nash-MTL's clip scale included, as
+    solved on that step's Γ); the task-specific parameters follow ``task_specific`` as on a solving
+    step ("plain": ∇ Σₖ Lₖ, "weighted": wₖ·∇Lₖ). ``self.last`` stays the last solving step's
+    result, ``self.last_reused`` says which kind of step ran (also ``reused`` in
+    :meth:`diagnostics`); the counter and the weights are in ``state_dict()``. A step with absent tasks solves (weights
+    are reused only when every task is present); under FSDP every step solves.
 
     Roles: task k uses parameter p when ∂Lₖ/∂p was nonzero in some batch (a head that a
     ``torch.cat`` or indexing of the outputs connects to every loss gets exact zeros from the
@@ -110,6 +122,7 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         num_tasks: int | None = None,
         task_names: Sequence[str] | None = None,
         backend: str = "auto",
+        update_every: int = 1,
         **options: Any,
     ) -> None:
         if isinstance(optimizer, MultiTaskOptimizer):
@@ -165,6 +178,7 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         self._skip_step = False
         self._fully_sharded: bool | None = None  # are the parameters sharded by FSDP2? (found at the first backward)
         self._labels: Sequence[Any] | None = None
+        self._init_reuse(update_every)
         if num_tasks is not None:
             self._set_num_tasks(num_tasks)
 
@@ -219,6 +233,7 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
             "num_tasks": self.num_tasks,
             "num_skipped": self.num_skipped,
             "task_names": None if self.task_names is None else list(self.task_names),
+            "update_every": self._reuse_state(),
         }
         for post_hook in self._optimizer_state_dict_post_hooks.values():
             result = post_hook(self, state)
@@ -257,12 +272,14 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         self._check_optimizer_state(state_dict["optimizer"], self.num_tasks if K is None else K)
         method = copy.deepcopy(state_dict["method"])
         self._check_method_state(method, self.num_tasks if K is None else K)
+        reuse = self._check_reuse_state(state_dict.get("update_every"), self.num_tasks if K is None else K)
         if K is not None:
             self._set_num_tasks(K)
         if names is not None:
             self.task_names = names
         self.optimizer.load_state_dict(state_dict["optimizer"])
         self._load_method_state(method)
+        self._load_reuse_state(reuse)
         self.num_skipped = num_skipped
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
@@ -292,6 +309,10 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
     def __repr__(self) -> str:
         options = {"method": self.weighting.name, **self.weighting.options(), "task_specific": self.task_specific, "grad_mode": self.grad_mode,
                    "on_nonfinite": self.on_nonfinite, "distributed": self.distributed}
+        if self.update_every > 1:  # the wrapper's reuse; the weighting's own then stays at 1, unshown
+            options["update_every"] = self.update_every
+            if options.get("update_weights_every") == 1:
+                del options["update_weights_every"]
         shown = ", ".join(f"{k}={v!r}" for k, v in options.items() if k != "backend")
         inner = "\n".join("    " + line for line in repr(self.optimizer).splitlines())
         return f"{type(self).__name__}({shown}, backend={self.backend!r}) wrapping\n{inner}"
@@ -392,8 +413,11 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
             if self.distributed in ("none", "replicated"):
                 raise ValueError(f"the parameters are sharded by FSDP (fully_shard); distributed={self.distributed!r} "
                                  "does not fit them: use distributed='auto' (or 'sharded')")
+            if self.update_every > 1:
+                raise ValueError("update_every > 1 with FSDP-sharded parameters is not supported: every step solves")
             return _fsdp.backward(self, losses, step, retain_graph, grad_scaler)
-        if self._evidence is not None and self._evidence.complete:
+        reuse = present is None and self._reuse_due()
+        if (self._evidence is not None and self._evidence.complete) or (reuse and self._roles is not None):
             roles, evidence = self._roles, None
         else:
             roles, evidence = self._detect_roles(losses, present, K)
@@ -409,6 +433,8 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
             grad_scale = float(grad_scaler.get_scale())
         values = torch.stack([l.detach().reshape(()).to(torch.float64) for l in losses])
         grad_mode = resolve_grad_mode(self.grad_mode)
+        if reuse:
+            return self._backward_reusing(differentiated, values, roles, step, mode, grad_scale, grad_scaler, retain_graph)
         if features is None:
             return self._backward_parameters(
                 differentiated, values, step_roles, step, mode, grad_mode, grad_scale, grad_scaler, retain_graph
@@ -584,6 +610,7 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         self.last_losses = values
         self.last_tasks = _tasks.describe_present(list(range(step.num_tasks)) if step.present is None else step.present, self.task_names)
         self._skip_step = False  # a skipped backward's pending no-op step is superseded by this one
+        self._count_update(solution.weights, reused=False, partial=step.present is not None)
         return self.last
 
     def diagnostics(self, flat: bool = False) -> dict[str, Any]:
@@ -602,6 +629,8 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
             return {}
         if flat:
             scalars = self.last.scalars(self.last_losses)
+            if self.update_every > 1:
+                scalars["reused"] = float(self.last_reused)
             if self.last_tasks == list(range(len(self.last_tasks))):
                 return scalars
             return _tasks.name_keys(scalars, [str(task) for task in self.last_tasks])
@@ -616,4 +645,92 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         for key, value in diagnostics_to_python(self.last.diagnostics).items():
             if isinstance(value, (int, float, bool, str)):
                 facts[key] = value
+        if self.update_every > 1:
+            facts["reused"] = self.last_reused
         return facts
+
+    # -- update_every: steps that reuse the last weights ------------------------------------------
+    def _init_reuse(self, update_every: int) -> None:
+        if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
+            raise ValueError(f"update_every={update_every!r} must be an integer >= 1")
+        self.update_every = update_every
+        #: whether the last successful backward reused the weights (one backward of Σ wₖ·Lₖ)
+        self.last_reused = False
+        self._updates = 0  # successful backward calls, solving or reusing
+        self._reused_weights: Tensor | None = None  # [K] float64 where the last solve left them
+
+    def _reuse_due(self) -> bool:
+        """Whether this backward reuses the last weights: not every n-th call, and only once a
+        solve has fixed the weights (the roles are detected again after a ``load_state_dict``)."""
+        return self.update_every > 1 and self._reused_weights is not None and self._updates % self.update_every != 0
+
+    def _count_update(self, weights: Tensor, *, reused: bool, partial: bool = False) -> None:
+        """Count a successful step; a full solve's weights become the reused ones (a solve over
+        some of the tasks leaves the last full solve's in place)."""
+        self._updates += 1
+        self.last_reused = reused
+        if not reused and not partial and self.update_every > 1:  # kept on the solve's device: no host sync
+            self._reused_weights = weights.detach().to(torch.float64).clone()
+
+    def _reuse_state(self) -> dict[str, Any]:
+        weights = self._reused_weights
+        return {"step": self._updates, "weights": None if weights is None else weights.to("cpu", copy=True)}
+
+    @staticmethod
+    def _check_reuse_state(state: Any, K: int | None) -> dict[str, Any]:
+        if state is None:  # a state_dict saved before update_every existed
+            return {"step": 0, "weights": None}
+        if not isinstance(state, dict) or set(state) != {"step", "weights"}:
+            raise ValueError("state_dict['update_every'] must be a dict with the keys 'step' and 'weights'")
+        step, weights = state["step"], state["weights"]
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"state_dict['update_every']['step'] must be an int >= 0; got {step!r}")
+        if weights is not None and (
+            not isinstance(weights, Tensor) or weights.dim() != 1 or (K is not None and weights.shape[0] != K)
+            or not bool(torch.isfinite(weights).all())
+        ):
+            raise ValueError(f"state_dict['update_every']['weights'] must be None or K = {K} finite weights")
+        return state
+
+    def _load_reuse_state(self, state: dict[str, Any]) -> None:
+        weights = state["weights"]
+        self._updates = state["step"]
+        self._reused_weights = None if weights is None else weights.detach().to("cpu", torch.float64).clone()
+
+    def _backward_reusing(
+        self, losses: list[Tensor], values: Tensor, roles: ParameterRoles, step: _Step, mode: str,
+        grad_scale: float, grad_scaler: Any, retain_graph: bool,
+    ) -> AggregationResult | None:
+        """One backward of Σₖ wₖ·Lₖ with the last solved weights (task-specific parameters: ∇ Σ Lₖ,
+        a backward through the heads only, with ``task_specific="plain"``); nothing is written
+        unless the losses and the gradients are finite."""
+        weights = self._reused_weights.to(losses[0].device)
+        combined = sum(w.to(torch.promote_types(l.dtype, torch.float32)) * l for w, l in zip(weights, losses))
+        plain_private = bool(roles.private) and self.task_specific == "plain"
+        weighted = roles.shared + ([] if plain_private else roles.private)
+        private_grads = (
+            torch.autograd.grad(sum(losses), roles.private, allow_unused=True, retain_graph=True) if plain_private else ()
+        )
+        grads = [*torch.autograd.grad(combined, weighted, allow_unused=True, retain_graph=retain_graph), *private_grads]
+        params = weighted + (roles.private if plain_private else [])
+        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+        if mode == "replicated":
+            values = _dist.all_reduce_mean_(values.clone(), self.process_group)
+            for g in grads:
+                _dist.all_reduce_mean_(g, self.process_group)
+        finite = torch.tensor(bool(torch.isfinite(values).all()) and all_finite(grads), device=values.device)
+        if mode == "sharded":
+            finite = _dist.all_reduce_sum_((~finite).to(torch.float64).reshape(1), self.process_group)[0] == 0
+        if not bool(finite):
+            bad = (~torch.isfinite(values)).nonzero().flatten().tolist()
+            problem = "; ".join(f"task {k}: loss is {values[k].item()}" for k in bad) or (
+                "the gradient of Σ wₖ·Lₖ with the reused weights holds NaN/Inf"
+            )
+            return self._give_up(problem, roles, grad_scaler)
+        self._commit_step(step)
+        accumulate_fresh_grads(params, grads)
+        self._write_owned_grads(values, grad_scale, None)
+        self.last_losses = values
+        self._skip_step = False
+        self._count_update(self._reused_weights, reused=True)
+        return self.last

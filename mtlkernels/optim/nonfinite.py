@@ -60,3 +60,15 @@ def flag_overflow(params: list[Tensor]) -> None:
             p.grad = torch.full_like(p, float("inf"))
         else:
             p.grad.fill_(float("inf"))
+
+
+def all_finite(tensors: list[Tensor]) -> bool:
+    """Whether every entry of ``tensors`` is finite (one host sync): first one summing read per
+    tensor (a NaN or Inf makes its sum non-finite); only when some sum is not finite — NaN/Inf,
+    or a float32 sum of huge finite values that overflowed — are the entries tested one by one."""
+    if not tensors:
+        return True
+    sums = torch.stack([t.sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32).to(tensors[0].device) for t in tensors])
+    if bool(torch.isfinite(sums).all()):
+        return True
+    return bool(torch.stack([torch.isfinite(t).all().to(tensors[0].device) for t in tensors]).all())

@@ -113,3 +113,13 @@ def grad_outputs(params: list[Tensor]) -> tuple[list[Tensor], bool]:
         if p.grad is None:
             p.grad = torch.empty_like(p, memory_format=torch.contiguous_format) if fresh else torch.zeros_like(p)
     return [p.grad for p in params], not fresh
+
+
+def accumulate_fresh_grads(params: list[Tensor], grads: list[Tensor]) -> None:
+    """:func:`accumulate_grads` for gradients that ``torch.autograd.grad`` just made (owned by no
+    one else): a missing ``.grad`` takes the new tensor itself, without a copy, when it fits."""
+    for p, g in zip(params, grads):
+        if p.grad is None and g.dtype == p.dtype and g.shape == p.shape and g.is_contiguous():
+            p.grad = g
+        else:
+            accumulate_grads([p], [g])

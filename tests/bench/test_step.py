@@ -19,7 +19,7 @@ from mtlkernels.bench.__main__ import main
 from mtlkernels.bench.suites import METHODS
 
 CPU = torch.device("cpu")
-TINY = ["--suite", "step-tiny", "--K", "3", "--N", "20000", "--min-time", "0.002"]
+TINY = ["--suite", "step-tiny", "--K", "3", "--N", "20000", "--min-time", "0.002", "--update-every", "3"]
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -34,7 +34,10 @@ def tiny_run(tmp_path_factory):
 
 def test_every_method_on_both_paths(tiny_run):
     rows, _ = tiny_run
-    assert sorted((r["suite"], r["method"]) for r in rows) == sorted((p, m) for p in step.PATHS for m in METHODS)
+    expected = [(p, m) for p in step.PATHS for m in METHODS] + [("step", m) for m in step.LOSS_WEIGHTING]
+    assert sorted((r["suite"], r["method"]) for r in rows) == sorted(expected)
+    # update_every=3 beside update_every=1 for the Gramian methods on the parameter path only
+    assert all(("tax_every3" in r) == (r["suite"] == "step" and r["method"] in METHODS) for r in rows)
     counted = sum(p.numel() for p in step.MultiTaskMLP(3, step.trunk_width(20_000)).trunk.parameters())
     assert all(r["K"] == 3 and r["N"] == counted and r["batch"] == step.BATCH["cpu"] for r in rows)
 
@@ -52,7 +55,7 @@ def test_taxes_are_the_ratios_of_the_times(tiny_run):
     for r in rows:
         assert r["floor_s"] == r["plain_step_s"] and r["tax_mtlkernels"] == pytest.approx(r["ratio_to_floor"])
         assert r["ratio_to_per_task_backward"] == pytest.approx(r["mtlkernels_s"] / r["per_task_backward_s"])
-        for name in ("mtlkernels", "libmtl", "torchjd", "per_task_backward"):
+        for name in ("mtlkernels", "libmtl", "torchjd", "per_task_backward", "every3"):
             if f"{name}_s" in r:
                 assert r[f"tax_{name}"] == pytest.approx(r[f"{name}_s"] / r["plain_step_s"])
     # the baselines are timed in every row (interleaved with its ways); their memory once per configuration

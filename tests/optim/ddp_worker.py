@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from mtlkernels.optim import CAGrad, IMTL, MGDAUB, NashMTL, PCGrad
+from mtlkernels.optim import FAMO, RLW, UW, CAGrad, GradNorm, IMTL, MGDAUB, NashMTL, PCGrad
 from mtl_model import TrunkHeads, batch, task_losses
 
 #: (name, wrapper, options, features path?, the heads' dtype (None: the trunk's, float64))
@@ -22,6 +22,11 @@ SCENARIOS = [
     ("pcgrad_batched", PCGrad, {"seed": 1, "grad_mode": "batched"}, False, None),
     ("cagrad_float32_heads", CAGrad, {}, False, torch.float32),  # two buffers, two all-reduces
     ("mgda_features_float32_heads", MGDAUB, {"normalization": "loss+"}, True, torch.float32),
+    ("cagrad_update_every", CAGrad, {"update_every": 2}, False, None),  # the second step reuses
+    ("famo", FAMO, {"lr": 0.5}, False, None),  # the second step updates the logits
+    ("uw", UW, {}, False, None),
+    ("rlw", RLW, {"seed": 3}, False, None),
+    ("gradnorm", GradNorm, {"layer": 2}, False, None),  # layer: the index of the parameter
 ]
 STEPS = 2
 B = 16
@@ -37,6 +42,8 @@ def run_scenario(
         model.heads.to(heads_dtype)
     params = list(model.parameters())
     trunk = list(model.trunk.parameters())
+    if "layer" in options:
+        options = {**options, "layer": params[options["layer"]]}
     if sharded and rank is not None:  # this rank owns every other trunk tensor, and the heads
         owned = trunk[rank::world] + list(model.heads.parameters())
         opt = wrapper(torch.optim.SGD(owned, lr=0.05), distributed="sharded", **options)
