@@ -90,7 +90,7 @@ def nonfinite(rank: int, world: int) -> dict:
 
 def refusals(rank: int, world: int) -> dict:
     """What the FSDP path refuses, each before anything changes: features=, grad_scaler=,
-    distributed='replicated', and a model of which only a part is sharded."""
+    distributed='replicated', update_every > 1, and a model of which only a part is sharded."""
     from torch.distributed.fsdp import fully_shard
 
     messages = {}
@@ -98,6 +98,7 @@ def refusals(rank: int, world: int) -> dict:
         "features": ({}, {"features": True}),
         "grad_scaler": ({}, {"grad_scaler": torch.amp.GradScaler("cpu", init_scale=2.0)}),
         "replicated": ({"distributed": "replicated"}, {}),
+        "update_every": ({"update_every": 2}, {}),
     }
     for name, (options, call) in cases.items():
         model = TrunkHeads(K=3, seed=0)  # a fresh one: after a forward FSDP's root holds unsharded parameters

@@ -70,6 +70,7 @@ def test_what_the_fsdp_path_refuses_raises_before_anything_changes(ranks):
         assert "features= with FSDP-sharded parameters is not supported" in facts["features"]
         assert "grad_scaler= with FSDP-sharded parameters is not supported" in facts["grad_scaler"]
         assert "distributed='replicated' does not fit them" in facts["replicated"]
+        assert "update_every > 1 with FSDP-sharded parameters is not supported" in facts["update_every"]
         assert "apply fully_shard to the root module too" in facts["partial"]
-        for name in ("features", "grad_scaler", "replicated"):
+        for name in ("features", "grad_scaler", "replicated", "update_every"):
             assert all(facts[name + "_grads"]), name  # no .grad was written
