@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -89,6 +90,16 @@ class AggregationResult:
         return {**dict(zip(names, packed.tolist())), **on_host}
 
 
+def diagonal_is_finite(gram: Tensor) -> bool:
+    """Whether Γ's diagonal holds no NaN/Inf. A float64 CPU Γ is read through its trace, one op
+    (~1 µs against ~5 for an elementwise test): a NaN/Inf on the diagonal makes it non-finite, and
+    a trace that overflows (entries ≳ 1e308/K) only sends the caller on to :func:`nonfinite_tasks`,
+    which names no task then."""
+    if gram.dtype == torch.float64 and gram.device.type == "cpu":
+        return math.isfinite(gram.trace().item())
+    return bool(torch.isfinite(gram.diagonal()).all())
+
+
 def nonfinite_tasks(gram: Tensor, blocks: list[Tensor] | None = None, scale: float = 1.0) -> tuple[Tensor, list[int]]:
     """The tasks whose gradient holds NaN or Inf, read off Γ's diagonal, and the Γ to go on with.
 
@@ -152,7 +163,7 @@ class Aggregator:
         outs = output_blocks(blocks, out) if out is not None else None
         gram = self.gram(blocks)
         check = self.check_finite if self.check_finite is not None else gram.device.type == "cpu"
-        if check and not bool(torch.isfinite(gram.diagonal()).all()):
+        if check and not diagonal_is_finite(gram):
             gram, bad = nonfinite_tasks(gram, blocks)
             if bad:
                 raise ValueError(f"task gradient(s) {bad} contain a non-finite entry (NaN or Inf)")

@@ -17,7 +17,7 @@ from . import _extension
 from . import backend as _backend
 from ._checks import Jacobian, as_blocks, check_weights
 from .kernels import triton_combine
-from .gram import CPP_DTYPES, cpp_blocks
+from .gram import CPP_DTYPES, block_arguments, cpp_blocks
 
 _TORCH_CHUNK_ELEMS = 1 << 22
 
@@ -46,17 +46,14 @@ def _combine_cpp(weights: Tensor, blocks: list[Tensor], outs: list[Tensor], accu
             )
         if out.numel() != block.shape[1]:
             raise ValueError(f"out[{i}] has {out.numel()} elements; block {i} of J has {block.shape[1]} columns")
-    w = weights.detach().to(device="cpu", dtype=torch.float64).contiguous()
+    w = weights.detach()
+    if w.dtype != torch.float64 or w.device.type != "cpu" or not w.is_contiguous():
+        w = w.to(device="cpu", dtype=torch.float64).contiguous()
+    pointers, cols, row_strides = block_arguments(blocks)
+    out_pointers = [o.data_ptr() for o in outs] if len(outs) > 1 else [outs[0].data_ptr()]
     _extension.extension().combine_cpu(
-        w.data_ptr(),
-        [b.data_ptr() for b in blocks],
-        [b.shape[1] for b in blocks],
-        [b.stride(0) for b in blocks],
-        blocks[0].shape[0],
-        CPP_DTYPES[blocks[0].dtype],
-        [o.data_ptr() for o in outs],
-        [CPP_DTYPES[o.dtype] for o in outs],
-        accumulate,
+        w.data_ptr(), pointers, cols, row_strides, blocks[0].shape[0], CPP_DTYPES[blocks[0].dtype],
+        out_pointers, [CPP_DTYPES[o.dtype] for o in outs], accumulate,
     )
 
 

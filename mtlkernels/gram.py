@@ -49,12 +49,25 @@ CPP_DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.float16:
 def cpp_blocks(blocks: list[Tensor], name: str = "J") -> list[Tensor]:
     """Blocks as the C++ kernels take them: CPU tensors of a float dtype with unit column stride
     (a block with another column stride is copied; the row stride is free)."""
+    out = blocks
     for i, block in enumerate(blocks):
         if block.device.type != "cpu":
             raise ValueError(f"backend='cpp' needs CPU tensors; {name}[{i}] is on {block.device}")
         if block.dtype not in CPP_DTYPES:
             raise TypeError(f"backend='cpp' does not take {name}[{i}] of dtype {block.dtype}")
-    return [b if b.shape[1] <= 1 or b.stride(1) == 1 else b.contiguous() for b in blocks]
+        if block.shape[1] > 1 and block.stride(1) != 1:
+            if out is blocks:
+                out = list(blocks)
+            out[i] = block.contiguous()
+    return out
+
+
+def block_arguments(blocks: list[Tensor]) -> tuple[list[int], list[int], list[int]]:
+    """The C++ kernels' description of the blocks: data pointers, column counts, row strides."""
+    if len(blocks) == 1:  # the common case, without the list building
+        block = blocks[0]
+        return [block.data_ptr()], [block.shape[1]], [block.stride(0)]
+    return [b.data_ptr() for b in blocks], [b.shape[1] for b in blocks], [b.stride(0) for b in blocks]
 
 
 def _gram_cpp(blocks: list[Tensor]) -> Tensor:
@@ -63,14 +76,8 @@ def _gram_cpp(blocks: list[Tensor]) -> Tensor:
     blocks = cpp_blocks(blocks)
     K = blocks[0].shape[0]
     gram = torch.empty(K, K, dtype=torch.float64)
-    _extension.extension().gram_cpu(
-        [b.data_ptr() for b in blocks],
-        [b.shape[1] for b in blocks],
-        [b.stride(0) for b in blocks],
-        K,
-        CPP_DTYPES[blocks[0].dtype],
-        gram.data_ptr(),
-    )
+    pointers, cols, row_strides = block_arguments(blocks)
+    _extension.extension().gram_cpu(pointers, cols, row_strides, K, CPP_DTYPES[blocks[0].dtype], gram.data_ptr())
     return gram
 
 

@@ -14,6 +14,24 @@ import torch
 from mtlkernels import _extension
 
 
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux), else what the platform module says."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_summary() -> str:
+    """One line naming the machine: CPU model, logical CPUs, and the level the CPU kernels run at."""
+    isa = _extension.cpu_isa() if _extension.available else "no C++ extension"
+    return f"{cpu_model()} ({os.cpu_count()} CPUs), CPU kernels at {isa}"
+
+
 def environment() -> dict[str, Any]:
     """Machine, versions and date, stored beside every result."""
     import importlib.metadata as md
@@ -29,6 +47,7 @@ def environment() -> dict[str, Any]:
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
         "cpu_isa": _extension.cpu_isa() if _extension.available else None,
         "python": platform.python_version(),
         "torch": torch.__version__,
