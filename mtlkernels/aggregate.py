@@ -15,7 +15,10 @@ import torch
 from torch import Tensor
 
 from ._checks import Jacobian, as_blocks, check_optional_bool
-from .combine import combine_blocks, output_blocks
+from . import backend as _backend
+from . import combine as _combine
+from . import gram as _gram
+from .combine import blocks_of_outputs, combine_blocks, gram_and_combine_cpp, output_blocks
 from .gram import gram_blocks, gram_blocks_float64
 from .methods import Solution, Weighting, make_weighting
 
@@ -161,8 +164,11 @@ class Aggregator:
         """
         blocks, single = as_blocks(J)
         outs = output_blocks(blocks, out) if out is not None else None
+        device = blocks[0].device
+        check = self.check_finite if self.check_finite is not None else device.type == "cpu"
+        if self.one_pass(device, out_given=out is not None, check=check):
+            return self._call_one_pass(blocks, single, losses, out, outs, accumulate, check)
         gram = self.gram(blocks)
-        check = self.check_finite if self.check_finite is not None else gram.device.type == "cpu"
         if check and not diagonal_is_finite(gram):
             gram, bad = nonfinite_tasks(gram, blocks)
             if bad:
@@ -175,6 +181,45 @@ class Aggregator:
         else:
             direction = list(out)  # type: ignore[arg-type]
         self.combine(weights, blocks, outs, accumulate)
+        return AggregationResult(direction, weights, gram, self.method, solution.diagnostics)
+
+    def one_pass(self, device: torch.device, *, out_given: bool, check: bool) -> bool:
+        """Whether a call computes Γ and the direction in one pass over J: the weights do not read
+        Γ (the mean), both passes run in C++, and no finite check must leave given outputs as they
+        were (the pass writes them before Γ's diagonal is known), so ``out=`` with the check on
+        takes two passes."""
+        return (
+            not self.weighting.reads_gram
+            and not (out_given and check)
+            and _backend.resolve("gram", _gram._IMPLS, self.backend, device) == "cpp"
+            and _backend.resolve("combine", _combine._IMPLS, self.backend, device) == "cpp"
+        )
+
+    def _call_one_pass(
+        self,
+        blocks: list[Tensor],
+        single: bool,
+        losses: Tensor | Sequence[float] | None,
+        out: Sequence[Tensor] | None,
+        outs: list[Tensor] | None,
+        accumulate: bool,
+        check: bool,
+    ) -> AggregationResult:
+        """__call__ for :meth:`one_pass`: the weights first (from a zero Γ, which they do not
+        read), then Γ and d = wᵀJ by one pass, then the finite check on Γ's diagonal."""
+        K = blocks[0].shape[0]
+        solution, weights = self.solve(torch.zeros(K, K, dtype=torch.float64), losses, blocks[0].device)
+        if outs is None:
+            outs = [torch.empty(b.shape[1], dtype=b.dtype, device=b.device) for b in blocks]
+            accumulate = False
+            direction: Tensor | list[Tensor] = outs[0] if single else outs
+        else:
+            direction = list(out)  # type: ignore[arg-type]
+        gram = gram_and_combine_cpp(weights, blocks_of_outputs(blocks, outs), outs, accumulate)
+        if check and not diagonal_is_finite(gram):
+            gram, bad = nonfinite_tasks(gram, blocks)
+            if bad:
+                raise ValueError(f"task gradient(s) {bad} contain a non-finite entry (NaN or Inf)")
         return AggregationResult(direction, weights, gram, self.method, solution.diagnostics)
 
     # The steps of a call, also run by the optimizer wrappers (which add their own checks and

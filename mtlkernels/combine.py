@@ -35,10 +35,9 @@ def _combine_torch(weights: Tensor, blocks: list[Tensor], outs: list[Tensor], ac
             target.add_(part) if accumulate else target.copy_(part)
 
 
-def _combine_cpp(weights: Tensor, blocks: list[Tensor], outs: list[Tensor], accumulate: bool) -> None:
-    """d = wᵀJ straight into ``outs`` by one pass over J: OpenMP over column chunks, each column
-    summed over k in order in float64 (csrc/kernels/combine_cpu.cpp)."""
-    blocks = cpp_blocks(blocks)
+def check_cpp_outputs(blocks: list[Tensor], outs: list[Tensor]) -> None:
+    """The outputs the C++ combination writes: contiguous float CPU tensors, one per block, each
+    with the block's number of columns."""
     for i, (out, block) in enumerate(zip(outs, blocks)):
         if out.device.type != "cpu" or out.dtype not in CPP_DTYPES or not out.is_contiguous():
             raise ValueError(
@@ -46,15 +45,45 @@ def _combine_cpp(weights: Tensor, blocks: list[Tensor], outs: list[Tensor], accu
             )
         if out.numel() != block.shape[1]:
             raise ValueError(f"out[{i}] has {out.numel()} elements; block {i} of J has {block.shape[1]} columns")
+
+
+def cpp_weights(weights: Tensor) -> Tensor:
+    """The weights as the C++ combination reads them: a contiguous float64 CPU tensor."""
     w = weights.detach()
     if w.dtype != torch.float64 or w.device.type != "cpu" or not w.is_contiguous():
         w = w.to(device="cpu", dtype=torch.float64).contiguous()
+    return w
+
+
+def _combine_cpp(weights: Tensor, blocks: list[Tensor], outs: list[Tensor], accumulate: bool) -> None:
+    """d = wᵀJ straight into ``outs`` by one pass over J: OpenMP over column chunks, each column
+    summed over k in order in float64 (csrc/kernels/combine_cpu.cpp)."""
+    blocks = cpp_blocks(blocks)
+    check_cpp_outputs(blocks, outs)
+    w = cpp_weights(weights)
     pointers, cols, row_strides = block_arguments(blocks)
     out_pointers = [o.data_ptr() for o in outs] if len(outs) > 1 else [outs[0].data_ptr()]
     _extension.extension().combine_cpu(
         w.data_ptr(), pointers, cols, row_strides, blocks[0].shape[0], CPP_DTYPES[blocks[0].dtype],
         out_pointers, [CPP_DTYPES[o.dtype] for o in outs], accumulate,
     )
+
+
+def gram_and_combine_cpp(weights: Tensor, blocks: list[Tensor], outs: list[Tensor], accumulate: bool) -> Tensor:
+    """Γ (float64) and d = wᵀJ into ``outs`` by one pass over J, for weights known before Γ (the
+    mean): each panel of J is combined while the Gram tiles have it in cache
+    (csrc/kernels/gram_cpu.cpp). Γ and d are those of :func:`_gram_cpp` and :func:`_combine_cpp`."""
+    blocks = cpp_blocks(blocks)
+    check_cpp_outputs(blocks, outs)
+    K = blocks[0].shape[0]
+    gram = torch.empty(K, K, dtype=torch.float64)
+    w = cpp_weights(weights)
+    pointers, cols, row_strides = block_arguments(blocks)
+    _extension.extension().gram_combine_cpu(
+        pointers, cols, row_strides, K, CPP_DTYPES[blocks[0].dtype], gram.data_ptr(),
+        w.data_ptr(), [o.data_ptr() for o in outs], [CPP_DTYPES[o.dtype] for o in outs], accumulate,
+    )
+    return gram
 
 
 _IMPLS: dict[str, Callable[[Tensor, list[Tensor], list[Tensor], bool], None]] = {"torch": _combine_torch, "triton": triton_combine, "cpp": _combine_cpp}
@@ -91,12 +120,19 @@ def combine_blocks(
     weights: Tensor, blocks: list[Tensor], outs: list[Tensor], accumulate: bool = False, backend: str = "auto"
 ) -> None:
     """d = wᵀJ over checked blocks into matching outputs (see :func:`output_blocks`)."""
+    blocks = blocks_of_outputs(blocks, outs)
+    _backend.select("combine", _IMPLS, backend, blocks[0].device)(weights, blocks, outs, accumulate)
+
+
+def blocks_of_outputs(blocks: list[Tensor], outs: list[Tensor]) -> list[Tensor]:
+    """The blocks matched one to one with ``outs``: one J split into the outputs' column ranges
+    (views), else the blocks as they are."""
     if len(blocks) == 1 and len(outs) > 1:  # one J, split into several outputs
         offsets = [0]
         for o in outs:
             offsets.append(offsets[-1] + o.numel())
         blocks = [blocks[0][:, a:b] for a, b in zip(offsets[:-1], offsets[1:])]
-    _backend.select("combine", _IMPLS, backend, blocks[0].device)(weights, blocks, outs, accumulate)
+    return blocks
 
 
 def combine(

@@ -28,6 +28,7 @@
 #include <cmath>
 #include <type_traits>
 
+#include "kernels/combine_columns.h"
 #include "kernels/cpu_tensor.h"
 
 namespace mtlkernels::cpu::MTLK_ISA {
@@ -323,12 +324,26 @@ std::vector<int64_t> packed_row_offsets(int K) {
   return offsets;
 }
 
+// Columns [col0, col0 + cols) of the direction for block b, from the K × cols panel at x (rows
+// row_stride apart), which the Gram tiles have just read: it is in cache.
+template <typename In>
+void combine_panel(const In* x, int64_t row_stride, int K, int64_t cols, const Combination& combination, int64_t b,
+                   int64_t col0) {
+  PrefetchCursor nothing;
+  visit_dtype(combination.out_types[b], [&](auto tag) {
+    using Out = decltype(tag);
+    combine_columns<In, Out>(x, row_stride, K, combination.w, static_cast<Out*>(combination.out[b]) + col0, cols,
+                             combination.accumulate, nothing);
+  });
+}
+
 // partial = Γ of the chunks [first, last): panel by panel into the lane sums, then one sum over
 // lanes per entry. For float32/bfloat16 J summed in float32, row_max_bits tracks each row's max |x|.
+// With a combination, each panel's columns of the direction are written after its tiles.
 template <typename In, typename Math>
 void gram_slot(const std::vector<Block>& blocks, const Chunk* first, const Chunk* last,
                const Workspace<Math>& ws, int64_t tiles, const std::vector<int64_t>& row_offset, double* partial,
-               uint32_t* row_max_bits) {
+               uint32_t* row_max_bits, const Combination* combination) {
   const int K = ws.K;
   std::fill(ws.sums, ws.sums + tiles * kTileRows * kTileRows, LaneSums<Math>{});
   for (const Chunk* chunk = first; chunk != last; ++chunk) {
@@ -340,6 +355,8 @@ void gram_slot(const std::vector<Block>& blocks, const Chunk* first, const Chunk
                                 std::min(ws.ld, block.cols - chunk->start - c0 - cols));
       if constexpr (kTracksRange<In, Math>) track_row_max(x + c0, block.row_stride, K, cols, row_max_bits);
       add_panel<In, Math>(x + c0, block.row_stride, cols, ws, next_panel);
+      if (combination)
+        combine_panel(x + c0, block.row_stride, K, cols, *combination, chunk->block, chunk->start + c0);
     }
   }
   const LaneSums<Math>* sums = ws.sums;
@@ -359,7 +376,7 @@ void gram_slot(const std::vector<Block>& blocks, const Chunk* first, const Chunk
 // products lost to underflow (each < 2^-126) are negligible beside max|xᵢ|·max|xⱼ| ≥ 2^-64; a
 // NaN/Inf is out of range too.
 template <typename In, typename Math>
-bool gram_pass(const std::vector<Block>& blocks, int K, double* gram) {
+bool gram_pass(const std::vector<Block>& blocks, int K, double* gram, const Combination* combination = nullptr) {
   constexpr bool track_range = kTracksRange<In, Math>;
   constexpr int columns = TileMath<Math>::columns;
   const int64_t groups = (K + kTileRows - 1) / kTileRows, tiles = groups * (groups + 1) / 2;
@@ -395,7 +412,7 @@ bool gram_pass(const std::vector<Block>& blocks, int K, double* gram) {
       const size_t first = chunks.size() * s / slots, last = chunks.size() * (s + 1) / slots;
       gram_slot<In, Math>(blocks, chunks.data() + first, chunks.data() + last, ws, tiles, row_offset,
                           partials.data() + static_cast<size_t>(s) * pairs,
-                          track_range ? slot_max_bits.data() + static_cast<size_t>(s) * K : nullptr);
+                          track_range ? slot_max_bits.data() + static_cast<size_t>(s) * K : nullptr, combination);
     }
   }
 
@@ -419,29 +436,33 @@ bool gram_pass(const std::vector<Block>& blocks, int K, double* gram) {
 
 }  // namespace
 
-// Γ of the blocks into gram (see cpu_dispatch.h).
-void gram(const std::vector<Block>& blocks, int K, DType dtype, double* gram, bool bf16_dot) {
+// Γ of the blocks into gram, and the combination if asked (see cpu_dispatch.h). A pass redone in
+// float64 (rows out of the float32 range) leaves the combination the first pass wrote.
+void gram(const std::vector<Block>& blocks, int K, DType dtype, double* gram, bool bf16_dot,
+          const Combination* combination) {
   switch (dtype) {
     case DType::Float32:
-      if (kFloat32Tiles && gram_pass<float, float>(blocks, K, gram)) break;
-      if (K <= 2 * kTileRows)  // each row is loaded by at most two tiles: widen it as it is loaded
-        gram_pass<float, WidenedFloat>(blocks, K, gram);
-      else
-        gram_pass<float, double>(blocks, K, gram);
+      if (kFloat32Tiles) {
+        if (!gram_pass<float, float>(blocks, K, gram, combination)) gram_pass<float, double>(blocks, K, gram);
+      } else if (K <= 2 * kTileRows) {  // each row is loaded by at most two tiles: widen it as it is loaded
+        gram_pass<float, WidenedFloat>(blocks, K, gram, combination);
+      } else {
+        gram_pass<float, double>(blocks, K, gram, combination);
+      }
       break;
     case DType::Float64:
-      gram_pass<double, double>(blocks, K, gram);
+      gram_pass<double, double>(blocks, K, gram, combination);
       break;
     case DType::Float16:
-      gram_pass<Half, float>(blocks, K, gram);
+      gram_pass<Half, float>(blocks, K, gram, combination);
       break;
     case DType::BFloat16: {  // summed in float32 (pairs of columns by the dot product) unless out of range
 #if defined(MTLK_BF16_TILES)
-      const bool in_range = bf16_dot ? gram_pass<BFloat16, BFloat16>(blocks, K, gram)
-                                     : gram_pass<BFloat16, float>(blocks, K, gram);
+      const bool in_range = bf16_dot ? gram_pass<BFloat16, BFloat16>(blocks, K, gram, combination)
+                                     : gram_pass<BFloat16, float>(blocks, K, gram, combination);
 #else
       (void)bf16_dot;
-      const bool in_range = gram_pass<BFloat16, float>(blocks, K, gram);
+      const bool in_range = gram_pass<BFloat16, float>(blocks, K, gram, combination);
 #endif
       if (!in_range) gram_pass<BFloat16, double>(blocks, K, gram);
       break;

@@ -111,11 +111,15 @@ class Weighting(ABC):
             dataclass instance, or None when it has none.
         backends: the backends the method implements: unless the subclass sets it, "torch" and
             those of the ``solve_cpp`` / ``solve_triton`` it defines.
+        reads_gram: whether the weights depend on Γ's values (True but for the mean).
     """
 
     name: ClassVar[str]
     constants: ClassVar[Any] = None
     backends: ClassVar[tuple[str, ...]] = ("torch",)
+    #: False for a method whose weights do not depend on Γ's values (the mean): then Γ and the
+    #: direction can be computed in one pass over J (see :class:`mtlkernels.Aggregator`)
+    reads_gram: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
