@@ -19,6 +19,7 @@ class Timing:
     p20_s: float
     p80_s: float
     repeats: int
+    best_s: float = float("nan")
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -47,4 +48,4 @@ def measure(fn: Callable[[], object], device: torch.device, *, min_time_s: float
             t0 = time.perf_counter()
             fn()
             times.append(time.perf_counter() - t0)
-    return Timing(statistics.median(times), _quantile(times, 0.2), _quantile(times, 0.8), len(times))
+    return Timing(statistics.median(times), _quantile(times, 0.2), _quantile(times, 0.8), len(times), min(times))
