@@ -18,8 +18,8 @@ from ._checks import Jacobian, as_blocks, check_optional_bool
 from . import backend as _backend
 from . import combine as _combine
 from . import gram as _gram
-from .combine import blocks_of_outputs, combine_blocks, gram_and_combine_cpp, output_blocks
-from .gram import gram_blocks, gram_blocks_float64
+from .combine import blocks_of_outputs, check_cpp_outputs, combine_blocks, combine_cpp, gram_and_combine_cpp, output_blocks
+from .gram import CppBlocks, gram_blocks, gram_blocks_float64, gram_cpp
 from .methods import Solution, Weighting, make_weighting
 
 
@@ -166,9 +166,11 @@ class Aggregator:
         outs = output_blocks(blocks, out) if out is not None else None
         device = blocks[0].device
         check = self.check_finite if self.check_finite is not None else device.type == "cpu"
-        if self.one_pass(device, out_given=out is not None, check=check):
+        cpp = _backend.resolve("gram", _gram._IMPLS, self.backend, device) == "cpp"
+        if cpp and self.one_pass(device, out_given=out is not None, check=check):
             return self._call_one_pass(blocks, single, losses, out, outs, accumulate, check)
-        gram = self.gram(blocks)
+        described = CppBlocks(blocks) if cpp else None  # checked and described once for both passes
+        gram = gram_cpp(described) if described is not None else self.gram(blocks)
         if check and not diagonal_is_finite(gram):
             gram, bad = nonfinite_tasks(gram, blocks)
             if bad:
@@ -180,7 +182,14 @@ class Aggregator:
             direction: Tensor | list[Tensor] = outs[0] if single else outs
         else:
             direction = list(out)  # type: ignore[arg-type]
-        self.combine(weights, blocks, outs, accumulate)
+        if described is not None and _backend.resolve("combine", _combine._IMPLS, self.backend, device) == "cpp":
+            if len(outs) != len(blocks):  # one J written into several outputs
+                described = CppBlocks(blocks_of_outputs(blocks, outs))
+            if out is not None:
+                check_cpp_outputs(described.blocks, outs)
+            combine_cpp(weights, described, outs, accumulate)
+        else:
+            self.combine(weights, blocks, outs, accumulate)
         return AggregationResult(direction, weights, gram, self.method, solution.diagnostics)
 
     def one_pass(self, device: torch.device, *, out_given: bool, check: bool) -> bool:

@@ -17,7 +17,7 @@ from . import _extension
 from . import backend as _backend
 from ._checks import Jacobian, as_blocks, check_weights
 from .kernels import triton_combine
-from .gram import CPP_DTYPES, block_arguments, cpp_blocks
+from .gram import CPP_DTYPES, CppBlocks
 
 _TORCH_CHUNK_ELEMS = 1 << 22
 
@@ -55,32 +55,34 @@ def cpp_weights(weights: Tensor) -> Tensor:
     return w
 
 
+def combine_cpp(weights: Tensor, J: CppBlocks, outs: list[Tensor], accumulate: bool) -> None:
+    """d = wᵀJ of described blocks into checked outputs (see :func:`_combine_cpp`)."""
+    w = cpp_weights(weights)
+    out_pointers = [o.data_ptr() for o in outs] if len(outs) > 1 else [outs[0].data_ptr()]
+    _extension.extension().combine_cpu(
+        w.data_ptr(), J.pointers, J.cols, J.row_strides, J.K, J.dtype, out_pointers, [CPP_DTYPES[o.dtype] for o in outs],
+        accumulate,
+    )
+
+
 def _combine_cpp(weights: Tensor, blocks: list[Tensor], outs: list[Tensor], accumulate: bool) -> None:
     """d = wᵀJ straight into ``outs`` by one pass over J: OpenMP over column chunks, each column
     summed over k in order in float64 (csrc/kernels/combine_cpu.cpp)."""
-    blocks = cpp_blocks(blocks)
-    check_cpp_outputs(blocks, outs)
-    w = cpp_weights(weights)
-    pointers, cols, row_strides = block_arguments(blocks)
-    out_pointers = [o.data_ptr() for o in outs] if len(outs) > 1 else [outs[0].data_ptr()]
-    _extension.extension().combine_cpu(
-        w.data_ptr(), pointers, cols, row_strides, blocks[0].shape[0], CPP_DTYPES[blocks[0].dtype],
-        out_pointers, [CPP_DTYPES[o.dtype] for o in outs], accumulate,
-    )
+    J = CppBlocks(blocks)
+    check_cpp_outputs(J.blocks, outs)
+    combine_cpp(weights, J, outs, accumulate)
 
 
 def gram_and_combine_cpp(weights: Tensor, blocks: list[Tensor], outs: list[Tensor], accumulate: bool) -> Tensor:
     """Γ (float64) and d = wᵀJ into ``outs`` by one pass over J, for weights known before Γ (the
     mean): each panel of J is combined while the Gram tiles have it in cache
     (csrc/kernels/gram_cpu.cpp). Γ and d are those of :func:`_gram_cpp` and :func:`_combine_cpp`."""
-    blocks = cpp_blocks(blocks)
-    check_cpp_outputs(blocks, outs)
-    K = blocks[0].shape[0]
-    gram = torch.empty(K, K, dtype=torch.float64)
+    J = CppBlocks(blocks)
+    check_cpp_outputs(J.blocks, outs)
+    gram = torch.empty(J.K, J.K, dtype=torch.float64)
     w = cpp_weights(weights)
-    pointers, cols, row_strides = block_arguments(blocks)
     _extension.extension().gram_combine_cpu(
-        pointers, cols, row_strides, K, CPP_DTYPES[blocks[0].dtype], gram.data_ptr(),
+        J.pointers, J.cols, J.row_strides, J.K, J.dtype, gram.data_ptr(),
         w.data_ptr(), [o.data_ptr() for o in outs], [CPP_DTYPES[o.dtype] for o in outs], accumulate,
     )
     return gram

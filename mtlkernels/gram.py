@@ -1,10 +1,13 @@
 """Pass 1 over the task gradients: the Gram matrix Γ = J·Jᵀ (K×K).
 
 Every method's weights depend on J only through Γ, so this is the only full read of J before the
-K-space solve. On the CPU Γ is accumulated in float64 (16-bit J: exact products summed in float32
-over short runs, then float64) — no overflow or underflow for gradients of any float32 scale, so a
-NaN/Inf on Γ's diagonal means a NaN/Inf in that row of J; on CUDA in float32 (float64 for float64
-J; a checked overflow is recomputed in float64, see :class:`mtlkernels.Aggregator`).
+K-space solve. On the CPU Γ is accumulated in float64 (16-bit J, and float32 J at the ``avx2``
+CPU level — see :func:`mtlkernels.cpu_isa`: products summed in float32 over runs of ≤ 32 per lane,
+then float64; |ΔΓᵢⱼ| ≤ 33·2⁻²⁴‖gᵢ‖‖gⱼ‖, ~2e-10 of it on random J at N = 1e7, docs/kernels.md) —
+no overflow or underflow for gradients of any float32 scale (rows outside float32's safe range
+are redone in float64), so a NaN/Inf on Γ's diagonal means a NaN/Inf in that row of J; on CUDA
+in float32 (float64 for float64 J; a checked overflow is recomputed in float64, see
+:class:`mtlkernels.Aggregator`).
 """
 from __future__ import annotations
 
@@ -70,15 +73,30 @@ def block_arguments(blocks: list[Tensor]) -> tuple[list[int], list[int], list[in
     return [b.data_ptr() for b in blocks], [b.shape[1] for b in blocks], [b.stride(0) for b in blocks]
 
 
+class CppBlocks:
+    """J's blocks as the C++ passes take them, checked (:func:`cpp_blocks`) and described once
+    (data pointers, column counts, row strides, dtype name) for every pass over the same J."""
+
+    __slots__ = ("blocks", "K", "dtype", "pointers", "cols", "row_strides")
+
+    def __init__(self, blocks: list[Tensor]) -> None:
+        self.blocks = cpp_blocks(blocks)
+        self.K: int = self.blocks[0].shape[0]
+        self.dtype: str = CPP_DTYPES[self.blocks[0].dtype]
+        self.pointers, self.cols, self.row_strides = block_arguments(self.blocks)
+
+
+def gram_cpp(J: CppBlocks) -> Tensor:
+    """Γ in float64 of described blocks (see :func:`_gram_cpp`)."""
+    gram = torch.empty(J.K, J.K, dtype=torch.float64)
+    _extension.extension().gram_cpu(J.pointers, J.cols, J.row_strides, J.K, J.dtype, gram.data_ptr())
+    return gram
+
+
 def _gram_cpp(blocks: list[Tensor]) -> Tensor:
     """Γ in float64 by one pass over J: column chunks × 4×4 register tiles, OpenMP, deterministic
     (csrc/kernels/gram_cpu.cpp)."""
-    blocks = cpp_blocks(blocks)
-    K = blocks[0].shape[0]
-    gram = torch.empty(K, K, dtype=torch.float64)
-    pointers, cols, row_strides = block_arguments(blocks)
-    _extension.extension().gram_cpu(pointers, cols, row_strides, K, CPP_DTYPES[blocks[0].dtype], gram.data_ptr())
-    return gram
+    return gram_cpp(CppBlocks(blocks))
 
 
 _IMPLS: dict[str, Callable[[list[Tensor]], Tensor]] = {"torch": _gram_torch, "triton": triton_gram, "cpp": _gram_cpp}
