@@ -12,17 +12,19 @@
 // Accuracy, as |Γ̂ᵢⱼ − Γᵢⱼ| / (‖gᵢ‖‖gⱼ‖):
 // - float64 J, and float32 J at every level but AVX2: products and sums in float64 (the product of
 //   two floats is exact in double): ~1e-13 at N = 1e7.
-// - float32 J at the AVX2 level (16 vector registers, no AVX-512): products and sums in float32
-//   tiles, at twice float64's FMA rate; each float32 accumulator sums ≤ kRunVectors = 32 steps, then
-//   is added into the float64 lane sums. The recursive-summation bound gives ≤ 33·2^-24 ≈ 2e-6;
+// - float32 J at the AVX2 level (16 vector registers, no AVX-512), N ≥ 2^20 columns: products
+//   and sums in float32 tiles, at twice float64's FMA rate; each float32 accumulator sums
+//   ≤ kRunVectors = 32 steps, then is added into the float64 lane sums. The recursive-summation bound gives ≤ 33·2^-24 ≈ 2e-6;
 //   the rounding errors are random in sign, so on random J the error is ~32·2^-24/√(3N): measured
-//   2e-10 at N = 1e7, 4e-9 at N = 1e5 (docs/kernels.md). Used while every row's largest |x| is 0
-//   or in [2^-32, 2^32], where no float32 product or run sum overflows and the products lost to
-//   underflow are negligible; otherwise (a NaN/Inf included) the pass is redone in float64.
+//   2e-10 at N = 1e7, 4e-9 at N = 1e5 (docs/kernels.md), hence float64 below 2^20 columns. Kept when Γ shows that no float32
+//   product or run sum overflowed and that the products lost to underflow are negligible (see
+//   float32_tiles_hold); otherwise (a NaN/Inf in J included) the pass is redone in float64.
 // - float16 J: products in float32 are exact (11 + 11 significant bits) and cannot overflow or
 //   underflow; they are summed in float32 over ≤ 32 steps per lane, then in float64.
 // - bfloat16 J: the same (through AVX512-BF16 dot products where available: ≤ 64 terms per lane)
-//   under the range condition of float32 J at AVX2, else redone in float64.
+//   while every row's largest |x| is 0 or in [2^-32, 2^32], tracked during the pass, where no
+//   float32 product or run sum overflows and the products flushed to zero are negligible;
+//   otherwise redone in float64.
 //
 // Compiled once per instruction-set level (see cpu_dispatch.h); the arguments arrive checked.
 #include <cmath>
@@ -54,8 +56,12 @@ constexpr int64_t kMinPanelVectors = 16;
 constexpr int64_t kMaxPanelVectors = 128;
 constexpr int64_t kRunVectors = 32;           // a float32 accumulator sums ≤ 32 steps, then adds into float64
 constexpr int64_t kChunkColumns = 16384;      // columns per unit of parallel work (about)
-constexpr float kSafeMin = 0x1p-32f;          // float32 tiles run when every row's max |x| is 0 or in
-constexpr float kSafeMax = 0x1p32f;           // [kSafeMin, kSafeMax] (float32/bfloat16 J)
+constexpr float kSafeMin = 0x1p-32f;          // bfloat16 J is summed in float32 when every row's max
+constexpr float kSafeMax = 0x1p32f;           // |x| is 0 or in [kSafeMin, kSafeMax]
+constexpr double kFloat32TileMinGram = 0x1p-90;  // float32 J: Γᵢᵢ ≥ N·2^-90 keeps the float32 tiles' Γ
+// float32 J takes the float32 tiles from this many columns: their random rounding errors,
+// ~32·2^-24/√(3N) of ‖gᵢ‖‖gⱼ‖, stay ≲ 1e-9 there, and a shorter pass takes little time anyway.
+constexpr int64_t kFloat32TileMinColumns = int64_t{1} << 20;
 
 // v, loaded into a register once: stops the compiler from folding the load into each of the four
 // FMAs that use it (four loads per value would make the tile load-bound, not FMA-bound).
@@ -294,11 +300,6 @@ void add_panel(const In* x, int64_t row_stride, int64_t cols, const Workspace<Ma
 }
 
 // |x| as the bits of a float32 with the sign cleared: monotonic in |x|, NaN above every number.
-inline uint32_t magnitude_bits(float x) {
-  uint32_t bits;
-  std::memcpy(&bits, &x, sizeof bits);
-  return bits & 0x7FFFFFFF;
-}
 inline uint32_t magnitude_bits(BFloat16 x) { return static_cast<uint32_t>(x.bits & 0x7FFF) << 16; }
 
 // row_max_bits[r] = max(row_max_bits[r], magnitude_bits of every x[r, c]) over c < cols.
@@ -312,10 +313,10 @@ void track_row_max(const In* x, int64_t row_stride, int K, int64_t cols, uint32_
   }
 }
 
-// Whether float32 tiles sum J of element type In only where its rows are in range (see gram_pass).
+// Whether float32 tiles sum J of element type In only where its rows are in range (see gram_pass;
+// float32 J is checked on Γ instead, see float32_tiles_hold).
 template <typename In, typename Math>
-constexpr bool kTracksRange = (std::is_same_v<In, BFloat16> || std::is_same_v<In, float>) &&
-                              !std::is_same_v<Math, double> && !std::is_same_v<Math, WidenedFloat>;
+constexpr bool kTracksRange = std::is_same_v<In, BFloat16> && !std::is_same_v<Math, double>;
 
 // Packed upper triangle of Γ: entry (i, j), i ≤ j, at row_offset[i] + j.
 std::vector<int64_t> packed_row_offsets(int K) {
@@ -370,11 +371,11 @@ void gram_slot(const std::vector<Block>& blocks, const Chunk* first, const Chunk
         }
 }
 
-// Γ (full symmetric K×K, row-major) with tiles of the given Math. For float32/bfloat16 J summed in
-// float32, returns false (and Γ is to be discarded) when some row's max |x| is outside the safe
-// range [kSafeMin, kSafeMax] (0 aside): there no float32 product or run sum overflows, and the
-// products lost to underflow (each < 2^-126) are negligible beside max|xᵢ|·max|xⱼ| ≥ 2^-64; a
-// NaN/Inf is out of range too.
+// Γ (full symmetric K×K, row-major) with tiles of the given Math. For bfloat16 J summed in float32,
+// returns false (and Γ is to be discarded) when some row's max |x| is outside the safe range
+// [kSafeMin, kSafeMax] (0 aside): there no float32 product or run sum overflows, and the products
+// lost to underflow (each < 2^-126) are negligible beside max|xᵢ|·max|xⱼ| ≥ 2^-64; a NaN/Inf is
+// out of range too.
 template <typename In, typename Math>
 bool gram_pass(const std::vector<Block>& blocks, int K, double* gram, const Combination* combination = nullptr) {
   constexpr bool track_range = kTracksRange<In, Math>;
@@ -436,14 +437,44 @@ bool gram_pass(const std::vector<Block>& blocks, int K, double* gram, const Comb
 
 }  // namespace
 
+// Whether Γ from float32 J summed in float32 tiles stands, read off Γ itself (no pass over J but
+// for a zero diagonal): every entry finite — an overflowing product xᵢxⱼ needs xᵢ² or xⱼ² to
+// overflow (and a NaN/Inf in J makes its row's diagonal non-finite); and every Γᵢᵢ either ≥ N·2^-90,
+// so that the products lost to underflow (each < 2^-126, N of them at most) stay below
+// 2^-36·‖gᵢ‖‖gⱼ‖, or 0 for a row that is all zeros (a zero Γᵢᵢ of a non-zero row means every one of
+// its products underflowed). Otherwise the pass is redone in float64.
+int64_t total_columns(const std::vector<Block>& blocks) {
+  int64_t N = 0;
+  for (const Block& block : blocks) N += block.cols;
+  return N;
+}
+
+bool float32_tiles_hold(const std::vector<Block>& blocks, int K, const double* gram) {
+  const int64_t N = total_columns(blocks);
+  for (int64_t i = 0; i < int64_t{K} * K; ++i)
+    if (!std::isfinite(gram[i])) return false;
+  for (int r = 0; r < K; ++r) {
+    const double diagonal = gram[int64_t{r} * K + r];
+    if (diagonal >= static_cast<double>(N) * kFloat32TileMinGram) continue;
+    if (diagonal != 0.0) return false;
+    for (const Block& block : blocks) {
+      const float* row = static_cast<const float*>(block.data) + r * block.row_stride;
+      for (int64_t c = 0; c < block.cols; ++c)
+        if (row[c] != 0.0f) return false;
+    }
+  }
+  return true;
+}
+
 // Γ of the blocks into gram, and the combination if asked (see cpu_dispatch.h). A pass redone in
 // float64 (rows out of the float32 range) leaves the combination the first pass wrote.
 void gram(const std::vector<Block>& blocks, int K, DType dtype, double* gram, bool bf16_dot,
           const Combination* combination) {
   switch (dtype) {
     case DType::Float32:
-      if (kFloat32Tiles) {
-        if (!gram_pass<float, float>(blocks, K, gram, combination)) gram_pass<float, double>(blocks, K, gram);
+      if (kFloat32Tiles && total_columns(blocks) >= kFloat32TileMinColumns) {
+        gram_pass<float, float>(blocks, K, gram, combination);
+        if (!float32_tiles_hold(blocks, K, gram)) gram_pass<float, double>(blocks, K, gram);
       } else if (K <= 2 * kTileRows) {  // each row is loaded by at most two tiles: widen it as it is loaded
         gram_pass<float, WidenedFloat>(blocks, K, gram, combination);
       } else {

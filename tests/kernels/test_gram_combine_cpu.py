@@ -14,7 +14,7 @@ from mtlkernels import _extension
 from mtlkernels.combine import gram_and_combine_cpp
 from mtlkernels.gram import _gram_cpp
 from _devices import requires_cpp
-from cases import awkward_blocks, random_J
+from cases import FLOAT32_TILE_MIN_COLUMNS, awkward_blocks, random_J
 
 pytestmark = requires_cpp
 
@@ -67,10 +67,10 @@ def test_one_pass_gives_the_gram_pass_and_the_combination(level, dtype, out_dtyp
 
 
 def test_rows_redone_in_float64_are_combined_once(level):
-    """A float32 row beyond 2^32 redoes the Gram pass in float64 (float32-tile levels); the
-    direction, written by the first pass, is not added twice."""
-    J = random_J(4, 30_001, seed=2, dtype=torch.float32)
-    J[1] *= 2.0**40
+    """A float32 row at 2^70 (its squares overflow float32) redoes the Gram pass in float64
+    (float32-tile levels); the direction, written by the first pass, is not added twice."""
+    J = random_J(4, FLOAT32_TILE_MIN_COLUMNS + 1, seed=2, dtype=torch.float32)  # on the float32 tiles at avx2
+    J[1] *= 2.0**70
     w = torch.tensor([0.25, 0.5, -1.0, 2.0], dtype=torch.float64)
     out = torch.ones(J.shape[1], dtype=torch.float64)
     gram = gram_and_combine_cpp(w, [J], [out], True)
