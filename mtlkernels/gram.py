@@ -1,7 +1,7 @@
 """Pass 1 over the task gradients: the Gram matrix Γ = J·Jᵀ (K×K).
 
 Every method's weights depend on J only through Γ, so this is the only full read of J before the
-K-space solve. On the CPU Γ is accumulated in float64 (16-bit J, and float32 J of ≥ 2²⁰ columns at
+K-space solve. On the CPU Γ is accumulated in float64 (16-bit J, and float32 J of ≥ 2¹⁸ columns at
 the ``avx2`` CPU level — see :func:`mtlkernels.cpu_isa`: products summed in float32 over runs of
 ≤ 32 per lane, then float64; |ΔΓᵢⱼ| ≤ 33·2⁻²⁴‖gᵢ‖‖gⱼ‖, ~2e-10 of it on random J at N = 1e7,
 docs/kernels.md) —

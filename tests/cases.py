@@ -27,14 +27,14 @@ FLOAT32_TILE_LEVELS = {"avx2"}
 #: steps a float32 tile accumulator sums before it is added into float64
 FLOAT32_RUN = 32
 #: columns of J from which those levels use the float32 tiles
-FLOAT32_TILE_MIN_COLUMNS = 1 << 20
+FLOAT32_TILE_MIN_COLUMNS = 1 << 18
 
 
 def cpu_gram_tolerance(dtype: torch.dtype, level: str, N: int) -> float:
     """tol with |Γ̂ᵢⱼ − Γᵢⱼ| ≤ tol·‖gᵢ‖‖gⱼ‖ for the C++ Gram of J [K, N] of ``dtype`` at CPU ISA ``level``.
 
     float64 products and sums: 1e-12. float32 J on the float32 tiles (a float32-tile level, N ≥
-    2^20): each lane sums ≤ 32 fused products in float32 (one rounding each), so |error| ≤
+    2^18): each lane sums ≤ 32 fused products in float32 (one rounding each), so |error| ≤
     γ₃₂·Σ|xᵢyᵢ| ≤ 33·2⁻²⁴‖gᵢ‖‖gⱼ‖ (Higham, *Accuracy and Stability of Numerical Algorithms*,
     §3.1), the float64 sums adding ~1e-16. float16/bfloat16 J: exact products, ≤ 64 terms per
     lane in float32: 1e-5.

@@ -12,13 +12,14 @@
 // Accuracy, as |Γ̂ᵢⱼ − Γᵢⱼ| / (‖gᵢ‖‖gⱼ‖):
 // - float64 J, and float32 J at every level but AVX2: products and sums in float64 (the product of
 //   two floats is exact in double): ~1e-13 at N = 1e7.
-// - float32 J at the AVX2 level (16 vector registers, no AVX-512), N ≥ 2^20 columns: products
+// - float32 J at the AVX2 level (16 vector registers, no AVX-512), N ≥ 2^18 columns: products
 //   and sums in float32 tiles, at twice float64's FMA rate; each float32 accumulator sums
-//   ≤ kRunVectors = 32 steps, then is added into the float64 lane sums. The recursive-summation bound gives ≤ 33·2^-24 ≈ 2e-6;
-//   the rounding errors are random in sign, so on random J the error is ~32·2^-24/√(3N): measured
-//   2e-10 at N = 1e7, 4e-9 at N = 1e5 (docs/kernels.md), hence float64 below 2^20 columns. Kept when Γ shows that no float32
-//   product or run sum overflowed and that the products lost to underflow are negligible (see
-//   float32_tiles_hold); otherwise (a NaN/Inf in J included) the pass is redone in float64.
+//   ≤ kRunVectors = 32 steps, then is added into the float64 lane sums. The recursive-summation
+//   bound gives ≤ 33·2^-24 ≈ 2e-6; the rounding errors are random in sign, so on random J the
+//   error is ~32·2^-24/√(3N): measured 2e-10 at N = 1e7, 4e-9 at N = 1e5 (docs/kernels.md), hence
+//   float64 below 2^18 columns. Kept when Γ shows that no float32 product or run sum overflowed
+//   and that the products lost to underflow are negligible (see float32_tiles_hold); otherwise
+//   (a NaN/Inf in J included) the pass is redone in float64.
 // - float16 J: products in float32 are exact (11 + 11 significant bits) and cannot overflow or
 //   underflow; they are summed in float32 over ≤ 32 steps per lane, then in float64.
 // - bfloat16 J: the same (through AVX512-BF16 dot products where available: ≤ 64 terms per lane)
@@ -60,8 +61,8 @@ constexpr float kSafeMin = 0x1p-32f;          // bfloat16 J is summed in float32
 constexpr float kSafeMax = 0x1p32f;           // |x| is 0 or in [kSafeMin, kSafeMax]
 constexpr double kFloat32TileMinGram = 0x1p-90;  // float32 J: Γᵢᵢ ≥ N·2^-90 keeps the float32 tiles' Γ
 // float32 J takes the float32 tiles from this many columns: their random rounding errors,
-// ~32·2^-24/√(3N) of ‖gᵢ‖‖gⱼ‖, stay ≲ 1e-9 there, and a shorter pass takes little time anyway.
-constexpr int64_t kFloat32TileMinColumns = int64_t{1} << 20;
+// ~32·2^-24/√(3N) of ‖gᵢ‖‖gⱼ‖, stay ≲ 2e-9 there, and a shorter pass takes little time anyway.
+constexpr int64_t kFloat32TileMinColumns = int64_t{1} << 18;
 
 // v, loaded into a register once: stops the compiler from folding the load into each of the four
 // FMAs that use it (four loads per value would make the tile load-bound, not FMA-bound).
