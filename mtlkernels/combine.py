@@ -17,7 +17,7 @@ from . import _extension
 from . import backend as _backend
 from ._checks import Jacobian, as_blocks, check_weights
 from .kernels import triton_combine
-from .gram import CPP_DTYPES, cpp_blocks
+from .gram import CPP_DTYPES, CppBlocks
 
 _TORCH_CHUNK_ELEMS = 1 << 22
 
@@ -35,10 +35,9 @@ def _combine_torch(weights: Tensor, blocks: list[Tensor], outs: list[Tensor], ac
             target.add_(part) if accumulate else target.copy_(part)
 
 
-def _combine_cpp(weights: Tensor, blocks: list[Tensor], outs: list[Tensor], accumulate: bool) -> None:
-    """d = wᵀJ straight into ``outs`` by one pass over J: OpenMP over column chunks, each column
-    summed over k in order in float64 (csrc/kernels/combine_cpu.cpp)."""
-    blocks = cpp_blocks(blocks)
+def check_cpp_outputs(blocks: list[Tensor], outs: list[Tensor]) -> None:
+    """The outputs the C++ combination writes: contiguous float CPU tensors, one per block, each
+    with the block's number of columns."""
     for i, (out, block) in enumerate(zip(outs, blocks)):
         if out.device.type != "cpu" or out.dtype not in CPP_DTYPES or not out.is_contiguous():
             raise ValueError(
@@ -46,18 +45,47 @@ def _combine_cpp(weights: Tensor, blocks: list[Tensor], outs: list[Tensor], accu
             )
         if out.numel() != block.shape[1]:
             raise ValueError(f"out[{i}] has {out.numel()} elements; block {i} of J has {block.shape[1]} columns")
-    w = weights.detach().to(device="cpu", dtype=torch.float64).contiguous()
+
+
+def cpp_weights(weights: Tensor) -> Tensor:
+    """The weights as the C++ combination reads them: a contiguous float64 CPU tensor."""
+    w = weights.detach()
+    if w.dtype != torch.float64 or w.device.type != "cpu" or not w.is_contiguous():
+        w = w.to(device="cpu", dtype=torch.float64).contiguous()
+    return w
+
+
+def combine_cpp(weights: Tensor, J: CppBlocks, outs: list[Tensor], accumulate: bool) -> None:
+    """d = wᵀJ of described blocks into checked outputs (see :func:`_combine_cpp`)."""
+    w = cpp_weights(weights)
+    out_pointers = [o.data_ptr() for o in outs] if len(outs) > 1 else [outs[0].data_ptr()]
     _extension.extension().combine_cpu(
-        w.data_ptr(),
-        [b.data_ptr() for b in blocks],
-        [b.shape[1] for b in blocks],
-        [b.stride(0) for b in blocks],
-        blocks[0].shape[0],
-        CPP_DTYPES[blocks[0].dtype],
-        [o.data_ptr() for o in outs],
-        [CPP_DTYPES[o.dtype] for o in outs],
+        w.data_ptr(), J.pointers, J.cols, J.row_strides, J.K, J.dtype, out_pointers, [CPP_DTYPES[o.dtype] for o in outs],
         accumulate,
     )
+
+
+def _combine_cpp(weights: Tensor, blocks: list[Tensor], outs: list[Tensor], accumulate: bool) -> None:
+    """d = wᵀJ straight into ``outs`` by one pass over J: OpenMP over column chunks, each column
+    summed over k in order in float64 (csrc/kernels/combine_cpu.cpp)."""
+    J = CppBlocks(blocks)
+    check_cpp_outputs(J.blocks, outs)
+    combine_cpp(weights, J, outs, accumulate)
+
+
+def gram_and_combine_cpp(weights: Tensor, blocks: list[Tensor], outs: list[Tensor], accumulate: bool) -> Tensor:
+    """Γ (float64) and d = wᵀJ into ``outs`` by one pass over J, for weights known before Γ (the
+    mean): each panel of J is combined while the Gram tiles have it in cache
+    (csrc/kernels/gram_cpu.cpp). Γ and d are those of :func:`_gram_cpp` and :func:`_combine_cpp`."""
+    J = CppBlocks(blocks)
+    check_cpp_outputs(J.blocks, outs)
+    gram = torch.empty(J.K, J.K, dtype=torch.float64)
+    w = cpp_weights(weights)
+    _extension.extension().gram_combine_cpu(
+        J.pointers, J.cols, J.row_strides, J.K, J.dtype, gram.data_ptr(),
+        w.data_ptr(), [o.data_ptr() for o in outs], [CPP_DTYPES[o.dtype] for o in outs], accumulate,
+    )
+    return gram
 
 
 _IMPLS: dict[str, Callable[[Tensor, list[Tensor], list[Tensor], bool], None]] = {"torch": _combine_torch, "triton": triton_combine, "cpp": _combine_cpp}
@@ -94,12 +122,19 @@ def combine_blocks(
     weights: Tensor, blocks: list[Tensor], outs: list[Tensor], accumulate: bool = False, backend: str = "auto"
 ) -> None:
     """d = wᵀJ over checked blocks into matching outputs (see :func:`output_blocks`)."""
+    blocks = blocks_of_outputs(blocks, outs)
+    _backend.select("combine", _IMPLS, backend, blocks[0].device)(weights, blocks, outs, accumulate)
+
+
+def blocks_of_outputs(blocks: list[Tensor], outs: list[Tensor]) -> list[Tensor]:
+    """The blocks matched one to one with ``outs``: one J split into the outputs' column ranges
+    (views), else the blocks as they are."""
     if len(blocks) == 1 and len(outs) > 1:  # one J, split into several outputs
         offsets = [0]
         for o in outs:
             offsets.append(offsets[-1] + o.numel())
         blocks = [blocks[0][:, a:b] for a, b in zip(offsets[:-1], offsets[1:])]
-    _backend.select("combine", _IMPLS, backend, blocks[0].device)(weights, blocks, outs, accumulate)
+    return blocks
 
 
 def combine(

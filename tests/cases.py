@@ -14,11 +14,36 @@ __all__ = [
     "block_lists",
     "block_shapes",
     "conflicting_J",
+    "cpu_gram_tolerance",
     "random_J",
     "scaled_gradients",
     "structured_J",
     "structured_gradients",
 ]
+
+
+#: Levels of the C++ CPU kernels that multiply float32 J in float32 tiles (csrc/kernels/gram_cpu.cpp)
+FLOAT32_TILE_LEVELS = {"avx2"}
+#: steps a float32 tile accumulator sums before it is added into float64
+FLOAT32_RUN = 32
+#: columns of J from which those levels use the float32 tiles
+FLOAT32_TILE_MIN_COLUMNS = 1 << 18
+
+
+def cpu_gram_tolerance(dtype: torch.dtype, level: str, N: int) -> float:
+    """tol with |Γ̂ᵢⱼ − Γᵢⱼ| ≤ tol·‖gᵢ‖‖gⱼ‖ for the C++ Gram of J [K, N] of ``dtype`` at CPU ISA ``level``.
+
+    float64 products and sums: 1e-12. float32 J on the float32 tiles (a float32-tile level, N ≥
+    2^18): each lane sums ≤ 32 fused products in float32 (one rounding each), so |error| ≤
+    γ₃₂·Σ|xᵢyᵢ| ≤ 33·2⁻²⁴‖gᵢ‖‖gⱼ‖ (Higham, *Accuracy and Stability of Numerical Algorithms*,
+    §3.1), the float64 sums adding ~1e-16. float16/bfloat16 J: exact products, ≤ 64 terms per
+    lane in float32: 1e-5.
+    """
+    if dtype in (torch.float16, torch.bfloat16):
+        return 1e-5
+    if dtype == torch.float32 and level in FLOAT32_TILE_LEVELS and N >= FLOAT32_TILE_MIN_COLUMNS:
+        return (FLOAT32_RUN + 1) * 2.0**-24
+    return 1e-12
 
 
 def awkward_blocks(K: int, dtype: torch.dtype, long_columns: int = 0, device: str = "cpu", seed: int = 11) -> list[torch.Tensor]:

@@ -5,53 +5,24 @@
 // once to the output's dtype (after adding the output's old value when accumulating).
 // Columns are independent, so the result does not depend on the thread count. The columns are
 // cut into chunks run in parallel; a chunk is walked in panels (the next one prefetched), and a
-// panel kVectors vectors of columns at a time, held in registers while the K rows stream past.
+// panel kCombineVectors vectors of columns at a time, held in registers while the K rows stream past.
 //
 // Compiled once per instruction-set level (see cpu_dispatch.h); the arguments arrive checked.
+#include "kernels/combine_columns.h"
 #include "kernels/cpu_tensor.h"
 
 namespace mtlkernels::cpu::MTLK_ISA {
 namespace {
 
-constexpr int kVectors = 4;                 // vectors of columns accumulated in registers at once
 constexpr int64_t kChunkColumns = 1 << 14;  // columns per unit of parallel work
 constexpr int64_t kPanelBytes = 32 << 10;   // K rows × panel columns of J prefetched at a time
-
-// out[c] (+)= Σ_k w[k]·x[k·ld + c] for c < cols, in double, with the prefetches of the next
-// panel spread over the steps.
-template <typename In, typename Out>
-void combine_columns(const In* x, int64_t ld, int K, const double* w, Out* out, int64_t cols, bool accumulate,
-                     PrefetchCursor& prefetch) {
-  constexpr int n = lanes<double>;
-  constexpr int64_t step = kVectors * n;
-  const int prefetches = static_cast<int>((prefetch.lines_left() * step + cols - 1) / std::max<int64_t>(cols, 1));
-  int64_t c0 = 0;
-  for (; c0 + step <= cols; c0 += step) {
-    SimdOf<double, n> acc[kVectors];
-    for (int v = 0; v < kVectors; ++v) acc[v] = SimdOf<double, n>{};
-    for (int k = 0; k < K; ++k) {
-      const In* row = x + k * ld + c0;
-      for (int v = 0; v < kVectors; ++v) acc[v] += w[k] * load_as<double, n>(row + v * n);
-    }
-    for (int v = 0; v < kVectors; ++v) {
-      Out* dst = out + c0 + v * n;
-      store_as<Out, n, double>(dst, accumulate ? load_as<double, n>(dst) + acc[v] : acc[v]);
-    }
-    for (int i = 0; i < prefetches; ++i) prefetch.step();
-  }
-  for (int64_t c = c0; c < cols; ++c) {
-    double acc = 0;
-    for (int k = 0; k < K; ++k) acc += w[k] * to_float(x[k * ld + c]);
-    out[c] = from_acc<Out>(accumulate ? to_float(out[c]) + acc : acc);
-  }
-}
 
 // out[c] (+)= Σ_k w[k]·x[k·ld + c] for c < cols, panel by panel, each panel's successor (up to
 // `ahead` more columns of the block) prefetched while the panel is combined.
 template <typename In, typename Out>
 void combine_chunk(const In* x, int64_t ld, int K, const double* w, Out* out, int64_t cols, int64_t ahead,
                    bool accumulate) {
-  const int64_t panel = std::max<int64_t>(kVectors * lanes<double>, kPanelBytes / (K * int64_t{sizeof(In)}));
+  const int64_t panel = std::max<int64_t>(kCombineVectors * lanes<double>, kPanelBytes / (K * int64_t{sizeof(In)}));
   for (int64_t c0 = 0; c0 < cols; c0 += panel) {
     const int64_t width = std::min(panel, cols - c0);
     PrefetchCursor next_panel(x + c0 + width, ld, K, std::min(panel, cols + ahead - c0 - width));

@@ -131,7 +131,7 @@ void gram_cpu(const std::vector<uintptr_t>& pointers, const std::vector<int64_t>
   const DType type = parse_dtype(dtype, "J");
   const Level& level = active();
   py::gil_scoped_release release;
-  level.kernels.gram(blocks, static_cast<int>(K), type, reinterpret_cast<double*>(gram_ptr), level.bf16_dot);
+  level.kernels.gram(blocks, static_cast<int>(K), type, reinterpret_cast<double*>(gram_ptr), level.bf16_dot, nullptr);
 }
 
 double read_floor_cpu(const std::vector<uintptr_t>& pointers, const std::vector<int64_t>& cols,
@@ -144,31 +144,52 @@ double read_floor_cpu(const std::vector<uintptr_t>& pointers, const std::vector<
   return level.kernels.read_floor(blocks, static_cast<int>(K), type);
 }
 
+// The outputs and weights of a combination over the blocks, checked.
+Combination make_combination(const char* what, uintptr_t weights_ptr, const std::vector<Block>& blocks,
+                             const std::vector<uintptr_t>& out_pointers, const std::vector<std::string>& out_dtypes,
+                             bool accumulate) {
+  if (weights_ptr == 0) throw std::invalid_argument(std::string(what) + ": the weights pointer is null");
+  if (out_pointers.size() != blocks.size() || out_dtypes.size() != blocks.size())
+    throw std::invalid_argument(std::string(what) + ": got " + std::to_string(out_pointers.size()) + " outputs and " +
+                                std::to_string(out_dtypes.size()) + " output dtypes for " +
+                                std::to_string(blocks.size()) + " blocks");
+  Combination combination{reinterpret_cast<const double*>(weights_ptr), {}, {}, accumulate};
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    if (blocks[i].cols > 0 && out_pointers[i] == 0)
+      throw std::invalid_argument(std::string(what) + ": out[" + std::to_string(i) + "] has a null data pointer");
+    combination.out_types.push_back(parse_dtype(out_dtypes[i], "out[" + std::to_string(i) + "]"));
+    combination.out.push_back(reinterpret_cast<void*>(out_pointers[i]));
+  }
+  return combination;
+}
+
 // d = wᵀJ over the blocks into the outputs (see the launcher, mtlkernels/combine.py).
 void combine_cpu(uintptr_t weights_ptr, const std::vector<uintptr_t>& pointers, const std::vector<int64_t>& cols,
                  const std::vector<int64_t>& row_strides, int64_t K, const std::string& dtype,
                  const std::vector<uintptr_t>& out_pointers, const std::vector<std::string>& out_dtypes,
                  bool accumulate) {
   check_rows(K, "combine_cpu");
-  if (weights_ptr == 0) throw std::invalid_argument("combine_cpu: the weights pointer is null");
   const std::vector<Block> blocks = make_blocks(pointers, cols, row_strides);
-  if (out_pointers.size() != blocks.size() || out_dtypes.size() != blocks.size())
-    throw std::invalid_argument("combine_cpu: got " + std::to_string(out_pointers.size()) + " outputs and " +
-                                std::to_string(out_dtypes.size()) + " output dtypes for " +
-                                std::to_string(blocks.size()) + " blocks");
   const DType in_type = parse_dtype(dtype, "J");
-  std::vector<DType> out_types;
-  std::vector<void*> out;
-  for (size_t i = 0; i < blocks.size(); ++i) {
-    if (blocks[i].cols > 0 && out_pointers[i] == 0)
-      throw std::invalid_argument("combine_cpu: out[" + std::to_string(i) + "] has a null data pointer");
-    out_types.push_back(parse_dtype(out_dtypes[i], "out[" + std::to_string(i) + "]"));
-    out.push_back(reinterpret_cast<void*>(out_pointers[i]));
-  }
+  const Combination c = make_combination("combine_cpu", weights_ptr, blocks, out_pointers, out_dtypes, accumulate);
   const Level& level = active();
   py::gil_scoped_release release;
-  level.kernels.combine(reinterpret_cast<const double*>(weights_ptr), blocks, static_cast<int>(K), in_type, out,
-                        out_types, accumulate);
+  level.kernels.combine(c.w, blocks, static_cast<int>(K), in_type, c.out, c.out_types, c.accumulate);
+}
+
+// Γ and d = wᵀJ in one pass over the blocks, for weights known before Γ (see mtlkernels/aggregate.py).
+void gram_combine_cpu(const std::vector<uintptr_t>& pointers, const std::vector<int64_t>& cols,
+                      const std::vector<int64_t>& row_strides, int64_t K, const std::string& dtype, uintptr_t gram_ptr,
+                      uintptr_t weights_ptr, const std::vector<uintptr_t>& out_pointers,
+                      const std::vector<std::string>& out_dtypes, bool accumulate) {
+  check_rows(K, "gram_combine_cpu");
+  if (gram_ptr == 0) throw std::invalid_argument("gram_combine_cpu: the output pointer is null");
+  const std::vector<Block> blocks = make_blocks(pointers, cols, row_strides);
+  const DType type = parse_dtype(dtype, "J");
+  const Combination c = make_combination("gram_combine_cpu", weights_ptr, blocks, out_pointers, out_dtypes, accumulate);
+  const Level& level = active();
+  py::gil_scoped_release release;
+  level.kernels.gram(blocks, static_cast<int>(K), type, reinterpret_cast<double*>(gram_ptr), level.bf16_dot, &c);
 }
 
 Registration reg([](py::module_& m) {
@@ -185,6 +206,11 @@ Registration reg([](py::module_& m) {
         "d = wᵀJ of the blocks [K, cols[i]] at pointers[i] (row stride row_strides[i] elements, unit column "
         "stride, dtype float32/float64/float16/bfloat16) into the contiguous outputs at out_pointers[i] (dtype "
         "out_dtypes[i]), adding to them when accumulate; the K weights at weights_ptr are float64.");
+  m.def("gram_combine_cpu", &gram_combine_cpu, py::arg("pointers"), py::arg("cols"), py::arg("row_strides"),
+        py::arg("K"), py::arg("dtype"), py::arg("gram_ptr"), py::arg("weights_ptr"), py::arg("out_pointers"),
+        py::arg("out_dtypes"), py::arg("accumulate"),
+        "gram_cpu and combine_cpu (same arguments) in one pass over J: each panel is combined while the Gram "
+        "tiles have it in cache. For weights that do not depend on Γ.");
   m.def("cpu_isa_levels", &cpu_isa_levels,
         "The instruction-set levels of the CPU kernels this CPU runs, lowest first (baseline, avx2, avx512, "
         "avx512bf16).");

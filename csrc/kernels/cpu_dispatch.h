@@ -26,11 +26,21 @@ struct Block {
   int64_t row_stride;
 };
 
+// d = wᵀJ written (or added) block by block into out[i] of type out_types[i] (w: K float64 weights).
+struct Combination {
+  const double* w;
+  std::vector<void*> out;
+  std::vector<DType> out_types;
+  bool accumulate;
+};
+
 // The entry points of one level (arguments already checked by cpu_dispatch.cpp).
 struct Kernels {
   // Γ = J·Jᵀ of the blocks (K rows, element type dtype) into the float64 [K, K] buffer `gram`;
-  // bf16_dot: bfloat16 J through the AVX512-BF16 dot product (only where the level has it).
-  void (*gram)(const std::vector<Block>& blocks, int K, DType dtype, double* gram, bool bf16_dot);
+  // bf16_dot: bfloat16 J through the AVX512-BF16 dot product (only where the level has it). With
+  // `combination` (weights known before Γ), each panel of J is also combined while it is in cache.
+  void (*gram)(const std::vector<Block>& blocks, int K, DType dtype, double* gram, bool bf16_dot,
+               const Combination* combination);
   // Σ of every element of the blocks, read once (the benchmarks' memory floor).
   double (*read_floor)(const std::vector<Block>& blocks, int K, DType dtype);
   // out[i] (+)= wᵀ·block i, out[i] of type out_types[i] (w: K float64 weights).
@@ -41,7 +51,8 @@ struct Kernels {
 // Each level's functions: gram and read_floor from its build of gram_cpu.cpp, combine from combine_cpu.cpp.
 #define MTLK_DECLARE_LEVEL(level)                                                                           \
   namespace level {                                                                                         \
-  void gram(const std::vector<Block>& blocks, int K, DType dtype, double* gram, bool bf16_dot);             \
+  void gram(const std::vector<Block>& blocks, int K, DType dtype, double* gram, bool bf16_dot,              \
+            const Combination* combination);                                                                \
   double read_floor(const std::vector<Block>& blocks, int K, DType dtype);                                  \
   void combine(const double* w, const std::vector<Block>& blocks, int K, DType dtype,                       \
                const std::vector<void*>& out, const std::vector<DType>& out_types, bool accumulate);        \

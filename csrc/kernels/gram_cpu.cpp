@@ -1,38 +1,68 @@
 // Pass 1 on the CPU: the Gram matrix Γ = J·Jᵀ (K×K, float64), reading J once.
 //
 // J arrives as blocks [K, n_i] (row stride free, columns contiguous). The columns are cut into
-// panels of all K rows (≈ kPanelBytes). A panel is read in place when J holds what the tiles
-// multiply, else converted once into an L2-resident buffer; all K(K+1)/2 products are then added
-// in 4×4 tiles of Γ held in vector registers, into per-lane running sums in double, while the
-// tiles' loops prefetch the next panel a line at a time. Panels are grouped into chunks, the chunks dealt in order to a fixed
-// number of slots, each with its own partial Γ, and the slots summed in order: the result depends
-// on neither scheduling nor the thread count.
+// panels of all K rows (≈ kPanelBytes, L1-resident). A panel is read in place when J holds what
+// the tiles multiply, else converted once into a buffer; all K(K+1)/2 products are then added in
+// 4×4 tiles of Γ held in vector registers (with 16 registers, an off-diagonal tile in two 2×4
+// halves), into per-lane running sums in double, while the tiles' loops prefetch the next panel a
+// line at a time. Panels are grouped into chunks, the chunks dealt in order to a fixed number of
+// slots, each with its own partial Γ, and the slots summed in order: the result depends on
+// neither scheduling nor the thread count.
 //
-// Accuracy. float32/float64 J: products and sums in float64 (the product of two floats is exact
-// in double). float16 J: products in float32 are exact (11 + 11 significant bits) and cannot
-// overflow or underflow; they are summed in float32 along one panel (≤ 128 steps per lane), then
-// in float64. bfloat16 J: the same (through AVX512-BF16 dot products where available) while every
-// row's largest |x| is 0 or in [2^-32, 2^32], where no float32 product or panel sum overflows and
-// the products flushed to zero are negligible; otherwise the pass is redone in float64.
+// Accuracy, as |Γ̂ᵢⱼ − Γᵢⱼ| / (‖gᵢ‖‖gⱼ‖):
+// - float64 J, and float32 J at every level but AVX2: products and sums in float64 (the product of
+//   two floats is exact in double): ~1e-13 at N = 1e7.
+// - float32 J at the AVX2 level (16 vector registers, no AVX-512), N ≥ 2^18 columns: products
+//   and sums in float32 tiles, at twice float64's FMA rate; each float32 accumulator sums
+//   ≤ kRunVectors = 32 steps, then is added into the float64 lane sums. The recursive-summation
+//   bound gives ≤ 33·2^-24 ≈ 2e-6; the rounding errors are random in sign, so on random J the
+//   error is ~32·2^-24/√(3N): measured 2e-10 at N = 1e7, 4e-9 at N = 1e5 (docs/kernels.md), hence
+//   float64 below 2^18 columns. Kept when Γ shows that no float32 product or run sum overflowed
+//   and that the products lost to underflow are negligible (see float32_tiles_hold); otherwise
+//   (a NaN/Inf in J included) the pass is redone in float64.
+// - float16 J: products in float32 are exact (11 + 11 significant bits) and cannot overflow or
+//   underflow; they are summed in float32 over ≤ 32 steps per lane, then in float64.
+// - bfloat16 J: the same (through AVX512-BF16 dot products where available: ≤ 64 terms per lane)
+//   while every row's largest |x| is 0 or in [2^-32, 2^32], tracked during the pass, where no
+//   float32 product or run sum overflows and the products flushed to zero are negligible;
+//   otherwise redone in float64.
 //
 // Compiled once per instruction-set level (see cpu_dispatch.h); the arguments arrive checked.
 #include <cmath>
 #include <type_traits>
 
+#include "kernels/combine_columns.h"
 #include "kernels/cpu_tensor.h"
 
 namespace mtlkernels::cpu::MTLK_ISA {
 namespace {
 
 constexpr int kTileRows = 4;                  // Γ is computed in kTileRows × kTileRows tiles
+#if defined(__AVX512F__)
+constexpr int kSubRows = 4;                   // rows of an off-diagonal tile multiplied at once: with 32
+#else                                         // vector registers 4 × 4 accumulators + 8 rows; with 16,
+constexpr int kSubRows = 2;                   // 2 × 4 accumulators + 6 rows (a 4 × 4 tile in two halves)
+#endif
+// float32 J in float32 tiles (the AVX2 level: twice float64's FMA rate, and the AVX2 pass is
+// compute-bound from K ≈ 8); other levels multiply float32 J in float64.
+#if defined(__AVX2__) && !defined(__AVX512F__)
+constexpr bool kFloat32Tiles = true;
+#else
+constexpr bool kFloat32Tiles = false;
+#endif
 constexpr int kSlots = 64;                    // partial Γs: results are identical for ≤ kSlots threads
 constexpr int64_t kPartialBytes = 64 << 20;   // fewer slots when kSlots partial Γs would not fit
-constexpr int64_t kPanelBytes = 64 << 10;     // one panel of all rows, as the tiles read it (L2-resident)
+constexpr int64_t kPanelBytes = 24 << 10;     // one panel of all rows, as the tiles read it (L1-resident)
 constexpr int64_t kMinPanelVectors = 16;
-constexpr int64_t kMaxPanelVectors = 128;     // a lane sums ≤ 128 steps in float32 before adding in double
+constexpr int64_t kMaxPanelVectors = 128;
+constexpr int64_t kRunVectors = 32;           // a float32 accumulator sums ≤ 32 steps, then adds into float64
 constexpr int64_t kChunkColumns = 16384;      // columns per unit of parallel work (about)
-constexpr float kSafeMin = 0x1p-32f;          // bfloat16 rows with max |x| in [kSafeMin, kSafeMax]
-constexpr float kSafeMax = 0x1p32f;           // (or 0) are summed in float32
+constexpr float kSafeMin = 0x1p-32f;          // bfloat16 J is summed in float32 when every row's max
+constexpr float kSafeMax = 0x1p32f;           // |x| is 0 or in [kSafeMin, kSafeMax]
+constexpr double kFloat32TileMinGram = 0x1p-90;  // float32 J: Γᵢᵢ ≥ N·2^-90 keeps the float32 tiles' Γ
+// float32 J takes the float32 tiles from this many columns: their random rounding errors,
+// ~32·2^-24/√(3N) of ‖gᵢ‖‖gⱼ‖, stay ≲ 2e-9 there, and a shorter pass takes little time anyway.
+constexpr int64_t kFloat32TileMinColumns = int64_t{1} << 18;
 
 // v, loaded into a register once: stops the compiler from folding the load into each of the four
 // FMAs that use it (four loads per value would make the tile load-bound, not FMA-bound).
@@ -45,12 +75,14 @@ inline V in_register(V v) {
 }
 
 // How a tile multiplies (Math: double, float, WidenedFloat or BFloat16): the element type it
-// reads, how a vector of `columns` columns of one row is loaded, and acc += a·b in `lanes` lanes
-// (each lane summing the products of its columns).
+// reads, how a vector of `columns` columns of one row is loaded, acc += a·b in `lanes` lanes
+// (each lane summing the products of its columns), and how many steps (`run`) an accumulator sums
+// before it is added into the float64 lane sums (float32 accumulators: kRunVectors).
 template <typename Math>
 struct TileMath {  // float64 or float32 elements, one column per lane, FMA
   using Element = Math;
   static constexpr int columns = lanes<Math>, lanes = columns;
+  static constexpr int64_t run = std::is_same_v<Math, double> ? INT64_MAX : kRunVectors;
   using Vector = SimdOf<Math, columns>;
   using Acc = Vector;
   static Vector load(const Element* p) { return in_register(load_as<Math, columns>(p)); }
@@ -73,6 +105,7 @@ template <>
 struct TileMath<BFloat16> {  // bfloat16 pairs: lane l sums x[2l]·y[2l] + x[2l+1]·y[2l+1] in float32
   using Element = BFloat16;
   static constexpr int columns = 32, lanes = 16;
+  static constexpr int64_t run = kRunVectors;
   using Vector = __m512bh;
   using Acc = __m512;
   MTLK_BF16_TARGET static inline Vector load(const BFloat16* p) {
@@ -89,28 +122,49 @@ using ElementOf = typename TileMath<Math>::Element;
 template <typename Math>
 using LaneSums = SimdOf<double, TileMath<Math>::lanes>;
 
+// sum += acc lane by lane, in float64.
+template <typename Acc, int n>
+inline void add_lanes(SimdOf<double, n>& sum, Acc acc) {
+#if defined(__AVX2__) && !defined(__AVX512F__)
+  if constexpr (n == 8 && std::is_same_v<Acc, SimdOf<float, 8>>) {  // GCC's generic widening shuffles badly
+    const __m256 a = reinterpret_cast<__m256>(acc);
+    double* out = reinterpret_cast<double*>(&sum);
+    _mm256_store_pd(out, _mm256_add_pd(_mm256_load_pd(out), _mm256_cvtps_pd(_mm256_castps256_ps128(a))));
+    _mm256_store_pd(out + 4, _mm256_add_pd(_mm256_load_pd(out + 4), _mm256_cvtps_pd(_mm256_extractf128_ps(a, 1))));
+    return;
+  }
+#endif
+  sum += __builtin_convertvector(acc, SimdOf<double, n>);
+}
+
 // sums[p·kTileRows + q] += per lane Σ x[i0+p, c]·x[j0+q, c] for p < RI, q < RJ over `vectors`
-// vectors of columns (rows ld elements apart), prefetching `prefetches` lines per vector.
+// vectors of columns (rows ld elements apart), prefetching `prefetches` lines per vector; the
+// register accumulators are added into sums every TileMath<Math>::run steps.
 // Diagonal tiles (i0 == j0) fill q ≥ p only.
 template <typename Math, bool Diagonal, int RI, int RJ>
 __attribute__((always_inline)) inline void tile_body(const ElementOf<Math>* rows_i, const ElementOf<Math>* rows_j,
                                                      int64_t ld, int64_t vectors, LaneSums<Math>* sums,
                                                      PrefetchCursor& prefetch, int prefetches) {
   using T = TileMath<Math>;
-  typename T::Acc acc[RI][RJ];
-  for (int p = 0; p < RI; ++p)
-    for (int q = 0; q < RJ; ++q) acc[p][q] = typename T::Acc{};
-  for (int64_t v = 0; v < vectors; ++v) {
-    typename T::Vector a[RI], b[RJ];
-    for (int p = 0; p < RI; ++p) a[p] = T::load(rows_i + p * ld + v * T::columns);
-    for (int q = 0; q < RJ; ++q) b[q] = Diagonal ? a[q] : T::load(rows_j + q * ld + v * T::columns);
+  PrefetchCursor cursor = prefetch;  // held in registers through the loop
+  for (int64_t v0 = 0; v0 < vectors; v0 += T::run) {
+    const int64_t v1 = vectors - v0 > T::run ? v0 + T::run : vectors;
+    typename T::Acc acc[RI][RJ];
     for (int p = 0; p < RI; ++p)
-      for (int q = Diagonal ? p : 0; q < RJ; ++q) acc[p][q] = T::mac(acc[p][q], a[p], b[q]);
-    for (int i = 0; i < prefetches; ++i) prefetch.step();
+      for (int q = 0; q < RJ; ++q) acc[p][q] = typename T::Acc{};
+    for (int64_t v = v0; v < v1; ++v) {
+      typename T::Vector a[RI], b[RJ];
+      for (int p = 0; p < RI; ++p) a[p] = T::load(rows_i + p * ld + v * T::columns);
+      for (int q = 0; q < RJ; ++q) b[q] = Diagonal ? a[q] : T::load(rows_j + q * ld + v * T::columns);
+      for (int p = 0; p < RI; ++p)
+        for (int q = Diagonal ? p : 0; q < RJ; ++q) acc[p][q] = T::mac(acc[p][q], a[p], b[q]);
+      for (int i = 0; i < prefetches; ++i) cursor.step();
+    }
+    for (int p = 0; p < RI; ++p)
+      for (int q = Diagonal ? p : 0; q < RJ; ++q)
+        add_lanes<typename T::Acc, T::lanes>(sums[p * kTileRows + q], acc[p][q]);
   }
-  for (int p = 0; p < RI; ++p)
-    for (int q = Diagonal ? p : 0; q < RJ; ++q)
-      sums[p * kTileRows + q] += __builtin_convertvector(acc[p][q], LaneSums<Math>);
+  prefetch = cursor;
 }
 
 template <typename Math, bool Diagonal, int RI, int RJ>
@@ -144,7 +198,7 @@ TileFn<Math> tile_fn() {
 }
 
 template <typename Math, int RI>
-TileFn<Math> off_diagonal_tile(int rj) {
+TileFn<Math> off_diagonal_tile_of_width(int rj) {
   switch (rj) {
     case 1: return tile_fn<Math, false, RI, 1>();
     case 2: return tile_fn<Math, false, RI, 2>();
@@ -153,29 +207,48 @@ TileFn<Math> off_diagonal_tile(int rj) {
   }
 }
 
-// The tile for ri × rj live rows (only the last group of rows has fewer than kTileRows).
+// The diagonal tile of r live rows (only the last group of rows has fewer than kTileRows).
 template <typename Math>
-TileFn<Math> pick_tile(bool diagonal, int ri, int rj) {
+TileFn<Math> diagonal_tile(int r) {
+  switch (r) {
+    case 1: return tile_fn<Math, true, 1, 1>();
+    case 2: return tile_fn<Math, true, 2, 2>();
+    case 3: return tile_fn<Math, true, 3, 3>();
+    default: return tile_fn<Math, true, kTileRows, kTileRows>();
+  }
+}
+
+// The off-diagonal tile of ri ≤ kSubRows × rj live rows.
+template <typename Math>
+TileFn<Math> off_diagonal_tile(int ri, int rj) {
   switch (ri) {
-    case 1: return diagonal ? tile_fn<Math, true, 1, 1>() : off_diagonal_tile<Math, 1>(rj);
-    case 2: return diagonal ? tile_fn<Math, true, 2, 2>() : off_diagonal_tile<Math, 2>(rj);
-    case 3: return diagonal ? tile_fn<Math, true, 3, 3>() : off_diagonal_tile<Math, 3>(rj);
-    default: return diagonal ? tile_fn<Math, true, kTileRows, kTileRows>() : off_diagonal_tile<Math, kTileRows>(rj);
+    case 1: return off_diagonal_tile_of_width<Math, 1>(rj);
+    case 2: return off_diagonal_tile_of_width<Math, 2>(rj);
+    case 3: return off_diagonal_tile_of_width<Math, 3>(rj);
+    default: return off_diagonal_tile_of_width<Math, kSubRows>(rj);
   }
 }
 
 // sums += every tile of Γ over `vectors` vectors of columns of the K rows at x (ld apart), the
 // prefetches spread evenly over the tiles' loops.
+// An off-diagonal tile is multiplied kSubRows of its rows at a time.
 template <typename Math>
 void add_tiles(const ElementOf<Math>* x, int64_t ld, int K, int64_t vectors, LaneSums<Math>* sums,
                PrefetchCursor& prefetch) {
-  const int64_t groups = (K + kTileRows - 1) / kTileRows, steps = groups * (groups + 1) / 2 * vectors;
-  const int prefetches = static_cast<int>((prefetch.lines_left() + steps - 1) / steps);
-  for (int i0 = 0; i0 < K; i0 += kTileRows)
-    for (int j0 = i0; j0 < K; j0 += kTileRows, sums += kTileRows * kTileRows) {
-      const TileFn<Math> tile = pick_tile<Math>(i0 == j0, std::min(kTileRows, K - i0), std::min(kTileRows, K - j0));
-      tile(x + i0 * ld, x + j0 * ld, ld, vectors, sums, prefetch, prefetches);
+  const int64_t groups = (K + kTileRows - 1) / kTileRows;
+  const int64_t calls = groups + groups * (groups - 1) / 2 * ((kTileRows + kSubRows - 1) / kSubRows);
+  const int prefetches = static_cast<int>((prefetch.lines_left() + calls * vectors - 1) / (calls * vectors));
+  for (int i0 = 0; i0 < K; i0 += kTileRows) {
+    const int ri = std::min(kTileRows, K - i0);
+    diagonal_tile<Math>(ri)(x + i0 * ld, x + i0 * ld, ld, vectors, sums, prefetch, prefetches);
+    sums += kTileRows * kTileRows;
+    for (int j0 = i0 + kTileRows; j0 < K; j0 += kTileRows, sums += kTileRows * kTileRows) {
+      const int rj = std::min(kTileRows, K - j0);
+      for (int p0 = 0; p0 < ri; p0 += kSubRows)
+        off_diagonal_tile<Math>(std::min(kSubRows, ri - p0), rj)(x + (i0 + p0) * ld, x + j0 * ld, ld, vectors,
+                                                                  sums + p0 * kTileRows, prefetch, prefetches);
     }
+  }
 }
 
 // dst[r·ld + c] = x[r·row_stride + c] as Element for c < cols, zero up to `padded` columns.
@@ -227,16 +300,24 @@ void add_panel(const In* x, int64_t row_stride, int64_t cols, const Workspace<Ma
   }
 }
 
-// row_max_bits[r] = max(row_max_bits[r], bits of max |x[r, c]|) over c < cols (bfloat16 bits are
-// monotonic in |x| once the sign is cleared; NaN sorts above every number).
-void track_row_max(const BFloat16* x, int64_t row_stride, int K, int64_t cols, uint16_t* row_max_bits) {
+// |x| as the bits of a float32 with the sign cleared: monotonic in |x|, NaN above every number.
+inline uint32_t magnitude_bits(BFloat16 x) { return static_cast<uint32_t>(x.bits & 0x7FFF) << 16; }
+
+// row_max_bits[r] = max(row_max_bits[r], magnitude_bits of every x[r, c]) over c < cols.
+template <typename In>
+void track_row_max(const In* x, int64_t row_stride, int K, int64_t cols, uint32_t* row_max_bits) {
   for (int r = 0; r < K; ++r) {
-    uint16_t m = row_max_bits[r];
-    const BFloat16* src = x + r * row_stride;
-    for (int64_t c = 0; c < cols; ++c) m = std::max<uint16_t>(m, src[c].bits & 0x7FFF);
+    uint32_t m = row_max_bits[r];
+    const In* src = x + r * row_stride;
+    for (int64_t c = 0; c < cols; ++c) m = std::max(m, magnitude_bits(src[c]));
     row_max_bits[r] = m;
   }
 }
+
+// Whether float32 tiles sum J of element type In only where its rows are in range (see gram_pass;
+// float32 J is checked on Γ instead, see float32_tiles_hold).
+template <typename In, typename Math>
+constexpr bool kTracksRange = std::is_same_v<In, BFloat16> && !std::is_same_v<Math, double>;
 
 // Packed upper triangle of Γ: entry (i, j), i ≤ j, at row_offset[i] + j.
 std::vector<int64_t> packed_row_offsets(int K) {
@@ -245,12 +326,26 @@ std::vector<int64_t> packed_row_offsets(int K) {
   return offsets;
 }
 
+// Columns [col0, col0 + cols) of the direction for block b, from the K × cols panel at x (rows
+// row_stride apart), which the Gram tiles have just read: it is in cache.
+template <typename In>
+void combine_panel(const In* x, int64_t row_stride, int K, int64_t cols, const Combination& combination, int64_t b,
+                   int64_t col0) {
+  PrefetchCursor nothing;
+  visit_dtype(combination.out_types[b], [&](auto tag) {
+    using Out = decltype(tag);
+    combine_columns<In, Out>(x, row_stride, K, combination.w, static_cast<Out*>(combination.out[b]) + col0, cols,
+                             combination.accumulate, nothing);
+  });
+}
+
 // partial = Γ of the chunks [first, last): panel by panel into the lane sums, then one sum over
-// lanes per entry. For bfloat16 J summed in float32, row_max_bits tracks each row's max |x|.
+// lanes per entry. For float32/bfloat16 J summed in float32, row_max_bits tracks each row's max |x|.
+// With a combination, each panel's columns of the direction are written after its tiles.
 template <typename In, typename Math>
 void gram_slot(const std::vector<Block>& blocks, const Chunk* first, const Chunk* last,
                const Workspace<Math>& ws, int64_t tiles, const std::vector<int64_t>& row_offset, double* partial,
-               uint16_t* row_max_bits) {
+               uint32_t* row_max_bits, const Combination* combination) {
   const int K = ws.K;
   std::fill(ws.sums, ws.sums + tiles * kTileRows * kTileRows, LaneSums<Math>{});
   for (const Chunk* chunk = first; chunk != last; ++chunk) {
@@ -260,9 +355,10 @@ void gram_slot(const std::vector<Block>& blocks, const Chunk* first, const Chunk
       const int64_t cols = std::min(ws.ld, chunk->cols - c0);
       PrefetchCursor next_panel(x + c0 + cols, block.row_stride, K,
                                 std::min(ws.ld, block.cols - chunk->start - c0 - cols));
-      if constexpr (std::is_same_v<In, BFloat16> && !std::is_same_v<Math, double>)
-        track_row_max(x + c0, block.row_stride, K, cols, row_max_bits);
+      if constexpr (kTracksRange<In, Math>) track_row_max(x + c0, block.row_stride, K, cols, row_max_bits);
       add_panel<In, Math>(x + c0, block.row_stride, cols, ws, next_panel);
+      if (combination)
+        combine_panel(x + c0, block.row_stride, K, cols, *combination, chunk->block, chunk->start + c0);
     }
   }
   const LaneSums<Math>* sums = ws.sums;
@@ -276,11 +372,14 @@ void gram_slot(const std::vector<Block>& blocks, const Chunk* first, const Chunk
         }
 }
 
-// Γ (full symmetric K×K, row-major) with tiles of the given Math. For bfloat16 J summed in
-// float32, returns false (and Γ is to be discarded) when some row's max |x| is outside the safe range.
+// Γ (full symmetric K×K, row-major) with tiles of the given Math. For bfloat16 J summed in float32,
+// returns false (and Γ is to be discarded) when some row's max |x| is outside the safe range
+// [kSafeMin, kSafeMax] (0 aside): there no float32 product or run sum overflows, and the products
+// lost to underflow (each < 2^-126) are negligible beside max|xᵢ|·max|xⱼ| ≥ 2^-64; a NaN/Inf is
+// out of range too.
 template <typename In, typename Math>
-bool gram_pass(const std::vector<Block>& blocks, int K, double* gram) {
-  constexpr bool track_range = std::is_same_v<In, BFloat16> && !std::is_same_v<Math, double>;
+bool gram_pass(const std::vector<Block>& blocks, int K, double* gram, const Combination* combination = nullptr) {
+  constexpr bool track_range = kTracksRange<In, Math>;
   constexpr int columns = TileMath<Math>::columns;
   const int64_t groups = (K + kTileRows - 1) / kTileRows, tiles = groups * (groups + 1) / 2;
   int64_t widest = 0, elements = 0;
@@ -298,7 +397,7 @@ bool gram_pass(const std::vector<Block>& blocks, int K, double* gram) {
       {static_cast<int64_t>(chunks.size()), kSlots, std::max<int64_t>(1, kPartialBytes / (pairs * 8))}));
   const std::vector<int64_t> row_offset = packed_row_offsets(K);
   std::vector<double> partials(static_cast<size_t>(slots) * pairs, 0.0);
-  std::vector<uint16_t> slot_max_bits(track_range ? static_cast<size_t>(slots) * K : 0, 0);
+  std::vector<uint32_t> slot_max_bits(track_range ? static_cast<size_t>(slots) * K : 0, 0);
 
   const bool parallel = elements >= kParallelMinElements;
   const int threads = parallel ? omp_get_max_threads() : 1;
@@ -315,15 +414,16 @@ bool gram_pass(const std::vector<Block>& blocks, int K, double* gram) {
       const size_t first = chunks.size() * s / slots, last = chunks.size() * (s + 1) / slots;
       gram_slot<In, Math>(blocks, chunks.data() + first, chunks.data() + last, ws, tiles, row_offset,
                           partials.data() + static_cast<size_t>(s) * pairs,
-                          track_range ? slot_max_bits.data() + static_cast<size_t>(s) * K : nullptr);
+                          track_range ? slot_max_bits.data() + static_cast<size_t>(s) * K : nullptr, combination);
     }
   }
 
   if constexpr (track_range) {
     for (int r = 0; r < K; ++r) {
-      uint16_t bits = 0;
+      uint32_t bits = 0;
       for (int s = 0; s < slots; ++s) bits = std::max(bits, slot_max_bits[static_cast<size_t>(s) * K + r]);
-      const float max_abs = to_float(BFloat16{bits});
+      float max_abs;
+      std::memcpy(&max_abs, &bits, sizeof max_abs);
       if (max_abs != 0.0f && !(max_abs >= kSafeMin && max_abs <= kSafeMax)) return false;
     }
   }
@@ -338,28 +438,63 @@ bool gram_pass(const std::vector<Block>& blocks, int K, double* gram) {
 
 }  // namespace
 
-// Γ of the blocks into gram (see cpu_dispatch.h).
-void gram(const std::vector<Block>& blocks, int K, DType dtype, double* gram, bool bf16_dot) {
+// Whether Γ from float32 J summed in float32 tiles stands, read off Γ itself (no pass over J but
+// for a zero diagonal): every entry finite — an overflowing product xᵢxⱼ needs xᵢ² or xⱼ² to
+// overflow (and a NaN/Inf in J makes its row's diagonal non-finite); and every Γᵢᵢ either ≥ N·2^-90,
+// so that the products lost to underflow (each < 2^-126, N of them at most) stay below
+// 2^-36·‖gᵢ‖‖gⱼ‖, or 0 for a row that is all zeros (a zero Γᵢᵢ of a non-zero row means every one of
+// its products underflowed). Otherwise the pass is redone in float64.
+int64_t total_columns(const std::vector<Block>& blocks) {
+  int64_t N = 0;
+  for (const Block& block : blocks) N += block.cols;
+  return N;
+}
+
+bool float32_tiles_hold(const std::vector<Block>& blocks, int K, const double* gram) {
+  const int64_t N = total_columns(blocks);
+  for (int64_t i = 0; i < int64_t{K} * K; ++i)
+    if (!std::isfinite(gram[i])) return false;
+  for (int r = 0; r < K; ++r) {
+    const double diagonal = gram[int64_t{r} * K + r];
+    if (diagonal >= static_cast<double>(N) * kFloat32TileMinGram) continue;
+    if (diagonal != 0.0) return false;
+    for (const Block& block : blocks) {
+      const float* row = static_cast<const float*>(block.data) + r * block.row_stride;
+      for (int64_t c = 0; c < block.cols; ++c)
+        if (row[c] != 0.0f) return false;
+    }
+  }
+  return true;
+}
+
+// Γ of the blocks into gram, and the combination if asked (see cpu_dispatch.h). A pass redone in
+// float64 (rows out of the float32 range) leaves the combination the first pass wrote.
+void gram(const std::vector<Block>& blocks, int K, DType dtype, double* gram, bool bf16_dot,
+          const Combination* combination) {
   switch (dtype) {
-    case DType::Float32:  // K ≤ 8: each row is loaded by at most two tiles, widen it as it is loaded
-      if (K <= 2 * kTileRows)
-        gram_pass<float, WidenedFloat>(blocks, K, gram);
-      else
-        gram_pass<float, double>(blocks, K, gram);
+    case DType::Float32:
+      if (kFloat32Tiles && total_columns(blocks) >= kFloat32TileMinColumns) {
+        gram_pass<float, float>(blocks, K, gram, combination);
+        if (!float32_tiles_hold(blocks, K, gram)) gram_pass<float, double>(blocks, K, gram);
+      } else if (K <= 2 * kTileRows) {  // each row is loaded by at most two tiles: widen it as it is loaded
+        gram_pass<float, WidenedFloat>(blocks, K, gram, combination);
+      } else {
+        gram_pass<float, double>(blocks, K, gram, combination);
+      }
       break;
     case DType::Float64:
-      gram_pass<double, double>(blocks, K, gram);
+      gram_pass<double, double>(blocks, K, gram, combination);
       break;
     case DType::Float16:
-      gram_pass<Half, float>(blocks, K, gram);
+      gram_pass<Half, float>(blocks, K, gram, combination);
       break;
     case DType::BFloat16: {  // summed in float32 (pairs of columns by the dot product) unless out of range
 #if defined(MTLK_BF16_TILES)
-      const bool in_range = bf16_dot ? gram_pass<BFloat16, BFloat16>(blocks, K, gram)
-                                     : gram_pass<BFloat16, float>(blocks, K, gram);
+      const bool in_range = bf16_dot ? gram_pass<BFloat16, BFloat16>(blocks, K, gram, combination)
+                                     : gram_pass<BFloat16, float>(blocks, K, gram, combination);
 #else
       (void)bf16_dot;
-      const bool in_range = gram_pass<BFloat16, float>(blocks, K, gram);
+      const bool in_range = gram_pass<BFloat16, float>(blocks, K, gram, combination);
 #endif
       if (!in_range) gram_pass<BFloat16, double>(blocks, K, gram);
       break;

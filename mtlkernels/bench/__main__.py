@@ -5,6 +5,7 @@ import argparse
 import shlex
 import sys
 import time
+import warnings
 
 import torch
 
@@ -24,10 +25,25 @@ SUITES = {
 }
 
 
+#: peers' warnings that say nothing about the measurement (cvxpy's, from torchjd's and LibMTL's
+#: Nash-MTL; LibMTL's MGDA without features), kept out of the benchmark's output
+PEER_WARNINGS = (
+    "You are solving a parameterized problem that is not DPP",
+    "MGDAUB.backward got no features=",
+)
+
+
 def _progress(i: int, total: int, label: str, started: float) -> None:
-    done = int(24 * i / total)
+    """A progress bar redrawn in place on a terminal; on a file or pipe, one line per case (no
+    carriage returns in a redirected log)."""
     elapsed = time.perf_counter() - started
-    sys.stderr.write(f"\r[{'#' * done}{'.' * (24 - done)}] {i}/{total} {elapsed:5.0f}s {label:<40}")
+    if sys.stderr.isatty():
+        done = int(24 * i / total)
+        sys.stderr.write(f"\r[{'#' * done}{'.' * (24 - done)}] {i}/{total} {elapsed:5.0f}s {label:<40}")
+        if i == total:
+            sys.stderr.write("\n")
+    else:
+        sys.stderr.write(f"{i}/{total} {elapsed:.0f}s {label}\n")
     sys.stderr.flush()
 
 
@@ -68,6 +84,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if args.passes:
             jobs += [("passes", op, K, N, dt) for dt in dtypes for N in Ns for K in Ks for op in ("gram", "combine")]
     rows, started = [], time.perf_counter()
+    for message in PEER_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
     for i, (suite, name, K, N, dt) in enumerate(jobs):
         _progress(i, len(jobs), f"{suite} {name} K={K} N={N:.0e} {dt}", started)
         if suite == "aggregate":
@@ -81,16 +99,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
             row = passes_case(name, K, N, dt, device, min_time)
         rows.append(row.as_dict())
     _progress(len(jobs), len(jobs), "done", started)
-    sys.stderr.write("\n")
 
     env = report.environment()
-    print(f"# {env['date']} · {env['processor']} ({env['cpu_count']} CPUs){' · ' + env['gpu'] if 'gpu' in env else ''} · "
+    print(f"# {env['date']} · {report.machine_summary()}{' · ' + env['gpu'] if 'gpu' in env else ''} · "
           f"torch {env['torch']} · torchjd {env['torchjd']} · LibMTL {env['LibMTL']}")
     if args.suite.startswith("step"):
         print(step.LEGEND)
     else:
-        print("# times are medians; floor = streaming reads of J measured in this run (2 for aggregate, 1 for a pass);")
-        print("# <peer>/ours = how many times slower the peer is on the same J")
+        print("# times are medians; floor = streaming reads of J (2 for aggregate, 1 for a pass), one read")
+        print("# measured once per J in this run (best of several); a peer column says how the peer compares to ours")
     print(report.table(rows))
     command = "python -m mtlkernels.bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     paths = report.write(rows, args.out, command)

@@ -14,6 +14,24 @@ import torch
 from mtlkernels import _extension
 
 
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux), else what the platform module says."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_summary() -> str:
+    """One line naming the machine: CPU model, logical CPUs, and the level the CPU kernels run at."""
+    isa = _extension.cpu_isa() if _extension.available else "no C++ extension"
+    return f"{cpu_model()} ({os.cpu_count()} CPUs), CPU kernels at {isa}"
+
+
 def environment() -> dict[str, Any]:
     """Machine, versions and date, stored beside every result."""
     import importlib.metadata as md
@@ -29,6 +47,7 @@ def environment() -> dict[str, Any]:
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
         "cpu_isa": _extension.cpu_isa() if _extension.available else None,
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -51,23 +70,35 @@ def _fmt_time(seconds: float) -> str:
     return f"{seconds * 1e9:.3g} ns"
 
 
+def compared(peer_over_ours: float) -> str:
+    """A peer's time over ours in words: "peer 5.0× slower", "peer 2.0× faster", "same"."""
+    if not math.isfinite(peer_over_ours) or peer_over_ours <= 0:
+        return "-"
+    if round(peer_over_ours, 1) == 1.0:
+        return "same"
+    if peer_over_ours > 1:
+        return f"peer {peer_over_ours:.1f}× slower"
+    return f"peer {1 / peer_over_ours:.1f}× faster"
+
+
 def _every(rows: list[dict[str, Any]]) -> set[str]:
     """The ``every<n>`` ways of the step rows (a wrapper with update_every=n)."""
     return {k.removeprefix("tax_") for r in rows for k in r if k.startswith("tax_every")}
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    """A fixed-width text table: one line per case, peers as speed-up columns; step rows add the
-    K-passes baseline and the ``update_every=n`` ways as taxes (÷ the plain step)."""
+    """A fixed-width text table: one line per case, one column per peer saying who is faster by
+    how much (:func:`compared`); step rows add the K-passes baseline and the ``update_every=n``
+    ways as taxes (÷ the plain step)."""
     peers = sorted({k.removeprefix("speedup_vs_") for r in rows for k in r if k.startswith("speedup_vs_")} - _every(rows))
     every = sorted(_every(rows), key=lambda name: int(name.removeprefix("every")))
-    head = ["suite", "method", "K", "N", "dtype", "ours", "floor", "ours/floor"] + [f"{p}/ours" for p in peers]
+    head = ["suite", "method", "K", "N", "dtype", "ours", "floor", "ours/floor"] + list(peers)
     head += ["K-passes/floor"] * any("tax_per_task_backward" in r for r in rows) + [f"{e}/floor" for e in every]
     lines = []
     for r in rows:
         cells = [r["suite"], r["method"], str(r["K"]), f"{r['N']:.0e}", r["dtype"], _fmt_time(r["mtlkernels_s"]),
                  _fmt_time(r["floor_s"]), f"{r['ratio_to_floor']:.2f}"]
-        cells += [f"{r[f'speedup_vs_{p}']:.1f}x" if f"speedup_vs_{p}" in r else "-" for p in peers]
+        cells += [compared(r[f"speedup_vs_{p}"]) if f"speedup_vs_{p}" in r else "-" for p in peers]
         if "K-passes/floor" in head:
             cells.append(f"{r['tax_per_task_backward']:.2f}" if "tax_per_task_backward" in r else "-")
         cells += [f"{r[f'tax_{e}']:.2f}" if f"tax_{e}" in r else "-" for e in every]
@@ -93,50 +124,45 @@ def write(rows: list[dict[str, Any]], out_dir: str, command: str) -> list[str]:
     return [json_path, csv_path]
 
 
+#: line style of each implementation in the plots: ours solid, the floor dotted, peers dashed
+_STYLES = {"mtlkernels": ("o", "-"), "floor": (".", ":"), "torch": ("x", "-."), "torchjd": ("s", "--"), "libmtl": ("^", "--")}
+
+
 def plot(rows: list[dict[str, Any]], out_dir: str) -> list[str]:
-    """PNG plots per suite: time vs N per method (ours solid, peers dashed) and ratio to the floor."""
+    """One PNG per question — how does one method (or pass) scale with N, against the peers and the
+    memory floor? — for each (suite, method, dtype): time vs N, one colour per K, one line style
+    per implementation, the legend inside the axes; 6.4 × 4 inches, readable at README width."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.lines import Line2D
     except ImportError:
         return []
     paths = []
-    for suite in sorted({r["suite"] for r in rows}):
-        suite_rows = [r for r in rows if r["suite"] == suite]
-        groups = sorted({(r["method"], r["K"], r["dtype"]) for r in suite_rows})
-        methods = sorted({g[0] for g in groups})
-        fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 3.6), squeeze=False)
-        for ax, method in zip(axes[0], methods):
-            for (m, K, dtype) in groups:
-                if m != method:
-                    continue
-                rs = sorted((r for r in suite_rows if (r["method"], r["K"], r["dtype"]) == (m, K, dtype)), key=lambda r: r["N"])
-                Ns = [r["N"] for r in rs]
-                line = ax.plot(Ns, [r["mtlkernels_s"] for r in rs], "o-", label=f"ours K={K} {dtype}")[0]
-                ax.plot(Ns, [r["floor_s"] for r in rs], ":", color=line.get_color(), alpha=0.6)
-                for peer, marker in (("torchjd", "s--"), ("libmtl", "^--"), ("torch", "x-.")):
-                    pts = [(r["N"], r[f"{peer}_s"]) for r in rs if f"{peer}_s" in r]
-                    if pts:
-                        ax.plot(*zip(*pts), marker, color=line.get_color(), alpha=0.5, label=f"{peer} K={K}")
-            ax.set(xscale="log", yscale="log", xlabel="N", ylabel="seconds", title=f"{suite}: {method}")
-            ax.legend(fontsize=6)
-        fig.suptitle("solid: mtlkernels, dotted: memory floor, dashed: peers, dash-dot: plain torch", fontsize=8)
+    for suite, method, dtype in sorted({(r["suite"], r["method"], r["dtype"]) for r in rows}):
+        case_rows = [r for r in rows if (r["suite"], r["method"], r["dtype"]) == (suite, method, dtype)]
+        Ks = sorted({r["K"] for r in case_rows})
+        fig, ax = plt.subplots(figsize=(6.4, 4.0))
+        names: list[str] = []
+        for color, K in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4, Ks):
+            rs = sorted((r for r in case_rows if r["K"] == K), key=lambda r: r["N"])
+            for name, (marker, line) in _STYLES.items():
+                key = "floor_s" if name == "floor" else f"{name}_s"
+                points = [(r["N"], r[key]) for r in rs if key in r and math.isfinite(r[key])]
+                if points:
+                    ax.plot(*zip(*points), marker=marker, linestyle=line, color=color, alpha=1.0 if name == "mtlkernels" else 0.6)
+                    names += [name] if name not in names else []
+        handles = [Line2D([], [], color=c, lw=2, label=f"K = {K}") for c, K in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4, Ks)]
+        labels = {"mtlkernels": "mtlkernels", "floor": "memory floor", "torch": "plain torch"}
+        handles += [Line2D([], [], color="gray", marker=_STYLES[n][0], linestyle=_STYLES[n][1], label=labels.get(n, n)) for n in names]
+        ax.set(xscale="log", yscale="log", xlabel="N (parameters)", ylabel="seconds (median)",
+               title=f"{method} ({suite}, {dtype}, {rows[0]['device']})")
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(handles=handles, loc="best", fontsize=8, ncol=2, framealpha=0.8)
         fig.tight_layout()
-        path = os.path.join(out_dir, f"{suite}_time.png")
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
-
-        fig, ax = plt.subplots(figsize=(6, 3.6))
-        labels = [f"{r['method']}\nK={r['K']} N={r['N']:.0e}" for r in suite_rows]
-        ax.bar(range(len(suite_rows)), [r["ratio_to_floor"] for r in suite_rows])
-        ax.axhline(1.0, color="k", lw=0.8)
-        ax.set_xticks(range(len(suite_rows)), labels, rotation=90, fontsize=5)
-        ax.set(ylabel="time / memory floor", title=f"{suite}: ours vs the measured floor")
-        fig.tight_layout()
-        path = os.path.join(out_dir, f"{suite}_ratio_to_floor.png")
+        path = os.path.join(out_dir, f"{suite}_{method}_{dtype}.png")
         fig.savefig(path, dpi=110)
         plt.close(fig)
         paths.append(path)

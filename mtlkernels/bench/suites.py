@@ -56,15 +56,25 @@ def make_J(K: int, N: int, dtype: torch.dtype, device: torch.device, seed: int =
     return J.to(dtype)
 
 
+#: (K, N, dtype, device type) → seconds of one read of a J of that size, measured once per run
+_FLOORS: dict[tuple[int, int, torch.dtype, str], float] = {}
+
+
 def read_floor(J: Tensor, device: torch.device, min_time_s: float) -> float:
-    """Seconds for one streaming read of J, measured now (the faster of two ways of reading it)."""
-    flat = J.view(-1)
-    candidates = [measure(lambda: flat.sum(dtype=torch.float32), device, min_time_s=min_time_s).median_s]
-    if device.type == "cuda":
-        copy = torch.empty_like(flat)
-        # a device-to-device copy moves 2× the bytes of a read: half its time is one read
-        candidates.append(measure(lambda: copy.copy_(flat), device, min_time_s=min_time_s).median_s / 2)
-    return min(candidates)
+    """Seconds for one streaming read of J: the best of at least 3 × ``min_time_s`` of reading
+    it (the faster of two ways), measured once per size of J in a run, so that every row on that
+    J is divided by the same floor, not by a noisy one of its own."""
+    key = (J.shape[0], J.shape[1], J.dtype, device.type)
+    if key not in _FLOORS:
+        flat = J.reshape(-1)
+        budget = max(3 * min_time_s, 0.05)
+        candidates = [measure(lambda: flat.sum(dtype=torch.float32), device, min_time_s=budget, max_repeats=500).best_s]
+        if device.type == "cuda":
+            copy = torch.empty_like(flat)
+            # a device-to-device copy moves 2× the bytes of a read: half its time is one read
+            candidates.append(measure(lambda: copy.copy_(flat), device, min_time_s=budget, max_repeats=500).best_s / 2)
+        _FLOORS[key] = min(candidates)
+    return _FLOORS[key]
 
 
 def _peer_callables(method: str, J: Tensor) -> tuple[dict[str, Callable[[], object]], dict[str, str]]:

@@ -23,6 +23,7 @@ class Timing:
     p20_s: float
     p80_s: float
     repeats: int
+    best_s: float = float("nan")
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -51,7 +52,7 @@ def measure(fn: Callable[[], object], device: torch.device, *, min_time_s: float
             t0 = time.perf_counter()
             fn()
             times.append(time.perf_counter() - t0)
-    return Timing(statistics.median(times), _quantile(times, 0.2), _quantile(times, 0.8), len(times))
+    return Timing(statistics.median(times), _quantile(times, 0.2), _quantile(times, 0.8), len(times), min(times))
 
 
 def measure_graph(fn: Callable[[], object], device: torch.device, *, calls: int = 20, replays: int = 10,
@@ -97,4 +98,4 @@ def measure_graph(fn: Callable[[], object], device: torch.device, *, calls: int 
         end.record()
         end.synchronize()
         times.append(max(0.0, start.elapsed_time(middle) - middle.elapsed_time(end)) / 1e3 / calls)
-    return Timing(statistics.median(times), _quantile(times, 0.2), _quantile(times, 0.8), len(times) * calls)
+    return Timing(statistics.median(times), _quantile(times, 0.2), _quantile(times, 0.8), len(times) * calls, min(times))

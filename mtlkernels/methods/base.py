@@ -113,12 +113,16 @@ class Weighting(ABC):
             those of the ``solve_cpp`` / ``solve_triton`` it defines.
         per_task_state: the keys of ``state_dict()`` holding one entry per task (1-D [K]); a
             step over some of the tasks keeps the others' entries (:mod:`mtlkernels.optim.tasks`).
+        reads_gram: whether the weights depend on Γ's values (True but for the mean).
     """
 
     name: ClassVar[str]
     constants: ClassVar[Any] = None
     backends: ClassVar[tuple[str, ...]] = ("torch",)
     per_task_state: ClassVar[tuple[str, ...]] = ()
+    #: False for a method whose weights do not depend on Γ's values (the mean): then Γ and the
+    #: direction can be computed in one pass over J (see :class:`mtlkernels.Aggregator`)
+    reads_gram: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -17,6 +17,7 @@ class Mean(Weighting):
 
     name = "mean"
     backends = ("torch", "cpp", "triton")
+    reads_gram = False
 
     def __call__(self, gram: Tensor, losses: Tensor | None = None) -> Solution:
         K = check_gram(gram)

@@ -2,10 +2,12 @@
 files written. (Speed itself is measured by the benchmark, never asserted in tests.)"""
 import json
 import math
+import time
 
 import pytest
 
-from mtlkernels.bench.__main__ import main
+from mtlkernels.bench.__main__ import _progress, main
+from mtlkernels.bench.report import compared
 from mtlkernels.bench.suites import METHODS
 from peers import require_peers
 
@@ -44,4 +46,32 @@ def test_files_written(tiny_run):
     data = json.loads((out / "results.json").read_text())
     assert data["rows"] == json.loads(json.dumps(rows)) and "torch" in data["environment"]
     assert (out / "results.csv").read_text().count("\n") == len(rows) + 1
-    assert (out / "aggregate_time.png").stat().st_size > 0
+    assert data["environment"]["cpu_model"] and data["environment"]["cpu_isa"]
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert "aggregate_pcgrad_float32.png" in pngs and "passes_gram_float32.png" in pngs
+    assert len(pngs) == len(METHODS) + 2  # one figure per method and per pass, no bar charts
+
+
+def test_floor_measured_once_per_size_of_J(tiny_run):
+    """Every row on one size of J is divided by the same floor (2 reads for aggregate, 1 for a pass)."""
+    rows, _ = tiny_run
+    floors: dict = {}
+    for r in rows:
+        one_read = r["floor_s"] / (2 if r["suite"] == "aggregate" else 1)
+        floors.setdefault((r["K"], r["N"], r["dtype"]), set()).add(one_read)
+    assert all(len(values) == 1 for values in floors.values()), floors
+
+
+def test_peer_columns_say_who_is_faster():
+    assert compared(5.0) == "peer 5.0× slower"
+    assert compared(0.5) == "peer 2.0× faster"
+    assert compared(1.02) == "same"
+    assert compared(float("nan")) == "-"
+
+
+def test_progress_in_a_redirected_log_has_no_carriage_returns(capsys):
+    started = time.perf_counter()
+    for i in range(3):
+        _progress(i, 2, f"case {i}", started)
+    err = capsys.readouterr().err
+    assert "\r" not in err and err.count("\n") == 3
