@@ -10,12 +10,16 @@ from .aggregate import AggregationResult, Aggregator, NashMTLAggregator, aggrega
 from .combine import combine
 from .gram import gram
 from .methods import METHODS, Weighting, diagnostics_to_python
-from .optim import CAGrad, IMTL, MGDA, MGDAUB, MultiTaskOptimizer, NashMTL, NonFiniteError, PCGrad
+from .optim import (
+    CAGrad, DualProj, GradVac, IMTL, MGDA, MGDAUB, MultiTaskOptimizer, NashMTL, NonFiniteError, PCGrad, UPGrad,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CAGrad",
+    "DualProj",
+    "GradVac",
     "IMTL",
     "MGDA",
     "MGDAUB",
@@ -27,6 +31,7 @@ __all__ = [
     "NashMTLAggregator",
     "NonFiniteError",
     "PCGrad",
+    "UPGrad",
     "Weighting",
     "aggregate",
     "combine",

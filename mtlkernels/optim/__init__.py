@@ -7,10 +7,16 @@
 """
 from .base import MultiTaskOptimizer, NonFiniteError, ParameterRoles
 from .cagrad import CAGrad
+from .dualproj import DualProj
+from .gradvac import GradVac
 from .imtl import IMTL
 from .mgda import MGDA
 from .mgda_ub import MGDAUB
 from .nash_mtl import NashMTL
 from .pcgrad import PCGrad
+from .upgrad import UPGrad
 
-__all__ = ["CAGrad", "IMTL", "MGDA", "MGDAUB", "MultiTaskOptimizer", "NashMTL", "NonFiniteError", "ParameterRoles", "PCGrad"]
+__all__ = [
+    "CAGrad", "DualProj", "GradVac", "IMTL", "MGDA", "MGDAUB", "MultiTaskOptimizer", "NashMTL", "NonFiniteError",
+    "ParameterRoles", "PCGrad", "UPGrad",
+]
