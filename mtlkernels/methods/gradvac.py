@@ -29,11 +29,19 @@ from .pcgrad import check_order, draw_orders
 TARGET_UPDATES = ("always", "corrected")
 
 
+def _target_residual(gram: Tensor, c: Tensor, inner: Tensor, j: int, norm_j: float, target: float) -> float:
+    """|gᵢ'·gⱼ − φ̂·‖gᵢ'‖‖gⱼ‖| over the size of the terms it is computed from,
+    Σₖ|Γⱼₖcₖ| + |φ̂|·‖gⱼ‖·√(Σₐ_b|cₐΓₐ_bc_b|): 0 up to rounding right after a correction with eps = 0."""
+    norm_i = math.sqrt(max(float(c @ inner), 0.0))
+    magnitude = float((gram[j] * c).abs().sum()) + abs(target) * norm_j * math.sqrt(float(c.abs() @ gram.abs() @ c.abs()))
+    return abs(float(inner[j]) - target * norm_i * norm_j) / magnitude if magnitude > 0 else 0.0
+
+
 def correct_task(
     gram: Tensor, order_i: list[int], i: int, targets: Tensor, beta: float, eps: float, always: bool
 ) -> tuple[Tensor, int, float]:
-    """Task i's corrections: returns (cᵢ, corrections made, the largest |cos(gᵢ', gⱼ) − φ̂ᵢⱼ| right
-    after one); updates row i of ``targets`` in place."""
+    """Task i's corrections: returns (cᵢ, corrections made, the largest :func:`_target_residual`
+    right after one); updates row i of ``targets`` in place."""
     K = gram.shape[0]
     c = torch.zeros(K, dtype=torch.float64)
     c[i] = 1.0
@@ -56,9 +64,7 @@ def correct_task(
                 inner += step * gram[j]
                 corrections += 1
                 corrected = True
-                after_norm = math.sqrt(max(float(c @ inner), 0.0)) * norm_j
-                if after_norm > 0:
-                    residual = max(residual, abs(float(inner[j]) / after_norm - target))
+                residual = max(residual, _target_residual(gram, c, inner, j, norm_j, target))
         if always or corrected:
             targets[i, j] = (1.0 - beta) * target + beta * cosine
     return c, corrections, residual
@@ -82,7 +88,8 @@ class GradVacWeighting(Weighting):
     State (``state_dict``): ``targets`` (φ̂ [K, K] float64, None before the first call).
 
     Diagnostics: "corrections" (number made), "target_residual" (max over corrections of
-    |cos(gᵢ', gⱼ) − φ̂ᵢⱼ| right after it: rounding with eps = 0), "order" (the [K, K] orders used).
+    |gᵢ'·gⱼ − φ̂ᵢⱼ‖gᵢ'‖‖gⱼ‖| right after it, over the size of the terms it is computed from: 0 up
+    to rounding when eps = 0), "order" (the [K, K] orders used).
 
     Variant: the paper's GradVac on the whole gradient (one group; LibMTL and the paper can apply
     it per layer group, which is not a function of Γ), summed.

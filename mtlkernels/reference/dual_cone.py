@@ -4,8 +4,9 @@
 The projection x* of d₀ onto the polyhedral cone lies on one of its faces: with S the constraints
 active at x*, the KKT conditions say x* − d₀ is a combination of the gᵢ, i ∈ S, and gᵢ·x* = 0 there,
 so x* is the projection of d₀ onto the null space of J_S. Every subset S is tried (the projection
-onto the null space by least squares in N-space), and the feasible candidate nearest d₀ is x*:
-exponential in K, exact, and independent of the K-space solve. Float64, torch only.
+onto the null space by least squares in N-space), and the candidate in the cone nearest d₀ is x*:
+exponential in K, exact, and independent of the K-space solve. The weights are the multipliers
+of the smallest face giving x* whose multipliers are ≥ 0 (v ≥ u). Float64, torch only.
 """
 from __future__ import annotations
 
@@ -41,21 +42,25 @@ def project(J: Tensor, u: Tensor, *, norm_eps: float = 0.0, reg_eps: float = 0.0
     u = u.to(torch.float64)
     d0 = A.T @ u
     norms = torch.linalg.vector_norm(A, dim=1)
-    best: tuple[float, Tensor] | None = None
+    size_d0 = float(torch.linalg.vector_norm(d0))
+    candidates: list[tuple[float, Tensor, Tensor]] = []  # (distance, x, v) of the points in the cone
     for size in range(K + 1):
         for S in itertools.combinations(range(K), size):
             v = u.clone()
             x = d0
+            S = [i for i in S if norms[i] > 0]  # a zero gradient constrains nothing
             if S:
-                rows = A[list(S)]
-                mu = torch.linalg.lstsq(rows.T, d0[:, None], driver="gelsd").solution[:, 0]
-                x = d0 - rows.T @ mu
-                v[list(S)] -= mu
-            slack = A @ x
-            if bool((slack >= -1e-12 * norms * float(torch.linalg.vector_norm(d0))).all()) and bool((v >= u - 1e-12 * float(u.abs().max())).all()):
-                distance = float(torch.linalg.vector_norm(x - d0))
-                if best is None or distance < best[0] * (1 - 1e-12):
-                    best = (distance, v)
-    assert best is not None  # S = all tasks gives x = 0, always feasible
-    v = best[1]
+                unit_rows = A[S] / norms[S, None]  # unit rows: norms 1e-20 and 1e20 alike
+                mu = torch.linalg.lstsq(unit_rows.T, d0[:, None], driver="gelsd").solution[:, 0]
+                x = d0 - unit_rows.T @ mu
+                v[S] -= mu / norms[S]
+            if bool((A @ x >= -1e-12 * norms * size_d0).all()):
+                candidates.append((float(torch.linalg.vector_norm(x - d0)), x, v))
+    # the nearest point of the cone is x*; among the faces giving x* (the smallest first), one
+    # whose multipliers are ≥ 0 (v ≥ u) gives the weights
+    _, nearest, _ = min(candidates, key=lambda c: c[0])
+    same = [c for c in candidates if float(torch.linalg.vector_norm(c[1] - nearest)) <= 1e-10 * size_d0]
+    u_scale = float(u.abs().max())
+    valid = [c for c in same if bool((c[2] >= u - 1e-10 * u_scale).all())]
+    v = (valid or same)[0][2]
     return J.T @ v, v
