@@ -13,7 +13,7 @@ namespace mtlkernels::gradvac {
 
 struct Certificate {
   int corrections = 0;           // corrections made, over all tasks
-  double target_residual = 0.0;  // max |gᵢ'·gⱼ − φ̂ᵢⱼ‖gᵢ'‖‖gⱼ‖| / (its terms' size) right after each correction
+  double target_residual = 0.0;  // max over corrections of cos(gᵢ', gⱼ) = φ̂ᵢⱼ's residual, squared form, relative
 };
 
 // gram: K×K row-major (symmetrised here); order: K×K row-major, row i a permutation of 0..K-1;
@@ -58,7 +58,8 @@ inline Certificate solve(const double* gram_in, const int64_t* order, int K, dou
           for (int k = 0; k < K; ++k) inner[k] += step * row[k];
           ++certificate.corrections;
           corrected = true;
-          // |gᵢ'·gⱼ − φ̂‖gᵢ'‖‖gⱼ‖| over Σₖ|Γⱼₖcₖ| + |φ̂|‖gⱼ‖√(Σₐ_b|cₐΓₐ_bc_b|), the size of its terms
+          // cos(gᵢ', gⱼ) = φ̂ in squared form, |a|a| − φ̂|φ̂|‖gᵢ'‖²‖gⱼ‖²| over T² + φ̂²‖gⱼ‖²S, with
+          // T = Σₖ|Γⱼₖcₖ| and S = Σₐ_b|cₐΓₐ_bc_b| the sizes of the terms a = (Γcᵢ)ⱼ and ‖gᵢ'‖² sum
           double terms = 0.0, squares = 0.0;
           for (int a = 0; a < K; ++a) {
             if (c[a] == 0.0) continue;
@@ -66,11 +67,13 @@ inline Certificate solve(const double* gram_in, const int64_t* order, int K, dou
             const double* row_a = &gram[static_cast<size_t>(a) * K];
             for (int b = 0; b < K; ++b) squares += std::fabs(c[a] * row_a[b] * c[b]);
           }
-          const double magnitude = terms + std::fabs(phi_hat) * norm_j * std::sqrt(squares);
+          const double norm_j2 = norm_j * norm_j;
+          const double magnitude = terms * terms + phi_hat * phi_hat * norm_j2 * squares;
+          const double a = inner[j];
           if (magnitude > 0.0)
             certificate.target_residual =
                 std::max(certificate.target_residual,
-                         std::fabs(inner[j] - phi_hat * std::sqrt(squared_norm()) * norm_j) / magnitude);
+                         std::fabs(a * std::fabs(a) - phi_hat * std::fabs(phi_hat) * squared_norm() * norm_j2) / magnitude);
         }
       }
       if (always || corrected) target = (1.0 - beta) * phi_hat + beta * cosine;

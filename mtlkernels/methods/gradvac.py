@@ -30,11 +30,18 @@ TARGET_UPDATES = ("always", "corrected")
 
 
 def _target_residual(gram: Tensor, c: Tensor, inner: Tensor, j: int, norm_j: float, target: float) -> float:
-    """|gᵢ'·gⱼ − φ̂·‖gᵢ'‖‖gⱼ‖| over the size of the terms it is computed from,
-    Σₖ|Γⱼₖcₖ| + |φ̂|·‖gⱼ‖·√(Σₐ_b|cₐΓₐ_bc_b|): 0 up to rounding right after a correction with eps = 0."""
-    norm_i = math.sqrt(max(float(c @ inner), 0.0))
-    magnitude = float((gram[j] * c).abs().sum()) + abs(target) * norm_j * math.sqrt(float(c.abs() @ gram.abs() @ c.abs()))
-    return abs(float(inner[j]) - target * norm_i * norm_j) / magnitude if magnitude > 0 else 0.0
+    """How far cos(gᵢ', gⱼ) = φ̂ is from holding, in squared form (no square root to amplify the
+    rounding of a vanishing ‖gᵢ'‖): |a|a| − φ̂|φ̂|·‖gᵢ'‖²‖gⱼ‖²| over T² + φ̂²‖gⱼ‖²·S, with a = gᵢ'·gⱼ =
+    (Γcᵢ)ⱼ, T = Σₖ|Γⱼₖcₖ| and S = Σₐ_b|cₐΓₐ_bc_b| the sizes of the terms a and ‖gᵢ'‖² sum: 0 up to
+    rounding right after a correction with eps = 0."""
+    a = float(inner[j])
+    squared_norm_i = max(float(c @ inner), 0.0)
+    terms = float((gram[j] * c).abs().sum())
+    squares = float(c.abs() @ gram.abs() @ c.abs())
+    magnitude = terms**2 + target**2 * norm_j**2 * squares
+    if magnitude == 0:
+        return 0.0
+    return abs(a * abs(a) - target * abs(target) * squared_norm_i * norm_j**2) / magnitude
 
 
 def correct_task(
@@ -87,9 +94,9 @@ class GradVacWeighting(Weighting):
 
     State (``state_dict``): ``targets`` (φ̂ [K, K] float64, None before the first call).
 
-    Diagnostics: "corrections" (number made), "target_residual" (max over corrections of
-    |gᵢ'·gⱼ − φ̂ᵢⱼ‖gᵢ'‖‖gⱼ‖| right after it, over the size of the terms it is computed from: 0 up
-    to rounding when eps = 0), "order" (the [K, K] orders used).
+    Diagnostics: "corrections" (number made), "target_residual" (max over corrections of how far
+    cos(gᵢ', gⱼ) = φ̂ᵢⱼ is from holding right after it, relative to the size of its terms, see
+    :func:`_target_residual`: 0 up to rounding when eps = 0), "order" (the [K, K] orders used).
 
     Variant: the paper's GradVac on the whole gradient (one group; LibMTL and the paper can apply
     it per layer group, which is not a function of Γ), summed.
