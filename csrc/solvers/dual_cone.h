@@ -5,8 +5,7 @@
 //
 // The free set F (tasks with vᵢ > uᵢ) solves (Γv)_F = 0 with v = u elsewhere, on the cosine matrix
 // D⁻¹Γ_FF D⁻¹ (D = diag ‖gᵢ‖), kept as a Cholesky factor: a freed task appends a row (O(|F|²)), a
-// task fixed back triggers a refactorisation. The factor survives from one projection to the next
-// (UPGrad's K projections share Γ and usually the free set).
+// task fixed back is removed by a rank-one update of the rows after it (O(|F|²)).
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -27,90 +26,89 @@ struct Constants {
 class Projector {
  public:
   Projector(const double* gram, int K, const Constants& constants)
-      : K_(K), k_(constants), G_(static_cast<size_t>(K) * K), n_(K), L_(static_cast<size_t>(K) * K) {
+      : K_(K), k_(constants), G_(static_cast<size_t>(K) * K), n_(K), L_(static_cast<size_t>(K) * K),
+        in_free_(K, 0), blocked_(K, 0), candidate_(K), multiplier_(K), scale_(K), y_(K), x_(K) {
     for (int i = 0; i < K; ++i)
       for (int j = 0; j < K; ++j)
         G_[i * K + j] = 0.5 * (gram[static_cast<size_t>(i) * K + j] + gram[static_cast<size_t>(j) * K + i]);
     for (int i = 0; i < K; ++i) n_[i] = std::sqrt(std::max(G_[i * K + i], 0.0));
   }
 
-  // v = argmin_{v ≥ u} vᵀΓv, warm-started from the free set of the previous call. Returns the
-  // inner steps taken.
+  // v = argmin_{v ≥ u} vᵀΓv, warm-started from the tasks Jᵀu conflicts with. Returns the
+  // subproblems solved.
   int project(const double* u, double* v) {
     const int K = K_;
     const int max_steps = k_.steps_per_task * K + k_.steps_extra;
-    std::vector<double> candidate(K);
-    std::vector<char> blocked(K, 0);
+    bound_.clear();
+    for (int k = 0; k < K; ++k)
+      if (u[k] != 0.0) bound_.push_back(k);
+    std::fill(blocked_.begin(), blocked_.end(), 0);
     std::copy(u, u + K, v);
     int steps = 0;
+    // warm start: the tasks the unprojected combination conflicts with, (Γu)ⱼ < 0, less the
+    // tasks whose candidate falls to their bound
+    truncate(0);
+    multipliers(u);
+    for (int j = 0; j < K; ++j)
+      if (multiplier_[j] < 0.0 && !(u[j] != 0.0)) free_.push_back(j), in_free_[j] = 1;
+    while (!free_.empty() && steps < max_steps) {
+      if (!factor()) truncate(factored_);  // keep the independent prefix
+      if (free_.empty()) break;
+      free_solve(u);
+      ++steps;
+      bool feasible = true;
+      for (int p = static_cast<int>(free_.size()) - 1; p >= 0; --p)
+        if (!(candidate_[free_[p]] > u[free_[p]])) remove(p), feasible = false;
+      if (feasible) {
+        std::copy(candidate_.begin(), candidate_.end(), v);
+        break;
+      }
+    }
     while (steps < max_steps) {
-      if (!free_.empty()) {
+      const int j = most_violated(u, v);
+      if (j < 0) break;
+      free_.push_back(j);
+      in_free_[j] = 1;
+      if (!factor()) {  // gⱼ lies in the span of the free gradients: leave it at its bound
+        truncate(factored_);
+        blocked_[j] = 1;
+        continue;
+      }
+      while (steps < max_steps && !free_.empty()) {  // inner steps
+        free_solve(u);
         ++steps;
-        if (!free_solve(u, candidate.data())) {  // the task last freed depends on the others
-          blocked[free_.back()] = 1;
-          free_.pop_back();
-          factored_ = std::min(factored_, static_cast<int>(free_.size()));
-          continue;
-        }
         int hit = -1;
         double t = 0.0;
         for (size_t p = 0; p < free_.size(); ++p) {
           const int i = free_[p];
-          if (!(candidate[i] > u[i])) {
-            const double ratio = v[i] > candidate[i] ? (v[i] - u[i]) / (v[i] - candidate[i]) : 0.0;
+          if (!(candidate_[i] > u[i])) {
+            const double ratio = v[i] > candidate_[i] ? (v[i] - u[i]) / (v[i] - candidate_[i]) : 0.0;
             if (hit < 0 || ratio < t) hit = static_cast<int>(p), t = ratio;
           }
         }
-        if (hit >= 0) {  // step towards the candidate until a free task reaches its bound: fix it
-          for (int i = 0; i < K; ++i) v[i] += t * (candidate[i] - v[i]);
-          v[free_[hit]] = u[free_[hit]];
-          std::vector<int> kept;
-          for (size_t p = 0; p < free_.size(); ++p)
-            if (static_cast<int>(p) != hit && v[free_[p]] > u[free_[p]]) kept.push_back(free_[p]);
-          free_ = kept;
-          factored_ = 0;
-          for (int i = 0; i < K; ++i) v[i] = std::max(v[i], u[i]);
-          continue;
+        if (hit < 0) {
+          std::copy(candidate_.begin(), candidate_.end(), v);
+          break;
         }
-        std::copy(candidate.begin(), candidate.end(), v);
+        // step towards the candidate until a free task reaches its bound: fix it (and any other there)
+        for (int i : free_) v[i] += t * (candidate_[i] - v[i]);
+        v[free_[hit]] = u[free_[hit]];
+        for (int p = static_cast<int>(free_.size()) - 1; p >= 0; --p)
+          if (!(v[free_[p]] > u[free_[p]])) v[free_[p]] = u[free_[p]], remove(p);
       }
-      // the most violated constraint gⱼ·d ≥ 0 among the fixed tasks, relative to its rounding
-      std::vector<char> in_free(K, 0);
-      for (int i : free_) in_free[i] = 1;
-      int j = -1;
-      double worst = -k_.tolerance;
-      for (int i = 0; i < K; ++i) {
-        if (in_free[i] || blocked[i]) continue;
-        double multiplier = 0.0, scale = 0.0;
-        const double* row = &G_[static_cast<size_t>(i) * K];
-        for (int k = 0; k < K; ++k) {
-          const double term = row[k] * v[k];
-          multiplier += term;
-          scale += std::fabs(term);
-        }
-        if (scale > 0.0 && multiplier / scale < worst) worst = multiplier / scale, j = i;
-      }
-      if (j < 0) break;
-      free_.push_back(j);
     }
     return steps;
   }
 
   // The KKT residual of v for min_{v ≥ u} vᵀΓv (see mtlkernels.methods.dual_cone.kkt_residual).
-  double kkt_residual(const double* u, const double* v) const {
+  double kkt_residual(const double* u, const double* v) {
     const int K = K_;
     double u_scale = 0.0, residual = 0.0;
     for (int i = 0; i < K; ++i) u_scale = std::max(u_scale, std::fabs(u[i]));
+    multipliers(v);
     for (int i = 0; i < K; ++i) {
       if (u_scale > 0.0) residual = std::max(residual, std::max(0.0, u[i] - v[i]) / u_scale);
-      double multiplier = 0.0, scale = 0.0;
-      const double* row = &G_[static_cast<size_t>(i) * K];
-      for (int k = 0; k < K; ++k) {
-        const double term = row[k] * v[k];
-        multiplier += term;
-        scale += std::fabs(term);
-      }
-      const double relative = scale > 0.0 ? multiplier / scale : 0.0;
+      const double relative = scale_[i] > 0.0 ? multiplier_[i] / scale_[i] : 0.0;
       residual = std::max(residual, std::max(0.0, -relative));
       if (v[i] > u[i]) residual = std::max(residual, std::fabs(relative));
     }
@@ -118,21 +116,58 @@ class Projector {
   }
 
  private:
+  // multiplier_ = Γv and scale_ = Σₖ|Γᵢₖvₖ|, over the support of v (the free and bound tasks).
+  void multipliers(const double* v) {
+    const int K = K_;
+    std::fill(multiplier_.begin(), multiplier_.end(), 0.0);
+    std::fill(scale_.begin(), scale_.end(), 0.0);
+    const auto add = [&](int a) {
+      const double va = v[a];
+      if (va == 0.0) return;
+      const double* row = &G_[static_cast<size_t>(a) * K];
+      for (int k = 0; k < K; ++k) {
+        const double term = row[k] * va;
+        multiplier_[k] += term;
+        scale_[k] += std::fabs(term);
+      }
+    };
+    for (int a : bound_)
+      if (!in_free_[a]) add(a);
+    for (int a : free_) add(a);
+  }
+
+  // The fixed, unblocked task whose constraint gⱼ·d ≥ 0 is most violated relative to the rounding
+  // of gⱼ·d, beyond tolerance; −1 when none is.
+  int most_violated(const double* u, const double* v) {
+    (void)u;
+    multipliers(v);
+    int j = -1;
+    double worst = -k_.tolerance;
+    for (int i = 0; i < K_; ++i) {
+      if (in_free_[i] || blocked_[i] || !(scale_[i] > 0.0)) continue;
+      const double relative = multiplier_[i] / scale_[i];
+      if (relative < worst) worst = relative, j = i;
+    }
+    return j;
+  }
+
   // Extend the Cholesky factor of the free set's cosine matrix over free_[factored_..]; false
   // when a pivot² falls to dependent_pivot or below.
   bool factor() {
     const int K = K_;
     for (int p = factored_; p < static_cast<int>(free_.size()); ++p) {
       const int a = free_[p];
+      double* Lp = &L_[static_cast<size_t>(p) * K];
       for (int q = 0; q <= p; ++q) {
         const int b = free_[q];
+        const double* Lq = &L_[static_cast<size_t>(q) * K];
         double s = q == p ? 1.0 : G_[static_cast<size_t>(a) * K + b] / (n_[a] * n_[b]);
-        for (int r = 0; r < q; ++r) s -= L_[p * K + r] * L_[q * K + r];
+        for (int r = 0; r < q; ++r) s -= Lp[r] * Lq[r];
         if (q < p) {
-          L_[p * K + q] = s / L_[q * K + q];
+          Lp[q] = s / Lq[q];
         } else {
           if (!(s > k_.dependent_pivot)) return false;
-          L_[p * K + p] = std::sqrt(s);
+          Lp[p] = std::sqrt(s);
         }
       }
       factored_ = p + 1;
@@ -140,38 +175,78 @@ class Projector {
     return true;
   }
 
-  // candidate: u off the free set, and on it the solution of (Γv)_F = 0.
-  bool free_solve(const double* u, double* candidate) {
+  // Keep the first m free tasks (their factor rows are valid).
+  void truncate(int m) {
+    for (size_t p = m; p < free_.size(); ++p) in_free_[free_[p]] = 0;
+    free_.resize(m);
+    factored_ = std::min(factored_, m);
+  }
+
+  // Remove free_[p]: its row and column leave the factor, whose trailing rows are restored by a
+  // rank-one update with the removed column (L₃₃'L₃₃'ᵀ = L₃₃L₃₃ᵀ + l l ᵀ).
+  void remove(int p) {
     const int K = K_;
-    if (!factor()) return false;
     const int m = static_cast<int>(free_.size());
-    std::vector<char> in_free(K, 0);
-    for (int i : free_) in_free[i] = 1;
-    std::copy(u, u + K, candidate);
-    std::vector<double> y(m);
+    in_free_[free_[p]] = 0;
+    if (p >= factored_) {
+      free_.erase(free_.begin() + p);
+      return;
+    }
+    const int n = factored_ - 1 - p;  // factored rows below p
+    for (int r = p + 1; r < factored_; ++r) {
+      const double* old_row = &L_[static_cast<size_t>(r) * K];
+      double* new_row = &L_[static_cast<size_t>(r - 1) * K];
+      x_[r - p - 1] = old_row[p];
+      for (int c = 0; c < p; ++c) new_row[c] = old_row[c];
+      for (int c = p; c < r; ++c) new_row[c] = old_row[c + 1];
+    }
+    for (int k = 0; k < n; ++k) {
+      double* Lk = &L_[static_cast<size_t>(p + k) * K];
+      const double diagonal = Lk[p + k];
+      const double radius = std::hypot(diagonal, x_[k]);
+      const double c = radius / diagonal, s = x_[k] / diagonal;
+      Lk[p + k] = radius;
+      for (int i = k + 1; i < n; ++i) {
+        double* Li = &L_[static_cast<size_t>(p + i) * K];
+        Li[p + k] = (Li[p + k] + s * x_[i]) / c;
+        x_[i] = c * x_[i] - s * Li[p + k];
+      }
+    }
+    free_.erase(free_.begin() + p);
+    factored_ -= 1;
+    (void)m;
+  }
+
+  // candidate_: u off the free set, and on it the solution of (Γv)_F = 0.
+  void free_solve(const double* u) {
+    const int K = K_;
+    const int m = static_cast<int>(free_.size());
+    std::copy(u, u + K, candidate_.begin());
     for (int p = 0; p < m; ++p) {  // rhs −(Γ_{F,fixed} u_fixed)/n, then forward substitution
       const int a = free_[p];
       const double* row = &G_[static_cast<size_t>(a) * K];
+      const double* Lp = &L_[static_cast<size_t>(p) * K];
       double s = 0.0;
-      for (int k = 0; k < K; ++k)
-        if (!in_free[k] && u[k] != 0.0) s += row[k] * u[k];
+      for (int k : bound_)
+        if (!in_free_[k]) s += row[k] * u[k];
       s = -s / n_[a];
-      for (int r = 0; r < p; ++r) s -= L_[p * K + r] * y[r];
-      y[p] = s / L_[p * K + p];
+      for (int r = 0; r < p; ++r) s -= Lp[r] * y_[r];
+      y_[p] = s / Lp[p];
     }
     for (int p = m - 1; p >= 0; --p) {  // backward substitution
-      double s = y[p];
-      for (int r = p + 1; r < m; ++r) s -= L_[r * K + p] * y[r];
-      y[p] = s / L_[p * K + p];
+      double s = y_[p];
+      for (int r = p + 1; r < m; ++r) s -= L_[static_cast<size_t>(r) * K + p] * y_[r];
+      y_[p] = s / L_[static_cast<size_t>(p) * K + p];
     }
-    for (int p = 0; p < m; ++p) candidate[free_[p]] = y[p] / n_[free_[p]];
-    return true;
+    for (int p = 0; p < m; ++p) candidate_[free_[p]] = y_[p] / n_[free_[p]];
   }
 
   int K_;
   Constants k_;
   std::vector<double> G_, n_, L_;  // L_ row-major K×K, rows/columns in the order of free_
-  std::vector<int> free_;
+  std::vector<int> free_, bound_;  // bound_: the tasks with uₖ ≠ 0
+  std::vector<char> in_free_, blocked_;
+  std::vector<double> candidate_, multiplier_, scale_, y_, x_;
   int factored_ = 0;  // rows of L_ valid for the current free_
 };
 

@@ -149,49 +149,78 @@ def _free_solve(gram: Tensor, u: Tensor, free: list[int], norms: Tensor, k: Dual
     return v
 
 
+def _independent_prefix(gram: Tensor, u: Tensor, free: list[int], norms: Tensor, k: DualConeConstants) -> list[int]:
+    """The longest prefix of ``free`` whose gradients are numerically linearly independent."""
+    while free and _free_solve(gram, u, free, norms, k) is None:
+        free = free[:-1]
+    return free
+
+
 def _ratio(v: float, u: float, candidate: float) -> float:
     """How far (0..1) the step from v towards the candidate goes before reaching the bound u."""
     return (v - u) / (v - candidate) if v > candidate else 0.0
 
 
-def project(gram: Tensor, u: Tensor, free: list[int] | None = None, k: DualConeConstants = CONSTANTS) -> tuple[Tensor, list[int], int]:
-    """v = argmin_{v ≥ u} vᵀΓv by Lawson–Hanson (see the module docstring), started from the free
-    set ``free`` (a warm start: tasks that cannot stay free are fixed back first).
+def _most_violated(gram: Tensor, v: Tensor, excluded: list[int], k: DualConeConstants) -> int | None:
+    """The task whose constraint gⱼ·d ≥ 0 is most violated relative to the rounding of gⱼ·d,
+    (Γv)ⱼ < −tolerance·Σₖ|Γⱼₖvₖ|, among those not ``excluded``; None when none is."""
+    terms = gram * v[None, :]
+    multipliers = terms.sum(dim=1)
+    scale = terms.abs().sum(dim=1)
+    violation = torch.where(scale > 0, multipliers / torch.where(scale > 0, scale, 1.0), 0.0)
+    violation[excluded] = 0.0
+    j = int(violation.argmin())
+    return j if float(violation[j]) < -k.tolerance else None
 
-    Returns (v, the final free set, inner steps taken)."""
+
+def project(gram: Tensor, u: Tensor, k: DualConeConstants = CONSTANTS) -> tuple[Tensor, int]:
+    """v = argmin_{v ≥ u} vᵀΓv by Lawson–Hanson (see the module docstring), warm-started from the
+    tasks that Jᵀu conflicts with ((Γu)ⱼ < 0, uⱼ = 0): those whose candidate falls to their bound
+    are fixed back, all at once, until the candidate is feasible.
+
+    Returns (v, subproblems solved)."""
     K = gram.shape[0]
     norms = gram.diagonal().clamp_min(0).sqrt()
     max_steps = k.steps_per_task * K + k.steps_extra
-    free = [i for i in (free or []) if norms[i] > 0]
+    free = [j for j in range(K) if float(gram[j] @ u) < 0 and not u[j] != 0]
     v = u.clone()
     steps = 0
-    blocked: set[int] = set()  # freed tasks found linearly dependent on the free set: left at their bound
+    while free and steps < max_steps:  # the warm start
+        free = _independent_prefix(gram, u, free, norms, k)
+        if not free:
+            break
+        candidate = _free_solve(gram, u, free, norms, k)
+        steps += 1
+        feasible = [i for i in free if candidate[i] > u[i]]
+        if len(feasible) == len(free):
+            v = candidate
+            break
+        free = feasible
+    blocked: list[int] = []  # gradients in the span of the free ones: left at their bound
     while steps < max_steps:
-        if free:  # inner loop: reach the subproblem's solution, fixing back tasks that hit their bound
+        j = _most_violated(gram, v, free + blocked, k)
+        if j is None:
+            break
+        if _free_solve(gram, u, free + [j], norms, k) is None:
+            blocked.append(j)
+            continue
+        free.append(j)
+        while steps < max_steps and free:  # inner steps: fix back the tasks reaching their bound
             candidate = _free_solve(gram, u, free, norms, k)
             steps += 1
-            if candidate is None:
-                blocked.add(free.pop())
+            if candidate is None:  # dependent to rounding after a task was fixed back
+                blocked.append(free.pop())
+                v[blocked[-1]] = u[blocked[-1]]
                 continue
             below = [p for p, i in enumerate(free) if not candidate[i] > u[i]]
-            if below:
-                ratios = [_ratio(float(v[free[p]]), float(u[free[p]]), float(candidate[free[p]])) for p in below]
-                t = min(ratios)
-                v = v + t * (candidate - v)
-                hit = below[ratios.index(t)]
-                v[free[hit]] = u[free[hit]]
-                free = [i for p, i in enumerate(free) if p != hit and v[i] > u[i]]
-                v = torch.maximum(v, u)  # a task fixed back sits exactly on its bound
-                continue
-            v = candidate
-        terms = gram * v[None, :]
-        multipliers = terms.sum(dim=1)
-        scale = terms.abs().sum(dim=1)
-        violation = torch.where(scale > 0, multipliers / torch.where(scale > 0, scale, 1.0), 0.0)
-        for i in list(free) + list(blocked):
-            violation[i] = 0.0
-        j = int(violation.argmin())
-        if not float(violation[j]) < -k.tolerance:
-            break
-        free.append(j)
-    return v, free, steps
+            if not below:
+                v = candidate
+                break
+            ratios = [_ratio(float(v[free[p]]), float(u[free[p]]), float(candidate[free[p]])) for p in below]
+            t = min(ratios)
+            F = torch.tensor(free, dtype=torch.long)
+            v[F] = v[F] + t * (candidate[F] - v[F])
+            v[free[below[ratios.index(t)]]] = u[free[below[ratios.index(t)]]]
+            free = [i for i in free if v[i] > u[i]]
+            v = torch.maximum(v, u)  # a task fixed back sits exactly on its bound
+    return v, steps

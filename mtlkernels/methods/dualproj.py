@@ -57,7 +57,7 @@ class DualProjWeighting(Weighting):
     def solve_torch(self, gram: Tensor, losses: Tensor | None) -> Solution:
         G = regularized((gram + gram.T) / 2, self.norm_eps, self.reg_eps)
         p = preferences(self.pref_vector, G.shape[0], self.name)
-        v, _, steps = project(G, p, None, self.constants)
+        v, steps = project(G, p, self.constants)
         diagnostics = {
             "kkt_residual": kkt_residual(G, p, v),
             "iterations": steps,

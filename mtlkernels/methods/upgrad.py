@@ -6,8 +6,7 @@ the projections are combined with the preferences p (default 1/K):
     d = Σᵢ pᵢ·π(gᵢ) = Jᵀw,   w = Σᵢ pᵢ·vᵢ,   vᵢ = argmin_{v ≥ eᵢ} vᵀΓv
 
 (the paper's Proposition 1: π(Jᵀu) = Jᵀv with v = argmin_{v ≥ u} vᵀΓv). The K quadratic programs
-are solved exactly by :func:`mtlkernels.methods.dual_cone.project` (Lawson–Hanson active set),
-each warm-started from the previous one's free set. Every gᵢ·d ≥ 0: d conflicts with no task.
+are solved exactly by :func:`mtlkernels.methods.dual_cone.project` (Lawson–Hanson active set). Every gᵢ·d ≥ 0: d conflicts with no task.
 """
 from __future__ import annotations
 
@@ -65,14 +64,13 @@ class UPGradWeighting(Weighting):
         K = G.shape[0]
         p = preferences(self.pref_vector, K, self.name)
         weights = torch.zeros(K, dtype=torch.float64)
-        free: list[int] = []
         residual, steps = 0.0, 0
         for i in range(K):
             if p[i] == 0:
                 continue
             u = torch.zeros(K, dtype=torch.float64)
             u[i] = 1.0
-            v, free, taken = project(G, u, free, self.constants)
+            v, taken = project(G, u, self.constants)
             weights += p[i] * v
             residual = max(residual, kkt_residual(G, u, v))
             steps += taken
