@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from .._extension import extension
@@ -28,7 +29,7 @@ class DualProjWeighting(Weighting):
             wrong length, a negative or a non-finite entry raises a ValueError naming it.
         reg_eps, norm_eps: as :class:`~mtlkernels.methods.upgrad.UPGradWeighting` (0: exact;
             reg_eps=1e-4, norm_eps=1e-4 match torchjd's regularised solve).
-        backend: "auto", "torch" or "cpp" (Triton on CUDA falls back to the torch solve).
+        backend: "auto", "torch", "cpp" or "triton" (one on-device program, K ≤ 64).
 
     Diagnostics: "kkt_residual" (see :func:`mtlkernels.methods.dual_cone.kkt_residual`),
     "iterations" (active-set steps), "active_tasks" (the tasks with wᵢ > pᵢ, whose constraint
@@ -47,6 +48,7 @@ class DualProjWeighting(Weighting):
         self.pref_vector = check_pref_vector(pref_vector)
         self.reg_eps = check_eps("reg_eps", reg_eps)
         self.norm_eps = check_eps("norm_eps", norm_eps)
+        self._pref_device: Tensor | None = None  # a cache of the preferences on the device, not state
 
     def options(self) -> dict[str, Any]:
         return {"pref_vector": self.pref_vector, "reg_eps": self.reg_eps, "norm_eps": self.norm_eps, "backend": self.backend}
@@ -69,3 +71,18 @@ class DualProjWeighting(Weighting):
         G = regularized(gram, self.norm_eps, self.reg_eps).contiguous()
         p = preferences(self.pref_vector, G.shape[0], self.name)
         return extension().dualproj_solve(G.numpy(), p.numpy(), cpp_constants(self.constants))
+
+    def solve_triton(self, gram: Tensor, losses: Tensor | None) -> Solution:
+        """One program, no host sync; the preferences are copied to Γ's device once."""
+        from ..kernels.solve_dual_cone import dualproj_solve
+
+        G = regularized(gram.to(torch.float64), self.norm_eps, self.reg_eps) if self.reg_eps > 0 else gram
+        out = dualproj_solve(G, self._pref_on(gram), self.constants)
+        return Solution(out.pop("weights"), out)
+
+    def _pref_on(self, gram: Tensor) -> Tensor:
+        """The K preferences on Γ's device (cached)."""
+        cached = self._pref_device
+        if cached is None or cached.device != gram.device or cached.numel() != gram.shape[0]:
+            cached = self._pref_device = preferences(self.pref_vector, gram.shape[0], self.name).to(gram.device)
+        return cached

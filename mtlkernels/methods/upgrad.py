@@ -31,7 +31,7 @@ class UPGradWeighting(Weighting):
             Γ/tr(Γ) + reg_eps·I instead (its quadprog needs a positive definite matrix), which moves
             the weights by O(reg_eps); pass reg_eps=1e-4, norm_eps=1e-4 to match torchjd.
         norm_eps: with reg_eps > 0, a Γ of trace below this is taken as 0 (torchjd's norm_eps).
-        backend: "auto", "torch" or "cpp" (Triton on CUDA falls back to the torch solve).
+        backend: "auto", "torch", "cpp" or "triton" (one on-device program, K ≤ 64).
 
     Diagnostics: "kkt_residual" (the largest over the K projections, see
     :func:`mtlkernels.methods.dual_cone.kkt_residual`; ~1e-16 at the exact optimum),
@@ -52,6 +52,7 @@ class UPGradWeighting(Weighting):
         self.pref_vector = check_pref_vector(pref_vector)
         self.reg_eps = check_eps("reg_eps", reg_eps)
         self.norm_eps = check_eps("norm_eps", norm_eps)
+        self._pref_device: Tensor | None = None  # a cache of the preferences on the device, not state
 
     def options(self) -> dict[str, Any]:
         return {"pref_vector": self.pref_vector, "reg_eps": self.reg_eps, "norm_eps": self.norm_eps, "backend": self.backend}
@@ -80,3 +81,18 @@ class UPGradWeighting(Weighting):
         G = regularized(gram, self.norm_eps, self.reg_eps).contiguous()
         p = preferences(self.pref_vector, G.shape[0], self.name)
         return extension().upgrad_solve(G.numpy(), p.numpy(), cpp_constants(self.constants))
+
+    def solve_triton(self, gram: Tensor, losses: Tensor | None) -> Solution:
+        """One program, no host sync; the preferences are copied to Γ's device once."""
+        from ..kernels.solve_dual_cone import upgrad_solve
+
+        G = regularized(gram.to(torch.float64), self.norm_eps, self.reg_eps) if self.reg_eps > 0 else gram
+        out = upgrad_solve(G, self._pref_on(gram), self.constants)
+        return Solution(out.pop("weights"), out)
+
+    def _pref_on(self, gram: Tensor) -> Tensor:
+        """The K preferences on Γ's device (cached)."""
+        cached = self._pref_device
+        if cached is None or cached.device != gram.device or cached.numel() != gram.shape[0]:
+            cached = self._pref_device = preferences(self.pref_vector, gram.shape[0], self.name).to(gram.device)
+        return cached

@@ -1,5 +1,5 @@
-"""Compile the streaming kernels (Gram, combine) and the PCGrad solve for an H100 (sm_90) without a
-GPU and report each configuration's registers and spills per thread, as the launchers pick them.
+"""Compile the streaming kernels (Gram, combine), the PCGrad solve and the dual-cone solves (UPGrad,
+DualProj) for an H100 (sm_90) without a GPU and report each configuration's registers and spills per thread, as the launchers pick them.
 
 Run as a script in a process without TRITON_INTERPRET (the kernels must be decorated for the real
 compiler): ``python tests/kernels/compile_sm90.py [--full] [--arch 90]`` prints one JSON object per
@@ -24,7 +24,8 @@ from triton.backends.compiler import GPUTarget
 from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
 from triton.compiler import ASTSource
 
-from mtlkernels.kernels import combine, gram, kspace, solve_pcgrad
+from mtlkernels.kernels import combine, gram, kspace, solve_dual_cone, solve_pcgrad
+from mtlkernels.methods import dual_cone
 
 #: task counts the tests cover (K = 1 is a compile-time constant; 3 and 40 are not powers of two,
 #: 40 is not a multiple of 16: a 64-row tile with a masked K)
@@ -145,11 +146,27 @@ def pcgrad_case(K: int, arch: int) -> dict:
     return report
 
 
+def dual_cone_cases(K: int, arch: int) -> list[dict]:
+    """The UPGrad and DualProj solves on a float32 Γ as ``upgrad_solve``/``dualproj_solve`` launch them."""
+    block, warps = kspace.launch_config(K)
+    pointers = dict(gram_ptr="*fp32", pref_ptr="*fp64", weights_ptr="*fp64", kkt_ptr="*fp64", iterations_ptr="*i32")
+    constexprs = dict(BLOCK_K=block, **kspace.constexprs(dual_cone.CONSTANTS))
+    reports = []
+    for name, kernel, extra in (
+        ("upgrad_solve", solve_dual_cone._upgrad_solve_kernel, {}),
+        ("dualproj_solve", solve_dual_cone._dualproj_solve_kernel, {"active_ptr": "*i8"}),
+    ):
+        report = compile_kernel(kernel, {**pointers, **extra}, dict(K=K), constexprs, arch=arch, num_warps=warps)
+        report.update(kernel=name, K=K, block_k=block, num_warps=warps)
+        reports.append(report)
+    return reports
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="also the unaligned variants at every K")
     parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 or 80")
-    parser.add_argument("--kernels", default="gram,combine,pcgrad", help="comma-separated subset")
+    parser.add_argument("--kernels", default="gram,combine,pcgrad,dual_cone", help="comma-separated subset")
     args = parser.parse_args(argv)
     kernels = set(args.kernels.split(","))
     for K in TASK_COUNTS:
@@ -169,6 +186,9 @@ def main(argv: list[str] | None = None) -> None:
                 print(json.dumps(gram_reduce_case(K, dtype, args.arch)), flush=True)
         if "pcgrad" in kernels:
             print(json.dumps(pcgrad_case(K, args.arch)), flush=True)
+        if "dual_cone" in kernels:
+            for report in dual_cone_cases(K, args.arch):
+                print(json.dumps(report), flush=True)
 
 
 if __name__ == "__main__":
