@@ -90,7 +90,8 @@ class GradVacWeighting(Weighting):
             updates its target) or "corrected" (LibMTL: only pairs that were corrected).
         order, generator: the visiting orders, as :class:`~mtlkernels.methods.pcgrad.PCGradWeighting`
             (row i: a permutation of 0..K-1; task i itself is skipped wherever it stands).
-        backend: "auto", "torch" or "cpp" (Triton on CUDA falls back to the torch solve).
+        backend: "auto", "torch", "cpp" or "triton" (one on-device program, K ≤ 64; the targets
+            then stay on the device).
 
     State (``state_dict``): ``targets`` (φ̂ [K, K] float64, None before the first call).
 
@@ -130,6 +131,7 @@ class GradVacWeighting(Weighting):
             if generator.device.type != "cpu":
                 raise ValueError(f"generator must be a CPU torch.Generator; got one on {generator.device}")
         self.order = None if order is None else check_order(order)
+        self._order_on_device: Tensor | None = None  # a cache of the fixed order on the device, not state
         self.generator = generator
         self.reset()
 
@@ -159,24 +161,31 @@ class GradVacWeighting(Weighting):
         self._targets: Tensor | None = None
 
     # -- one call ---------------------------------------------------------------------------
-    def visiting_orders(self, K: int) -> Tensor:
-        """The [K, K] int64 CPU orders of the next solve: the fixed ``order`` or fresh ones."""
+    def visiting_orders(self, K: int, device: torch.device | None = None) -> Tensor:
+        """The [K, K] int64 orders of the next solve on ``device`` (default CPU): the fixed
+        ``order`` (copied to a device once) or fresh ones (PCGrad's :func:`draw_orders`)."""
         if self.order is None:
-            return draw_orders(K, self.generator)
+            return draw_orders(K, self.generator, device)
         if self.order.shape[0] != K:
             raise ValueError(f"order is {tuple(self.order.shape)} but there are K = {K} tasks")
-        return self.order
+        if device is None or device.type == "cpu":
+            return self.order
+        if self._order_on_device is None or self._order_on_device.device != device:
+            self._order_on_device = self.order.to(device)
+        return self._order_on_device
 
-    def _targets_for(self, K: int) -> Tensor:
-        """A copy of the stored targets (zeros before the first call), checked against K."""
+    def _targets_for(self, K: int, device: torch.device | str = "cpu") -> Tensor:
+        """A float64 copy of the stored targets on ``device`` (zeros before the first call),
+        checked against K. The targets live where the last solve ran (on the GPU after a Triton
+        solve)."""
         if self._targets is None:
-            return torch.zeros(K, K, dtype=torch.float64)
+            return torch.zeros(K, K, dtype=torch.float64, device=device)
         if self._targets.shape[0] != K:
             raise ValueError(
                 f"gradvac: the stored targets are for K = {self._targets.shape[0]} tasks but the Gram matrix "
                 f"has K = {K}; call reset() when the tasks change"
             )
-        return self._targets.clone()
+        return self._targets.to(device=device, copy=True)
 
     def check_inputs(self, gram: Tensor, losses: Tensor | None) -> None:
         self._targets_for(gram.shape[0])
@@ -207,3 +216,16 @@ class GradVacWeighting(Weighting):
         self._targets = targets  # updated in place by the solve
         diagnostics["order"] = order
         return weights, diagnostics
+
+    def solve_triton(self, gram: Tensor, losses: Tensor | None) -> Solution:
+        """One program, no host sync; the targets stay on the device; orders drawn there when no
+        generator is given."""
+        from ..kernels.solve_gradvac import gradvac_solve
+
+        K = gram.shape[0]
+        order = self.visiting_orders(K, gram.device)
+        targets = self._targets_for(K, gram.device)
+        weights, diagnostics = gradvac_solve(gram, order, targets, self.beta, self.eps, self.target_update == "always")
+        self._targets = targets
+        diagnostics["order"] = order
+        return Solution(weights, diagnostics)

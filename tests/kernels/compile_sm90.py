@@ -24,7 +24,7 @@ from triton.backends.compiler import GPUTarget
 from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
 from triton.compiler import ASTSource
 
-from mtlkernels.kernels import combine, gram, kspace, solve_dual_cone, solve_pcgrad
+from mtlkernels.kernels import combine, gram, kspace, solve_dual_cone, solve_gradvac, solve_pcgrad
 from mtlkernels.methods import dual_cone
 
 #: task counts the tests cover (K = 1 is a compile-time constant; 3 and 40 are not powers of two,
@@ -162,14 +162,28 @@ def dual_cone_cases(K: int, arch: int) -> list[dict]:
     return reports
 
 
+def gradvac_case(K: int, arch: int) -> dict:
+    """The GradVac solve on a float32 Γ as ``gradvac_solve`` launches it."""
+    block, warps = kspace.launch_config(K)
+    report = compile_kernel(
+        solve_gradvac._gradvac_solve_kernel,
+        dict(gram_ptr="*fp32", order_ptr="*i64", targets_ptr="*fp64", weights_ptr="*fp64", corrections_ptr="*i32",
+             residual_ptr="*fp64"),
+        dict(K=K), dict(BETA=0.5, EPS=0.0, ALWAYS=True, BLOCK_K=block), arch=arch, num_warps=warps,
+    )
+    report.update(kernel="gradvac_solve", K=K, block_k=block, num_warps=warps)
+    return report
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="also the unaligned variants at every K")
     parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 or 80")
-    parser.add_argument("--kernels", default="gram,combine,pcgrad,dual_cone", help="comma-separated subset")
+    parser.add_argument("--kernels", default="gram,combine,pcgrad", help="comma-separated subset (also: dual_cone, gradvac)")
+    parser.add_argument("--K", type=int, nargs="*", default=list(TASK_COUNTS), help="task counts (default: all)")
     args = parser.parse_args(argv)
     kernels = set(args.kernels.split(","))
-    for K in TASK_COUNTS:
+    for K in args.K:
         alignments = (True, False) if args.full or K in UNALIGNED_IN_DEFAULT else (True,)
         for dtype in DTYPES:
             for aligned in alignments:
@@ -186,6 +200,8 @@ def main(argv: list[str] | None = None) -> None:
                 print(json.dumps(gram_reduce_case(K, dtype, args.arch)), flush=True)
         if "pcgrad" in kernels:
             print(json.dumps(pcgrad_case(K, args.arch)), flush=True)
+        if "gradvac" in kernels:
+            print(json.dumps(gradvac_case(K, args.arch)), flush=True)
         if "dual_cone" in kernels:
             for report in dual_cone_cases(K, args.arch):
                 print(json.dumps(report), flush=True)
