@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..testing import peers
-from ..optim import CAGrad, IMTL, MGDAUB, MultiTaskOptimizer, NashMTL, PCGrad
+from ..optim import CAGrad, DualProj, GradVac, IMTL, MGDAUB, MultiTaskOptimizer, NashMTL, PCGrad, UPGrad
 from .suites import Row
 from .timing import Timing, _quantile
 
@@ -61,11 +61,15 @@ LEGEND = (
 
 WRAPPERS: dict[str, Callable[..., MultiTaskOptimizer]] = {
     "mean": MultiTaskOptimizer, "pcgrad": PCGrad, "cagrad": CAGrad, "nash_mtl": NashMTL, "imtl": IMTL, "mgda": MGDAUB,
+    "upgrad": UPGrad, "dualproj": DualProj, "gradvac": GradVac,
 }
 #: options that make our wrapper do the peers' math (see docs/optimizers.md)
-WRAPPER_OPTIONS: dict[str, dict[str, Any]] = {"pcgrad": {"seed": 0}, "imtl": {"imtl_l": True}, "mgda": {"normalization": "none"}}
+WRAPPER_OPTIONS: dict[str, dict[str, Any]] = {
+    "pcgrad": {"seed": 0}, "imtl": {"imtl_l": True}, "mgda": {"normalization": "none"},
+    "upgrad": {"reg_eps": 1e-4, "norm_eps": 1e-4}, "dualproj": {"reg_eps": 1e-4, "norm_eps": 1e-4}, "gradvac": {"seed": 0},
+}
 #: keyword arguments of LibMTL's ``backward`` (its trainer's defaults for these methods)
-LIBMTL_KWARGS: dict[str, dict[str, Any]] = {"cagrad": {"calpha": 0.5, "rescale": 1}, "mgda": {"mgda_gn": "none"}}
+LIBMTL_KWARGS: dict[str, dict[str, Any]] = {"cagrad": {"calpha": 0.5, "rescale": 1}, "mgda": {"mgda_gn": "none"}, "gradvac": {"beta": 0.5}}
 #: LibMTL weightings that accept ``rep_grad=True`` (the others raise)
 LIBMTL_FEATURES = ("mgda", "imtl")
 
