@@ -178,17 +178,22 @@ class GradVacWeighting(Weighting):
         """A float64 copy of the stored targets on ``device`` (zeros before the first call),
         checked against K. The targets live where the last solve ran (on the GPU after a Triton
         solve)."""
+        self._check_targets(K)
         if self._targets is None:
             return torch.zeros(K, K, dtype=torch.float64, device=device)
-        if self._targets.shape[0] != K:
+        return self._targets.to(device=device, copy=True)
+
+    def _check_targets(self, K: int) -> None:
+        """A ValueError when the stored targets are for another number of tasks (reads only the
+        shape: no copy, no device synchronisation)."""
+        if self._targets is not None and self._targets.shape[0] != K:
             raise ValueError(
                 f"gradvac: the stored targets are for K = {self._targets.shape[0]} tasks but the Gram matrix "
                 f"has K = {K}; call reset() when the tasks change"
             )
-        return self._targets.to(device=device, copy=True)
 
     def check_inputs(self, gram: Tensor, losses: Tensor | None) -> None:
-        self._targets_for(gram.shape[0])
+        self._check_targets(gram.shape[0])
 
     def solve_torch(self, gram: Tensor, losses: Tensor | None) -> Solution:
         K = gram.shape[0]
