@@ -136,8 +136,8 @@ def test_torchjd_projector_option_is_named():
         mk.aggregate(random_J(3, 5), "upgrad", projector=None)
 
 
-def test_cuda_falls_back_to_the_torch_solve():
-    """No Triton solve: on CUDA "auto" solves in torch on the host and returns device weights."""
+def test_cuda_auto_solves_on_the_device():
+    """On CUDA "auto" runs the Triton solve: device weights, the torch solve's to rounding."""
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     J = random_J(4, 10, seed=1)
