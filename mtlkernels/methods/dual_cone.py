@@ -8,10 +8,11 @@ The projection of d₀ = Jᵀu onto the dual cone {x : J·x ≥ 0} of the task g
 a quadratic program on Γ alone. Writing v = u + x, x ≥ 0, it is a non-negative least-squares
 problem min_x ‖Jᵀ(u + x)‖² solved here exactly by the active-set method of Lawson & Hanson
 ("Solving Least Squares Problems", 1974, ch. 23), run on the normal equations: the free set F holds
-the tasks with vᵢ > uᵢ, and on F the stationarity (Γv)_F = 0 is solved with v = u elsewhere. Each
-outer step frees the task whose constraint gᵢ·d ≥ 0 is most violated (relative to the rounding
-of gᵢ·d); inner steps move towards the subproblem's solution and fix back a task reaching its
-bound. The subproblem is solved on the unit-diagonal (cosine) matrix D⁻¹Γ_FF D⁻¹, D = diag(‖gᵢ‖),
+the tasks with vᵢ > uᵢ, and on F the stationarity (Γv)_F = 0 is solved with v = u elsewhere. The
+start is the set of tasks d₀ conflicts with ((Γu)ⱼ < 0), less those whose candidate falls to
+their bound (all at once, until the candidate is feasible). Each outer step then frees the task
+whose constraint gᵢ·d ≥ 0 is most violated (relative to the rounding of gᵢ·d); inner steps move
+towards the subproblem's solution and fix back a task reaching its bound. The subproblem is solved on the unit-diagonal (cosine) matrix D⁻¹Γ_FF D⁻¹, D = diag(‖gᵢ‖),
 so gradients of norms 1e-20 and 1e20 side by side keep their relative precision.
 
 Rank-deficient Γ: the direction d = Jᵀv is unique (a projection onto a closed convex cone), v is
@@ -39,14 +40,14 @@ from torch import Tensor
 @dataclass(frozen=True)
 class DualConeConstants:
     """Tolerances and caps of the dual-cone active-set solve: read by the torch solve, handed to
-    the C++ solve (``mtlkernels._C.DualConeConstants``).
+    the C++ solve (``mtlkernels._C.DualConeConstants``) and to the Triton kernels (as constexprs).
 
     Attributes:
         tolerance: a task is freed when (Γv)ᵢ < −tolerance·Σₖ|Γᵢₖvₖ| (its constraint gᵢ·d ≥ 0
             violated beyond the rounding of gᵢ·d).
         dependent_pivot: a freed set whose cosine matrix has a Cholesky pivot² ≤ this is taken
             as linearly dependent: the task last freed is left at its bound.
-        steps_per_task, steps_extra: at most steps_per_task·K + steps_extra inner steps per
+        steps_per_task, steps_extra: at most steps_per_task·K + steps_extra subproblems per
             projection.
     """
 
