@@ -49,8 +49,8 @@ py::tuple solve(Solve method, const Array& gram, const Array& pref, const dual_c
 Registration reg([](py::module_& m) {
   py::class_<dual_cone::Constants>(m, "DualConeConstants",
                                    "The dual-cone solve's tolerances and caps (see mtlkernels.methods.dual_cone)")
-      .def(py::init<double, double, int, int>(), py::kw_only(), py::arg("tolerance"), py::arg("dependent_pivot"),
-           py::arg("steps_per_task"), py::arg("steps_extra"));
+      .def(py::init<double, double, int, int, int>(), py::kw_only(), py::arg("tolerance"), py::arg("dependent_pivot"),
+           py::arg("steps_per_task"), py::arg("steps_extra"), py::arg("block_rounds"));
   m.def(
       "upgrad_solve",
       [](const Array& gram, const Array& pref, const dual_cone::Constants& constants) {

@@ -18,7 +18,8 @@ namespace mtlkernels::dual_cone {
 struct Constants {
   double tolerance;        // free task i when (Γv)ᵢ < −tolerance·Σₖ|Γᵢₖvₖ|
   double dependent_pivot;  // a Cholesky pivot² ≤ this: the freed set is linearly dependent
-  int steps_per_task, steps_extra;  // at most steps_per_task·K + steps_extra inner steps per projection
+  int steps_per_task, steps_extra;  // at most steps_per_task·K + steps_extra subproblems per projection
+  int block_rounds;                 // rounds of the block-pivoting start
 };
 
 // The solver's workspace: Γ (symmetrised), the norms, the free set and its Cholesky factor, kept
@@ -34,8 +35,8 @@ class Projector {
     for (int i = 0; i < K; ++i) n_[i] = std::sqrt(std::max(G_[i * K + i], 0.0));
   }
 
-  // v = argmin_{v ≥ u} vᵀΓv, warm-started from the tasks Jᵀu conflicts with. Returns the
-  // subproblems solved.
+  // v = argmin_{v ≥ u} vᵀΓv by Lawson–Hanson from a block-pivoting start (the start only chooses
+  // where the exact iteration begins). Returns the subproblems solved.
   int project(const double* u, double* v) {
     const int K = K_;
     const int max_steps = k_.steps_per_task * K + k_.steps_extra;
@@ -45,24 +46,25 @@ class Projector {
     std::fill(blocked_.begin(), blocked_.end(), 0);
     std::copy(u, u + K, v);
     int steps = 0;
-    // warm start: the tasks the unprojected combination conflicts with, (Γu)ⱼ < 0, less the
-    // tasks whose candidate falls to their bound
+    // the start: free the tasks the unprojected combination conflicts with, (Γu)ⱼ < 0, and settle;
+    // then, while the number of violated constraints falls, free them all at once and settle again
     truncate(0);
     multipliers(u);
     for (int j = 0; j < K; ++j)
       if (multiplier_[j] < 0.0 && !(u[j] != 0.0)) free_.push_back(j), in_free_[j] = 1;
-    while (!free_.empty() && steps < max_steps) {
-      if (!factor()) truncate(factored_);  // keep the independent prefix
-      if (free_.empty()) break;
-      free_solve(u);
-      ++steps;
-      bool feasible = true;
-      for (int p = static_cast<int>(free_.size()) - 1; p >= 0; --p)
-        if (!(candidate_[free_[p]] > u[free_[p]])) remove(p), feasible = false;
-      if (feasible) {
-        std::copy(candidate_.begin(), candidate_.end(), v);
-        break;
-      }
+    steps = settle(u, v, steps, max_steps);
+    int violated_before = K + 1;
+    for (int round = 1; round < k_.block_rounds; ++round) {
+      multipliers(v);
+      std::vector<int> violated;
+      for (int i = 0; i < K; ++i)
+        if (!in_free_[i] && scale_[i] > 0.0 && multiplier_[i] / scale_[i] < -k_.tolerance) violated.push_back(i);
+      if (violated.empty() || static_cast<int>(violated.size()) >= violated_before) break;
+      violated_before = static_cast<int>(violated.size());
+      for (int i : violated) free_.push_back(i), in_free_[i] = 1;
+      std::sort(free_.begin(), free_.end());
+      factored_ = 0;
+      steps = settle(u, v, steps, max_steps);
     }
     while (steps < max_steps) {
       const int j = most_violated(u, v);
@@ -97,6 +99,28 @@ class Projector {
           if (!(v[free_[p]] > u[free_[p]])) v[free_[p]] = u[free_[p]], remove(p);
       }
     }
+    return steps;
+  }
+
+  // A feasible start from free_ (in index order): its longest independent prefix, less the tasks
+  // whose candidate falls to their bound (all at once, until the candidate is feasible); v is the
+  // candidate, or u when no task is left. Returns the steps taken so far.
+  int settle(const double* u, double* v, int steps, int max_steps) {
+    std::copy(u, u + K_, v);
+    while (!free_.empty() && steps < max_steps) {
+      if (!factor()) truncate(factored_);  // keep the independent prefix
+      if (free_.empty()) break;
+      free_solve(u);
+      ++steps;
+      bool feasible = true;
+      for (int p = static_cast<int>(free_.size()) - 1; p >= 0; --p)
+        if (!(candidate_[free_[p]] > u[free_[p]])) remove(p), feasible = false;
+      if (feasible) {
+        std::copy(candidate_.begin(), candidate_.end(), v);
+        return steps;
+      }
+    }
+    truncate(0);
     return steps;
   }
 

@@ -5,7 +5,8 @@ v = argmin_{v ≥ u} vᵀΓv (Quinton & Rey, "Jacobian Descent for Multi-Objecti
 2024, Proposition 1) by the Lawson–Hanson active set as csrc/solvers/dual_cone.h runs it: start
 from the tasks Jᵀu conflicts with ((Γu)ⱼ < 0, uⱼ = 0), fixing back at once those whose candidate
 falls to their bound (after dropping the highest-index tasks until the free set is linearly
-independent); then free the most violated constraint (relative to the rounding of gⱼ·d) and take
+independent), and for up to BLOCK_ROUNDS − 1 more rounds, while their number falls, free every
+violated constraint at once and settle again; then free the most violated constraint (relative to the rounding of gⱼ·d) and take
 inner steps towards the subproblem's solution, fixing back a task that reaches its bound. The
 subproblem (Γv)_F = 0 is solved on the cosine matrix by Cholesky, from scratch each step, in task
 index order (the C++ solve keeps an updated factor in insertion order: the rounding differs, and
@@ -40,17 +41,16 @@ def _dual_cone_candidate(G, L, u, free, unit, K, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
-def _dual_cone_project(G, cosine, unit, u, in_k, K, BLOCK_K: tl.constexpr, TOLERANCE: tl.constexpr,
-                       DEPENDENT_PIVOT: tl.constexpr, STEPS_PER_TASK: tl.constexpr, STEPS_EXTRA: tl.constexpr):
-    """(v, subproblems solved) for min_{v ≥ u} vᵀΓv (see the module docstring)."""
+def _dual_cone_settle(G, cosine, unit, u, free, steps, max_steps, K, BLOCK_K: tl.constexpr,
+                      DEPENDENT_PIVOT: tl.constexpr):
+    """(v, free, steps): a feasible start from the free mask: its longest independent prefix in
+    index order (dropping the highest index until the Cholesky succeeds), less the tasks whose
+    candidate falls to their bound (all at once, until the candidate is feasible); v is that
+    candidate, or u with an empty mask when none is left."""
     offs = tl.arange(0, BLOCK_K)
-    max_steps = STEPS_PER_TASK * K + STEPS_EXTRA
-    gu = tl.sum(G * u[None, :], axis=1)
-    free = in_k & (gu < 0.0) & (u == 0.0)
     v = u
-    steps = 0
-    warm = 1
-    while (warm != 0) & (steps < max_steps) & (tl.sum(free.to(tl.int32), axis=0) > 0):  # the warm start
+    settling = 1
+    while (settling != 0) & (steps < max_steps) & (tl.sum(free.to(tl.int32), axis=0) > 0):
         L, independent = kspace.cholesky(cosine, free, K, BLOCK_K, DEPENDENT_PIVOT)
         if independent:
             candidate = _dual_cone_candidate(G, L, u, free, unit, K, BLOCK_K)
@@ -58,12 +58,45 @@ def _dual_cone_project(G, cosine, unit, u, in_k, K, BLOCK_K: tl.constexpr, TOLER
             below = free & ~(candidate > u)
             if tl.sum(below.to(tl.int32), axis=0) == 0:
                 v = candidate
-                warm = 0
+                settling = 0
             else:
                 free = free & ~below
-        else:  # keep the longest independent prefix: drop the highest index
+        else:
             last = tl.max(tl.where(free, offs, -1), axis=0)
             free = free & (offs != last)
+    if settling != 0:
+        free = offs < 0
+    return v, free, steps
+
+
+@triton.jit
+def _dual_cone_project(G, cosine, unit, u, in_k, K, BLOCK_K: tl.constexpr, TOLERANCE: tl.constexpr,
+                       DEPENDENT_PIVOT: tl.constexpr, STEPS_PER_TASK: tl.constexpr, STEPS_EXTRA: tl.constexpr,
+                       BLOCK_ROUNDS: tl.constexpr):
+    """(v, subproblems solved) for min_{v ≥ u} vᵀΓv (see the module docstring)."""
+    offs = tl.arange(0, BLOCK_K)
+    max_steps = STEPS_PER_TASK * K + STEPS_EXTRA
+    gu = tl.sum(G * u[None, :], axis=1)
+    free = in_k & (gu < 0.0) & (u == 0.0)
+    v, free, steps = _dual_cone_settle(G, cosine, unit, u, free, tl.full([], 0, tl.int32), max_steps, K, BLOCK_K,
+                                       DEPENDENT_PIVOT)
+    violated_before = tl.full([], K + 1, tl.int32)
+    rounds = 1
+    while rounds < BLOCK_ROUNDS:  # the block-pivoting rounds of the start
+        terms = G * v[None, :]
+        multipliers = tl.sum(terms, axis=1)
+        scale = tl.sum(tl.abs(terms), axis=1)
+        candidates = in_k & ~free & (scale > 0.0)
+        relative = tl.where(candidates, multipliers / tl.where(scale > 0.0, scale, 1.0), 0.0)
+        violated = relative < -TOLERANCE
+        count = tl.sum(violated.to(tl.int32), axis=0)
+        if (count == 0) | (count >= violated_before):
+            rounds = BLOCK_ROUNDS
+        else:
+            violated_before = count
+            v, free, steps = _dual_cone_settle(G, cosine, unit, u, free | violated, steps, max_steps, K, BLOCK_K,
+                                               DEPENDENT_PIVOT)
+            rounds += 1
     blocked = offs < 0
     running = 1
     while (running != 0) & (steps < max_steps):
@@ -133,7 +166,7 @@ def _dual_cone_setup(gram_ptr, K, BLOCK_K: tl.constexpr):
 @triton.jit
 def _upgrad_solve_kernel(
     gram_ptr, pref_ptr, weights_ptr, kkt_ptr, iterations_ptr, K, BLOCK_K: tl.constexpr, TOLERANCE: tl.constexpr,
-    DEPENDENT_PIVOT: tl.constexpr, STEPS_PER_TASK: tl.constexpr, STEPS_EXTRA: tl.constexpr,
+    DEPENDENT_PIVOT: tl.constexpr, STEPS_PER_TASK: tl.constexpr, STEPS_EXTRA: tl.constexpr, BLOCK_ROUNDS: tl.constexpr,
 ):
     offs = tl.arange(0, BLOCK_K)
     in_k = offs < K
@@ -147,7 +180,7 @@ def _upgrad_solve_kernel(
         if p_i != 0.0:
             u = tl.where(offs == i, 1.0, 0.0).to(tl.float64)
             v, taken = _dual_cone_project(G, cosine, unit, u, in_k, K, BLOCK_K, TOLERANCE, DEPENDENT_PIVOT,
-                                          STEPS_PER_TASK, STEPS_EXTRA)
+                                          STEPS_PER_TASK, STEPS_EXTRA, BLOCK_ROUNDS)
             weights += p_i * v
             kkt = tl.maximum(kkt, _dual_cone_kkt(G, u, v, in_k))
             steps += taken
@@ -160,13 +193,14 @@ def _upgrad_solve_kernel(
 def _dualproj_solve_kernel(
     gram_ptr, pref_ptr, weights_ptr, kkt_ptr, iterations_ptr, active_ptr, K, BLOCK_K: tl.constexpr,
     TOLERANCE: tl.constexpr, DEPENDENT_PIVOT: tl.constexpr, STEPS_PER_TASK: tl.constexpr, STEPS_EXTRA: tl.constexpr,
+    BLOCK_ROUNDS: tl.constexpr,
 ):
     offs = tl.arange(0, BLOCK_K)
     in_k = offs < K
     G, cosine, unit = _dual_cone_setup(gram_ptr, K, BLOCK_K)
     u = tl.load(pref_ptr + offs, mask=in_k, other=0.0).to(tl.float64)
     v, steps = _dual_cone_project(G, cosine, unit, u, in_k, K, BLOCK_K, TOLERANCE, DEPENDENT_PIVOT,
-                                  STEPS_PER_TASK, STEPS_EXTRA)
+                                  STEPS_PER_TASK, STEPS_EXTRA, BLOCK_ROUNDS)
     tl.store(weights_ptr + offs, v, mask=in_k)
     tl.store(kkt_ptr, _dual_cone_kkt(G, u, v, in_k))
     tl.store(iterations_ptr, steps)

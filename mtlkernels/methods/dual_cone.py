@@ -49,12 +49,16 @@ class DualConeConstants:
             as linearly dependent: the task last freed is left at its bound.
         steps_per_task, steps_extra: at most steps_per_task·K + steps_extra subproblems per
             projection.
+        block_rounds: rounds of the start (see :func:`project`): the first frees the tasks d₀
+            conflicts with, each further one every violated constraint at once, while their
+            number falls; 1 is the start alone.
     """
 
     tolerance: float = 1e-13
     dependent_pivot: float = 1e-12
     steps_per_task: int = 3
     steps_extra: int = 10
+    block_rounds: int = 3
 
 
 #: the constants every dual-cone solve uses
@@ -162,31 +166,32 @@ def _ratio(v: float, u: float, candidate: float) -> float:
     return (v - u) / (v - candidate) if v > candidate else 0.0
 
 
-def _most_violated(gram: Tensor, v: Tensor, excluded: list[int], k: DualConeConstants) -> int | None:
-    """The task whose constraint gⱼ·d ≥ 0 is most violated relative to the rounding of gⱼ·d,
-    (Γv)ⱼ < −tolerance·Σₖ|Γⱼₖvₖ|, among those not ``excluded``; None when none is."""
+def _violations(gram: Tensor, v: Tensor, excluded: list[int]) -> Tensor:
+    """(Γv)ⱼ / Σₖ|Γⱼₖvₖ| (0 where that is 0 or j is ``excluded``): how far each constraint gⱼ·d ≥ 0
+    is violated relative to the rounding of gⱼ·d."""
     terms = gram * v[None, :]
     multipliers = terms.sum(dim=1)
     scale = terms.abs().sum(dim=1)
     violation = torch.where(scale > 0, multipliers / torch.where(scale > 0, scale, 1.0), 0.0)
     violation[excluded] = 0.0
+    return violation
+
+
+def _most_violated(gram: Tensor, v: Tensor, excluded: list[int], k: DualConeConstants) -> int | None:
+    """The task whose constraint is most violated, (Γv)ⱼ < −tolerance·Σₖ|Γⱼₖvₖ|, among those not
+    ``excluded``; None when none is."""
+    violation = _violations(gram, v, excluded)
     j = int(violation.argmin())
     return j if float(violation[j]) < -k.tolerance else None
 
 
-def project(gram: Tensor, u: Tensor, k: DualConeConstants = CONSTANTS) -> tuple[Tensor, int]:
-    """v = argmin_{v ≥ u} vᵀΓv by Lawson–Hanson (see the module docstring), warm-started from the
-    tasks that Jᵀu conflicts with ((Γu)ⱼ < 0, uⱼ = 0): those whose candidate falls to their bound
-    are fixed back, all at once, until the candidate is feasible.
-
-    Returns (v, subproblems solved)."""
-    K = gram.shape[0]
-    norms = gram.diagonal().clamp_min(0).sqrt()
-    max_steps = k.steps_per_task * K + k.steps_extra
-    free = [j for j in range(K) if float(gram[j] @ u) < 0 and not u[j] != 0]
+def _settle(gram: Tensor, u: Tensor, free: list[int], norms: Tensor, k: DualConeConstants, steps: int,
+            max_steps: int) -> tuple[Tensor, list[int], int]:
+    """A feasible start from the free set ``free`` (in index order): its longest independent prefix,
+    less the tasks whose candidate falls to their bound (all at once, until the candidate is
+    feasible). Returns (v: the candidate, or u when no task is left; the free set; steps)."""
     v = u.clone()
-    steps = 0
-    while free and steps < max_steps:  # the warm start
+    while free and steps < max_steps:
         free = _independent_prefix(gram, u, free, norms, k)
         if not free:
             break
@@ -194,9 +199,32 @@ def project(gram: Tensor, u: Tensor, k: DualConeConstants = CONSTANTS) -> tuple[
         steps += 1
         feasible = [i for i in free if candidate[i] > u[i]]
         if len(feasible) == len(free):
-            v = candidate
-            break
+            return candidate, free, steps
         free = feasible
+    return v, [], steps
+
+
+def project(gram: Tensor, u: Tensor, k: DualConeConstants = CONSTANTS) -> tuple[Tensor, int]:
+    """v = argmin_{v ≥ u} vᵀΓv by Lawson–Hanson (see the module docstring) from a block-pivoting
+    start: free the tasks that Jᵀu conflicts with ((Γu)ⱼ < 0, uⱼ = 0) and :func:`_settle`; then, for
+    up to ``block_rounds`` − 1 more rounds while the number of violated constraints falls, free
+    them all at once and settle again. The start only chooses where the exact iteration begins
+    (on its own, block pivoting can cycle when K > N).
+
+    Returns (v, subproblems solved)."""
+    K = gram.shape[0]
+    norms = gram.diagonal().clamp_min(0).sqrt()
+    max_steps = k.steps_per_task * K + k.steps_extra
+    free = [j for j in range(K) if float(gram[j] @ u) < 0 and not u[j] != 0]
+    v, free, steps = _settle(gram, u, free, norms, k, 0, max_steps)
+    violated_before = K + 1
+    for _ in range(k.block_rounds - 1):
+        violation = _violations(gram, v, free)
+        violated = (violation < -k.tolerance).nonzero().flatten().tolist()
+        if not violated or len(violated) >= violated_before:
+            break
+        violated_before = len(violated)
+        v, free, steps = _settle(gram, u, sorted(free + violated), norms, k, steps, max_steps)
     blocked: list[int] = []  # gradients in the span of the free ones: left at their bound
     while steps < max_steps:
         j = _most_violated(gram, v, free + blocked, k)
