@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from mtlkernels.optim import DWA, FAMO, IMTL, MGDAUB, RLW, UW, CAGrad, GradNorm, NashMTL, PCGrad
+from mtlkernels.optim import CAGrad, DWA, DualProj, FAMO, GradNorm, GradVac, IMTL, MGDAUB, NashMTL, PCGrad, RLW, UPGrad, UW
 
 CANVAS = 12  # the two 8×8 digits sit at (0, 0) and (4, 4) of a 12×12 canvas and overlap
 SHIFT = CANVAS - 8
@@ -94,6 +94,9 @@ METHODS: dict[str, tuple[Callable[[torch.optim.Optimizer, "TwoDigitNet"], object
     "Nash-MTL": (lambda opt, model: NashMTL(opt), False),
     "IMTL": (lambda opt, model: IMTL(opt, num_tasks=2, imtl_l=True), False),  # IMTL-L+G, LibMTL's hybrid
     "MGDA-UB": (lambda opt, model: MGDAUB(opt), True),
+    "UPGrad": (lambda opt, model: UPGrad(opt), False),
+    "DualProj": (lambda opt, model: DualProj(opt), False),
+    "GradVac": (lambda opt, model: GradVac(opt, seed=0), False),
     # loss weighting: one backward of Σ wₖ·Lₖ per step
     "FAMO": (lambda opt, model: FAMO(opt), False),
     "UW": (lambda opt, model: UW(opt, num_tasks=2), False),

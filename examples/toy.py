@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from mtlkernels.optim import DWA, FAMO, IMTL, MGDA, RLW, UW, CAGrad, GradNorm, MultiTaskOptimizer, NashMTL, PCGrad
+from mtlkernels.optim import CAGrad, DWA, DualProj, FAMO, GradNorm, GradVac, IMTL, MGDA, MultiTaskOptimizer, NashMTL, PCGrad, RLW, UPGrad, UW
 
 #: where the paper starts the three runs
 STARTS = [(-8.5, 7.5), (-8.5, -5.0), (9.0, 9.0)]
@@ -33,6 +33,9 @@ METHODS = {
     "Nash-MTL": lambda opt: NashMTL(opt),
     "IMTL-G": lambda opt: IMTL(opt),  # IMTL-G, the default: the losses go negative, so no IMTL-L log-scales
     "MGDA": lambda opt: MGDA(opt),  # no loss normalisation (the default): the losses go negative
+    "UPGrad": lambda opt: UPGrad(opt),
+    "DualProj": lambda opt: DualProj(opt),
+    "GradVac": lambda opt: GradVac(opt, seed=0),
     # loss weighting, one backward of Σ wₖ·Lₖ: the losses reach −20 (their infimum), so FAMO gets that
     # bound and UW, DWA and GradNorm, which assume positive losses, see Lₖ + 20 (LOSS_SHIFT)
     "FAMO": lambda opt: FAMO(opt, min_losses=[LOWER_BOUND, LOWER_BOUND]),

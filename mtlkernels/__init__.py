@@ -11,7 +11,7 @@ from .combine import combine
 from .gram import gram
 from .methods import METHODS, Weighting, diagnostics_to_python
 from .optim import (
-    DWA, FAMO, IMTL, MGDA, MGDAUB, RLW, UW, CAGrad, GradNorm, MultiTaskOptimizer, NashMTL, NonFiniteError, PCGrad,
+    CAGrad, DWA, DualProj, FAMO, GradNorm, GradVac, IMTL, MGDA, MGDAUB, MultiTaskOptimizer, NashMTL, NonFiniteError, PCGrad, RLW, UPGrad, UW,
 )
 
 __version__ = "0.1.0"
@@ -21,6 +21,8 @@ __all__ = [
     "DWA",
     "FAMO",
     "GradNorm",
+    "DualProj",
+    "GradVac",
     "IMTL",
     "MGDA",
     "MGDAUB",
@@ -34,6 +36,7 @@ __all__ = [
     "PCGrad",
     "RLW",
     "UW",
+    "UPGrad",
     "Weighting",
     "aggregate",
     "combine",

@@ -20,7 +20,8 @@ Two more families check what no reference comparison can see:
   rank-deficient gradients (rank < K, K > N, duplicate rows, spread scales: symmetric, possibly
   slightly indefinite) must keep the method's constraints — finite; Nash-MTL ≥ 0 with every
   dropped task exactly 0; MGDA on the simplex; CAGrad ≥ the mean's share ÷ its rescale divisor;
-  IMTL-G summing to 1 (or the documented w = 0); the mean 1/K.
+  IMTL-G summing to 1 (or the documented w = 0); the mean 1/K; UPGrad and DualProj ≥ the
+  preference 1/K (each projection only adds to it).
 - ``wrappers``: the drop-in optimizers on a small model — features the losses do not reach are
   refused with nothing changed; a first batch in which a task has a zero gradient gives the same
   parameter roles as a normal one; parameters of mixed dtypes get the gradients
@@ -51,6 +52,9 @@ CERTIFICATES = {
     "nash_mtl": "kept_residual",
     "imtl": "residual",
     "mgda": "kkt_residual",
+    "upgrad": "kkt_residual",
+    "dualproj": "kkt_residual",
+    "gradvac": "target_residual",
 }
 
 #: allowed error against the reference, by the dtype J is given in
@@ -94,13 +98,13 @@ def objective_excess(d: Tensor, d_peer: Tensor) -> float:
 
 
 def fixed_order(K: int, seed: int) -> Tensor:
-    """PCGrad's visiting orders, drawn once so the fast path and the reference use the same."""
+    """PCGrad's and GradVac's visiting orders, drawn once so the fast path and the reference use the same."""
     g = torch.Generator().manual_seed(seed)
     return torch.stack([torch.randperm(K, generator=g) for _ in range(K)])
 
 
 def method_options(method: str, K: int, seed: int) -> dict[str, Any]:
-    return {"order": fixed_order(K, seed)} if method == "pcgrad" else {}
+    return {"order": fixed_order(K, seed)} if method in ("pcgrad", "gradvac") else {}
 
 
 def check_reference(method: str, case: str, J: Tensor, seed: int, backend: str) -> Check:
@@ -120,8 +124,13 @@ def _torchjd_run(method: str, J: Tensor, seed: int) -> tuple[Tensor, dict[str, A
     if method == "pcgrad":
         options["order"] = peers.torchjd_pcgrad_orders(K, seed)
         torch.manual_seed(seed)
+    if method == "gradvac":  # torchjd adds 1e-8 to its denominators
+        options.update(order=peers.torchjd_gradvac_orders(K, seed), eps=1e-8)
+        torch.manual_seed(seed)
     if method == "cagrad":
         options["rescale"] = 0
+    if method in ("upgrad", "dualproj"):  # torchjd solves on Γ/tr(Γ) + 1e-4·I
+        options.update(reg_eps=1e-4, norm_eps=1e-4)
     return peers.torchjd_aggregator(method, K)(J), options
 
 
@@ -138,6 +147,10 @@ def _libmtl_run(method: str, J: Tensor, seed: int) -> tuple[Tensor, dict[str, An
     elif method == "mgda":
         kwargs = {"mgda_gn": "none"}
         options["combination"] = "normalized"
+    elif method == "gradvac":
+        kwargs = {"beta": 0.5}
+        options.update(order=peers.libmtl_gradvac_orders(K, seed), target_update="corrected")
+        random.seed(seed)
     direction, _ = peers.libmtl_direction(peers.LIBMTL_CLASSES[method], J, **kwargs)
     return direction, options
 
@@ -150,10 +163,14 @@ PEER_CHECKS: dict[tuple[str, str], tuple[Callable[[str, Tensor, int], tuple[Tens
     ("torchjd", "cagrad"): (_torchjd_run, 1e-4),  # torchjd: Clarabel interior point on a normalised Γ
     ("torchjd", "nash_mtl"): (_torchjd_run, 1e-4),  # torchjd: 20 CCP steps, ECOS tolerances
     ("torchjd", "mgda"): (_torchjd_run, 1e-9),  # objective: ours ≤ its Frank–Wolfe's
+    ("torchjd", "upgrad"): (_torchjd_run, 1e-9),  # torchjd: quadprog on the regularised Γ
+    ("torchjd", "dualproj"): (_torchjd_run, 1e-9),
+    ("torchjd", "gradvac"): (_torchjd_run, 1e-12),
     ("libmtl", "pcgrad"): (_libmtl_run, 1e-12),
     ("libmtl", "imtl"): (_libmtl_run, 1e-9),
     ("libmtl", "cagrad"): (_libmtl_run, 1e-4),  # LibMTL: SLSQP, ftol 1e-6 on the dual
     ("libmtl", "mgda"): (_libmtl_run, 1e-9),  # objective: ours ≤ its Frank–Wolfe's
+    ("libmtl", "gradvac"): (_libmtl_run, 1e-12),
 }
 
 
@@ -205,7 +222,9 @@ def invariant_violation(method: str, weights: Tensor, diagnostics: dict[str, Any
     if method == "imtl":
         total = float(w.sum())
         return 0.0 if total == 0.0 and float(w.abs().max()) == 0.0 else abs(total - 1.0)
-    return 0.0  # PCGrad: any finite coefficients
+    if method in ("upgrad", "dualproj"):  # w ≥ p = 1/K: UPGrad's Σᵢ pᵢvᵢ with vᵢ ≥ eᵢ, DualProj's w ≥ p
+        return float((1.0 / K - w).clamp_min(0).max()) * K
+    return 0.0  # PCGrad, GradVac: any finite coefficients
 
 
 def check_invariants(method: str, case: str, gram: Tensor, backend: str) -> Check:

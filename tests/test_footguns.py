@@ -87,7 +87,7 @@ def test_a_one_block_list_passes_a_tall_J_deliberately():
     ("mgda", "mgda_gn", "l2", "LibMTL's mgda_gn is MGDA's normalization.*use normalization='l2', combination='normalized'"),
     ("mgda", "epsilon", 1e-3, "torchjd's MGDA epsilon .* exact .* drop it"),
     ("mgda", "max_iters", 50, "torchjd's MGDA max_iters .* drop it"),
-    ("imtl", "pref_vector", [1.0, 2.0, 3.0], "torchjd's pref_vector has no counterpart in 'imtl'; .* scale their losses"),
+    ("imtl", "pref_vector", [1.0, 2.0, 3.0], "torchjd's pref_vector has no counterpart in 'imtl' .* scale their losses"),
 ])
 def test_peer_option_names_name_ours(method, option, value, message):
     J = torch.randn(3, 10, dtype=torch.float64)

@@ -4,8 +4,11 @@
 // method's Python module defines; results go back as NumPy arrays and a dict of diagnostics; bad
 // input raises ValueError (pybind11 maps std::invalid_argument to it).
 #pragma once
+#include <cstdint>
+#include <algorithm>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -41,6 +44,26 @@ inline int check_gram(const Array& gram, const char* name = "gram") {
       throw std::invalid_argument(std::string(name) + " has a negative diagonal entry at " + std::to_string(j) +
                                   ": it is not J·Jᵀ");
   return K;
+}
+
+using OrderArray = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
+
+// Check visiting orders (PCGrad, GradVac) are [K, K] with every row a permutation of 0..K-1.
+inline void check_order(const OrderArray& order, int K) {
+  if (order.ndim() != 2 || order.shape(0) != K || order.shape(1) != K)
+    throw std::invalid_argument("order must be [K, K] with K = " + std::to_string(K) + " (the Gram matrix's size)");
+  const int64_t* o = order.data();
+  std::vector<char> seen(K);
+  for (int i = 0; i < K; ++i) {
+    std::fill(seen.begin(), seen.end(), 0);
+    for (int t = 0; t < K; ++t) {
+      const int64_t j = o[static_cast<size_t>(i) * K + t];
+      if (j < 0 || j >= K || seen[j])
+        throw std::invalid_argument("order[" + std::to_string(i) + "] is not a permutation of 0.." +
+                                    std::to_string(K - 1));
+      seen[j] = 1;
+    }
+  }
 }
 
 }  // namespace mtlkernels

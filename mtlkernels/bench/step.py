@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..testing import peers
-from ..optim import DWA, FAMO, RLW, UW, CAGrad, GradNorm, IMTL, MGDAUB, MultiTaskOptimizer, NashMTL, PCGrad
+from ..optim import CAGrad, DWA, DualProj, FAMO, GradNorm, GradVac, IMTL, MGDAUB, MultiTaskOptimizer, NashMTL, PCGrad, RLW, UPGrad, UW
 from .suites import Row
 from .timing import Timing, _quantile
 
@@ -65,6 +65,7 @@ LEGEND = (
 
 WRAPPERS: dict[str, Callable[..., MultiTaskOptimizer]] = {
     "mean": MultiTaskOptimizer, "pcgrad": PCGrad, "cagrad": CAGrad, "nash_mtl": NashMTL, "imtl": IMTL, "mgda": MGDAUB,
+    "upgrad": UPGrad, "dualproj": DualProj, "gradvac": GradVac,
 }
 #: the loss-weighting wrappers (one backward of Σ wₖ·Lₖ; GradNorm's layer: the trunk's last Linear)
 LOSS_WEIGHTING: dict[str, Callable[..., MultiTaskOptimizer]] = {
@@ -74,9 +75,12 @@ LOSS_WEIGHTING: dict[str, Callable[..., MultiTaskOptimizer]] = {
 #: the Gramian wrappers' update_every values timed beside update_every=1 (suite ``step``)
 UPDATE_EVERY = (10, 50)
 #: options that make our wrapper do the peers' math (see docs/optimizers.md)
-WRAPPER_OPTIONS: dict[str, dict[str, Any]] = {"pcgrad": {"seed": 0}, "imtl": {"imtl_l": True}, "mgda": {"normalization": "none"}}
+WRAPPER_OPTIONS: dict[str, dict[str, Any]] = {
+    "pcgrad": {"seed": 0}, "imtl": {"imtl_l": True}, "mgda": {"normalization": "none"},
+    "upgrad": {"reg_eps": 1e-4, "norm_eps": 1e-4}, "dualproj": {"reg_eps": 1e-4, "norm_eps": 1e-4}, "gradvac": {"seed": 0},
+}
 #: keyword arguments of LibMTL's ``backward`` (its trainer's defaults for these methods)
-LIBMTL_KWARGS: dict[str, dict[str, Any]] = {"cagrad": {"calpha": 0.5, "rescale": 1}, "mgda": {"mgda_gn": "none"}}
+LIBMTL_KWARGS: dict[str, dict[str, Any]] = {"cagrad": {"calpha": 0.5, "rescale": 1}, "mgda": {"mgda_gn": "none"}, "gradvac": {"beta": 0.5}}
 #: LibMTL weightings that accept ``rep_grad=True`` (the others raise)
 LIBMTL_FEATURES = ("mgda", "imtl")
 

@@ -18,7 +18,7 @@ from ..combine import combine
 from ..gram import gram
 from .timing import Timing, measure
 
-METHODS = ("mean", "pcgrad", "cagrad", "nash_mtl", "imtl", "mgda")
+METHODS = ("mean", "pcgrad", "cagrad", "nash_mtl", "imtl", "mgda", "upgrad", "dualproj", "gradvac")
 
 
 @dataclass
@@ -96,7 +96,7 @@ def _peer_callables(method: str, J: Tensor) -> tuple[dict[str, Callable[[], obje
             skipped["libmtl"] = "driven on float32 CPU tensors only"
         else:
             driver = peers.libmtl_driver(peers.LIBMTL_CLASSES[method], K, J.shape[1], J.dtype, J.device)
-            kwargs = {"cagrad": {"calpha": 0.5, "rescale": 1}, "mgda": {"mgda_gn": "none"}}.get(method, {})
+            kwargs = {"cagrad": {"calpha": 0.5, "rescale": 1}, "mgda": {"mgda_gn": "none"}, "gradvac": {"beta": 0.5}}.get(method, {})
             calls["libmtl"] = lambda: peers.libmtl_run(driver, J, **kwargs)
     for peer, classes in (("torchjd", peers.TORCHJD_CLASSES), ("libmtl", peers.LIBMTL_CLASSES)):
         if method in classes and not have[peer]:

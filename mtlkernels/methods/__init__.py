@@ -7,15 +7,22 @@ import inspect
 
 from .base import Solution, Weighting, diagnostics_to_python
 from .cagrad import CAGradWeighting
+from .dualproj import DualProjWeighting
+from .gradvac import GradVacWeighting
 from .imtl import IMTLWeighting
 from .mean import Mean
 from .mgda import MGDAWeighting
 from .nash_mtl import NashMTLWeighting
 from .pcgrad import PCGradWeighting
+from .upgrad import UPGradWeighting
 
 #: method name → Weighting class
 METHODS: dict[str, type[Weighting]] = {
-    cls.name: cls for cls in (Mean, PCGradWeighting, CAGradWeighting, NashMTLWeighting, IMTLWeighting, MGDAWeighting)
+    cls.name: cls
+    for cls in (
+        Mean, PCGradWeighting, CAGradWeighting, NashMTLWeighting, IMTLWeighting, MGDAWeighting, UPGradWeighting,
+        DualProjWeighting, GradVacWeighting,
+    )
 }
 
 
@@ -40,8 +47,15 @@ PEER_OPTIONS: dict[tuple[str | None, str], str] = {
                            "exact (Wolfe's active-set method): drop it",
     (None, "n_tasks"): _NO_TASK_COUNT.replace("{who}", "the Nash-MTL authors' and torchjd's"),
     (None, "task_num"): _NO_TASK_COUNT.replace("{who}", "LibMTL's"),
-    (None, "pref_vector"): "torchjd's pref_vector has no counterpart in {method!r}; to weight the tasks, "
-                           "scale their losses (task k's loss × pₖ scales its gradient by pₖ)",
+    (None, "pref_vector"): "torchjd's pref_vector has no counterpart in {method!r} (only 'upgrad' and "
+                           "'dualproj' take one); to weight the tasks, scale their losses (task k's loss × pₖ "
+                           "scales its gradient by pₖ)",
+    ("upgrad", "projector"): "torchjd's projector picks its QP solver; the UPGrad solve here is exact "
+                             "(an active-set method): drop it, and pass reg_eps=1e-4, norm_eps=1e-4 for "
+                             "torchjd's regularisation",
+    ("dualproj", "projector"): "torchjd's projector picks its QP solver; the DualProj solve here is exact "
+                               "(an active-set method): drop it, and pass reg_eps=1e-4, norm_eps=1e-4 for "
+                               "torchjd's regularisation",
 }
 
 
@@ -82,11 +96,14 @@ __all__ = [
     "METHODS",
     "PEER_OPTIONS",
     "CAGradWeighting",
+    "DualProjWeighting",
+    "GradVacWeighting",
     "IMTLWeighting",
     "MGDAWeighting",
     "Mean",
     "NashMTLWeighting",
     "PCGradWeighting",
+    "UPGradWeighting",
     "Solution",
     "Weighting",
     "diagnostics_to_python",

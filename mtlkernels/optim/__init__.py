@@ -11,9 +11,11 @@ RLW, GradNorm; :mod:`.loss_weighting`) take one backward of Σₖ wₖ·Lₖ.
 """
 from .base import MultiTaskOptimizer, NonFiniteError, ParameterRoles
 from .cagrad import CAGrad
+from .dualproj import DualProj
 from .dwa import DWA
 from .famo import FAMO
 from .gradnorm import GradNorm
+from .gradvac import GradVac
 from .imtl import IMTL
 from .loss_weighting import LossWeighting
 from .mgda import MGDA
@@ -21,9 +23,10 @@ from .mgda_ub import MGDAUB
 from .nash_mtl import NashMTL
 from .pcgrad import PCGrad
 from .rlw import RLW
+from .upgrad import UPGrad
 from .uw import UW
 
 __all__ = [
-    "CAGrad", "DWA", "FAMO", "GradNorm", "IMTL", "LossWeighting", "MGDA", "MGDAUB", "MultiTaskOptimizer", "NashMTL",
-    "NonFiniteError", "ParameterRoles", "PCGrad", "RLW", "UW",
+    "CAGrad", "DualProj", "DWA", "FAMO", "GradNorm", "GradVac", "IMTL", "LossWeighting", "MGDA", "MGDAUB",
+    "MultiTaskOptimizer", "NashMTL", "NonFiniteError", "ParameterRoles", "PCGrad", "RLW", "UPGrad", "UW",
 ]

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 from ._result import ReferenceResult
 from .cagrad import cagrad
+from .dualproj import dualproj
+from .gradvac import gradvac
 from .imtl import imtl
 from .mean import mean
 from .mgda import mgda
 from .nash_mtl import nash_mtl
 from .pcgrad import pcgrad
+from .upgrad import upgrad
 
-__all__ = ["ReferenceResult", "cagrad", "imtl", "mean", "mgda", "nash_mtl", "pcgrad"]
+__all__ = ["ReferenceResult", "cagrad", "dualproj", "gradvac", "imtl", "mean", "mgda", "nash_mtl", "pcgrad", "upgrad"]

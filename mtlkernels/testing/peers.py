@@ -22,8 +22,11 @@ import torch
 from torch import Tensor
 
 #: which of our methods each peer implements, and its class name there
-TORCHJD_CLASSES = {"mean": "Mean", "pcgrad": "PCGrad", "cagrad": "CAGrad", "nash_mtl": "NashMTL", "imtl": "IMTLG", "mgda": "MGDA"}
-LIBMTL_CLASSES = {"pcgrad": "PCGrad", "cagrad": "CAGrad", "imtl": "IMTL", "mgda": "MGDA"}
+TORCHJD_CLASSES = {
+    "mean": "Mean", "pcgrad": "PCGrad", "cagrad": "CAGrad", "nash_mtl": "NashMTL", "imtl": "IMTLG", "mgda": "MGDA",
+    "upgrad": "UPGrad", "dualproj": "DualProj", "gradvac": "GradVac",
+}
+LIBMTL_CLASSES = {"pcgrad": "PCGrad", "cagrad": "CAGrad", "imtl": "IMTL", "mgda": "MGDA", "gradvac": "GradVac"}
 
 #: the module each peer is imported through
 _PEER_MODULES = {"torchjd": "torchjd.aggregation", "libmtl": "LibMTL.weighting"}
@@ -145,4 +148,29 @@ def libmtl_pcgrad_orders(K: int, seed: int) -> Tensor:
         row = list(range(K))
         random.shuffle(row)
         rows.append(row)
+    return torch.tensor(rows)
+
+
+def torchjd_gradvac_orders(K: int, seed: int) -> Tensor:
+    """The visiting orders torchjd's GradVac uses after ``torch.manual_seed(seed)`` — per task i, one
+    ``torch.randperm(K − 1)`` over the other tasks in increasing order — as our ``order=`` (i first,
+    where our GradVac skips it). Re-seed with the same value before calling torchjd."""
+    torch.manual_seed(seed)
+    rows = []
+    for i in range(K):
+        others = [j for j in range(K) if j != i]
+        rows.append([i] + [others[p] for p in torch.randperm(K - 1).tolist()])
+    return torch.tensor(rows)
+
+
+def libmtl_gradvac_orders(K: int, seed: int) -> Tensor:
+    """The visiting orders LibMTL's GradVac uses after ``random.seed(seed)`` — per task i, one
+    ``random.shuffle`` of the other tasks — as our ``order=`` (i first, where our GradVac skips
+    it). Re-seed with the same value before calling LibMTL."""
+    random.seed(seed)
+    rows = []
+    for i in range(K):
+        others = [j for j in range(K) if j != i]
+        random.shuffle(others)
+        rows.append([i] + others)
     return torch.tensor(rows)

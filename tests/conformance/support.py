@@ -40,18 +40,28 @@ def device(backend: str) -> torch.device:
     return torch.device("cuda" if backend == "triton" and torch.cuda.is_available() else "cpu")
 
 
+def backend_marks(method: str, backend: str) -> list[Any]:
+    """The marks of ``backend``, and a skip where ``method`` has no such solve (a method without
+    a Triton solve runs its torch solve on CUDA: the "auto" and "torch" rows cover it)."""
+    marks = list(_BACKEND_MARKS[backend])
+    if backend not in ("auto", "torch") and backend not in mk.METHODS[method].backends:
+        marks.append(pytest.mark.skip(reason=f"{method} has no {backend} solve"))
+    return marks
+
+
 def grid(
     methods: tuple[str, ...] = METHODS,
     backends: tuple[str, ...] = BACKENDS,
     xfail: dict[tuple[str, str], str] | None = None,
 ) -> list[Any]:
-    """pytest params (method, backend) for every pair; a pair listed in ``xfail`` is a strict
-    xfail with the given reason (a known gap: the test flips loudly once it is fixed)."""
+    """pytest params (method, backend) for every pair the method implements (others skipped); a
+    pair listed in ``xfail`` is a strict xfail with the given reason (a known gap: the test flips
+    loudly once it is fixed)."""
     xfail = xfail or {}
     params = []
     for method in methods:
         for backend in backends:
-            marks = list(_BACKEND_MARKS[backend])
+            marks = backend_marks(method, backend)
             if (method, backend) in xfail:
                 marks.append(pytest.mark.xfail(strict=True, reason=xfail[(method, backend)]))
             params.append(pytest.param(method, backend, marks=marks, id=f"{method}-{backend}"))
@@ -77,10 +87,14 @@ def random_orders(K: int, seed: int) -> Tensor:
     return torch.stack([torch.randperm(K, generator=generator) for _ in range(K)])
 
 
+#: the methods that visit the tasks in an order (PCGrad's and GradVac's ``order=``)
+ORDERED = ("pcgrad", "gradvac")
+
+
 def deterministic_options(method: str, K: int, seed: int = 0) -> dict[str, Any]:
-    """Options that make a solve deterministic: PCGrad gets fixed visiting orders, so every
-    backend and the reference project in the same sequence."""
-    return {"order": random_orders(K, seed)} if method == "pcgrad" else {}
+    """Options that make a solve deterministic: PCGrad and GradVac get fixed visiting orders, so
+    every backend and the reference visit the tasks in the same sequence."""
+    return {"order": random_orders(K, seed)} if method in ORDERED else {}
 
 
 def reorder(order: Tensor, permutation: Tensor) -> Tensor:

@@ -34,7 +34,9 @@ from conformance.support import (
     CPP_AVAILABLE,
     assert_direction_close,
     assert_direction_is_combination,
+    ORDERED,
     assert_weights_close,
+    backend_marks,
     backend_params,
     describe,
     deterministic_options,
@@ -50,7 +52,10 @@ from conformance.support import (
 )
 
 BACKEND_RTOL = 1e-12
-REFERENCE_RTOL64 = {"mean": 1e-14, "pcgrad": 1e-13, "cagrad": 1e-12, "nash_mtl": 1e-13, "imtl": 1e-13, "mgda": 1e-13}
+REFERENCE_RTOL64 = {
+    "mean": 1e-14, "pcgrad": 1e-13, "cagrad": 1e-12, "nash_mtl": 1e-13, "imtl": 1e-13, "mgda": 1e-13,
+    "upgrad": 1e-12, "dualproj": 1e-12, "gradvac": 1e-13,
+}
 FLOAT32_RTOL = 2e-5
 #: exact-arithmetic identities (permutation, powers of two, literal degenerate answers) up to rounding
 EXACT_RTOL = 1e-12
@@ -59,6 +64,8 @@ CAGRAD_C = 0.5
 CAGRAD_DIVISOR = 1 + CAGRAD_C**2
 
 LOSSES = torch.tensor([0.5, 1.3, 2.0, 0.8, 1.1], dtype=torch.float64)
+#: preferences for UPGrad and DualProj (the first K of them), one of them 0
+PREFERENCES = torch.tensor([0.5, 2.0, 0.0, 1.0, 0.25], dtype=torch.float64)
 
 #: options beyond the defaults that change each method's arithmetic (the agreement tests run all)
 VARIANTS: dict[str, list[dict[str, Any]]] = {
@@ -68,12 +75,17 @@ VARIANTS: dict[str, list[dict[str, Any]]] = {
     "nash_mtl": [{}, {"max_norm": 0.0}],
     "imtl": [{}],
     "mgda": [{}, {"normalization": "l2", "combination": "normalized"}, {"normalization": "loss+"}],
+    "upgrad": [{}, {"pref_vector": PREFERENCES}, {"reg_eps": 1e-4, "norm_eps": 1e-4}],
+    "dualproj": [{}, {"pref_vector": PREFERENCES}, {"reg_eps": 1e-4, "norm_eps": 1e-4}],
+    "gradvac": [{}, {"eps": 1e-8, "beta": 0.1}],
 }
 
 
 def _with_inputs(method: str, variant: dict[str, Any], K: int, seed: int) -> dict[str, Any]:
     """The variant's options for K tasks: PCGrad's fixed orders, the losses a loss normalisation needs."""
     options = {**deterministic_options(method, K, seed), **variant}
+    if "pref_vector" in variant:
+        options["pref_vector"] = variant["pref_vector"][:K]
     if variant.get("normalization") in ("loss", "loss+"):
         options["losses"] = LOSSES[:K]
     return options
@@ -141,7 +153,7 @@ def test_permutation_equivariance(method, backend):
     J = random_J(5, 12, seed=7)
     permutation = torch.tensor([3, 0, 4, 1, 2])
     options = deterministic_options(method, 5, seed=7)
-    permuted_options = {"order": reorder(options["order"], permutation)} if method == "pcgrad" else {}
+    permuted_options = {"order": reorder(options["order"], permutation)} if method in ORDERED else {}
     base = run(J, method, backend, **options)
     permuted = run(J[permutation], method, backend, **permuted_options)
     assert_direction_is_combination(permuted, J[permutation])
@@ -155,6 +167,8 @@ def test_permutation_equivariance(method, backend):
 #: Nash-MTL: αᵢ(Γα)ᵢ = 1 with Γ → c²Γ gives α → α/c, and ‖d‖ = √K (or the clip) is unchanged: (−1, 0),
 #: with the clip to max_norm = 1 and without it (max_norm = 0).
 #: MGDA with l2 normalisation and combination "normalized": d = Σ wᵢgᵢ/‖gᵢ‖ is scale-free: (−1, 0).
+#: UPGrad, DualProj (the dual cone is unchanged and the projection commutes with scaling: v is
+#: scale-free) and GradVac (cosines and correction coefficients ‖gᵢ'‖/‖gⱼ‖ are scale-free, eps = 0): (0, 1).
 GLOBAL_SCALE = [
     ("mean", {}, 0, 1),
     ("pcgrad", {}, 0, 1),
@@ -165,6 +179,9 @@ GLOBAL_SCALE = [
     ("mgda", {}, 0, 1),
     ("mgda", {"normalization": "l2"}, 0, 1),
     ("mgda", {"normalization": "l2", "combination": "normalized"}, -1, 0),
+    ("upgrad", {}, 0, 1),
+    ("dualproj", {}, 0, 1),
+    ("gradvac", {}, 0, 1),
 ]
 
 
@@ -174,7 +191,8 @@ def _table_grid(table: list[tuple]) -> list[Any]:
     for row in table:
         for backend in backend_params():
             name = "-".join([row[0], *(str(v) for v in row[1].values())])
-            params.append(pytest.param(*row, backend.values[0], marks=backend.marks, id=f"{name}-{backend.id}"))
+            marks = backend_marks(row[0], backend.values[0])
+            params.append(pytest.param(*row, backend.values[0], marks=marks, id=f"{name}-{backend.id}"))
     return params
 
 
@@ -224,7 +242,8 @@ def test_per_task_scale(method, variant, weight_power, renormalise, backend):
 # -- degenerate and special inputs ----------------------------------------------------------------------
 #: K = 1, ‖g‖ = n: d = w·g with w: 1 for the mean, PCGrad (nothing to project), IMTL-G (Σw = 1) and
 #: MGDA (the hull is {g}); CAGrad: d = g + c‖g‖·g/‖g‖ = (1 + c)g, ÷(1 + c²) → 1.5/1.25 = 1.2;
-#: Nash-MTL: α·‖g‖²·α = 1 → α = 1/‖g‖, ‖d‖ = 1 is not clipped.
+#: Nash-MTL: α·‖g‖²·α = 1 → α = 1/‖g‖, ‖d‖ = 1 is not clipped; UPGrad and DualProj: g is in its own
+#: dual cone, v = argmin_{v ≥ 1} v²‖g‖² = 1; GradVac: no other task to correct towards, 1.
 SINGLE_TASK_WEIGHT: dict[str, Callable[[float], float]] = {
     "mean": lambda n: 1.0,
     "pcgrad": lambda n: 1.0,
@@ -232,6 +251,9 @@ SINGLE_TASK_WEIGHT: dict[str, Callable[[float], float]] = {
     "nash_mtl": lambda n: 1.0 / n,
     "imtl": lambda n: 1.0,
     "mgda": lambda n: 1.0,
+    "upgrad": lambda n: 1.0,
+    "dualproj": lambda n: 1.0,
+    "gradvac": lambda n: 1.0,
 }
 #: a literal weight up to a few roundings of the solve's closed form
 SINGLE_TASK_RTOL = 4 * torch.finfo(torch.float64).eps
@@ -252,7 +274,9 @@ def test_single_task(method, backend):
 #: J = 0 ([K, N]): d = 0 exactly, with each method's weights: the mean's 1/K; PCGrad nothing to
 #: project, 1; CAGrad g₀ = 0 so d = g₀ with the mean's weights ÷(1 + c²); Nash-MTL no positive
 #: solution, every task dropped, 0; IMTL-G no direction to be impartial about, the mean's 1/K; MGDA
-#: every point of the hull is 0, the even weights 1/K.
+#: every point of the hull is 0, the even weights 1/K; UPGrad and DualProj: every constraint
+#: 0·x ≥ 0 holds, nothing is projected, w = p = 1/K; GradVac: every cosine is 0, no target (0) is
+#: above it, nothing corrected, 1.
 ALL_ZERO_WEIGHT: dict[str, Callable[[int], float]] = {
     "mean": lambda K: 1.0 / K,
     "pcgrad": lambda K: 1.0,
@@ -260,6 +284,9 @@ ALL_ZERO_WEIGHT: dict[str, Callable[[int], float]] = {
     "nash_mtl": lambda K: 0.0,
     "imtl": lambda K: 1.0 / K,
     "mgda": lambda K: 1.0 / K,
+    "upgrad": lambda K: 1.0 / K,
+    "dualproj": lambda K: 1.0 / K,
+    "gradvac": lambda K: 1.0,
 }
 
 
@@ -280,6 +307,9 @@ def test_all_zero_gradients(method, backend):
 #: on the rest); "zero": all others 0 (MGDA: the min-norm point of a hull holding 0 is 0, the weight
 #: shared evenly by the zero gradients); None: not defined by the method beyond the reference
 #: (CAGrad: a zero gradient caps the worst improvement at 0; its weight does not change d).
+#: UPGrad and DualProj: a zero gradient's constraint 0·x ≥ 0 always holds and never binds, so its
+#: weight stays pᵢ = 1/K (the others' preferences are 1/K, not 1/(K − z): not "reduced"). GradVac:
+#: a zero gradient has cosine 0 with every task and is never corrected nor corrected towards.
 ZERO_ROW: dict[str, tuple[Callable[[int, int], float] | None, str | None]] = {
     "mean": (lambda K, z: 1.0 / K, None),
     "pcgrad": (lambda K, z: 1.0, "reduced"),
@@ -287,6 +317,9 @@ ZERO_ROW: dict[str, tuple[Callable[[int, int], float] | None, str | None]] = {
     "nash_mtl": (lambda K, z: 0.0, "reduced"),
     "imtl": (lambda K, z: 0.0, "reduced"),
     "mgda": (lambda K, z: 1.0 / z, "zero"),
+    "upgrad": (lambda K, z: 1.0 / K, None),
+    "dualproj": (lambda K, z: 1.0 / K, None),
+    "gradvac": (lambda K, z: 1.0, "reduced"),
 }
 #: the diagnostics that name the zero tasks
 ZERO_ROW_DIAGNOSTICS = {"nash_mtl": "dropped_tasks", "imtl": "zero_tasks"}
@@ -304,7 +337,7 @@ def test_zero_rows(method, backend):
             assert result.weights[zero].tolist() == pytest.approx([zero_weight(5, len(zero))] * len(zero), rel=EXACT_RTOL, abs=0)
         keep = torch.tensor([i for i in range(5) if i not in zero])
         if others == "reduced":
-            reduced_options = {"order": restrict(options["order"], keep)} if method == "pcgrad" else {}
+            reduced_options = {"order": restrict(options["order"], keep)} if method in ORDERED else {}
             reduced = run(J[keep], method, backend, **reduced_options)
             assert_weights_close(result.weights[keep], reduced.weights, J[keep], EXACT_RTOL, f"weights vs J without rows {zero}")
         elif others == "zero":
@@ -319,11 +352,13 @@ def test_duplicate_rows(method, backend):
     unique (mean, PCGrad with fixed orders, Nash-MTL, IMTL-G's least-norm choice), else on the
     duplicates' total (CAGrad's multipliers and MGDA's hull weights may split it either way).
     Nash-MTL's system is symmetric in the duplicates: equal weights. IMTL-G and MGDA see the same
-    unit gradients / hull as (g, h, k): the same d, the duplicates sharing g's weight (IMTL-G: equally)."""
+    unit gradients / hull as (g, h, k): the same d, the duplicates sharing g's weight (IMTL-G: equally).
+    UPGrad and DualProj: the dual cone is (g, h, k)'s, so d is theirs, the duplicates sharing g's
+    weight either way (the active-set solve moves only one of them)."""
     distinct = random_J(3, 10, seed=12)
     J = torch.cat([distinct[:1], distinct])
     options = deterministic_options(method, 4, seed=12)
-    split_either_way = method in ("cagrad", "mgda")
+    split_either_way = method in ("cagrad", "mgda", "upgrad", "dualproj")
     result = _run_against_reference(J, method, backend, options, weights=not split_either_way)
     if split_either_way:
         merged, merged_expected = _merge_first_two(result.weights), _merge_first_two(reference(J, method, **options).weights)
@@ -345,14 +380,21 @@ def _merge_first_two(weights: torch.Tensor) -> torch.Tensor:
 #: J = (g, −g): d = 0 for every method, with the weights each defines: mean ½; PCGrad each gᵢ
 #: projected off the other, cᵢ = (1, 1), summed: 2; CAGrad g₀ = 0 so φ = 0 and d = g₀: (½)/(1 + c²)
 #: = 0.4; Nash-MTL no positive solution, both tasks cancel: 0; IMTL-G the unique impartial weights
-#: summing to 1: ½ (its docstring's example); MGDA the min-norm point 0 = ½g + ½(−g): ½.
-OPPOSITE_WEIGHTS = {"mean": 0.5, "pcgrad": 2.0, "cagrad": 0.4, "nash_mtl": 0.0, "imtl": 0.5, "mgda": 0.5}
+#: summing to 1: ½ (its docstring's example); MGDA the min-norm point 0 = ½g + ½(−g): ½; UPGrad the
+#: dual cone is g⊥, π(±g) = 0 = g − g, the least v ≥ eᵢ with v₀ = v₁ is (1, 1), times ½ twice: 1;
+#: DualProj ½g − ½g = 0 is already in the cone: p = ½; GradVac as PCGrad at the first step (targets
+#: 0: the correction is the projection): 2.
+OPPOSITE_WEIGHTS = {
+    "mean": 0.5, "pcgrad": 2.0, "cagrad": 0.4, "nash_mtl": 0.0, "imtl": 0.5, "mgda": 0.5, "upgrad": 1.0,
+    "dualproj": 0.5, "gradvac": 2.0,
+}
 #: what each method's diagnostics say of (g, −g): CAGrad's degenerate case (g₀ = 0); IMTL-G's
 #: rank-deficient fallback with a unique answer; Nash-MTL drops both tasks.
 OPPOSITE_DIAGNOSTICS: dict[str, dict[str, Any]] = {
     "cagrad": {"degenerate": True},
     "imtl": {"fallback": True, "unique": True},
     "nash_mtl": {"dropped_tasks": [0, 1]},
+    "dualproj": {"active_tasks": []},
 }
 
 
@@ -374,10 +416,12 @@ def test_opposite_rows(method, backend):
 @pytest.mark.parametrize("method, backend", grid())
 def test_opposite_rows_among_others(method, backend):
     """J = (g, −g, h, k): as the reference. Nash-MTL drops the cancelling pair (weight exactly 0) and
-    solves (h, k) alone. CAGrad's weights are not unique here (u moves freely along g − g), only d."""
+    solves (h, k) alone. CAGrad's weights are not unique here (u moves freely along g − g), nor
+    UPGrad's and DualProj's (v may add any multiple of (1, 1, 0, 0)), only d."""
     J = random_J(3, 10, seed=14)
     J = torch.stack([J[0], -J[0], J[1], J[2]])
-    result = _run_against_reference(J, method, backend, deterministic_options(method, 4, seed=14), weights=method != "cagrad")
+    unique = method not in ("cagrad", "upgrad", "dualproj")
+    result = _run_against_reference(J, method, backend, deterministic_options(method, 4, seed=14), weights=unique)
     if method == "nash_mtl":
         assert result.weights[:2].tolist() == [0.0, 0.0]
         assert mk.diagnostics_to_python(result.diagnostics)["dropped_tasks"] == [0, 1]
@@ -415,6 +459,18 @@ def _check_nash_mtl(result, J):
     assert bool((result.weights > 0).all()), result.weights.tolist()
 
 
+def _check_not_projected(result, J):
+    """Every gᵢ is in the dual cone (gᵢ·gⱼ ≥ 0): nothing is projected, w = p = 1/K (UPGrad: each
+    π(gᵢ) = gᵢ; DualProj: the mean is in the cone), d the mean gradient."""
+    assert result.weights.tolist() == [1.0 / J.shape[0]] * J.shape[0]
+
+
+def _check_gradvac(result, J):
+    """Every cosine is above the first step's targets (0): nothing corrected, d = Σgᵢ."""
+    assert result.weights.tolist() == [1.0] * J.shape[0]
+    assert int(result.diagnostics["corrections"]) == 0
+
+
 def _check_mgda(result, J):
     """The min-norm point x of the hull is a common descent direction: gᵢ·x ≥ ‖x‖² > 0 for all i."""
     x = result.direction
@@ -430,6 +486,9 @@ NON_CONFLICTING: list[tuple[str, dict[str, Any], Callable]] = [
     ("cagrad", {}, _check_cagrad),
     ("nash_mtl", {}, _check_nash_mtl),
     ("mgda", {}, _check_mgda),
+    ("upgrad", {}, _check_not_projected),
+    ("dualproj", {}, _check_not_projected),
+    ("gradvac", {}, _check_gradvac),
 ]
 
 
@@ -458,19 +517,23 @@ def _pareto_stationary_J() -> torch.Tensor:
 #: IMTL-G: only d = 0 has equal projections on the three unit gradients of a plane, at those weights.
 #: Nash-MTL: no positive solution, all three cancel and are dropped: weight 0, and the residual
 #: √(kept residual² + number dropped) = √3. CAGrad with c = 1.5: the ball around g₀ reaches 0 and
-#: no d has gᵢ·d ≥ 0 for all i but 0, so the degenerate case gives d = 0.
+#: no d has gᵢ·d ≥ 0 for all i but 0, so the degenerate case gives d = 0. UPGrad and DualProj: the
+#: dual cone holds only 0 and the plane's complement, so every π(gᵢ) is 0 (weights not unique).
 PARETO_STATIONARY: dict[str, tuple[dict[str, Any], list[float] | None, dict[str, Any]]] = {
     "mgda": ({}, [0.25, 0.25, 0.5], {}),
     "imtl": ({}, [0.25, 0.25, 0.5], {}),
     "nash_mtl": ({}, [0.0, 0.0, 0.0], {"dropped_tasks": [0, 1, 2], "residual": pytest.approx(math.sqrt(3), rel=EXACT_RTOL)}),
     "cagrad": ({"c": 1.5}, None, {"degenerate": True}),
+    "upgrad": ({}, None, {}),
+    "dualproj": ({}, None, {}),
 }
 
 
 @pytest.mark.parametrize("method, backend", grid())
 def test_pareto_stationary(method, backend):
     J = _pareto_stationary_J()
-    _run_against_reference(J, method, backend, deterministic_options(method, 3, seed=16), weights=method != "cagrad")
+    unique = method not in ("cagrad", "upgrad", "dualproj")
+    _run_against_reference(J, method, backend, deterministic_options(method, 3, seed=16), weights=unique)
     if method not in PARETO_STATIONARY:
         return
     variant, weights, facts = PARETO_STATIONARY[method]

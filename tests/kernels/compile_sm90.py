@@ -1,5 +1,5 @@
-"""Compile the streaming kernels (Gram, combine) and the PCGrad solve for an H100 (sm_90) without a
-GPU and report each configuration's registers and spills per thread, as the launchers pick them.
+"""Compile the streaming kernels (Gram, combine), the PCGrad solve and the dual-cone solves (UPGrad,
+DualProj) for an H100 (sm_90) without a GPU and report each configuration's registers and spills per thread, as the launchers pick them.
 
 Run as a script in a process without TRITON_INTERPRET (the kernels must be decorated for the real
 compiler): ``python tests/kernels/compile_sm90.py [--full] [--arch 90]`` prints one JSON object per
@@ -24,8 +24,10 @@ from triton.backends.compiler import GPUTarget
 from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
 from triton.compiler import ASTSource
 
-from mtlkernels.kernels import combine, gram, kspace, solve_cagrad, solve_imtl, solve_mgda, solve_nash_mtl, solve_pcgrad
-from mtlkernels.methods import cagrad, imtl, mgda, nash_mtl
+from mtlkernels.kernels import (
+    combine, gram, kspace, solve_cagrad, solve_dual_cone, solve_gradvac, solve_imtl, solve_mgda, solve_nash_mtl, solve_pcgrad,
+)
+from mtlkernels.methods import cagrad, dual_cone, imtl, mgda, nash_mtl
 
 #: task counts the tests cover (K = 1 is a compile-time constant; 3 and 40 are not powers of two,
 #: 40 is not a multiple of 16: a 64-row tile with a masked K)
@@ -147,7 +149,7 @@ def pcgrad_case(K: int, arch: int) -> dict:
     return report
 
 
-#: the other four on-device solves: (kernel, pointer arguments, constexprs) on a float32 Γ, as
+#: the other on-device solves: (kernel, pointer arguments, constexprs) on a float32 Γ, as
 #: their launchers pass them (MGDA with the loss normalisation, its largest variant)
 _F64, _I1, _I32, _I64 = "*fp64", "*i1", "*i32", "*i64"
 SOLVES = {
@@ -167,6 +169,17 @@ SOLVES = {
                dict(gram_ptr="*fp32", weights_ptr=_F64, active_ptr=_I1, degenerate_ptr=_I1, iterations_ptr=_I32,
                     facts_ptr=_F64),
                lambda: dict(C=0.4, FACTOR=1 / 1.16, **kspace.constexprs(cagrad.CONSTANTS))),
+    "upgrad": (solve_dual_cone, "_upgrad_solve_kernel",
+               dict(gram_ptr="*fp32", pref_ptr=_F64, weights_ptr=_F64, kkt_ptr=_F64, iterations_ptr=_I32),
+               lambda: dict(kspace.constexprs(dual_cone.CONSTANTS))),
+    "dualproj": (solve_dual_cone, "_dualproj_solve_kernel",
+                 dict(gram_ptr="*fp32", pref_ptr=_F64, weights_ptr=_F64, kkt_ptr=_F64, iterations_ptr=_I32,
+                      active_ptr="*i8"),
+                 lambda: dict(kspace.constexprs(dual_cone.CONSTANTS))),
+    "gradvac": (solve_gradvac, "_gradvac_solve_kernel",
+                dict(gram_ptr="*fp32", order_ptr=_I64, targets_ptr=_F64, weights_ptr=_F64, corrections_ptr=_I32,
+                     residual_ptr=_F64),
+                lambda: dict(BETA=0.5, EPS=0.0, ALWAYS=True)),
 }
 
 
@@ -185,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="also the unaligned variants at every K")
     parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 or 80")
-    parser.add_argument("--kernels", default="gram,combine,pcgrad", help="comma-separated subset")
+    parser.add_argument("--kernels", default="gram,combine,pcgrad", help="comma-separated subset (also: " + ", ".join(SOLVES) + ")")
     parser.add_argument("--K", default=",".join(map(str, TASK_COUNTS)), help="comma-separated task counts")
     parser.add_argument("--dtypes", default="float32,bfloat16,float16,float64", help="comma-separated J dtypes")
     parser.add_argument("--warps", type=int, help="override the solves' num_warps (to explore)")

@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 
-from mtlkernels.optim import CAGrad, IMTL, MGDAUB, MultiTaskOptimizer, NashMTL, NonFiniteError, PCGrad
+from mtlkernels.optim import CAGrad, GradVac, IMTL, MGDAUB, MultiTaskOptimizer, NashMTL, NonFiniteError, PCGrad, UPGrad
 from mtl_model import TrunkHeads, batch, same_state, snapshot, task_losses
 
 
@@ -27,10 +27,13 @@ STATEFUL = [
     (IMTL, {"imtl_l": True}, False),
     (CAGrad, {"c": 0.4}, False),
     (MGDAUB, {}, True),
+    (GradVac, {"seed": 12}, False),
+    (GradVac, {"seed": 13}, True),
+    (UPGrad, {}, True),
 ]
 
 
-@pytest.mark.parametrize("wrapper, options, features", STATEFUL, ids=[w.__name__ for w, _, _ in STATEFUL])
+@pytest.mark.parametrize("wrapper, options, features", STATEFUL, ids=[f"{w.__name__}-{'features' if f else 'parameters'}" for w, _, f in STATEFUL])
 def test_state_dict_round_trip_continues_bit_identically(wrapper, options, features):
     model = TrunkHeads(K=3, seed=1)
     opt = wrapper(torch.optim.Adam(model.parameters(), lr=1e-2), **options)

@@ -8,7 +8,7 @@ import torch
 
 from mtlkernels import reference
 from mtlkernels.methods import make_weighting
-from mtlkernels.optim import CAGrad, IMTL, MGDA, MGDAUB, MultiTaskOptimizer, NashMTL, PCGrad
+from mtlkernels.optim import CAGrad, IMTL, MGDA, MGDAUB, DualProj, GradVac, MultiTaskOptimizer, NashMTL, PCGrad, UPGrad
 from mtl_model import TrunkHeads, grads_of, manual_grads, task_losses, wrapped_model
 
 
@@ -30,6 +30,10 @@ def _reference_of(method: str, wrapper, options: dict, last, features: bool):
             result = reference.imtl(J)
         elif method == "mgda":
             result = reference.mgda(J, normalization=options.get("normalization", MGDA_NORMALIZATION[wrapper]), losses=losses)
+        elif method in ("upgrad", "dualproj"):
+            result = getattr(reference, method)(J, pref_vector=options.get("pref_vector"))
+        elif method == "gradvac":
+            result = reference.gradvac(J, order=last.diagnostics["order"], beta=options.get("beta", 0.5))
         else:
             result = reference.mean(J)
         return result.weights if features else result.direction
@@ -51,6 +55,10 @@ WRAPPERS = [
     ("mgda", MGDA, {"normalization": "loss+"}),
     ("mgda", MGDAUB, {}),
     ("mgda", MGDAUB, {"normalization": "l2"}),
+    ("upgrad", UPGrad, {}),
+    ("upgrad", UPGrad, {"pref_vector": [0.2, 1.0, 0.5]}),
+    ("dualproj", DualProj, {}),
+    ("gradvac", GradVac, {"seed": 3}),
 ]
 
 

@@ -1,0 +1,308 @@
+// The dual-cone projection of UPGrad and DualProj (Quinton & Rey, "Jacobian Descent for
+// Multi-Objective Optimization", 2024, Proposition 1): v = argmin_{v ≥ u} vᵀΓv, by the active-set
+// method of Lawson & Hanson (1974) on the normal equations. Double precision, header-only, no
+// Python; the same steps as mtlkernels/methods/dual_cone.py's torch solve.
+//
+// The free set F (tasks with vᵢ > uᵢ) solves (Γv)_F = 0 with v = u elsewhere, on the cosine matrix
+// D⁻¹Γ_FF D⁻¹ (D = diag ‖gᵢ‖), kept as a Cholesky factor: a freed task appends a row (O(|F|²)), a
+// task fixed back is removed by a rank-one update of the rows after it (O(|F|²)).
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+namespace mtlkernels::dual_cone {
+
+// Tolerances and caps; their values are defined once, in Python
+// (mtlkernels.methods.dual_cone.DualConeConstants, documented there), and arrive through the binding.
+struct Constants {
+  double tolerance;        // free task i when (Γv)ᵢ < −tolerance·Σₖ|Γᵢₖvₖ|
+  double dependent_pivot;  // a Cholesky pivot² ≤ this: the freed set is linearly dependent
+  int steps_per_task, steps_extra;  // at most steps_per_task·K + steps_extra subproblems per projection
+  int block_rounds;                 // rounds of the block-pivoting start
+};
+
+// The solver's workspace: Γ (symmetrised), the norms, the free set and its Cholesky factor, kept
+// between projections on the same Γ.
+class Projector {
+ public:
+  Projector(const double* gram, int K, const Constants& constants)
+      : K_(K), k_(constants), G_(static_cast<size_t>(K) * K), n_(K), L_(static_cast<size_t>(K) * K),
+        in_free_(K, 0), blocked_(K, 0), candidate_(K), multiplier_(K), scale_(K), y_(K), x_(K) {
+    for (int i = 0; i < K; ++i)
+      for (int j = 0; j < K; ++j)
+        G_[i * K + j] = 0.5 * (gram[static_cast<size_t>(i) * K + j] + gram[static_cast<size_t>(j) * K + i]);
+    for (int i = 0; i < K; ++i) n_[i] = std::sqrt(std::max(G_[i * K + i], 0.0));
+  }
+
+  // v = argmin_{v ≥ u} vᵀΓv by Lawson–Hanson from a block-pivoting start (the start only chooses
+  // where the exact iteration begins). Returns the subproblems solved.
+  int project(const double* u, double* v) {
+    const int K = K_;
+    const int max_steps = k_.steps_per_task * K + k_.steps_extra;
+    bound_.clear();
+    for (int k = 0; k < K; ++k)
+      if (u[k] != 0.0) bound_.push_back(k);
+    std::fill(blocked_.begin(), blocked_.end(), 0);
+    std::copy(u, u + K, v);
+    int steps = 0;
+    // the start: free the tasks the unprojected combination conflicts with, (Γu)ⱼ < 0, and settle;
+    // then, while the number of violated constraints falls, free them all at once and settle again
+    truncate(0);
+    multipliers(u);
+    for (int j = 0; j < K; ++j)
+      if (multiplier_[j] < 0.0 && !(u[j] != 0.0)) free_.push_back(j), in_free_[j] = 1;
+    steps = settle(u, v, steps, max_steps);
+    int violated_before = K + 1;
+    for (int round = 1; round < k_.block_rounds; ++round) {
+      multipliers(v);
+      std::vector<int> violated;
+      for (int i = 0; i < K; ++i)
+        if (!in_free_[i] && scale_[i] > 0.0 && multiplier_[i] / scale_[i] < -k_.tolerance) violated.push_back(i);
+      if (violated.empty() || static_cast<int>(violated.size()) >= violated_before) break;
+      violated_before = static_cast<int>(violated.size());
+      for (int i : violated) free_.push_back(i), in_free_[i] = 1;
+      std::sort(free_.begin(), free_.end());
+      factored_ = 0;
+      steps = settle(u, v, steps, max_steps);
+    }
+    while (steps < max_steps) {
+      const int j = most_violated(u, v);
+      if (j < 0) break;
+      free_.push_back(j);
+      in_free_[j] = 1;
+      if (!factor()) {  // gⱼ lies in the span of the free gradients: leave it at its bound
+        truncate(factored_);
+        blocked_[j] = 1;
+        continue;
+      }
+      while (steps < max_steps && !free_.empty()) {  // inner steps
+        free_solve(u);
+        ++steps;
+        int hit = -1;
+        double t = 0.0;
+        for (size_t p = 0; p < free_.size(); ++p) {
+          const int i = free_[p];
+          if (!(candidate_[i] > u[i])) {
+            const double ratio = v[i] > candidate_[i] ? (v[i] - u[i]) / (v[i] - candidate_[i]) : 0.0;
+            if (hit < 0 || ratio < t) hit = static_cast<int>(p), t = ratio;
+          }
+        }
+        if (hit < 0) {
+          std::copy(candidate_.begin(), candidate_.end(), v);
+          break;
+        }
+        // step towards the candidate until a free task reaches its bound: fix it (and any other there)
+        for (int i : free_) v[i] += t * (candidate_[i] - v[i]);
+        v[free_[hit]] = u[free_[hit]];
+        for (int p = static_cast<int>(free_.size()) - 1; p >= 0; --p)
+          if (!(v[free_[p]] > u[free_[p]])) v[free_[p]] = u[free_[p]], remove(p);
+      }
+    }
+    return steps;
+  }
+
+  // A feasible start from free_ (in index order): its longest independent prefix, less the tasks
+  // whose candidate falls to their bound (all at once, until the candidate is feasible); v is the
+  // candidate, or u when no task is left. Returns the steps taken so far.
+  int settle(const double* u, double* v, int steps, int max_steps) {
+    std::copy(u, u + K_, v);
+    while (!free_.empty() && steps < max_steps) {
+      if (!factor()) truncate(factored_);  // keep the independent prefix
+      if (free_.empty()) break;
+      free_solve(u);
+      ++steps;
+      bool feasible = true;
+      for (int p = static_cast<int>(free_.size()) - 1; p >= 0; --p)
+        if (!(candidate_[free_[p]] > u[free_[p]])) remove(p), feasible = false;
+      if (feasible) {
+        std::copy(candidate_.begin(), candidate_.end(), v);
+        return steps;
+      }
+    }
+    truncate(0);
+    return steps;
+  }
+
+  // The KKT residual of v for min_{v ≥ u} vᵀΓv (see mtlkernels.methods.dual_cone.kkt_residual).
+  double kkt_residual(const double* u, const double* v) {
+    const int K = K_;
+    double u_scale = 0.0, residual = 0.0;
+    for (int i = 0; i < K; ++i) u_scale = std::max(u_scale, std::fabs(u[i]));
+    multipliers(v);
+    for (int i = 0; i < K; ++i) {
+      if (u_scale > 0.0) residual = std::max(residual, std::max(0.0, u[i] - v[i]) / u_scale);
+      const double relative = scale_[i] > 0.0 ? multiplier_[i] / scale_[i] : 0.0;
+      residual = std::max(residual, std::max(0.0, -relative));
+      if (v[i] > u[i]) residual = std::max(residual, std::fabs(relative));
+    }
+    return residual;
+  }
+
+ private:
+  // multiplier_ = Γv and scale_ = Σₖ|Γᵢₖvₖ|, over the support of v (the free and bound tasks).
+  void multipliers(const double* v) {
+    const int K = K_;
+    std::fill(multiplier_.begin(), multiplier_.end(), 0.0);
+    std::fill(scale_.begin(), scale_.end(), 0.0);
+    const auto add = [&](int a) {
+      const double va = v[a];
+      if (va == 0.0) return;
+      const double* row = &G_[static_cast<size_t>(a) * K];
+      for (int k = 0; k < K; ++k) {
+        const double term = row[k] * va;
+        multiplier_[k] += term;
+        scale_[k] += std::fabs(term);
+      }
+    };
+    for (int a : bound_)
+      if (!in_free_[a]) add(a);
+    for (int a : free_) add(a);
+  }
+
+  // The fixed, unblocked task whose constraint gⱼ·d ≥ 0 is most violated relative to the rounding
+  // of gⱼ·d, beyond tolerance; −1 when none is.
+  int most_violated(const double* u, const double* v) {
+    (void)u;
+    multipliers(v);
+    int j = -1;
+    double worst = -k_.tolerance;
+    for (int i = 0; i < K_; ++i) {
+      if (in_free_[i] || blocked_[i] || !(scale_[i] > 0.0)) continue;
+      const double relative = multiplier_[i] / scale_[i];
+      if (relative < worst) worst = relative, j = i;
+    }
+    return j;
+  }
+
+  // Extend the Cholesky factor of the free set's cosine matrix over free_[factored_..]; false
+  // when a pivot² falls to dependent_pivot or below.
+  bool factor() {
+    const int K = K_;
+    for (int p = factored_; p < static_cast<int>(free_.size()); ++p) {
+      const int a = free_[p];
+      double* Lp = &L_[static_cast<size_t>(p) * K];
+      for (int q = 0; q <= p; ++q) {
+        const int b = free_[q];
+        const double* Lq = &L_[static_cast<size_t>(q) * K];
+        double s = q == p ? 1.0 : G_[static_cast<size_t>(a) * K + b] / (n_[a] * n_[b]);
+        for (int r = 0; r < q; ++r) s -= Lp[r] * Lq[r];
+        if (q < p) {
+          Lp[q] = s / Lq[q];
+        } else {
+          if (!(s > k_.dependent_pivot)) return false;
+          Lp[p] = std::sqrt(s);
+        }
+      }
+      factored_ = p + 1;
+    }
+    return true;
+  }
+
+  // Keep the first m free tasks (their factor rows are valid).
+  void truncate(int m) {
+    for (size_t p = m; p < free_.size(); ++p) in_free_[free_[p]] = 0;
+    free_.resize(m);
+    factored_ = std::min(factored_, m);
+  }
+
+  // Remove free_[p]: its row and column leave the factor, whose trailing rows are restored by a
+  // rank-one update with the removed column (L₃₃'L₃₃'ᵀ = L₃₃L₃₃ᵀ + l l ᵀ).
+  void remove(int p) {
+    const int K = K_;
+    const int m = static_cast<int>(free_.size());
+    in_free_[free_[p]] = 0;
+    if (p >= factored_) {
+      free_.erase(free_.begin() + p);
+      return;
+    }
+    const int n = factored_ - 1 - p;  // factored rows below p
+    for (int r = p + 1; r < factored_; ++r) {
+      const double* old_row = &L_[static_cast<size_t>(r) * K];
+      double* new_row = &L_[static_cast<size_t>(r - 1) * K];
+      x_[r - p - 1] = old_row[p];
+      for (int c = 0; c < p; ++c) new_row[c] = old_row[c];
+      for (int c = p; c < r; ++c) new_row[c] = old_row[c + 1];
+    }
+    for (int k = 0; k < n; ++k) {
+      double* Lk = &L_[static_cast<size_t>(p + k) * K];
+      const double diagonal = Lk[p + k];
+      const double radius = std::hypot(diagonal, x_[k]);
+      const double c = radius / diagonal, s = x_[k] / diagonal;
+      Lk[p + k] = radius;
+      for (int i = k + 1; i < n; ++i) {
+        double* Li = &L_[static_cast<size_t>(p + i) * K];
+        Li[p + k] = (Li[p + k] + s * x_[i]) / c;
+        x_[i] = c * x_[i] - s * Li[p + k];
+      }
+    }
+    free_.erase(free_.begin() + p);
+    factored_ -= 1;
+    (void)m;
+  }
+
+  // candidate_: u off the free set, and on it the solution of (Γv)_F = 0.
+  void free_solve(const double* u) {
+    const int K = K_;
+    const int m = static_cast<int>(free_.size());
+    std::copy(u, u + K, candidate_.begin());
+    for (int p = 0; p < m; ++p) {  // rhs −(Γ_{F,fixed} u_fixed)/n, then forward substitution
+      const int a = free_[p];
+      const double* row = &G_[static_cast<size_t>(a) * K];
+      const double* Lp = &L_[static_cast<size_t>(p) * K];
+      double s = 0.0;
+      for (int k : bound_)
+        if (!in_free_[k]) s += row[k] * u[k];
+      s = -s / n_[a];
+      for (int r = 0; r < p; ++r) s -= Lp[r] * y_[r];
+      y_[p] = s / Lp[p];
+    }
+    for (int p = m - 1; p >= 0; --p) {  // backward substitution
+      double s = y_[p];
+      for (int r = p + 1; r < m; ++r) s -= L_[static_cast<size_t>(r) * K + p] * y_[r];
+      y_[p] = s / L_[static_cast<size_t>(p) * K + p];
+    }
+    for (int p = 0; p < m; ++p) candidate_[free_[p]] = y_[p] / n_[free_[p]];
+  }
+
+  int K_;
+  Constants k_;
+  std::vector<double> G_, n_, L_;  // L_ row-major K×K, rows/columns in the order of free_
+  std::vector<int> free_, bound_;  // bound_: the tasks with uₖ ≠ 0
+  std::vector<char> in_free_, blocked_;
+  std::vector<double> candidate_, multiplier_, scale_, y_, x_;
+  int factored_ = 0;  // rows of L_ valid for the current free_
+};
+
+struct Result {
+  double kkt_residual = 0.0;  // the largest over the projections
+  int iterations = 0;         // inner steps over all projections
+};
+
+// UPGrad: weights = Σᵢ prefᵢ·argmin_{v ≥ eᵢ} vᵀΓv (tasks with prefᵢ = 0 skipped).
+inline Result upgrad(const double* gram, const double* pref, int K, const Constants& constants, double* weights) {
+  Projector projector(gram, K, constants);
+  Result result;
+  std::vector<double> u(K, 0.0), v(K);
+  std::fill(weights, weights + K, 0.0);
+  for (int i = 0; i < K; ++i) {
+    if (pref[i] == 0.0) continue;
+    u[i] = 1.0;
+    result.iterations += projector.project(u.data(), v.data());
+    result.kkt_residual = std::max(result.kkt_residual, projector.kkt_residual(u.data(), v.data()));
+    for (int k = 0; k < K; ++k) weights[k] += pref[i] * v[k];
+    u[i] = 0.0;
+  }
+  return result;
+}
+
+// DualProj: weights = argmin_{w ≥ pref} wᵀΓw.
+inline Result dualproj(const double* gram, const double* pref, int K, const Constants& constants, double* weights) {
+  Projector projector(gram, K, constants);
+  Result result;
+  result.iterations = projector.project(pref, weights);
+  result.kkt_residual = projector.kkt_residual(pref, weights);
+  return result;
+}
+
+}  // namespace mtlkernels::dual_cone

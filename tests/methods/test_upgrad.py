@@ -1,0 +1,146 @@
+"""UPGrad's K-space solve (torch and C++) against the float64 face-enumeration reference, its KKT
+certificate, the paper's properties, and option errors.
+
+Tolerances are relative to the natural scale Σᵢ|wᵢ|·‖gᵢ‖ of the reference's weights (UPGrad's
+weights multiply the gradients; ‖d‖ can vanish on Pareto-stationary inputs).
+"""
+import pytest
+import torch
+from hypothesis import given, settings
+
+import mtlkernels as mk
+from cases import adversarial_cases, assert_option_rejected, conflicting_J, random_J, structured_gradients
+from mtlkernels import _extension
+from mtlkernels.methods import UPGradWeighting
+
+BACKENDS = ["torch", pytest.param("cpp", marks=pytest.mark.skipif(not _extension.available, reason="C++ extension not built"))]
+RTOL = {torch.float32: 1e-5, torch.float64: 1e-11}
+#: the KKT residual at the exact optimum: rounding in (Γv)ᵢ relative to the size of its terms
+KKT_BOUND = 1e-13
+
+
+def _scale(weights: torch.Tensor, J: torch.Tensor) -> float:
+    return max(float(weights.double().abs() @ J.double().norm(dim=1)), 1e-300)
+
+
+def assert_direction_matches(result: mk.AggregationResult, expected: mk.reference.ReferenceResult, J: torch.Tensor, rtol: float) -> None:
+    error = float((result.direction.double() - expected.direction).norm())
+    assert error <= rtol * _scale(expected.weights, J), f"direction off by {error / _scale(expected.weights, J):.3g}"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("K, N", [(1, 5), (2, 7), (3, 2), (5, 40), (6, 3), (8, 300)])
+def test_random_matches_reference(K, N, dtype, backend):
+    J = (conflicting_J(K, N, seed=K + N) if K % 2 else random_J(K, N, seed=K + N)).to(dtype)
+    result = mk.aggregate(J, "upgrad", backend=backend)
+    assert_direction_matches(result, mk.reference.upgrad(J), J, RTOL[dtype])
+    assert result.diagnostics["kkt_residual"] <= KKT_BOUND
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("K", [2, 3, 8])
+def test_adversarial_matches_reference(K, backend):
+    """Opposite, duplicate, zero, near-collinear rows, 1e±20 scales: d is the reference's."""
+    for name, J in adversarial_cases(K, 50, seed=K):
+        result = mk.aggregate(J, "upgrad", backend=backend)
+        expected = mk.reference.upgrad(J)
+        rtol = 1e-5 if name == "near_collinear" else RTOL[torch.float64]
+        error = float((result.direction - expected.direction).norm()) / _scale(expected.weights, J)
+        assert error <= rtol, f"{name}: direction off by {error:.3g}"
+        assert result.diagnostics["kkt_residual"] <= KKT_BOUND, name
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@settings(max_examples=25, deadline=None)
+@given(J=structured_gradients(K=(1, 7), N=(1, 12), log_scales=[-8.0, 0.0, 8.0]))
+def test_hypothesis_no_task_conflicts(J, backend):
+    """Every projection lies in the dual cone, so gₖ·d ≥ 0 for every task (up to rounding of the
+    products), and w ≥ p = 1/K (each vᵢ ≥ eᵢ)."""
+    result = mk.aggregate(J, "upgrad", backend=backend)
+    K = J.shape[0]
+    products = J @ result.direction
+    rounding = 1e-12 * J.norm(dim=1) * _scale(result.weights, J)
+    assert bool((products >= -rounding).all()), products.tolist()
+    assert bool((result.weights >= 1.0 / K - 1e-15).all()), result.weights.tolist()
+    assert result.diagnostics["kkt_residual"] <= KKT_BOUND
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pref_vector_weights_the_projections(backend):
+    """p = eₖ gives π(gₖ), the reference's k-th projected gradient; a general p their p-combination."""
+    J = random_J(5, 4, seed=3)
+    projections = mk.reference.upgrad(J).info["projections"]
+    for k in range(5):
+        p = torch.zeros(5, dtype=torch.float64)
+        p[k] = 1.0
+        result = mk.aggregate(J, "upgrad", backend=backend, pref_vector=p)
+        assert float((result.direction - projections[k]).norm()) <= 1e-12 * float(J.norm(dim=1).sum())
+    p = torch.tensor([0.1, 0.0, 2.0, 0.5, 1.0], dtype=torch.float64)
+    result = mk.aggregate(J, "upgrad", backend=backend, pref_vector=p)
+    assert float((result.direction - p @ projections).norm()) <= 1e-12 * float(J.norm(dim=1).sum())
+
+
+@pytest.mark.parametrize("K", [16, 64, 128, 256])
+def test_backends_agree_at_large_K(K):
+    """The C++ and torch solves run the same steps: weights agree to rounding, both certified."""
+    if not _extension.available:
+        pytest.skip("C++ extension not built")
+    J = random_J(K, 3 * K // 2, seed=K)
+    gram = J @ J.T
+    on_torch = UPGradWeighting(backend="torch")(gram)
+    on_cpp = UPGradWeighting(backend="cpp")(gram)
+    scale = _scale(on_torch.weights, J)
+    assert float(((on_cpp.weights - on_torch.weights).abs() * J.norm(dim=1)).max()) <= 1e-10 * scale
+    assert on_cpp.diagnostics["kkt_residual"] <= 1e-12 and on_torch.diagnostics["kkt_residual"] <= 1e-12
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_regularised_matches_torchjd_convention(backend):
+    """reg_eps=1e-4, norm_eps=1e-4 solve torchjd's problem on Γ/tr(Γ) + 1e-4·I: the reference on the
+    augmented matrix agrees; the exact default differs from it by O(reg_eps)."""
+    J = random_J(6, 4, seed=5)
+    regularised = mk.aggregate(J, "upgrad", backend=backend, reg_eps=1e-4, norm_eps=1e-4)
+    expected = mk.reference.upgrad(J, reg_eps=1e-4, norm_eps=1e-4)
+    assert float((regularised.direction - expected.direction).norm()) <= 1e-11 * _scale(expected.weights, J)
+    exact = mk.aggregate(J, "upgrad", backend=backend)
+    assert float((exact.direction - regularised.direction).norm()) > 1e-5 * float(regularised.direction.norm())
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"pref_vector": [1.0, -2.0, 1.0]}, "pref_vector=.* negative entries at \\[1\\]"),
+        ({"pref_vector": [1.0, float("nan"), 1.0]}, "pref_vector=.* non-finite"),
+        ({"pref_vector": torch.ones(3, 1)}, "pref_vector must be a non-empty 1-D vector"),
+        ({"pref_vector": "uniform"}, "pref_vector must be a 1-D tensor or sequence"),
+        ({"reg_eps": -1e-4}, "reg_eps=-0.0001 must be a finite number ≥ 0"),
+        ({"norm_eps": float("inf")}, "norm_eps=inf must be a finite number ≥ 0"),
+    ],
+)
+def test_option_errors(options, message):
+    assert_option_rejected("upgrad", options, message)
+
+
+def test_pref_vector_length_is_checked_at_the_solve():
+    """K is known only from Γ: a wrong length is named there, before anything is solved."""
+    weighting = mk.methods.make_weighting("upgrad", pref_vector=[1.0, 2.0])
+    with pytest.raises(ValueError, match="upgrad: pref_vector has 2 entries but there are K = 3 tasks"):
+        weighting(torch.eye(3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="pref_vector has 2 entries but there are K = 3 tasks"):
+        mk.aggregate(random_J(3, 5), "upgrad", pref_vector=[1.0, 2.0])
+
+
+def test_torchjd_projector_option_is_named():
+    with pytest.raises(TypeError, match="projector picks its QP solver; the UPGrad solve here is exact"):
+        mk.aggregate(random_J(3, 5), "upgrad", projector=None)
+
+
+def test_cuda_auto_solves_on_the_device():
+    """On CUDA "auto" runs the Triton solve: device weights, the torch solve's to rounding."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    J = random_J(4, 10, seed=1)
+    result = mk.aggregate(J.cuda(), "upgrad")
+    assert result.weights.device.type == "cuda"
+    torch.testing.assert_close(result.weights.cpu(), mk.aggregate(J, "upgrad", backend="torch").weights)
