@@ -71,26 +71,25 @@ class FairGradConstants:
 CONSTANTS = FairGradConstants()
 
 
-def _objective(M: Tensor, m: Tensor, beta: Tensor, alpha: float) -> float:
-    """f in β: ½βᵀMβ − Σ mᵢφ(βᵢ) (M = SΓS, m its diagonal)."""
+def _objective(C: Tensor, root_m: Tensor, beta: Tensor, alpha: float) -> float:
+    """f in β: ½βᵀMβ − Σ mᵢφ(βᵢ), M = SΓS = DCD with D = diag(√m)."""
     if alpha == 1.0:
         utility = torch.log(beta)
     else:
         p = 1.0 - 1.0 / alpha
         utility = beta**p / p
-    return float(0.5 * beta @ M @ beta - m @ utility)
+    y = root_m * beta
+    return float(0.5 * y @ C @ y - root_m**2 @ utility)
 
 
 def _newton(C: Tensor, root_m: Tensor, beta: Tensor, alpha: float, k: FairGradConstants) -> tuple[Tensor, int, bool, Tensor | None]:
     """Minimise f from β > 0; every iterate stays > 0. Returns (β, steps, converged, growing):
     ``growing`` is None unless f is taken to have no minimiser, when it masks the tasks dropped."""
-    M = root_m[:, None] * C * root_m[None, :]
-    m = root_m**2
     previous_length = math.inf
     growth = torch.zeros_like(beta)
     for step_count in range(1, k.max_newton_steps + 1):
         # gradient of f scaled by D⁻¹ (D = diag(√m)) and the equilibrated Hessian C + diag(β^(−1/α−1)/α)
-        rhs = (M @ beta) / root_m - root_m * beta ** (-1.0 / alpha)
+        rhs = C @ (root_m * beta) - root_m * beta ** (-1.0 / alpha)
         hessian = C + torch.diag(beta ** (-1.0 / alpha - 1.0) / alpha)
         factor, info = torch.linalg.cholesky_ex(hessian)
         if int(info) != 0:
@@ -109,12 +108,12 @@ def _newton(C: Tensor, root_m: Tensor, beta: Tensor, alpha: float, k: FairGradCo
             continue
         t = 1.0 / (1.0 + length)  # keeps every βᵢ > 0
         trial = beta + step
-        current = _objective(M, m, beta, alpha)
-        if bool((trial > 0).all()) and _objective(M, m, trial, alpha) <= current - 0.25 * decrement2:
+        current = _objective(C, root_m, beta, alpha)
+        if bool((trial > 0).all()) and _objective(C, root_m, trial, alpha) <= current - 0.25 * decrement2:
             t = 1.0
         else:
             for _ in range(k.max_halvings):
-                if _objective(M, m, beta + t * step, alpha) <= current - 0.25 * t * decrement2:
+                if _objective(C, root_m, beta + t * step, alpha) <= current - 0.25 * t * decrement2:
                     break
                 t *= 0.5
         growth, beta = t * step / beta, beta + t * step
@@ -175,8 +174,7 @@ class FairGradWeighting(Weighting):
             C = (gram[kept][:, kept] / n[:, None] / n[None, :]).clamp(-1.0, 1.0)
             C.fill_diagonal_(1.0)
             root_m = n ** ((1.0 - alpha) / (1.0 + alpha))  # √(sᵢ²Γᵢᵢ), sᵢ = nᵢ^(−2α/(α+1))
-            M = root_m[:, None] * C * root_m[None, :]
-            ray = float(M.sum())  # the minimiser of f along β = t·𝟙, kept below max_start_beta
+            ray = float(root_m @ C @ root_m)  # the minimiser of f along β = t·𝟙, kept below max_start_beta
             t = (float((root_m**2).sum()) / ray) ** (alpha / (alpha + 1.0)) if ray > 0 and math.isfinite(ray) else 1.0
             beta = torch.full_like(n, min(t, k.max_start_beta))
             beta, round_steps, converged, growing = _newton(C, root_m, beta, alpha, k)

@@ -11,11 +11,14 @@ Every function takes J [K, N] (any float dtype; computed in float64) and returns
 from __future__ import annotations
 
 from ._result import ReferenceResult
+from .aligned_mtl import aligned_mtl
 from .cagrad import cagrad
+from .config import config
+from .fairgrad import fairgrad
 from .imtl import imtl
 from .mean import mean
 from .mgda import mgda
 from .nash_mtl import nash_mtl
 from .pcgrad import pcgrad
 
-__all__ = ["ReferenceResult", "cagrad", "imtl", "mean", "mgda", "nash_mtl", "pcgrad"]
+__all__ = ["ReferenceResult", "aligned_mtl", "cagrad", "config", "fairgrad", "imtl", "mean", "mgda", "nash_mtl", "pcgrad"]
