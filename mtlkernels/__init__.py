@@ -10,12 +10,15 @@ from .aggregate import AggregationResult, Aggregator, NashMTLAggregator, aggrega
 from .combine import combine
 from .gram import gram
 from .methods import METHODS, Weighting, diagnostics_to_python
-from .optim import CAGrad, IMTL, MGDA, MGDAUB, MultiTaskOptimizer, NashMTL, NonFiniteError, PCGrad
+from .optim import AlignedMTL, CAGrad, ConFIG, FairGrad, IMTL, MGDA, MGDAUB, MultiTaskOptimizer, NashMTL, NonFiniteError, PCGrad
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AlignedMTL",
     "CAGrad",
+    "ConFIG",
+    "FairGrad",
     "IMTL",
     "MGDA",
     "MGDAUB",

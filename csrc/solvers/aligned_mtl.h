@@ -15,6 +15,7 @@ namespace mtlkernels::aligned_mtl {
 // Tolerances; their values are defined once, in Python (mtlkernels.methods.aligned_mtl.AlignedMTLConstants).
 struct Constants {
   double rank_rcond;  // eigenvalues at or below rank_rcond·λ_max count as zero
+  double zero_rtol;   // a component vₖᵀp at or below zero_rtol·‖p‖ counts as 0
   int max_sweeps;     // Jacobi sweeps of the eigendecomposition
 };
 
@@ -72,10 +73,14 @@ inline Certificate solve(const double* gram, int K, const double* pref, ScaleMod
         P[a * n + b] += outer;
       }
   }
-  for (int a = 0; a < n; ++a) {
-    double w = 0.0;
-    for (int b = 0; b < n; ++b) w += B[a * n + b] * pref[index[b]];
-    weights[index[a]] = w;
+  double p_norm2 = 0.0;
+  for (int a = 0; a < n; ++a) p_norm2 += pref[index[a]] * pref[index[a]];
+  for (int k : kept) {
+    double component = 0.0;
+    for (int a = 0; a < n; ++a) component += V[a * n + k] * pref[index[a]];
+    if (std::fabs(component) <= constants.zero_rtol * std::sqrt(p_norm2)) continue;
+    const double factor = std::sqrt(chosen / lambda[k]) * component;
+    for (int a = 0; a < n; ++a) weights[index[a]] += factor * V[a * n + k];
   }
   std::vector<double> GB(static_cast<size_t>(n) * n, 0.0);  // (Γ/s)·B
   for (int a = 0; a < n; ++a)

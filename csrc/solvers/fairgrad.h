@@ -163,7 +163,10 @@ inline Certificate solve(const double* gram, int K, double alpha, double* weight
     C.assign(static_cast<size_t>(n) * n, 0.0);
     root_m.assign(n, 0.0);
     double ray = 0.0, diagonal = 0.0;
-    for (int a = 0; a < n; ++a) root_m[a] = std::pow(norms[index[a]], (1.0 - alpha) / (1.0 + alpha));
+    double largest_norm = 0.0;
+    for (int a = 0; a < n; ++a) largest_norm = std::max(largest_norm, norms[index[a]]);
+    // √(sᵢ²Γᵢᵢ) up to a common factor (β does not depend on it): relative to the largest norm
+    for (int a = 0; a < n; ++a) root_m[a] = std::pow(norms[index[a]] / largest_norm, (1.0 - alpha) / (1.0 + alpha));
     for (int a = 0; a < n; ++a)
       for (int b = 0; b < n; ++b) {
         const int i = index[a], j = index[b];

@@ -8,7 +8,8 @@ direction is d = Ĵᵀp for the preference p (default 𝟙/K). σ is one singula
 kept σᵢ, as ``torch.median``), "rmse" (√mean σᵢ², the root mean square).
 
 K-space solve: Γ = JJᵀ = U·diag(λ)·Uᵀ with λᵢ = σᵢ², and Ĵ = B·J with B = σ·U·diag(λ^(−½))·Uᵀ over
-the kept components, so d = Σᵢ wᵢgᵢ with w = B·p. Components with λᵢ ≤ ``rank_rcond``·λ_max count as
+the kept components, so d = Σᵢ wᵢgᵢ with w = B·p (components of p along U at rounding level,
+``zero_rtol``, count as 0). Components with λᵢ ≤ ``rank_rcond``·λ_max count as
 zero (rank deficiency: duplicate, parallel or more tasks than dimensions); a zero gradient gets
 weight 0 (its task is a null direction of Γ), and J = 0 gives w = 0.
 
@@ -43,10 +44,14 @@ class AlignedMTLConstants:
         rank_rcond: eigenvalues of Γ at or below this fraction of the largest count as zero (for a
             float64 Γ; :meth:`AlignedMTLWeighting.for_precision` scales it by u/u₆₄ for a Γ rounded
             to a coarser unit u). The authors and torchjd cut at K·eps·λ_max of Γ's dtype.
+        zero_rtol: a component vₖᵀp of the preference along a kept eigenvector at or below this
+            fraction of ‖p‖ counts as 0 (it is rounding: e.g. p = 𝟙/2 on two opposite gradients,
+            whose only component is (1, −1)/√2, gives w = 0 exactly).
         max_sweeps: Jacobi sweeps of the C++ eigendecomposition (the torch solve uses ``torch.linalg.eigh``).
     """
 
     rank_rcond: float = 1e-12
+    zero_rtol: float = 1e-14
     max_sweeps: int = 64
 
 
@@ -116,7 +121,9 @@ class AlignedMTLWeighting(Weighting):
             lam, V = eigenvalues[kept], V[:, kept]
             chosen = chosen_eigenvalue(lam, self.scale_mode)
             B = V @ torch.diag((chosen / lam).sqrt()) @ V.T
-            weights[active] = B @ p[active]
+            components = V.T @ p[active]
+            components[components.abs() <= self.constants.zero_rtol * float(torch.linalg.vector_norm(p[active]))] = 0.0
+            weights[active] = V @ ((chosen / lam).sqrt() * components)
             aligned_gram = B @ (G / top) @ B
             diagnostics = {
                 "residual": float((aligned_gram - chosen * (V @ V.T)).abs().max()) / chosen,

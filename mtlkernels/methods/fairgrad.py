@@ -13,7 +13,8 @@ Solve: the system is the stationarity condition of the strictly convex
 (φ′(x) = x^(−1/α) is decreasing, so −φ is convex for every α > 0). It is minimised by damped
 Newton in βᵢ = wᵢ/sᵢ, sᵢ = Γᵢᵢ^(−α/(α+1)) the solution of task i alone, with the Newton system
 equilibrated to unit diagonal (the cosine matrix C = D⁻¹ΓD⁻¹ plus the barrier's curvature), so
-gradients of any scale are solved alike. Steps: the full step when it is short (length < 1/4) and
+gradients of any scale are solved alike (the solution β, the steps and the stopping rule do not
+change when Γ is multiplied by a constant). Steps: the full step when it is short (length < 1/4) and
 while the length keeps falling (then it stops at rounding level), else the step 1/(1+δ) that keeps
 every βᵢ > 0, halved until f decreases enough (Armijo); δ = max(λ, max|Δβᵢ|/βᵢ), λ the Newton
 decrement. Start: β = 𝟙 rescaled to the minimiser of f along that ray.
@@ -173,7 +174,9 @@ class FairGradWeighting(Weighting):
             n = norms[kept]
             C = (gram[kept][:, kept] / n[:, None] / n[None, :]).clamp(-1.0, 1.0)
             C.fill_diagonal_(1.0)
-            root_m = n ** ((1.0 - alpha) / (1.0 + alpha))  # √(sᵢ²Γᵢᵢ), sᵢ = nᵢ^(−2α/(α+1))
+            # √(sᵢ²Γᵢᵢ) with sᵢ = nᵢ^(−2α/(α+1)), up to a common factor (β does not depend on it):
+            # relative to the largest, so that the steps and the stopping rule do not see Γ's scale
+            root_m = (n / n.max()) ** ((1.0 - alpha) / (1.0 + alpha))
             ray = float(root_m @ C @ root_m)  # the minimiser of f along β = t·𝟙, kept below max_start_beta
             t = (float((root_m**2).sum()) / ray) ** (alpha / (alpha + 1.0)) if ray > 0 and math.isfinite(ray) else 1.0
             beta = torch.full_like(n, min(t, k.max_start_beta))

@@ -5,7 +5,8 @@ On the full J, as the paper writes it: the thin SVD J = UΣVᵀ, the singular va
 √rank_rcond·σ_max dropped (rank deficiency; the library cuts Γ's eigenvalues λ = σ² at
 rank_rcond·λ_max), the aligned gradients Ĵ = σ·U_rV_rᵀ with σ the smallest kept singular value
 ("min"), the lower median ("median") or √mean σᵢ² ("rmse"), and d = Ĵᵀp (p default 𝟙/K). The
-weights w with d = Jᵀw are w = σ·U_r·Σ_r⁻¹·U_rᵀ·p.
+weights w with d = Jᵀw are w = σ·U_r·Σ_r⁻¹·U_rᵀ·p; components U_rᵀp at rounding level (≤ 1e-14·‖p‖)
+count as 0, as in the library.
 """
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ from ._result import ReferenceResult
 
 #: the cut on J's singular values, relative to the largest: √ of the library's 1e-12 on λ
 SINGULAR_RCOND = 1e-6
+#: a component uₖᵀp of the preference at or below this fraction of ‖p‖ is rounding: 0 (the library's
+#: zero_rtol)
+ZERO_RTOL = 1e-14
 
 
 def aligned_mtl(
@@ -43,5 +47,9 @@ def aligned_mtl(
     else:
         raise ValueError(f"scale_mode={scale_mode!r} is not one of 'min', 'median', 'rmse'")
     aligned = sigma * U @ Vt  # Ĵ [K, N]: orthogonal rows of norm σ
-    weights = sigma * U @ ((U.T @ p) / singular)
-    return ReferenceResult(p @ aligned, weights, {"rank": int(kept.sum()), "scale": sigma})
+    components = U.T @ p
+    at_rounding = components.abs() <= ZERO_RTOL * float(torch.linalg.vector_norm(p))
+    components[at_rounding] = 0.0
+    weights = sigma * U @ (components / singular)
+    direction = (U @ components) @ aligned  # p's part in the range of U, through Ĵ
+    return ReferenceResult(direction, weights, {"rank": int(kept.sum()), "scale": sigma})

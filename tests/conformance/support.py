@@ -51,15 +51,26 @@ def grid(
     params = []
     for method in methods:
         for backend in backends:
-            marks = list(_BACKEND_MARKS[backend])
+            marks = backend_marks(method, backend)
             if (method, backend) in xfail:
                 marks.append(pytest.mark.xfail(strict=True, reason=xfail[(method, backend)]))
             params.append(pytest.param(method, backend, marks=marks, id=f"{method}-{backend}"))
     return params
 
 
-def backend_params(backends: tuple[str, ...] = BACKENDS) -> list[Any]:
-    return [pytest.param(b, marks=_BACKEND_MARKS[b], id=b) for b in backends]
+def backend_marks(method: str, backend: str) -> list[Any]:
+    """The marks of (method, backend): the backend's availability, and a skip where the method has
+    no solve of its own on that backend (it runs in torch there under backend="auto")."""
+    marks = list(_BACKEND_MARKS[backend])
+    if backend not in ("auto", *mk.METHODS[method].backends):
+        marks.append(pytest.mark.skip(reason=f"{method} has no {backend} solve (backend='auto' runs it in torch)"))
+    return marks
+
+
+def backend_params(backends: tuple[str, ...] = BACKENDS, method: str | None = None) -> list[Any]:
+    return [
+        pytest.param(b, marks=_BACKEND_MARKS[b] if method is None else backend_marks(method, b), id=b) for b in backends
+    ]
 
 
 # -- inputs ------------------------------------------------------------------------------------------
