@@ -22,13 +22,14 @@ namespace mtlkernels::fairgrad {
 struct Constants {
   int max_newton_steps;
   double converged_length2;  // δ² below this: one more full step reaches rounding
-  double diverged_beta;      // an iterate beyond this means f has no minimiser
+  double diverged_beta;      // an iterate beyond this (× the spread of √m) means f has no minimiser
   double max_start_beta;     // so that growth towards diverged_beta is seen step by step
   int max_halvings;          // Armijo halvings of a damped step
+  double flat_rtol;          // a change of f below this fraction of its terms' size is rounding
 };
 
 struct Certificate {
-  double residual = 0.0;       // maxᵢ |wᵢ^(1/α)(Γw)ᵢ − 1| over all tasks
+  double residual = 0.0;       // maxᵢ |wᵢ^(1/α)(Γw)ᵢ − 1| / (wᵢ^(1/α)Σⱼ|Γᵢⱼwⱼ| + 1) over all tasks
   double kept_residual = 0.0;  // the same over the tasks with wᵢ > 0
   int iterations = 0;
   bool converged = true;
@@ -36,17 +37,20 @@ struct Certificate {
 
 namespace detail {
 
-// f in β: ½βᵀMβ − Σ mᵢφ(βᵢ), M = D C D with D = diag(√m).
+// f in β, ½βᵀMβ − Σ mᵢφ(βᵢ) with M = D C D, D = diag(√m); `size` gets ½|βᵀMβ| + Σ|mᵢφ(βᵢ)|.
 inline double objective(const std::vector<double>& C, const std::vector<double>& root_m,
-                        const std::vector<double>& beta, int n, double alpha) {
-  double quadratic = 0.0, utility = 0.0;
+                        const std::vector<double>& beta, int n, double alpha, double& size) {
+  double quadratic = 0.0, utility = 0.0, utility_size = 0.0;
   const double p = 1.0 - 1.0 / alpha;
   for (int i = 0; i < n; ++i) {
     double row = 0.0;
     for (int j = 0; j < n; ++j) row += C[i * n + j] * root_m[j] * beta[j];
     quadratic += root_m[i] * beta[i] * row;
-    utility += root_m[i] * root_m[i] * (alpha == 1.0 ? std::log(beta[i]) : std::pow(beta[i], p) / p);
+    const double term = root_m[i] * root_m[i] * (alpha == 1.0 ? std::log(beta[i]) : std::pow(beta[i], p) / p);
+    utility += term;
+    utility_size += std::fabs(term);
   }
+  size = 0.5 * std::fabs(quadratic) + utility_size;
   return 0.5 * quadratic - utility;
 }
 
@@ -70,6 +74,9 @@ inline Round newton(const std::vector<double>& C, const std::vector<double>& roo
                     double alpha, std::vector<char>& growing, const Constants& constants) {
   std::vector<double> rhs(n), scaled_step(n), step(n), trial(n), growth(n, 0.0), H(static_cast<size_t>(n) * n);
   double previous_length = std::numeric_limits<double>::infinity();
+  // a solution's βᵢ may legitimately reach the coupling ratio √mⱼ/√mᵢ (α ≠ 1 and spread scales)
+  const double diverged = constants.diverged_beta * *std::max_element(root_m.begin(), root_m.end()) /
+                          *std::min_element(root_m.begin(), root_m.end());
   Round round;
   for (int k = 1; k <= constants.max_newton_steps; ++k) {
     for (int i = 0; i < n; ++i) {
@@ -107,19 +114,17 @@ inline Round newton(const std::vector<double>& C, const std::vector<double>& roo
       }
       previous_length = length;
     } else {
-      const double current = objective(C, root_m, beta, n, alpha);
-      bool positive = true;
-      for (int i = 0; i < n; ++i) {
-        trial[i] = beta[i] + step[i];
-        positive = positive && trial[i] > 0.0;
-      }
-      if (!(positive && objective(C, root_m, trial, n, alpha) <= current - 0.25 * decrement2)) {
-        t = 1.0 / (1.0 + length);  // keeps every βᵢ > 0
-        for (int h = 0; h < constants.max_halvings; ++h) {
-          for (int i = 0; i < n; ++i) trial[i] = beta[i] + t * step[i];
-          if (objective(C, root_m, trial, n, alpha) <= current - 0.25 * t * decrement2) break;
-          t *= 0.5;
-        }
+      // the full step, or 0.99 of the way to the boundary βᵢ = 0, halved until f decreases enough
+      for (int i = 0; i < n; ++i)
+        if (step[i] < 0.0) t = std::min(t, 0.99 * (beta[i] / -step[i]));
+      double size = 0.0, trial_size = 0.0;
+      const double current = objective(C, root_m, beta, n, alpha, size);
+      for (int h = 0; h < constants.max_halvings; ++h) {
+        for (int i = 0; i < n; ++i) trial[i] = beta[i] + t * step[i];
+        const double value = objective(C, root_m, trial, n, alpha, trial_size);
+        // enough decrease, or no change f can resolve (its rounding): Newton's step is then the guide
+        if (value <= current - 0.25 * t * decrement2 || std::fabs(value - current) <= constants.flat_rtol * size) break;
+        t *= 0.5;
       }
     }
     double largest = 0.0;
@@ -128,7 +133,7 @@ inline Round newton(const std::vector<double>& C, const std::vector<double>& roo
       beta[i] += t * step[i];
       largest = std::max(largest, beta[i]);
     }
-    if (largest > constants.diverged_beta) {
+    if (largest > diverged) {
       mark_growing(growth, beta, n, growing);
       round.steps = k;
       round.diverged = true;
@@ -191,10 +196,14 @@ inline Certificate solve(const double* gram, int K, double alpha, double* weight
       if (growing[a]) kept[index[a]] = 0;
     certificate.converged = true;
   }
-  for (int i = 0; i < K; ++i) {
-    double row = 0.0;
-    for (int j = 0; j < K; ++j) row += gram[i * K + j] * weights[j];
-    const double equation = std::fabs(std::pow(weights[i], 1.0 / alpha) * row - 1.0);
+  for (int i = 0; i < K; ++i) {  // |wᵢ^(1/α)(Γw)ᵢ − 1| / (wᵢ^(1/α)Σⱼ|Γᵢⱼwⱼ| + 1)
+    double row = 0.0, magnitude = 0.0;
+    for (int j = 0; j < K; ++j) {
+      row += gram[i * K + j] * weights[j];
+      magnitude += std::fabs(gram[i * K + j] * weights[j]);
+    }
+    const double scale = std::pow(weights[i], 1.0 / alpha);
+    const double equation = std::fabs(scale * row - 1.0) / (scale * magnitude + 1.0);
     certificate.residual = std::max(certificate.residual, equation);
     if (weights[i] > 0.0) certificate.kept_residual = std::max(certificate.kept_residual, equation);
   }

@@ -15,21 +15,25 @@ Newton in βᵢ = wᵢ/sᵢ, sᵢ = Γᵢᵢ^(−α/(α+1)) the solution of task
 equilibrated to unit diagonal (the cosine matrix C = D⁻¹ΓD⁻¹ plus the barrier's curvature), so
 gradients of any scale are solved alike (the solution β, the steps and the stopping rule do not
 change when Γ is multiplied by a constant). Steps: the full step when it is short (length < 1/4) and
-while the length keeps falling (then it stops at rounding level), else the step 1/(1+δ) that keeps
-every βᵢ > 0, halved until f decreases enough (Armijo); δ = max(λ, max|Δβᵢ|/βᵢ), λ the Newton
-decrement. Start: β = 𝟙 rescaled to the minimiser of f along that ray.
+while the length keeps falling (then it stops at rounding level), else the full step or 0.99 of the
+way to the boundary βᵢ = 0, halved until f decreases enough (Armijo) or changes by less than its
+rounding; δ = max(λ, max|Δβᵢ|/βᵢ), λ
+the Newton decrement. Start: β = 𝟙 rescaled to the minimiser of f along that ray.
 
 No positive solution exists when a non-negative combination of the gradients vanishes (0 in their
 convex hull: a zero gradient, two exactly opposite gradients, a cancelling combination); f then
 decreases without bound along it, or (α < 1) towards a limit it never reaches. As for Nash-MTL
-(:mod:`.nash_mtl`), a zero gradient gets weight 0 up front, and an iterate past ``diverged_beta``,
+(:mod:`.nash_mtl`), a zero gradient gets weight 0 up front, and an iterate past ``diverged_beta``
+(times the spread of √mᵢ = (‖gᵢ‖/maxⱼ‖gⱼ‖)^((1−α)/(1+α)): at α ≠ 1 a solution's βᵢ legitimately
+reaches the ratios √mⱼ/√mᵢ by which the tasks' equations couple),
 or one where f's Hessian is not positive definite (a rounded Γ whose tasks cancel within its
 rounding), drops the tasks still growing (relative step > 1/4) and the largest βᵢ (weight 0) and
 solves the rest again.
 
-Certificate: ``kept_residual`` = maxᵢ |wᵢ^(1/α)·(Γw)ᵢ − 1| over the tasks with wᵢ > 0 (the
-fixed-point residual in relative form: 0 at the exact solution, ~1e-15 at rounding level),
-``residual`` the same over all tasks (a dropped task counts 1).
+Certificate: ``kept_residual`` = maxᵢ |wᵢ^(1/α)·(Γw)ᵢ − 1| / (wᵢ^(1/α)·Σⱼ|Γᵢⱼwⱼ| + 1) over the
+tasks with wᵢ > 0 (:func:`fixed_point_residuals`: the fixed-point residual relative to the size of
+its terms, 0 at the exact solution, ~1e-15 at rounding level even where (Γw)ᵢ is a small difference
+of large terms), ``residual`` the same over all tasks (a dropped task counts 1).
 """
 from __future__ import annotations
 
@@ -54,11 +58,15 @@ class FairGradConstants:
     Attributes:
         max_newton_steps: Newton steps per round at most.
         converged_length2: a squared step length δ² below this: one more full step reaches rounding.
-        diverged_beta: an iterate beyond this (in units of the task's own solution sᵢ) means f has
-            no minimiser: a non-negative combination of the gradients vanishes.
+        diverged_beta: an iterate beyond this (in units of the task's own solution sᵢ, times the
+            spread max √mᵢ / min √mᵢ of the coupling, 1 at α = 1) means f has no minimiser: a
+            non-negative combination of the gradients vanishes.
         max_start_beta: the start is kept below this, so that growth towards diverged_beta is seen
             step by step.
         max_halvings: Armijo halvings of a damped step at most.
+        flat_rtol: a change of f below this fraction of the size of its terms is rounding: the step
+            is taken (f cannot tell a better one; with weights spread over 40 orders of magnitude
+            the small tasks' terms are below the large tasks' rounding).
     """
 
     max_newton_steps: int = 200
@@ -66,21 +74,24 @@ class FairGradConstants:
     diverged_beta: float = 1e6
     max_start_beta: float = 1e3
     max_halvings: int = 60
+    flat_rtol: float = 1e-13
 
 
 #: the constants every FairGrad solve uses
 CONSTANTS = FairGradConstants()
 
 
-def _objective(C: Tensor, root_m: Tensor, beta: Tensor, alpha: float) -> float:
-    """f in β: ½βᵀMβ − Σ mᵢφ(βᵢ), M = SΓS = DCD with D = diag(√m)."""
+def _objective(C: Tensor, root_m: Tensor, beta: Tensor, alpha: float) -> tuple[float, float]:
+    """f in β, ½βᵀMβ − Σ mᵢφ(βᵢ) with M = SΓS = DCD, D = diag(√m), and the size of its terms
+    ½|βᵀMβ| + Σ|mᵢφ(βᵢ)| (what its rounding is relative to)."""
     if alpha == 1.0:
         utility = torch.log(beta)
     else:
         p = 1.0 - 1.0 / alpha
         utility = beta**p / p
     y = root_m * beta
-    return float(0.5 * y @ C @ y - root_m**2 @ utility)
+    quadratic, utilities = 0.5 * float(y @ C @ y), root_m**2 * utility
+    return quadratic - float(utilities.sum()), abs(quadratic) + float(utilities.abs().sum())
 
 
 def _newton(C: Tensor, root_m: Tensor, beta: Tensor, alpha: float, k: FairGradConstants) -> tuple[Tensor, int, bool, Tensor | None]:
@@ -88,6 +99,8 @@ def _newton(C: Tensor, root_m: Tensor, beta: Tensor, alpha: float, k: FairGradCo
     ``growing`` is None unless f is taken to have no minimiser, when it masks the tasks dropped."""
     previous_length = math.inf
     growth = torch.zeros_like(beta)
+    # a solution's βᵢ may legitimately reach the coupling ratio √mⱼ/√mᵢ (α ≠ 1 and spread scales)
+    diverged = k.diverged_beta * float(root_m.max() / root_m.min())
     for step_count in range(1, k.max_newton_steps + 1):
         # gradient of f scaled by D⁻¹ (D = diag(√m)) and the equilibrated Hessian C + diag(β^(−1/α−1)/α)
         rhs = C @ (root_m * beta) - root_m * beta ** (-1.0 / alpha)
@@ -107,18 +120,18 @@ def _newton(C: Tensor, root_m: Tensor, beta: Tensor, alpha: float, k: FairGradCo
             previous_length = length
             growth, beta = step / beta, beta + step
             continue
-        t = 1.0 / (1.0 + length)  # keeps every βᵢ > 0
-        trial = beta + step
-        current = _objective(C, root_m, beta, alpha)
-        if bool((trial > 0).all()) and _objective(C, root_m, trial, alpha) <= current - 0.25 * decrement2:
-            t = 1.0
-        else:
-            for _ in range(k.max_halvings):
-                if _objective(C, root_m, beta + t * step, alpha) <= current - 0.25 * t * decrement2:
-                    break
-                t *= 0.5
+        # the full step, or 0.99 of the way to the boundary βᵢ = 0, halved until f decreases enough
+        shrinking = step < 0
+        t = min(1.0, 0.99 * float((beta[shrinking] / -step[shrinking]).min())) if bool(shrinking.any()) else 1.0
+        current, size = _objective(C, root_m, beta, alpha)
+        for _ in range(k.max_halvings):
+            trial, _ = _objective(C, root_m, beta + t * step, alpha)
+            # enough decrease, or no change f can resolve (its rounding): Newton's step is then the guide
+            if trial <= current - 0.25 * t * decrement2 or abs(trial - current) <= k.flat_rtol * size:
+                break
+            t *= 0.5
         growth, beta = t * step / beta, beta + t * step
-        if float(beta.max()) > k.diverged_beta:
+        if float(beta.max()) > diverged:
             return beta, step_count, False, _growing(growth, beta)
     return beta, k.max_newton_steps, False, None
 
@@ -131,8 +144,11 @@ def _growing(growth: Tensor, beta: Tensor) -> Tensor:
 
 
 def fixed_point_residuals(gram: Tensor, weights: Tensor, alpha: float) -> Tensor:
-    """wᵢ^(1/α)·(Γw)ᵢ − 1 per task: FairGrad's system in relative form (−1 for a task of weight 0)."""
-    return weights ** (1.0 / alpha) * (gram @ weights) - 1.0
+    """|wᵢ^(1/α)·(Γw)ᵢ − 1| / (wᵢ^(1/α)·Σⱼ|Γᵢⱼwⱼ| + 1) per task: how far FairGrad's system is from
+    holding, relative to the size of its terms — a backward error, 0 at the solution, about the
+    rounding unit for a stable solve even where (Γw)ᵢ cancels, and 1 for a task of weight 0."""
+    scale = weights ** (1.0 / alpha)
+    return (scale * (gram @ weights) - 1.0).abs() / (scale * (gram.abs() @ weights.abs()) + 1.0)
 
 
 class FairGradWeighting(Weighting):
@@ -144,8 +160,8 @@ class FairGradWeighting(Weighting):
 
     Constants: :data:`CONSTANTS` (:class:`FairGradConstants`), used by every backend.
 
-    Diagnostics: ``kept_residual`` (the certificate: maxᵢ |wᵢ^(1/α)(Γw)ᵢ − 1| over the tasks with
-    wᵢ > 0), ``residual`` (the same over all tasks; a dropped task counts 1), ``dropped_tasks``
+    Diagnostics: ``kept_residual`` (the certificate: :func:`fixed_point_residuals` over the tasks
+    with wᵢ > 0), ``residual`` (the same over all tasks; a dropped task counts 1), ``dropped_tasks``
     (weight 0: zero or cancelling gradients), ``iterations`` (Newton steps), ``converged``.
 
     Variant: the paper's FairGrad weights, solved to rounding level; the authors, torchjd and
@@ -190,8 +206,8 @@ class FairGradWeighting(Weighting):
         residuals = fixed_point_residuals(gram, weights, alpha)
         positive = weights > 0
         diagnostics = {
-            "residual": float(residuals.abs().max()),
-            "kept_residual": float(residuals[positive].abs().max()) if bool(positive.any()) else 0.0,
+            "residual": float(residuals.max()),
+            "kept_residual": float(residuals[positive].max()) if bool(positive.any()) else 0.0,
             "dropped_tasks": (~positive).nonzero().flatten().tolist(),
             "iterations": steps,
             "converged": converged,

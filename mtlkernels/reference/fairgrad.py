@@ -63,8 +63,8 @@ def _solve(J: Tensor, alpha: float) -> tuple[Tensor, int]:
 def fairgrad(J: Tensor, *, alpha: float = 1.0) -> ReferenceResult:
     """FairGrad on the task gradients J [K, N] (computed in float64).
 
-    Returns d, the weights w and in ``info``: ``residual`` = maxᵢ |wᵢ^(1/α)(Γw)ᵢ − 1| over the
-    tasks with wᵢ > 0, ``iterations``, ``dropped_tasks`` (weight 0: zero or cancelling gradients).
+    Returns d, the weights w and in ``info``: ``residual`` = maxᵢ |wᵢ^(1/α)(Γw)ᵢ − 1| /
+    (wᵢ^(1/α)Σⱼ|Γᵢⱼwⱼ| + 1) over the tasks with wᵢ > 0, ``iterations``, ``dropped_tasks`` (weight 0: zero or cancelling gradients).
     """
     J = J.to(torch.float64)
     K = J.shape[0]
@@ -77,9 +77,11 @@ def fairgrad(J: Tensor, *, alpha: float = 1.0) -> ReferenceResult:
     iterations = 0
     if bool(kept.any()):
         weights[kept], iterations = _solve(J[kept], alpha)
-    residuals = weights ** (1.0 / alpha) * (J @ (J.T @ weights)) - 1.0
+    scale = weights ** (1.0 / alpha)
+    gram = J @ J.T
+    residuals = (scale * (gram @ weights) - 1.0).abs() / (scale * (gram.abs() @ weights.abs()) + 1.0)
     info = {
-        "residual": float(residuals[kept].abs().max()) if bool(kept.any()) else 0.0,
+        "residual": float(residuals[kept].max()) if bool(kept.any()) else 0.0,
         "iterations": iterations,
         "dropped_tasks": (~kept).nonzero().flatten().tolist(),
     }
