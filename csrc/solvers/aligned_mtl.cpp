@@ -41,8 +41,8 @@ py::tuple aligned_mtl_solve(const Array& gram, const aligned_mtl::Constants& con
 
 Registration reg([](py::module_& m) {
   py::class_<aligned_mtl::Constants>(m, "AlignedMTLConstants", "Aligned-MTL's tolerance and sweep cap (see mtlkernels.methods.aligned_mtl)")
-      .def(py::init<double, double, int>(), py::kw_only(), py::arg("rank_rcond"), py::arg("zero_rtol"),
-           py::arg("max_sweeps"));
+      .def(py::init<double, double, int, int>(), py::kw_only(), py::arg("rank_rcond"), py::arg("zero_rtol"),
+           py::arg("max_sweeps"), py::arg("jacobi_max_tasks"));
   m.def("aligned_mtl_solve", &aligned_mtl_solve, py::arg("gram"), py::arg("constants"), py::arg("pref"),
         py::arg("scale_mode"),
         "Aligned-MTL weights from Γ [K, K] float64, the solver's AlignedMTLConstants, the preference p [K] and the "

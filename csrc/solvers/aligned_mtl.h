@@ -17,6 +17,7 @@ struct Constants {
   double rank_rcond;  // eigenvalues at or below rank_rcond·λ_max count as zero
   double zero_rtol;   // a component vₖᵀp at or below zero_rtol·‖p‖ counts as 0
   int max_sweeps;     // Jacobi sweeps of the eigendecomposition
+  int jacobi_max_tasks;  // Jacobi up to this many tasks, Householder + QL beyond
 };
 
 enum class ScaleMode { min, median, rmse };
@@ -44,7 +45,8 @@ inline Certificate solve(const double* gram, int K, const double* pref, ScaleMod
   std::vector<double> G(static_cast<size_t>(n) * n), lambda(n), V(static_cast<size_t>(n) * n);
   for (int a = 0; a < n; ++a)
     for (int b = 0; b < n; ++b) G[a * n + b] = gram[index[a] * K + index[b]] / top;
-  dense::symmetric_eigen(G.data(), lambda.data(), V.data(), n, constants.max_sweeps);
+  if (n <= constants.jacobi_max_tasks) dense::symmetric_eigen(G.data(), lambda.data(), V.data(), n, constants.max_sweeps);
+  else dense::symmetric_eigen_ql(G.data(), lambda.data(), V.data(), n);
   const double largest = *std::max_element(lambda.begin(), lambda.end());
   std::vector<int> kept;
   std::vector<double> kept_lambda;

@@ -35,8 +35,8 @@ py::tuple config_solve(const Array& gram, const config::Constants& constants, co
 
 Registration reg([](py::module_& m) {
   py::class_<config::Constants>(m, "ConFIGConstants", "ConFIG's tolerances (see mtlkernels.methods.config)")
-      .def(py::init<double, double, double, int>(), py::kw_only(), py::arg("rank_rcond"), py::arg("zero_rtol"),
-           py::arg("consistency_rtol"), py::arg("max_sweeps"));
+      .def(py::init<double, double, double, int, int>(), py::kw_only(), py::arg("rank_rcond"), py::arg("zero_rtol"),
+           py::arg("consistency_rtol"), py::arg("max_sweeps"), py::arg("jacobi_max_tasks"));
   m.def("config_solve", &config_solve, py::arg("gram"), py::arg("constants"), py::arg("pref"),
         "ConFIG weights from Γ [K, K] float64, the solver's ConFIGConstants and the preference p [K]; returns "
         "(weights [K], {'residual', 'equal_cosines', 'rank', 'length', 'zero_tasks'}).");

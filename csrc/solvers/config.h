@@ -18,6 +18,7 @@ struct Constants {
   double zero_rtol;         // βᵀCβ at or below zero_rtol·‖p‖²/λ_max: x = 0, w = 0
   double consistency_rtol;  // ‖Cβ − p‖∞ ≤ this·‖p‖∞: the cosines are exactly ∝ p
   int max_sweeps;           // Jacobi sweeps of the eigendecomposition
+  int jacobi_max_tasks;     // Jacobi up to this many tasks, Householder + QL beyond
 };
 
 struct Certificate {
@@ -49,7 +50,8 @@ inline Certificate solve(const double* gram, int K, const double* pref, double* 
       C[a * n + b] = a == b ? 1.0 : std::clamp(gram[i * K + j] / norms[i] / norms[j], -1.0, 1.0);
     }
   }
-  dense::symmetric_eigen(C.data(), lambda.data(), V.data(), n, constants.max_sweeps);
+  if (n <= constants.jacobi_max_tasks) dense::symmetric_eigen(C.data(), lambda.data(), V.data(), n, constants.max_sweeps);
+  else dense::symmetric_eigen_ql(C.data(), lambda.data(), V.data(), n);
   const double top = *std::max_element(lambda.begin(), lambda.end());
   double x_norm2 = 0.0, p_norm2 = 0.0, p_scale = 0.0;
   for (int a = 0; a < n; ++a) {
