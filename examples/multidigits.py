@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from mtlkernels.optim import CAGrad, IMTL, MGDAUB, NashMTL, PCGrad
+from mtlkernels.optim import AlignedMTL, CAGrad, ConFIG, FairGrad, IMTL, MGDAUB, NashMTL, PCGrad
 
 CANVAS = 12  # the two 8×8 digits sit at (0, 0) and (4, 4) of a 12×12 canvas and overlap
 SHIFT = CANVAS - 8
@@ -93,6 +93,9 @@ METHODS: dict[str, tuple[Callable[[torch.optim.Optimizer], object], bool]] = {
     "Nash-MTL": (lambda opt: NashMTL(opt), False),
     "IMTL": (lambda opt: IMTL(opt, num_tasks=2, imtl_l=True), False),  # IMTL-L+G, LibMTL's hybrid
     "MGDA-UB": (lambda opt: MGDAUB(opt), True),
+    "FairGrad": (lambda opt: FairGrad(opt, alpha=2.0), False),
+    "ConFIG": (lambda opt: ConFIG(opt), False),
+    "Aligned-MTL": (lambda opt: AlignedMTL(opt), False),
 }
 
 

@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from mtlkernels.optim import CAGrad, IMTL, MGDA, MultiTaskOptimizer, NashMTL, PCGrad
+from mtlkernels.optim import AlignedMTL, CAGrad, ConFIG, FairGrad, IMTL, MGDA, MultiTaskOptimizer, NashMTL, PCGrad
 
 #: where the paper starts the three runs
 STARTS = [(-8.5, 7.5), (-8.5, -5.0), (9.0, 9.0)]
@@ -33,6 +33,9 @@ METHODS = {
     "Nash-MTL": lambda opt: NashMTL(opt),
     "IMTL-G": lambda opt: IMTL(opt),  # IMTL-G, the default: the losses go negative, so no IMTL-L log-scales
     "MGDA": lambda opt: MGDA(opt),  # no loss normalisation (the default): the losses go negative
+    "FairGrad": lambda opt: FairGrad(opt, alpha=2.0),  # the authors' QM9 setting
+    "ConFIG": lambda opt: ConFIG(opt),
+    "Aligned-MTL": lambda opt: AlignedMTL(opt),
 }
 
 

@@ -18,7 +18,7 @@ from ..combine import combine
 from ..gram import gram
 from .timing import Timing, measure
 
-METHODS = ("mean", "pcgrad", "cagrad", "nash_mtl", "imtl", "mgda")
+METHODS = ("mean", "pcgrad", "cagrad", "nash_mtl", "imtl", "mgda", "fairgrad", "config", "aligned_mtl")
 
 
 @dataclass
