@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..testing import peers
-from ..optim import CAGrad, IMTL, MGDAUB, MultiTaskOptimizer, NashMTL, PCGrad
+from ..optim import AlignedMTL, CAGrad, ConFIG, FairGrad, IMTL, MGDAUB, MultiTaskOptimizer, NashMTL, PCGrad
 from .suites import Row
 from .timing import Timing, _quantile
 
@@ -61,6 +61,7 @@ LEGEND = (
 
 WRAPPERS: dict[str, Callable[..., MultiTaskOptimizer]] = {
     "mean": MultiTaskOptimizer, "pcgrad": PCGrad, "cagrad": CAGrad, "nash_mtl": NashMTL, "imtl": IMTL, "mgda": MGDAUB,
+    "fairgrad": FairGrad, "config": ConFIG, "aligned_mtl": AlignedMTL,
 }
 #: options that make our wrapper do the peers' math (see docs/optimizers.md)
 WRAPPER_OPTIONS: dict[str, dict[str, Any]] = {"pcgrad": {"seed": 0}, "imtl": {"imtl_l": True}, "mgda": {"normalization": "none"}}
