@@ -31,8 +31,8 @@ py::tuple fairgrad_solve(const Array& gram, const fairgrad::Constants& constants
 
 Registration reg([](py::module_& m) {
   py::class_<fairgrad::Constants>(m, "FairGradConstants", "FairGrad's Newton caps and tolerances (see mtlkernels.methods.fairgrad)")
-      .def(py::init<int, double, double, double, int, double>(), py::kw_only(), py::arg("max_newton_steps"),
-           py::arg("converged_length2"), py::arg("diverged_beta"), py::arg("max_start_beta"), py::arg("max_halvings"),
+      .def(py::init<int, double, double, double, double, int, double>(), py::kw_only(), py::arg("max_newton_steps"),
+           py::arg("converged_length2"), py::arg("stalled_residual"), py::arg("diverged_beta"), py::arg("max_start_beta"), py::arg("max_halvings"),
            py::arg("flat_rtol"));
   m.def("fairgrad_solve", &fairgrad_solve, py::arg("gram"), py::arg("constants"), py::arg("alpha"),
         "FairGrad weights from Γ [K, K] float64, the solver's FairGradConstants and α > 0: w > 0 with Γw = w^(−1/α); "

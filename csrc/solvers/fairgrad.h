@@ -22,6 +22,7 @@ namespace mtlkernels::fairgrad {
 struct Constants {
   int max_newton_steps;
   double converged_length2;  // δ² below this: one more full step reaches rounding
+  double stalled_residual;   // a step no shorter than the last stops the solve below this backward error
   double diverged_beta;      // an iterate beyond this (× the spread of √m) means f has no minimiser
   double max_start_beta;     // so that growth towards diverged_beta is seen step by step
   int max_halvings;          // Armijo halvings of a damped step
@@ -73,16 +74,24 @@ inline void mark_growing(const std::vector<double>& growth, const std::vector<do
 inline Round newton(const std::vector<double>& C, const std::vector<double>& root_m, std::vector<double>& beta, int n,
                     double alpha, std::vector<char>& growing, const Constants& constants) {
   std::vector<double> rhs(n), scaled_step(n), step(n), trial(n), growth(n, 0.0), H(static_cast<size_t>(n) * n);
+  double backward_error = 0.0;  // max |(Cy)ᵢ − √mᵢβᵢ^(−1/α)| / (Σⱼ|Cᵢⱼyⱼ| + √mᵢβᵢ^(−1/α)), y = √m⊙β
   double previous_length = std::numeric_limits<double>::infinity();
   // a solution's βᵢ may legitimately reach the coupling ratio √mⱼ/√mᵢ (α ≠ 1 and spread scales)
   const double diverged = constants.diverged_beta * *std::max_element(root_m.begin(), root_m.end()) /
                           *std::min_element(root_m.begin(), root_m.end());
   Round round;
   for (int k = 1; k <= constants.max_newton_steps; ++k) {
+    backward_error = 0.0;
     for (int i = 0; i < n; ++i) {
-      double row = 0.0;
-      for (int j = 0; j < n; ++j) row += C[i * n + j] * root_m[j] * beta[j];
-      rhs[i] = row - root_m[i] * std::pow(beta[i], -1.0 / alpha);
+      double row = 0.0, magnitude = 0.0;
+      for (int j = 0; j < n; ++j) {
+        const double term = C[i * n + j] * (root_m[j] * beta[j]);
+        row += term;
+        magnitude += std::fabs(term);
+      }
+      const double target = root_m[i] * std::pow(beta[i], -1.0 / alpha);
+      rhs[i] = row - target;
+      backward_error = std::max(backward_error, std::fabs(rhs[i]) / (magnitude + target));
     }
     std::copy(C.begin(), C.end(), H.begin());
     for (int i = 0; i < n; ++i) H[i * n + i] += std::pow(beta[i], -1.0 / alpha - 1.0) / alpha;
@@ -107,7 +116,7 @@ inline Round newton(const std::vector<double>& C, const std::vector<double>& roo
     }
     double t = 1.0;
     if (length < 0.25) {  // quadratic region: full steps while they shrink, stop at the rounding floor
-      if (length >= previous_length) {
+      if (length >= previous_length && backward_error <= constants.stalled_residual) {
         round.steps = k - 1;
         round.converged = true;
         return round;

@@ -58,6 +58,10 @@ class FairGradConstants:
     Attributes:
         max_newton_steps: Newton steps per round at most.
         converged_length2: a squared step length δ² below this: one more full step reaches rounding.
+        stalled_residual: in the quadratic region a step no shorter than the previous one means the
+            rounding floor is reached (the solve stops) when the iterate's fixed-point backward
+            error is below this; otherwise the steps go on (the relative steps of tasks whose
+            weights the equations barely see can stay noisy above rounding).
         diverged_beta: an iterate beyond this (in units of the task's own solution sᵢ, times the
             spread max √mᵢ / min √mᵢ of the coupling, 1 at α = 1) means f has no minimiser: a
             non-negative combination of the gradients vanishes.
@@ -71,6 +75,7 @@ class FairGradConstants:
 
     max_newton_steps: int = 200
     converged_length2: float = 1e-20
+    stalled_residual: float = 1e-12
     diverged_beta: float = 1e6
     max_start_beta: float = 1e3
     max_halvings: int = 60
@@ -103,7 +108,8 @@ def _newton(C: Tensor, root_m: Tensor, beta: Tensor, alpha: float, k: FairGradCo
     diverged = k.diverged_beta * float(root_m.max() / root_m.min())
     for step_count in range(1, k.max_newton_steps + 1):
         # gradient of f scaled by D⁻¹ (D = diag(√m)) and the equilibrated Hessian C + diag(β^(−1/α−1)/α)
-        rhs = C @ (root_m * beta) - root_m * beta ** (-1.0 / alpha)
+        y, target = root_m * beta, root_m * beta ** (-1.0 / alpha)
+        rhs = C @ y - target
         hessian = C + torch.diag(beta ** (-1.0 / alpha - 1.0) / alpha)
         factor, info = torch.linalg.cholesky_ex(hessian)
         if int(info) != 0:
@@ -115,7 +121,8 @@ def _newton(C: Tensor, root_m: Tensor, beta: Tensor, alpha: float, k: FairGradCo
         if length**2 <= k.converged_length2:
             return beta + step, step_count, True, None
         if length < 0.25:  # quadratic region: full steps while they shrink, stop at the rounding floor
-            if length >= previous_length:
+            backward_error = float((rhs.abs() / (C.abs() @ y + target)).max())
+            if length >= previous_length and backward_error <= k.stalled_residual:
                 return beta, step_count - 1, True, None
             previous_length = length
             growth, beta = step / beta, beta + step
@@ -156,7 +163,7 @@ class FairGradWeighting(Weighting):
 
     Args:
         alpha: the fairness exponent α > 0 (default 1: proportional fairness, Nash-MTL's system).
-        backend: "auto", "torch" or "cpp".
+        backend: "auto", "torch", "cpp" or "triton" (the on-device solve, K ≤ 64).
 
     Constants: :data:`CONSTANTS` (:class:`FairGradConstants`), used by every backend.
 
@@ -216,3 +223,8 @@ class FairGradWeighting(Weighting):
 
     def solve_cpp(self, gram: Tensor, losses: Tensor | None) -> tuple[np.ndarray, dict[str, Any]]:
         return extension().fairgrad_solve(gram.numpy(), cpp_constants(self.constants), self.alpha)
+
+    def solve_triton(self, gram: Tensor, losses: Tensor | None) -> Solution:
+        from ..kernels.solve_fairgrad import fairgrad_solve
+
+        return Solution(*fairgrad_solve(gram, self.alpha, self.constants))

@@ -1,5 +1,6 @@
-"""Compile the streaming kernels (Gram, combine) and the PCGrad solve for an H100 (sm_90) without a
-GPU and report each configuration's registers and spills per thread, as the launchers pick them.
+"""Compile the streaming kernels (Gram, combine) and the PCGrad and FairGrad solves (FairGrad up to
+BLOCK_K = 32) for an H100 (sm_90) without a GPU and report each configuration's registers and
+spills per thread, as the launchers pick them.
 
 Run as a script in a process without TRITON_INTERPRET (the kernels must be decorated for the real
 compiler): ``python tests/kernels/compile_sm90.py [--full] [--arch 90]`` prints one JSON object per
@@ -24,7 +25,8 @@ from triton.backends.compiler import GPUTarget
 from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
 from triton.compiler import ASTSource
 
-from mtlkernels.kernels import combine, gram, kspace, solve_pcgrad
+from mtlkernels.kernels import combine, gram, kspace, solve_fairgrad, solve_pcgrad
+from mtlkernels.methods import fairgrad
 
 #: task counts the tests cover (K = 1 is a compile-time constant; 3 and 40 are not powers of two,
 #: 40 is not a multiple of 16: a 64-row tile with a masked K)
@@ -145,11 +147,24 @@ def pcgrad_case(K: int, arch: int) -> dict:
     return report
 
 
+def fairgrad_case(K: int, alpha: float, arch: int) -> dict:
+    """The FairGrad solve on a float32 Γ as ``fairgrad_solve`` launches it."""
+    block, warps = solve_fairgrad.launch_config(K)
+    report = compile_kernel(
+        solve_fairgrad._fairgrad_solve_kernel,
+        dict(gram_ptr="*fp32", weights_ptr="*fp64", dropped_ptr="*i1", iterations_ptr="*i32", converged_ptr="*i1",
+             certificates_ptr="*fp64"),
+        dict(K=K), dict(ALPHA=alpha, BLOCK_K=block, **kspace.constexprs(fairgrad.CONSTANTS)), arch=arch, num_warps=warps,
+    )
+    report.update(kernel="fairgrad_solve", K=K, alpha=alpha, block_k=block, num_warps=warps)
+    return report
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="also the unaligned variants at every K")
     parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 or 80")
-    parser.add_argument("--kernels", default="gram,combine,pcgrad", help="comma-separated subset")
+    parser.add_argument("--kernels", default="gram,combine,pcgrad,fairgrad", help="comma-separated subset")
     args = parser.parse_args(argv)
     kernels = set(args.kernels.split(","))
     for K in TASK_COUNTS:
@@ -169,6 +184,9 @@ def main(argv: list[str] | None = None) -> None:
                 print(json.dumps(gram_reduce_case(K, dtype, args.arch)), flush=True)
         if "pcgrad" in kernels:
             print(json.dumps(pcgrad_case(K, args.arch)), flush=True)
+        if "fairgrad" in kernels and solve_fairgrad.launch_config(K)[0] <= 32:  # BLOCK_K = 64 spills (documented)
+            for alpha in (1.0, 2.0):  # α = 1 takes the exact powers, α = 2 exp/log
+                print(json.dumps(fairgrad_case(K, alpha, args.arch)), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""Every default launch of the Gram, combine and PCGrad-solve kernels compiles for an H100 (sm_90)
-on a machine without a GPU and spills no registers.
+"""Every default launch of the Gram, combine and PCGrad-solve kernels, and of the FairGrad solve up
+to BLOCK_K = 32, compiles for an H100 (sm_90) on a machine without a GPU and spills no registers.
 
 A spill is a silent slowdown (local-memory traffic in the inner loop of a bandwidth-bound pass)
 that no CPU test can see; here a register regression fails CI instead. The compilation and the
@@ -50,6 +50,9 @@ def test_default_launches_compile_without_spills():
             assert ("gram_partial", K, dtype, True) in kinds and ("combine", K, dtype, True) in kinds
     assert {("gram_partial", 64, "float32", False), ("combine", 64, "bfloat16", False)} <= kinds
     assert {r["block_k"] for r in reports if r["kernel"] == "pcgrad_solve"} == {16, 32, 64}
+    assert {(r["block_k"], r["alpha"]) for r in reports if r["kernel"] == "fairgrad_solve"} == {
+        (16, 1.0), (16, 2.0), (32, 1.0), (32, 2.0)
+    }
     assert_no_spills(reports)
 
 
