@@ -209,11 +209,12 @@ def _fairgrad_solve_kernel(
 
 
 def launch_config(K: int) -> tuple[int, int]:
-    """(BLOCK_K, num_warps): kspace's BLOCK_K with 8 warps at every size. Compiled for sm_90 the
-    solve then spills no registers up to BLOCK_K = 32 (4 warps at BLOCK_K = 16 spill 36 B for α ≠ 1);
-    at BLOCK_K = 64 it spills ~0.7–1.5 KB per thread, as the other one-program solves do."""
+    """(BLOCK_K, num_warps): kspace's BLOCK_K with 8 warps, 4 for K = 1. Compiled for sm_90 the
+    solve then spills no registers up to BLOCK_K = 32 (4 warps at K = 16 spill 36 B for α ≠ 1; 8
+    warps at K = 1, which Triton specialises as a constant, spill 20 B); at BLOCK_K = 64 it spills
+    ~0.7–1.5 KB per thread, as the other one-program solves do."""
     block, _ = kspace.launch_config(K)
-    return block, 8
+    return block, 4 if K == 1 else 8
 
 
 def fairgrad_solve(gram: Tensor, alpha: float, constants: Any) -> tuple[Tensor, dict[str, Tensor]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from numbers import Real
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
@@ -51,3 +51,16 @@ def check_pref_length(pref_vector: tuple[float, ...] | None, K: int) -> None:
     """A ValueError naming ``pref_vector`` when it does not have one entry per task."""
     if pref_vector is not None and len(pref_vector) != K:
         raise ValueError(f"pref_vector has {len(pref_vector)} entries but there are K = {K} tasks")
+
+
+def device_preference(weighting: Any, gram: Tensor) -> Tensor | None:
+    """``weighting.pref_vector`` as a float64 tensor on Γ's device (None when not given), copied
+    there on the first call for that device and reused after, so later on-device solves issue no
+    copy. The length is checked against K."""
+    if weighting.pref_vector is None:
+        return None
+    check_pref_length(weighting.pref_vector, gram.shape[0])
+    cache = weighting.__dict__.setdefault("_device_preferences", {})
+    if gram.device not in cache:
+        cache[gram.device] = torch.tensor(weighting.pref_vector, dtype=torch.float64).to(gram.device)
+    return cache[gram.device]

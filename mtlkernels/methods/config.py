@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from .._extension import extension
-from ._preference import check_pref_length, check_pref_vector, preference
+from ._preference import check_pref_length, check_pref_vector, device_preference, preference
 from .base import Solution, Weighting, cpp_constants
 
 
@@ -82,7 +82,7 @@ class ConFIGWeighting(Weighting):
     Args:
         pref_vector: the cosines' target p [K], ≥ 0 (default 𝟙, torchjd's default and the paper's
             equal weighting). Its scale does not matter.
-        backend: "auto", "torch" or "cpp".
+        backend: "auto", "torch", "cpp" or "triton" (the on-device solve, K ≤ 64).
 
     Diagnostics: ``residual`` (the certificate: ‖C(Cβ − p)‖∞ / (λ_max·‖p‖∞), the normal equations
     of the least-squares x = U⁺p), ``equal_cosines`` (Cβ = p: the cosines are exactly ∝ p),
@@ -141,6 +141,12 @@ class ConFIGWeighting(Weighting):
     def solve_cpp(self, gram: Tensor, losses: Tensor | None) -> tuple[np.ndarray, dict[str, Any]]:
         p = preference(self.pref_vector, gram.shape[0], 1.0)
         return extension().config_solve(gram.numpy(), cpp_constants(self.constants), p.numpy())
+
+    def solve_triton(self, gram: Tensor, losses: Tensor | None) -> Solution:
+        """The preference, when given, is copied to Γ's device once and kept there."""
+        from ..kernels.solve_config import config_solve
+
+        return Solution(*config_solve(gram, device_preference(self, gram), self.constants))
 
 
 @functools.lru_cache(maxsize=None)

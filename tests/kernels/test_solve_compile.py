@@ -1,4 +1,4 @@
-"""The four on-device K-space solves compile for an H100 (sm_90) on a machine without a GPU.
+"""The on-device K-space solves compile for an H100 (sm_90) on a machine without a GPU.
 
 The interpreter runs the kernels as Python, so it accepts code the Triton compiler rejects
 (non-constexpr globals, loop-carried values changing type, unsupported float64 operations). Here
@@ -24,8 +24,8 @@ COMPILE_ALL = textwrap.dedent(
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    from mtlkernels.kernels import kspace, solve_cagrad, solve_imtl, solve_mgda, solve_nash_mtl
-    from mtlkernels.methods import cagrad, imtl, mgda, nash_mtl
+    from mtlkernels.kernels import kspace, solve_cagrad, solve_config, solve_imtl, solve_mgda, solve_nash_mtl
+    from mtlkernels.methods import cagrad, config, imtl, mgda, nash_mtl
 
     def compile_for_h100(fn, pointers, constexprs, K):
         signature = {name: kind for name, kind in pointers.items()}
@@ -58,6 +58,11 @@ COMPILE_ALL = textwrap.dedent(
             dict(gram_ptr=gram, weights_ptr=f64, active_ptr=i1, degenerate_ptr=i1, iterations_ptr=i32,
                  facts_ptr=f64),
             dict(C=0.4, FACTOR=1 / 1.16, BLOCK_K=16, **kspace.constexprs(cagrad.CONSTANTS)), K)
+        compile_for_h100(
+            solve_config._config_solve_kernel,
+            dict(gram_ptr=gram, pref_ptr=f64, weights_ptr=f64, zero_tasks_ptr=i1, facts_ptr=f64, rank_ptr=i32,
+                 equal_ptr=i1),
+            dict(HAS_PREF=True, BLOCK_K=16, **kspace.constexprs(config.CONSTANTS)), K)
         print("compiled", K)
     """
 )
