@@ -28,7 +28,7 @@ from torch import Tensor
 
 from .._checks import check_option
 from .._extension import extension
-from ._preference import check_pref_length, check_pref_vector, preference
+from ._preference import check_pref_length, check_pref_vector, device_preference, preference
 from .base import Solution, Weighting, cpp_constants
 from .config import scaled_rank_rcond
 
@@ -78,7 +78,7 @@ class AlignedMTLWeighting(Weighting):
     Args:
         pref_vector: p [K], ≥ 0 (default 𝟙/K: torchjd's default; LibMTL sums, p = 𝟙).
         scale_mode: "min" (default), "median" or "rmse" (module docstring).
-        backend: "auto", "torch" or "cpp".
+        backend: "auto", "torch", "cpp" or "triton" (the on-device solve, K ≤ 64).
 
     Diagnostics: ``residual`` (the certificate), ``rank`` (kept components), ``scale`` (σ, the
     chosen singular value), ``zero_tasks`` (zero gradients, weight 0).
@@ -140,3 +140,9 @@ class AlignedMTLWeighting(Weighting):
     def solve_cpp(self, gram: Tensor, losses: Tensor | None) -> tuple[np.ndarray, dict[str, Any]]:
         p = preference(self.pref_vector, gram.shape[0], 1.0 / gram.shape[0])
         return extension().aligned_mtl_solve(gram.numpy(), cpp_constants(self.constants), p.numpy(), self.scale_mode)
+
+    def solve_triton(self, gram: Tensor, losses: Tensor | None) -> Solution:
+        """The preference, when given, is copied to Γ's device once and kept there."""
+        from ..kernels.solve_aligned_mtl import aligned_mtl_solve
+
+        return Solution(*aligned_mtl_solve(gram, device_preference(self, gram), self.scale_mode, self.constants))

@@ -24,8 +24,9 @@ COMPILE_ALL = textwrap.dedent(
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    from mtlkernels.kernels import kspace, solve_cagrad, solve_config, solve_imtl, solve_mgda, solve_nash_mtl
-    from mtlkernels.methods import cagrad, config, imtl, mgda, nash_mtl
+    from mtlkernels.kernels import (kspace, solve_aligned_mtl, solve_cagrad, solve_config, solve_fairgrad, solve_imtl,
+                                    solve_mgda, solve_nash_mtl)
+    from mtlkernels.methods import aligned_mtl, cagrad, config, fairgrad, imtl, mgda, nash_mtl
 
     def compile_for_h100(fn, pointers, constexprs, K):
         signature = {name: kind for name, kind in pointers.items()}
@@ -63,6 +64,15 @@ COMPILE_ALL = textwrap.dedent(
             dict(gram_ptr=gram, pref_ptr=f64, weights_ptr=f64, zero_tasks_ptr=i1, facts_ptr=f64, rank_ptr=i32,
                  equal_ptr=i1),
             dict(HAS_PREF=True, BLOCK_K=16, **kspace.constexprs(config.CONSTANTS)), K)
+        compile_for_h100(
+            solve_aligned_mtl._aligned_mtl_solve_kernel,
+            dict(gram_ptr=gram, pref_ptr=f64, weights_ptr=f64, zero_tasks_ptr=i1, facts_ptr=f64, rank_ptr=i32),
+            dict(HAS_PREF=False, SCALE_MODE=1, BLOCK_K=16, **kspace.constexprs(aligned_mtl.CONSTANTS)), K)
+        compile_for_h100(
+            solve_fairgrad._fairgrad_solve_kernel,
+            dict(gram_ptr=gram, weights_ptr=f64, dropped_ptr=i1, iterations_ptr=i32, converged_ptr=i1,
+                 certificates_ptr=f64),
+            dict(ALPHA=2.0, BLOCK_K=16, **kspace.constexprs(fairgrad.CONSTANTS)), K)
         print("compiled", K)
     """
 )
