@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import Tensor
 
 from mtlkernels.methods.fairgrad import FairGradWeighting, fixed_point_residuals
 from mtlkernels.testing.cases import against_first_J

@@ -6,7 +6,6 @@ import torch
 
 triton = pytest.importorskip("triton")
 
-import mtlkernels as mk  # noqa: E402
 from mtlkernels import _extension  # noqa: E402
 from _devices import TRITON_DEVICE as DEVICE, no_host_sync, poison_empty, requires_cpp_oracle, requires_cuda, requires_triton  # noqa: E402
 from mtlkernels.kernels import solve_config  # noqa: E402

@@ -2,7 +2,6 @@
 by the projections), the float64 reference on full vectors (mtlkernels.reference.config: the
 pseudo-inverse of the unit-gradient matrix), torchjd 0.18's ConFIG on random and adversarial
 inputs, pref_vector, and option errors."""
-import math
 
 import pytest
 import torch

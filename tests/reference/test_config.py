@@ -1,6 +1,5 @@
 """ConFIG's reference (mtlkernels.reference.config: pinv of the unit-gradient matrix on the full J)
 against literal cases and torchjd 0.18's ConFIG."""
-import math
 
 import torch
 
