@@ -73,7 +73,7 @@ class FairGradConstants:
             the small tasks' terms are below the large tasks' rounding).
     """
 
-    max_newton_steps: int = 200
+    max_newton_steps: int = 500
     converged_length2: float = 1e-20
     stalled_residual: float = 1e-12
     diverged_beta: float = 1e6
