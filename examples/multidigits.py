@@ -21,7 +21,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from mtlkernels.optim import CAGrad, DWA, DualProj, FAMO, GradNorm, GradVac, IMTL, MGDAUB, NashMTL, PCGrad, RLW, UPGrad, UW
+from mtlkernels.optim import (
+    AlignedMTL, CAGrad, ConFIG, DualProj, DWA, FairGrad, FAMO, GradNorm, GradVac, IMTL, MGDAUB,
+    NashMTL, PCGrad, RLW, UPGrad, UW,
+)
 
 CANVAS = 12  # the two 8×8 digits sit at (0, 0) and (4, 4) of a 12×12 canvas and overlap
 SHIFT = CANVAS - 8
@@ -97,6 +100,9 @@ METHODS: dict[str, tuple[Callable[[torch.optim.Optimizer, "TwoDigitNet"], object
     "UPGrad": (lambda opt, model: UPGrad(opt), False),
     "DualProj": (lambda opt, model: DualProj(opt), False),
     "GradVac": (lambda opt, model: GradVac(opt, seed=0), False),
+    "FairGrad": (lambda opt, model: FairGrad(opt, alpha=2.0), False),
+    "ConFIG": (lambda opt, model: ConFIG(opt), False),
+    "Aligned-MTL": (lambda opt, model: AlignedMTL(opt), False),
     # loss weighting: one backward of Σ wₖ·Lₖ per step
     "FAMO": (lambda opt, model: FAMO(opt), False),
     "UW": (lambda opt, model: UW(opt, num_tasks=2), False),

@@ -19,7 +19,10 @@ import time
 
 import torch
 
-from mtlkernels.optim import CAGrad, DWA, DualProj, FAMO, GradNorm, GradVac, IMTL, MGDA, MultiTaskOptimizer, NashMTL, PCGrad, RLW, UPGrad, UW
+from mtlkernels.optim import (
+    AlignedMTL, CAGrad, ConFIG, DualProj, DWA, FairGrad, FAMO, GradNorm, GradVac, IMTL, MGDA,
+    MultiTaskOptimizer, NashMTL, PCGrad, RLW, UPGrad, UW,
+)
 
 #: where the paper starts the three runs
 STARTS = [(-8.5, 7.5), (-8.5, -5.0), (9.0, 9.0)]
@@ -36,6 +39,9 @@ METHODS = {
     "UPGrad": lambda opt: UPGrad(opt),
     "DualProj": lambda opt: DualProj(opt),
     "GradVac": lambda opt: GradVac(opt, seed=0),
+    "FairGrad": lambda opt: FairGrad(opt, alpha=2.0),  # the authors' QM9 setting
+    "ConFIG": lambda opt: ConFIG(opt),
+    "Aligned-MTL": lambda opt: AlignedMTL(opt),
     # loss weighting, one backward of Σ wₖ·Lₖ: the losses reach −20 (their infimum), so FAMO gets that
     # bound and UW, DWA and GradNorm, which assume positive losses, see Lₖ + 20 (LOSS_SHIFT)
     "FAMO": lambda opt: FAMO(opt, min_losses=[LOWER_BOUND, LOWER_BOUND]),

@@ -11,18 +11,22 @@ from .combine import combine
 from .gram import gram
 from .methods import METHODS, Weighting, diagnostics_to_python
 from .optim import (
-    CAGrad, DWA, DualProj, FAMO, GradNorm, GradVac, IMTL, MGDA, MGDAUB, MultiTaskOptimizer, NashMTL, NonFiniteError, PCGrad, RLW, UPGrad, UW,
+    AlignedMTL, CAGrad, ConFIG, DualProj, DWA, FairGrad, FAMO, GradNorm, GradVac, IMTL, MGDA, MGDAUB,
+    MultiTaskOptimizer, NashMTL, NonFiniteError, PCGrad, RLW, UPGrad, UW,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AlignedMTL",
     "CAGrad",
     "DWA",
     "FAMO",
     "GradNorm",
     "DualProj",
     "GradVac",
+    "ConFIG",
+    "FairGrad",
     "IMTL",
     "MGDA",
     "MGDAUB",

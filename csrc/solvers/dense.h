@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <limits>
 #include <vector>
 
 namespace mtlkernels::dense {
@@ -128,6 +129,124 @@ inline int symmetric_pinv_solve(const double* A, const double* b, double* x, int
     for (int i = 0; i < n; ++i) x[i] += proj * V[i * n + k];
   }
   return rank;
+}
+
+// Eigen-decomposition of a symmetric A (n×n) as symmetric_eigen gives it (A = V diag(w) Vᵀ, V's
+// columns the eigenvectors, row-major), in O(n³) with a small constant: Householder reduction to
+// tridiagonal form T = QᵀAQ (Q accumulated), then the implicit QL method with Wilkinson-type shifts
+// on T, rotating Q's columns along. About 9n³ flops against cyclic Jacobi's ~30n³ over its sweeps,
+// so the faster choice beyond n ≈ 8; both are backward stable. Returns false if an eigenvalue
+// needed more than max_iterations QL steps (never seen; w and V then hold the partial result).
+inline bool symmetric_eigen_ql(const double* A, double* w, double* V, int n, int max_iterations = 60) {
+  std::copy(A, A + static_cast<size_t>(n) * n, V);
+  std::vector<double> off(n, 0.0);  // sub-diagonal of T: off[i] couples rows i − 1 and i
+  auto at = [&](int i, int j) -> double& { return V[static_cast<size_t>(i) * n + j]; };
+  // Householder: for row i (from the last), annihilate A[i][0..i−2] with a reflector built from
+  // A[i][0..i−1]; the reflector vector stays in row i and u/H in column i, for the accumulation.
+  for (int i = n - 1; i > 0; --i) {
+    const int last = i - 1;
+    double h = 0.0;
+    if (last > 0) {
+      double scale = 0.0;
+      for (int k = 0; k <= last; ++k) scale += std::fabs(at(i, k));
+      if (scale == 0.0) {
+        off[i] = at(i, last);
+      } else {
+        for (int k = 0; k <= last; ++k) {
+          at(i, k) /= scale;
+          h += at(i, k) * at(i, k);
+        }
+        const double f = at(i, last);
+        const double g = f >= 0.0 ? -std::sqrt(h) : std::sqrt(h);
+        off[i] = scale * g;
+        h -= f * g;
+        at(i, last) = f - g;
+        double uAu = 0.0;
+        for (int j = 0; j <= last; ++j) {
+          at(j, i) = at(i, j) / h;
+          double p = 0.0;  // (A·u)_j over the leading (last+1)×(last+1) block, lower triangle stored
+          for (int k = 0; k <= j; ++k) p += at(j, k) * at(i, k);
+          for (int k = j + 1; k <= last; ++k) p += at(k, j) * at(i, k);
+          off[j] = p / h;
+          uAu += off[j] * at(i, j);
+        }
+        const double half = uAu / (h + h);
+        for (int j = 0; j <= last; ++j) {
+          const double uj = at(i, j);
+          const double qj = off[j] - half * uj;
+          off[j] = qj;
+          for (int k = 0; k <= j; ++k) at(j, k) -= uj * off[k] + qj * at(i, k);
+        }
+      }
+    } else {
+      off[i] = at(i, last);
+    }
+    w[i] = h;  // nonzero: row i carries a reflector to accumulate
+  }
+  w[0] = 0.0;
+  off[0] = 0.0;
+  for (int i = 0; i < n; ++i) {  // accumulate Q = H₁H₂… in place, diagonal of T into w
+    const int last = i - 1;
+    if (w[i] != 0.0) {
+      for (int j = 0; j <= last; ++j) {
+        double g = 0.0;
+        for (int k = 0; k <= last; ++k) g += at(i, k) * at(k, j);
+        for (int k = 0; k <= last; ++k) at(k, j) -= g * at(k, i);
+      }
+    }
+    w[i] = at(i, i);
+    at(i, i) = 1.0;
+    for (int j = 0; j <= last; ++j) at(j, i) = at(i, j) = 0.0;
+  }
+  // implicit QL on T (diagonal w, off-diagonal off[1..n−1] shifted to off[0..n−2])
+  for (int i = 1; i < n; ++i) off[i - 1] = off[i];
+  off[n - 1] = 0.0;
+  const double eps = std::numeric_limits<double>::epsilon();
+  bool converged = true;
+  for (int l = 0; l < n; ++l) {
+    for (int iteration = 0;; ++iteration) {
+      int m = l;
+      for (; m < n - 1; ++m)  // the first negligible off-diagonal at or after l splits T
+        if (std::fabs(off[m]) <= eps * (std::fabs(w[m]) + std::fabs(w[m + 1]))) break;
+      if (m == l) break;
+      if (iteration == max_iterations) {
+        converged = false;
+        break;
+      }
+      double g = (w[l + 1] - w[l]) / (2.0 * off[l]);
+      double r = std::hypot(g, 1.0);
+      g = w[m] - w[l] + off[l] / (g + (g >= 0.0 ? r : -r));  // shift from the trailing 2×2 block
+      double s = 1.0, c = 1.0, p = 0.0;
+      int i = m - 1;
+      for (; i >= l; --i) {  // chase the bulge up with Givens rotations
+        const double f = s * off[i], b = c * off[i];
+        r = std::hypot(f, g);
+        off[i + 1] = r;
+        if (r == 0.0) {  // underflow: T splits here
+          w[i + 1] -= p;
+          off[m] = 0.0;
+          break;
+        }
+        s = f / r;
+        c = g / r;
+        g = w[i + 1] - p;
+        r = (w[i] - g) * s + 2.0 * c * b;
+        p = s * r;
+        w[i + 1] = g + p;
+        g = c * r - b;
+        for (int k = 0; k < n; ++k) {
+          const double right = at(k, i + 1);
+          at(k, i + 1) = s * at(k, i) + c * right;
+          at(k, i) = c * at(k, i) - s * right;
+        }
+      }
+      if (r == 0.0 && i >= l) continue;
+      w[l] -= p;
+      off[l] = g;
+      off[m] = 0.0;
+    }
+  }
+  return converged;
 }
 
 }  // namespace mtlkernels::dense

@@ -49,7 +49,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..testing import peers
-from ..optim import CAGrad, DWA, DualProj, FAMO, GradNorm, GradVac, IMTL, MGDAUB, MultiTaskOptimizer, NashMTL, PCGrad, RLW, UPGrad, UW
+from ..optim import (
+    AlignedMTL, CAGrad, ConFIG, DualProj, DWA, FairGrad, FAMO, GradNorm, GradVac, IMTL, MGDAUB,
+    MultiTaskOptimizer, NashMTL, PCGrad, RLW, UPGrad, UW,
+)
 from .suites import Row
 from .timing import Timing, _quantile
 
@@ -66,6 +69,7 @@ LEGEND = (
 WRAPPERS: dict[str, Callable[..., MultiTaskOptimizer]] = {
     "mean": MultiTaskOptimizer, "pcgrad": PCGrad, "cagrad": CAGrad, "nash_mtl": NashMTL, "imtl": IMTL, "mgda": MGDAUB,
     "upgrad": UPGrad, "dualproj": DualProj, "gradvac": GradVac,
+    "fairgrad": FairGrad, "config": ConFIG, "aligned_mtl": AlignedMTL,
 }
 #: the loss-weighting wrappers (one backward of Σ wₖ·Lₖ; GradNorm's layer: the trunk's last Linear)
 LOSS_WEIGHTING: dict[str, Callable[..., MultiTaskOptimizer]] = {

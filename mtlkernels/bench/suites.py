@@ -18,7 +18,8 @@ from ..combine import combine
 from ..gram import gram
 from .timing import Timing, measure
 
-METHODS = ("mean", "pcgrad", "cagrad", "nash_mtl", "imtl", "mgda", "upgrad", "dualproj", "gradvac")
+METHODS = ("mean", "pcgrad", "cagrad", "nash_mtl", "imtl", "mgda", "upgrad", "dualproj", "gradvac", "fairgrad", "config",
+           "aligned_mtl")
 
 
 @dataclass

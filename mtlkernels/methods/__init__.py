@@ -5,9 +5,12 @@ from __future__ import annotations
 import functools
 import inspect
 
+from .aligned_mtl import AlignedMTLWeighting
 from .base import Solution, Weighting, diagnostics_to_python
 from .cagrad import CAGradWeighting
+from .config import ConFIGWeighting
 from .dualproj import DualProjWeighting
+from .fairgrad import FairGradWeighting
 from .gradvac import GradVacWeighting
 from .imtl import IMTLWeighting
 from .mean import Mean
@@ -21,7 +24,7 @@ METHODS: dict[str, type[Weighting]] = {
     cls.name: cls
     for cls in (
         Mean, PCGradWeighting, CAGradWeighting, NashMTLWeighting, IMTLWeighting, MGDAWeighting, UPGradWeighting,
-        DualProjWeighting, GradVacWeighting,
+        DualProjWeighting, GradVacWeighting, FairGradWeighting, ConFIGWeighting, AlignedMTLWeighting,
     )
 }
 
@@ -45,6 +48,9 @@ PEER_OPTIONS: dict[tuple[str | None, str], str] = {
                          "here is exact (Wolfe's active-set method): drop it",
     ("mgda", "max_iters"): "torchjd's MGDA max_iters bounds its iterative solver; the MGDA solve here is "
                            "exact (Wolfe's active-set method): drop it",
+    ("fairgrad", "max_iters"): "torchjd's FairGrad max_iters bounds scipy's least_squares; the FairGrad solve here "
+                               "runs Newton to rounding level: drop it",
+    ("fairgrad", "FairGrad_alpha"): "FairGrad's alpha is LibMTL's FairGrad_alpha: use alpha={value!r}",
     (None, "n_tasks"): _NO_TASK_COUNT.replace("{who}", "the Nash-MTL authors' and torchjd's"),
     (None, "task_num"): _NO_TASK_COUNT.replace("{who}", "LibMTL's"),
     (None, "pref_vector"): "torchjd's pref_vector has no counterpart in {method!r} (only 'upgrad' and "
@@ -95,9 +101,12 @@ def _accepted_options(cls: type[Weighting]) -> frozenset[str]:
 __all__ = [
     "METHODS",
     "PEER_OPTIONS",
+    "AlignedMTLWeighting",
     "CAGradWeighting",
     "DualProjWeighting",
     "GradVacWeighting",
+    "ConFIGWeighting",
+    "FairGradWeighting",
     "IMTLWeighting",
     "MGDAWeighting",
     "Mean",

@@ -5,14 +5,18 @@
     opt.backward(losses)                # or opt.backward(losses, features=z)
     opt.step()
 
-The Gramian wrappers (PCGrad, CAGrad, NashMTL, IMTL, MGDA, MGDAUB) take the K task gradients
+The Gramian wrappers (PCGrad, CAGrad, NashMTL, IMTL, MGDA, MGDAUB, UPGrad, DualProj, GradVac,
+FairGrad, ConFIG, AlignedMTL) take the K task gradients
 (every step, or every n-th with ``update_every=n``); the loss-weighting wrappers (FAMO, UW, DWA,
 RLW, GradNorm; :mod:`.loss_weighting`) take one backward of Σₖ wₖ·Lₖ.
 """
+from .aligned_mtl import AlignedMTL
 from .base import MultiTaskOptimizer, NonFiniteError, ParameterRoles
 from .cagrad import CAGrad
+from .config import ConFIG
 from .dualproj import DualProj
 from .dwa import DWA
+from .fairgrad import FairGrad
 from .famo import FAMO
 from .gradnorm import GradNorm
 from .gradvac import GradVac
@@ -27,6 +31,7 @@ from .upgrad import UPGrad
 from .uw import UW
 
 __all__ = [
-    "CAGrad", "DualProj", "DWA", "FAMO", "GradNorm", "GradVac", "IMTL", "LossWeighting", "MGDA", "MGDAUB",
-    "MultiTaskOptimizer", "NashMTL", "NonFiniteError", "ParameterRoles", "PCGrad", "RLW", "UPGrad", "UW",
+    "AlignedMTL", "CAGrad", "ConFIG", "DualProj", "DWA", "FairGrad", "FAMO", "GradNorm", "GradVac", "IMTL",
+    "LossWeighting", "MGDA", "MGDAUB", "MultiTaskOptimizer", "NashMTL", "NonFiniteError", "ParameterRoles",
+    "PCGrad", "RLW", "UPGrad", "UW",
 ]

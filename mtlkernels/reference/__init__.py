@@ -11,8 +11,11 @@ Every function takes J [K, N] (any float dtype; computed in float64) and returns
 from __future__ import annotations
 
 from ._result import ReferenceResult
+from .aligned_mtl import aligned_mtl
 from .cagrad import cagrad
+from .config import config
 from .dualproj import dualproj
+from .fairgrad import fairgrad
 from .gradvac import gradvac
 from .imtl import imtl
 from .mean import mean
@@ -21,4 +24,7 @@ from .nash_mtl import nash_mtl
 from .pcgrad import pcgrad
 from .upgrad import upgrad
 
-__all__ = ["ReferenceResult", "cagrad", "dualproj", "gradvac", "imtl", "mean", "mgda", "nash_mtl", "pcgrad", "upgrad"]
+__all__ = [
+    "ReferenceResult", "aligned_mtl", "cagrad", "config", "dualproj", "fairgrad", "gradvac", "imtl", "mean", "mgda",
+    "nash_mtl", "pcgrad", "upgrad",
+]

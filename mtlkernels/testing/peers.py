@@ -24,7 +24,8 @@ from torch import Tensor
 #: which of our methods each peer implements, and its class name there
 TORCHJD_CLASSES = {
     "mean": "Mean", "pcgrad": "PCGrad", "cagrad": "CAGrad", "nash_mtl": "NashMTL", "imtl": "IMTLG", "mgda": "MGDA",
-    "upgrad": "UPGrad", "dualproj": "DualProj", "gradvac": "GradVac",
+    "upgrad": "UPGrad", "dualproj": "DualProj", "gradvac": "GradVac", "fairgrad": "FairGrad", "config": "ConFIG",
+    "aligned_mtl": "AlignedMTL",
 }
 LIBMTL_CLASSES = {"pcgrad": "PCGrad", "cagrad": "CAGrad", "imtl": "IMTL", "mgda": "MGDA", "gradvac": "GradVac"}
 
@@ -122,6 +123,8 @@ def torchjd_aggregator(method: str, K: int, **kwargs: Any) -> Callable[[Tensor],
         kwargs.setdefault("n_tasks", K)
     if method == "cagrad":
         kwargs.setdefault("c", 0.5)
+    if method == "fairgrad":
+        kwargs.setdefault("alpha", 1.0)  # torchjd has no default; ours is 1
     return cls(**kwargs)
 
 

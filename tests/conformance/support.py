@@ -68,8 +68,19 @@ def grid(
     return params
 
 
-def backend_params(backends: tuple[str, ...] = BACKENDS) -> list[Any]:
-    return [pytest.param(b, marks=_BACKEND_MARKS[b], id=b) for b in backends]
+def backend_marks(method: str, backend: str) -> list[Any]:
+    """The marks of (method, backend): the backend's availability, and a skip where the method has
+    no solve of its own on that backend (it runs in torch there under backend="auto")."""
+    marks = list(_BACKEND_MARKS[backend])
+    if backend not in ("auto", *mk.METHODS[method].backends):
+        marks.append(pytest.mark.skip(reason=f"{method} has no {backend} solve (backend='auto' runs it in torch)"))
+    return marks
+
+
+def backend_params(backends: tuple[str, ...] = BACKENDS, method: str | None = None) -> list[Any]:
+    return [
+        pytest.param(b, marks=_BACKEND_MARKS[b] if method is None else backend_marks(method, b), id=b) for b in backends
+    ]
 
 
 # -- inputs ------------------------------------------------------------------------------------------

@@ -55,6 +55,7 @@ BACKEND_RTOL = 1e-12
 REFERENCE_RTOL64 = {
     "mean": 1e-14, "pcgrad": 1e-13, "cagrad": 1e-12, "nash_mtl": 1e-13, "imtl": 1e-13, "mgda": 1e-13,
     "upgrad": 1e-12, "dualproj": 1e-12, "gradvac": 1e-13,
+    "fairgrad": 1e-13, "config": 1e-13, "aligned_mtl": 1e-13,
 }
 FLOAT32_RTOL = 2e-5
 #: exact-arithmetic identities (permutation, powers of two, literal degenerate answers) up to rounding
@@ -78,6 +79,9 @@ VARIANTS: dict[str, list[dict[str, Any]]] = {
     "upgrad": [{}, {"pref_vector": PREFERENCES}, {"reg_eps": 1e-4, "norm_eps": 1e-4}],
     "dualproj": [{}, {"pref_vector": PREFERENCES}, {"reg_eps": 1e-4, "norm_eps": 1e-4}],
     "gradvac": [{}, {"eps": 1e-8, "beta": 0.1}],
+    "fairgrad": [{}, {"alpha": 2.0}, {"alpha": 0.5}],
+    "config": [{}],
+    "aligned_mtl": [{}, {"scale_mode": "median"}, {"scale_mode": "rmse"}],
 }
 
 
@@ -166,6 +170,9 @@ def test_permutation_equivariance(method, backend):
 #: (Σw = 1, equal projections), MGDA (the min-norm point of the hull scales with it): (0, 1).
 #: Nash-MTL: αᵢ(Γα)ᵢ = 1 with Γ → c²Γ gives α → α/c, and ‖d‖ = √K (or the clip) is unchanged: (−1, 0),
 #: with the clip to max_norm = 1 and without it (max_norm = 0).
+#: FairGrad: c²Γw′ = w′^(−1/α) with w′ = c^a·w needs 2 + a = −a/α: a = −2α/(α+1), and d → c^(1+a)·d
+#: (α = 1: Nash-MTL's (−1, 0)). ConFIG: the unit gradients and x̂ are unchanged, the length Σgᵢ·x̂
+#: scales with c: (0, 1). Aligned-MTL: B = σ·U·diag(λ^(−½))·Uᵀ is scale-free: (0, 1).
 #: MGDA with l2 normalisation and combination "normalized": d = Σ wᵢgᵢ/‖gᵢ‖ is scale-free: (−1, 0).
 #: UPGrad, DualProj (the dual cone is unchanged and the projection commutes with scaling: v is
 #: scale-free) and GradVac (cosines and correction coefficients ‖gᵢ'‖/‖gⱼ‖ are scale-free, eps = 0): (0, 1).
@@ -182,6 +189,12 @@ GLOBAL_SCALE = [
     ("upgrad", {}, 0, 1),
     ("dualproj", {}, 0, 1),
     ("gradvac", {}, 0, 1),
+    ("fairgrad", {}, -1, 0),
+    ("fairgrad", {"alpha": 2.0}, -4 / 3, -1 / 3),
+    ("fairgrad", {"alpha": 0.5}, -2 / 3, 1 / 3),
+    ("config", {}, 0, 1),
+    ("aligned_mtl", {}, 0, 1),
+    ("aligned_mtl", {"scale_mode": "rmse"}, 0, 1),
 ]
 
 
@@ -189,7 +202,7 @@ def _table_grid(table: list[tuple]) -> list[Any]:
     """pytest params (*row, backend) for every row (method, options, ...) × backend."""
     params = []
     for row in table:
-        for backend in backend_params():
+        for backend in backend_params(method=row[0]):
             name = "-".join([row[0], *(str(v) for v in row[1].values())])
             marks = backend_marks(row[0], backend.values[0])
             params.append(pytest.param(*row, backend.values[0], marks=marks, id=f"{name}-{backend.id}"))
@@ -213,13 +226,15 @@ def test_global_scale(method, variant, weight_power, direction_power, backend):
 #: method defines it: Nash-MTL (the system is invariant under per-task rescaling: α → α/s, d
 #: unchanged); IMTL-G (the unit gradients are unchanged, so d keeps its direction and w ∝ w/s with
 #: Σw = 1); MGDA "l2" (gᵢ/‖gᵢ‖ unchanged: the simplex weights are, d = Σwᵢgᵢ or, "normalized",
-#: unchanged); MGDA "loss" with the losses scaled alongside (gᵢ/Lᵢ unchanged: the same).
+#: unchanged); MGDA "loss" with the losses scaled alongside (gᵢ/Lᵢ unchanged: the same); FairGrad at
+#: α = 1 (Nash-MTL's system).
 PER_TASK_SCALE = [
     ("nash_mtl", {}, -1, False),
     ("imtl", {}, -1, True),
     ("mgda", {"normalization": "l2"}, 0, False),
     ("mgda", {"normalization": "l2", "combination": "normalized"}, -1, False),
     ("mgda", {"normalization": "loss"}, 0, False),
+    ("fairgrad", {}, -1, False),
 ]
 
 
@@ -244,6 +259,8 @@ def test_per_task_scale(method, variant, weight_power, renormalise, backend):
 #: MGDA (the hull is {g}); CAGrad: d = g + c‖g‖·g/‖g‖ = (1 + c)g, ÷(1 + c²) → 1.5/1.25 = 1.2;
 #: Nash-MTL: α·‖g‖²·α = 1 → α = 1/‖g‖, ‖d‖ = 1 is not clipped; UPGrad and DualProj: g is in its own
 #: dual cone, v = argmin_{v ≥ 1} v²‖g‖² = 1; GradVac: no other task to correct towards, 1.
+#: Nash-MTL: α·‖g‖²·α = 1 → α = 1/‖g‖, ‖d‖ = 1 is not clipped; FairGrad (α = 1): ‖g‖²·w = 1/w → 1/‖g‖;
+#: ConFIG: x̂ = g/‖g‖ and length g·x̂ = ‖g‖, d = g: 1; Aligned-MTL: σ = ‖g‖, Ĵ = g, p = 1/K = 1: 1.
 SINGLE_TASK_WEIGHT: dict[str, Callable[[float], float]] = {
     "mean": lambda n: 1.0,
     "pcgrad": lambda n: 1.0,
@@ -254,6 +271,9 @@ SINGLE_TASK_WEIGHT: dict[str, Callable[[float], float]] = {
     "upgrad": lambda n: 1.0,
     "dualproj": lambda n: 1.0,
     "gradvac": lambda n: 1.0,
+    "fairgrad": lambda n: 1.0 / n,
+    "config": lambda n: 1.0,
+    "aligned_mtl": lambda n: 1.0,
 }
 #: a literal weight up to a few roundings of the solve's closed form
 SINGLE_TASK_RTOL = 4 * torch.finfo(torch.float64).eps
@@ -277,6 +297,8 @@ def test_single_task(method, backend):
 #: every point of the hull is 0, the even weights 1/K; UPGrad and DualProj: every constraint
 #: 0·x ≥ 0 holds, nothing is projected, w = p = 1/K; GradVac: every cosine is 0, no target (0) is
 #: above it, nothing corrected, 1.
+#: every point of the hull is 0, the even weights 1/K; FairGrad as Nash-MTL, 0; ConFIG no unit gradient,
+#: x = 0: 0; Aligned-MTL no component of J to align (rank 0): 0.
 ALL_ZERO_WEIGHT: dict[str, Callable[[int], float]] = {
     "mean": lambda K: 1.0 / K,
     "pcgrad": lambda K: 1.0,
@@ -287,6 +309,9 @@ ALL_ZERO_WEIGHT: dict[str, Callable[[int], float]] = {
     "upgrad": lambda K: 1.0 / K,
     "dualproj": lambda K: 1.0 / K,
     "gradvac": lambda K: 1.0,
+    "fairgrad": lambda K: 0.0,
+    "config": lambda K: 0.0,
+    "aligned_mtl": lambda K: 0.0,
 }
 
 
@@ -310,6 +335,10 @@ def test_all_zero_gradients(method, backend):
 #: UPGrad and DualProj: a zero gradient's constraint 0·x ≥ 0 always holds and never binds, so its
 #: weight stays pᵢ = 1/K (the others' preferences are 1/K, not 1/(K − z): not "reduced"). GradVac:
 #: a zero gradient has cosine 0 with every task and is never corrected nor corrected towards.
+#: (CAGrad: a zero gradient caps the worst improvement at 0; its weight does not change d). FairGrad as
+#: Nash-MTL; ConFIG: a zero row of U is no constraint on x and adds 0 to the length, so (default
+#: p = 𝟙) the others solve as without it; Aligned-MTL: a zero gradient is a null direction of Γ,
+#: weight 0, but the others' p = 𝟙/K keeps K, not K − z.
 ZERO_ROW: dict[str, tuple[Callable[[int, int], float] | None, str | None]] = {
     "mean": (lambda K, z: 1.0 / K, None),
     "pcgrad": (lambda K, z: 1.0, "reduced"),
@@ -320,9 +349,15 @@ ZERO_ROW: dict[str, tuple[Callable[[int, int], float] | None, str | None]] = {
     "upgrad": (lambda K, z: 1.0 / K, None),
     "dualproj": (lambda K, z: 1.0 / K, None),
     "gradvac": (lambda K, z: 1.0, "reduced"),
+    "fairgrad": (lambda K, z: 0.0, "reduced"),
+    "config": (lambda K, z: 0.0, "reduced"),
+    "aligned_mtl": (lambda K, z: 0.0, None),
 }
 #: the diagnostics that name the zero tasks
-ZERO_ROW_DIAGNOSTICS = {"nash_mtl": "dropped_tasks", "imtl": "zero_tasks"}
+ZERO_ROW_DIAGNOSTICS = {
+    "nash_mtl": "dropped_tasks", "imtl": "zero_tasks", "fairgrad": "dropped_tasks", "config": "zero_tasks",
+    "aligned_mtl": "zero_tasks",
+}
 
 
 @pytest.mark.parametrize("method, backend", grid())
@@ -349,9 +384,10 @@ def test_zero_rows(method, backend):
 @pytest.mark.parametrize("method, backend", grid())
 def test_duplicate_rows(method, backend):
     """J = (g, g, h, k). Every method agrees with the reference on d; on the weights where they are
-    unique (mean, PCGrad with fixed orders, Nash-MTL, IMTL-G's least-norm choice), else on the
-    duplicates' total (CAGrad's multipliers and MGDA's hull weights may split it either way).
-    Nash-MTL's system is symmetric in the duplicates: equal weights. IMTL-G and MGDA see the same
+    unique (mean, PCGrad with fixed orders, Nash-MTL, IMTL-G's least-norm choice, FairGrad, ConFIG's
+    least-norm β = C⁺p, Aligned-MTL), else on the duplicates' total (CAGrad's multipliers and MGDA's
+    hull weights may split it either way). Nash-MTL's and FairGrad's systems, ConFIG's C⁺ and
+    Aligned-MTL's B are symmetric in the duplicates: equal weights. IMTL-G and MGDA see the same
     unit gradients / hull as (g, h, k): the same d, the duplicates sharing g's weight (IMTL-G: equally).
     UPGrad and DualProj: the dual cone is (g, h, k)'s, so d is theirs, the duplicates sharing g's
     weight either way (the active-set solve moves only one of them)."""
@@ -365,7 +401,7 @@ def test_duplicate_rows(method, backend):
         assert_weights_close(merged, merged_expected, distinct, REFERENCE_RTOL64[method], "weights (duplicates summed) vs reference")
     if method == "mean":
         assert result.weights.tolist() == [0.25] * 4
-    if method in ("nash_mtl", "imtl"):
+    if method in ("nash_mtl", "imtl", "fairgrad", "config", "aligned_mtl"):
         assert float(result.weights[0]) == pytest.approx(float(result.weights[1]), rel=EXACT_RTOL)
     if method in ("imtl", "mgda"):
         alone = run(distinct, method, backend)
@@ -383,10 +419,12 @@ def _merge_first_two(weights: torch.Tensor) -> torch.Tensor:
 #: summing to 1: ½ (its docstring's example); MGDA the min-norm point 0 = ½g + ½(−g): ½; UPGrad the
 #: dual cone is g⊥, π(±g) = 0 = g − g, the least v ≥ eᵢ with v₀ = v₁ is (1, 1), times ½ twice: 1;
 #: DualProj ½g − ½g = 0 is already in the cone: p = ½; GradVac as PCGrad at the first step (targets
-#: 0: the correction is the projection): 2.
+#: 0: the correction is the projection): 2; FairGrad as Nash-MTL: 0; ConFIG: no x has u·x = 1 = −u·x, and 𝟙 is orthogonal to the range of
+#: C = [[1, −1], [−1, 1]], so x = U⁺𝟙 = 0: 0; Aligned-MTL: B = ½[[1, −1], [−1, 1]] (rank 1, σ = λ^½),
+#: B·(½, ½) = 0.
 OPPOSITE_WEIGHTS = {
     "mean": 0.5, "pcgrad": 2.0, "cagrad": 0.4, "nash_mtl": 0.0, "imtl": 0.5, "mgda": 0.5, "upgrad": 1.0,
-    "dualproj": 0.5, "gradvac": 2.0,
+    "dualproj": 0.5, "gradvac": 2.0, "fairgrad": 0.0, "config": 0.0, "aligned_mtl": 0.0,
 }
 #: what each method's diagnostics say of (g, −g): CAGrad's degenerate case (g₀ = 0); IMTL-G's
 #: rank-deficient fallback with a unique answer; Nash-MTL drops both tasks.
@@ -395,6 +433,9 @@ OPPOSITE_DIAGNOSTICS: dict[str, dict[str, Any]] = {
     "imtl": {"fallback": True, "unique": True},
     "nash_mtl": {"dropped_tasks": [0, 1]},
     "dualproj": {"active_tasks": []},
+    "fairgrad": {"dropped_tasks": [0, 1]},
+    "config": {"rank": 1, "equal_cosines": False},
+    "aligned_mtl": {"rank": 1},
 }
 
 
@@ -478,7 +519,19 @@ def _check_mgda(result, J):
     assert float((J @ x).min()) >= float(x @ x) - slack and float(x @ x) > 0
 
 
-#: all pairwise gᵢ·gⱼ > 0: what each method reduces to, where it defines it (IMTL-G does not).
+def _check_config(result, J):
+    """K ≤ N independent gradients: x = U⁺𝟙 has uᵢ·x = 1 for all i, so d has the same positive cosine
+    with every gradient (conflict-free), and its length is the sum of the projections Σᵢ gᵢ·d/‖d‖."""
+    norms = torch.linalg.vector_norm(J, dim=1)
+    d_norm = float(torch.linalg.vector_norm(result.direction))
+    cosines = (J @ result.direction) / norms / d_norm
+    assert float(cosines.min()) > 0 and float(cosines.max() - cosines.min()) <= 1e-13, cosines.tolist()
+    assert d_norm == pytest.approx(float((J @ result.direction).sum()) / d_norm, rel=1e-13)
+
+
+#: all pairwise gᵢ·gⱼ > 0: what each method reduces to, where it defines it (IMTL-G and Aligned-MTL
+#: do not). FairGrad: 0 is not in the hull, so every weight is positive (as Nash-MTL); ConFIG: equal
+#: positive cosines.
 NON_CONFLICTING: list[tuple[str, dict[str, Any], Callable]] = [
     ("mean", {}, _check_mean),
     ("pcgrad", {}, _check_pcgrad),
@@ -489,6 +542,9 @@ NON_CONFLICTING: list[tuple[str, dict[str, Any], Callable]] = [
     ("upgrad", {}, _check_not_projected),
     ("dualproj", {}, _check_not_projected),
     ("gradvac", {}, _check_gradvac),
+    ("fairgrad", {}, _check_nash_mtl),
+    ("fairgrad", {"alpha": 2.0}, _check_nash_mtl),
+    ("config", {}, _check_config),
 ]
 
 
@@ -519,6 +575,10 @@ def _pareto_stationary_J() -> torch.Tensor:
 #: √(kept residual² + number dropped) = √3. CAGrad with c = 1.5: the ball around g₀ reaches 0 and
 #: no d has gᵢ·d ≥ 0 for all i but 0, so the degenerate case gives d = 0. UPGrad and DualProj: the
 #: dual cone holds only 0 and the plane's complement, so every π(gᵢ) is 0 (weights not unique).
+#: no d has gᵢ·d ≥ 0 for all i but 0, so the degenerate case gives d = 0. FairGrad: as Nash-MTL, all
+#: three dropped; its residual is a maximum over the tasks, 1 for a dropped one. ConFIG and
+#: Aligned-MTL do not vanish there (no equal-cosine direction exists; the aligned rows span the plane):
+#: the reference only.
 PARETO_STATIONARY: dict[str, tuple[dict[str, Any], list[float] | None, dict[str, Any]]] = {
     "mgda": ({}, [0.25, 0.25, 0.5], {}),
     "imtl": ({}, [0.25, 0.25, 0.5], {}),
@@ -526,6 +586,7 @@ PARETO_STATIONARY: dict[str, tuple[dict[str, Any], list[float] | None, dict[str,
     "cagrad": ({"c": 1.5}, None, {"degenerate": True}),
     "upgrad": ({}, None, {}),
     "dualproj": ({}, None, {}),
+    "fairgrad": ({}, [0.0, 0.0, 0.0], {"dropped_tasks": [0, 1, 2], "residual": 1.0}),
 }
 
 

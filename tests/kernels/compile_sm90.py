@@ -1,5 +1,6 @@
-"""Compile the streaming kernels (Gram, combine), the PCGrad solve and the dual-cone solves (UPGrad,
-DualProj) for an H100 (sm_90) without a GPU and report each configuration's registers and spills per thread, as the launchers pick them.
+"""Compile the streaming kernels (Gram, combine) and the one-program K-space solves for an H100
+(sm_90) without a GPU and report each configuration's registers and spills per thread, as the
+launchers pick them.
 
 Run as a script in a process without TRITON_INTERPRET (the kernels must be decorated for the real
 compiler): ``python tests/kernels/compile_sm90.py [--full] [--arch 90]`` prints one JSON object per
@@ -25,9 +26,10 @@ from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
 from triton.compiler import ASTSource
 
 from mtlkernels.kernels import (
-    combine, gram, kspace, solve_cagrad, solve_dual_cone, solve_gradvac, solve_imtl, solve_mgda, solve_nash_mtl, solve_pcgrad,
+    combine, gram, kspace, solve_aligned_mtl, solve_cagrad, solve_config, solve_dual_cone, solve_fairgrad, solve_gradvac,
+    solve_imtl, solve_mgda, solve_nash_mtl, solve_pcgrad,
 )
-from mtlkernels.methods import cagrad, dual_cone, imtl, mgda, nash_mtl
+from mtlkernels.methods import aligned_mtl, cagrad, config, dual_cone, fairgrad, imtl, mgda, nash_mtl
 
 #: task counts the tests cover (K = 1 is a compile-time constant; 3 and 40 are not powers of two,
 #: 40 is not a multiple of 16: a 64-row tile with a masked K)
@@ -180,6 +182,19 @@ SOLVES = {
                 dict(gram_ptr="*fp32", order_ptr=_I64, targets_ptr=_F64, weights_ptr=_F64, corrections_ptr=_I32,
                      residual_ptr=_F64),
                 lambda: dict(BETA=0.5, EPS=0.0, ALWAYS=True)),
+    # α = 2 takes exp/log (α = 1 the exact powers): the larger variant
+    "fairgrad": (solve_fairgrad, "_fairgrad_solve_kernel",
+                 dict(gram_ptr="*fp32", weights_ptr=_F64, dropped_ptr=_I1, iterations_ptr=_I32, converged_ptr=_I1,
+                      certificates_ptr=_F64),
+                 lambda: dict(ALPHA=2.0, **kspace.constexprs(fairgrad.CONSTANTS))),
+    "config": (solve_config, "_config_solve_kernel",
+               dict(gram_ptr="*fp32", pref_ptr=_F64, weights_ptr=_F64, zero_tasks_ptr=_I1, facts_ptr=_F64,
+                    rank_ptr=_I32, equal_ptr=_I1),
+               lambda: dict(HAS_PREF=True, **kspace.constexprs(config.CONSTANTS))),
+    "aligned_mtl": (solve_aligned_mtl, "_aligned_mtl_solve_kernel",
+                    dict(gram_ptr="*fp32", pref_ptr=_F64, weights_ptr=_F64, zero_tasks_ptr=_I1, facts_ptr=_F64,
+                         rank_ptr=_I32),
+                    lambda: dict(HAS_PREF=True, SCALE_MODE=0, **kspace.constexprs(aligned_mtl.CONSTANTS))),
 }
 
 

@@ -53,6 +53,9 @@ def test_default_launches_compile_without_spills():
             assert ("gram_partial", K, dtype, True) in kinds and ("combine", K, dtype, True) in kinds
     assert {("gram_partial", 64, "float32", False), ("combine", 64, "bfloat16", False)} <= kinds
     assert {r["block_k"] for r in reports if r["kernel"] == "pcgrad_solve"} == {16, 32, 64}
+    assert {(r["block_k"], r["alpha"]) for r in reports if r["kernel"] == "fairgrad_solve"} == {
+        (16, 1.0), (16, 2.0), (32, 1.0), (32, 2.0)
+    }
     assert_no_spills(reports)
 
 
@@ -66,7 +69,7 @@ def test_every_launch_variant_compiles_without_spills():
     assert_no_spills(reports)
 
 
-SOLVES = "imtl,nash_mtl,mgda,cagrad,upgrad,dualproj,gradvac"
+SOLVES = "imtl,nash_mtl,mgda,cagrad,upgrad,dualproj,gradvac,fairgrad,config,aligned_mtl"
 #: (solve, K) → spill-store bytes per thread measured on 2026-12-01 (Triton 3.9, maxnreg 255, the
 #: launchers' warps): float64 register tiles of BLOCK_K² that 8 warps cannot hold (16 warps cap a
 #: thread at 128 registers and spill as much). A launch listed here may not spill more.
@@ -79,6 +82,9 @@ KNOWN_SPILLS = {
     ("upgrad_solve", 64): 1136,
     ("dualproj_solve", 64): 580,
     ("gradvac_solve", 64): 232,
+    ("fairgrad_solve", 64): 1492,
+    ("config_solve", 64): 436,
+    ("aligned_mtl_solve", 64): 280,
 }
 
 

@@ -8,7 +8,10 @@ import torch
 
 from mtlkernels import reference
 from mtlkernels.methods import make_weighting
-from mtlkernels.optim import CAGrad, IMTL, MGDA, MGDAUB, DualProj, GradVac, MultiTaskOptimizer, NashMTL, PCGrad, UPGrad
+from mtlkernels.optim import (
+    AlignedMTL, CAGrad, ConFIG, DualProj, FairGrad, GradVac, IMTL, MGDA, MGDAUB, MultiTaskOptimizer, NashMTL, PCGrad,
+    UPGrad,
+)
 from mtl_model import TrunkHeads, grads_of, manual_grads, task_losses, wrapped_model
 
 
@@ -34,6 +37,12 @@ def _reference_of(method: str, wrapper, options: dict, last, features: bool):
             result = getattr(reference, method)(J, pref_vector=options.get("pref_vector"))
         elif method == "gradvac":
             result = reference.gradvac(J, order=last.diagnostics["order"], beta=options.get("beta", 0.5))
+        elif method == "fairgrad":
+            result = reference.fairgrad(J, alpha=options.get("alpha", 1.0))
+        elif method == "config":
+            result = reference.config(J, pref_vector=options.get("pref_vector"))
+        elif method == "aligned_mtl":
+            result = reference.aligned_mtl(J, pref_vector=options.get("pref_vector"), scale_mode=options.get("scale_mode", "min"))
         else:
             result = reference.mean(J)
         return result.weights if features else result.direction
@@ -59,6 +68,12 @@ WRAPPERS = [
     ("upgrad", UPGrad, {"pref_vector": [0.2, 1.0, 0.5]}),
     ("dualproj", DualProj, {}),
     ("gradvac", GradVac, {"seed": 3}),
+    ("fairgrad", FairGrad, {}),
+    ("fairgrad", FairGrad, {"alpha": 2.0}),
+    ("config", ConFIG, {}),
+    ("config", ConFIG, {"pref_vector": [1.0, 2.0, 0.5]}),
+    ("aligned_mtl", AlignedMTL, {}),
+    ("aligned_mtl", AlignedMTL, {"scale_mode": "rmse", "pref_vector": [1.0, 1.0, 1.0]}),
 ]
 
 
@@ -82,7 +97,7 @@ def test_one_step_equals_manual(method, wrapper, options, features):
     assert last.gram.shape == (3, 3)
 
 
-@pytest.mark.parametrize("wrapper", [PCGrad, CAGrad, NashMTL, IMTL, MGDA, MGDAUB])
+@pytest.mark.parametrize("wrapper", [PCGrad, CAGrad, NashMTL, IMTL, MGDA, MGDAUB, FairGrad, ConFIG, AlignedMTL])
 def test_loop_and_batched_paths_agree(wrapper):
     results = []
     for grad_mode in ("loop", "batched"):
@@ -195,7 +210,8 @@ def test_losses_as_one_tensor_and_retain_graph():
 
 @pytest.mark.parametrize(
     "method, wrapper",
-    [("pcgrad", PCGrad), ("cagrad", CAGrad), ("nash_mtl", NashMTL), ("imtl", IMTL), ("mgda", MGDA)],
+    [("pcgrad", PCGrad), ("cagrad", CAGrad), ("nash_mtl", NashMTL), ("imtl", IMTL), ("mgda", MGDA),
+     ("fairgrad", FairGrad), ("config", ConFIG), ("aligned_mtl", AlignedMTL)],
 )
 def test_a_wrapper_has_its_functional_names_defaults(method, wrapper):
     """Same name, same maths: the wrapper's defaults are mk.aggregate(J, method)'s."""
