@@ -82,11 +82,14 @@ def test_lightning_manual_optimisation_resumes_with_the_method_state(tmp_path):
     straight, resumed = result["straight"], result["resumed"]  # trainer.optimizers: the wrappers themselves
     assert isinstance(straight, example.mk.NashMTL) and isinstance(resumed, example.mk.NashMTL)
     assert torch.equal(straight.weighting.state_dict()["alpha"], resumed.weighting.state_dict()["alpha"])
-    assert resumed.weighting.state_dict()["step"] == 8 and resumed.task_names == example.TASKS
+    # the wrapper counts the 8 steps (solving or not), the weighting its 3 solves (steps 1, 4, 7)
+    assert resumed.state_dict()["update_every"]["step"] == 8 and resumed.weighting.state_dict()["step"] == 3
+    assert resumed.task_names == example.TASKS
     # training_step calls backward on Lightning's proxy: the wrapper itself holds the last step
     assert straight.last is not None and straight.last_tasks == list(example.TASKS) and straight.roles is not None
     saved = torch.load(result["checkpoint"], weights_only=False)["optimizer_states"][0]
-    assert saved["method"]["weighting"]["step"] == 4 and saved["task_names"] == list(example.TASKS)
+    assert saved["update_every"]["step"] == 4 and saved["method"]["weighting"]["step"] == 2  # solves: steps 1, 4
+    assert saved["task_names"] == list(example.TASKS)
     header = open(result["metrics"]).readline().strip().split(",")
     assert {"weight/depth", "weight/seg", "weight/normal", "cosine/depth_seg", "loss/normal", "solver/residual"} <= set(header)
 
@@ -104,7 +107,8 @@ def test_accelerate_loop_saves_and_loads_the_method_state(tmp_path):
     example = _load("accelerate_mtl")
     result = example.main(["--method", "nash_mtl", "--steps", "10", "--out", str(tmp_path)])
     assert len(result["log"]) == 10 and all(torch.isfinite(torch.tensor(list(row.values()))).all() for row in result["log"])
-    assert result["restored"]["weighting"]["step"] == result["saved"]["method"]["weighting"]["step"] == 5
+    # saved after 5 steps; Nash-MTL solved on steps 1 and 4 (update_weights_every=3)
+    assert result["restored"]["weighting"]["step"] == result["saved"]["method"]["weighting"]["step"] == 2
     assert torch.equal(result["restored"]["weighting"]["alpha"], result["saved"]["method"]["weighting"]["alpha"])
     assert result["again"] == result["continued"]  # steps 6-10 again from the loaded state: the same
     assert {"weight/depth", "grad_norm/seg", "cosine/seg_normal", "loss/depth"} <= set(result["log"][-1])

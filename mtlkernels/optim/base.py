@@ -281,6 +281,8 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         self._load_method_state(method)
         self._load_reuse_state(reuse)
         self.num_skipped = num_skipped
+        # the last step's facts belong to the run before the load, not to the loaded state
+        self.last, self.last_losses, self.last_tasks, self.last_reused = None, None, None, False
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)
 
@@ -623,14 +625,18 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         ``conflicts``, ``loss/{k}`` and ``solver/{name}`` — ``self.last.scalars(self.last_losses)``
         (:meth:`mtlkernels.AggregationResult.scalars`), read from the device once. Per-task keys
         name the task (``weight/depth``) when the tasks are named, else its position among the K;
-        a step with absent tasks has keys for the present ones only.
+        a step with absent tasks has keys for the present ones only. A step that reused the
+        weights (``update_every``) reports what it did: the weights it applied, its losses and
+        ``reused`` (there is no Γ on such a step).
         """
+        if self.last_reused:
+            return self._reused_facts(flat)
         if self.last is None:
             return {}
         if flat:
             scalars = self.last.scalars(self.last_losses)
             if self.update_every > 1:
-                scalars["reused"] = float(self.last_reused)
+                scalars["reused"] = 0.0
             if self.last_tasks == list(range(len(self.last_tasks))):
                 return scalars
             return _tasks.name_keys(scalars, [str(task) for task in self.last_tasks])
@@ -646,8 +652,18 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
             if isinstance(value, (int, float, bool, str)):
                 facts[key] = value
         if self.update_every > 1:
-            facts["reused"] = self.last_reused
+            facts["reused"] = False
         return facts
+
+    def _reused_facts(self, flat: bool) -> dict[str, Any]:
+        """The diagnostics of a step that reused the weights: weights, losses, ``reused``."""
+        weights, losses = self._reused_weights.tolist(), self.last_losses.tolist()
+        tasks = _tasks.describe_present(list(range(len(weights))), self.task_names)
+        if not flat:
+            return {"tasks": tasks, "weights": weights, "losses": losses, "reused": True}
+        scalars = {f"weight/{k}": float(w) for k, w in enumerate(weights)}
+        scalars.update({f"loss/{k}": float(v) for k, v in enumerate(losses)}, reused=1.0)
+        return scalars if self.task_names is None else _tasks.name_keys(scalars, [str(task) for task in tasks])
 
     # -- update_every: steps that reuse the last weights ------------------------------------------
     def _init_reuse(self, update_every: int) -> None:

@@ -200,3 +200,20 @@ def test_a_step_with_an_absent_task_solves_instead_of_reusing():
     assert opt.last_reused
     for p, g in zip(trunk, expected):
         torch.testing.assert_close(p.grad, g, rtol=1e-9, atol=1e-12)
+
+
+def test_a_reusing_step_reports_the_weights_it_applied_and_a_load_forgets_the_old_run():
+    model = TrunkHeads(K=K, seed=7)
+    opt = CAGrad(torch.optim.SGD(model.parameters(), lr=0.05), update_every=3, task_names=["a", "b", "c"])
+    solved = opt.backward(_losses(model, 0)[0]).weights
+    assert opt.diagnostics(flat=True)["reused"] == 0.0 and "grad_norm/a" in opt.diagnostics(flat=True)
+    state = copy.deepcopy(opt.state_dict())
+    losses, _ = _losses(model, 1)
+    opt.zero_grad()
+    opt.backward(losses)
+    flat = opt.diagnostics(flat=True)
+    assert flat == {"weight/a": float(solved[0]), "weight/b": float(solved[1]), "weight/c": float(solved[2]),
+                    "loss/a": float(losses[0]), "loss/b": float(losses[1]), "loss/c": float(losses[2]), "reused": 1.0}
+    assert opt.diagnostics()["weights"] == solved.tolist() and opt.diagnostics()["tasks"] == ["a", "b", "c"]
+    opt.load_state_dict(state)
+    assert opt.last is None and opt.diagnostics() == {}
