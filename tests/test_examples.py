@@ -126,3 +126,21 @@ def test_fsdp_example_ranks_agree(monkeypatch):
     assert results[0] == results[1]  # Γ, the weights and the losses are global: every rank has the same
     assert {f"weight/{task}" for task in example.TASKS} <= set(results[0])
     assert all(torch.isfinite(torch.tensor(list(results[0].values()))))
+
+
+@pytest.mark.parametrize("method", ["cagrad", "famo"])
+def test_tensorboard_example_logs_every_flat_key_by_task_name(tmp_path, method):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    example = _load("tensorboard_logging")
+    log_dir = example.main(["--method", method, "--steps", "3", "--out", str(tmp_path)])
+    events = EventAccumulator(log_dir)
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    expected = {f"{kind}/{task}" for kind in ("weight", "loss") for task in example.TASKS}
+    if method == "cagrad":
+        expected |= {"cosine/depth_seg", "grad_norm/normal", "conflicts", "solver/kkt_residual"}
+    assert expected <= tags, expected - tags
+    assert not any(tag.rsplit("/", 1)[-1].isdigit() for tag in tags)  # every per-task key is named
+    assert [event.step for event in events.Scalars("weight/depth")] == [0, 1, 2]

@@ -2,13 +2,14 @@
 Optimization", NeurIPS 2023): one backward of Σₖ wₖ·Lₖ per step."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
 from .._checks import check_real
 from . import distributed as _dist
+from . import tasks as _tasks
 from .loss_weighting import LossWeighting, StepPlan, check_state_keys, check_state_vector
 from .nonfinite import NonFiniteError
 
@@ -159,7 +160,7 @@ class FAMO(LossWeighting):
         self._before = state["before"]
 
     @torch.no_grad()
-    def update(self, losses: Sequence[Tensor] | Sequence[float] | Tensor) -> None:
+    def update(self, losses: Sequence[Tensor] | Sequence[float] | Tensor | Mapping[str, Tensor]) -> None:
         """Update ξ from the losses recomputed on the same batch after ``step()`` (as the authors'
         training scripts do): δ = log(Lₖ⁻ − bₖ + ε) − log(Lₖ⁺ − bₖ + ε), one Adam step. The next
         ``backward`` then makes no update of its own. Under DDP the losses are averaged over ranks.
@@ -169,6 +170,10 @@ class FAMO(LossWeighting):
                 "FAMO.update needs the losses before the step: call it after a successful backward and step, "
                 "once per step (the next backward already updated the logits, or none ran yet)"
             )
+        if isinstance(losses, Mapping):  # by name, as backward takes them
+            losses, _ = _tasks.split_losses(losses, self.task_names, self.num_tasks)
+            if any(loss is None for loss in losses):
+                raise ValueError(f"FAMO.update needs every task's loss; the tasks are {list(self.task_names or ())}")
         if isinstance(losses, Tensor):
             values = losses.detach().reshape(-1).to(torch.float64)
         else:

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from ..jacobian import check_losses
 from . import distributed as _dist
+from . import tasks as _tasks
 from .base import MultiTaskOptimizer
 from .nonfinite import NonFiniteError, all_finite, flag_overflow
 from .workspace import accumulate_fresh_grads, accumulate_grads
@@ -93,6 +94,7 @@ class LossWeighting(MultiTaskOptimizer):
         distributed: str = "auto",
         process_group: dist.ProcessGroup | None = None,
         num_tasks: int | None = None,
+        task_names: Sequence[str] | None = None,
         backend: str = "auto",
     ) -> None:
         if distributed == "sharded":
@@ -102,7 +104,7 @@ class LossWeighting(MultiTaskOptimizer):
             )
         super().__init__(
             optimizer, on_nonfinite=on_nonfinite, distributed=distributed, process_group=process_group,
-            num_tasks=num_tasks, backend=backend,
+            num_tasks=num_tasks, task_names=task_names, backend=backend,
         )
         #: the last successful backward's weights, losses and facts (None before, and after a skip)
         self.last: LossWeightingStep | None = None  # type: ignore[assignment]
@@ -141,7 +143,9 @@ class LossWeighting(MultiTaskOptimizer):
         what is there, as ``Tensor.backward``).
 
         Args:
-            losses: K scalar losses (a sequence, or a 1-D tensor).
+            losses: K scalar losses (a sequence, or a 1-D tensor), or a dict naming them
+                (``{"depth": l1, "seg": l2}``: the names are fixed by ``task_names=`` or the first
+                dict, and key the diagnostics). Every task needs its loss on every step.
             features: accepted so that a training loop written for the Gramian wrappers runs
                 unchanged, and unused: the weights need no gradients.
             grad_scaler: a ``torch.amp.GradScaler``; pass the *unscaled* losses: the scaled sum is
@@ -155,6 +159,13 @@ class LossWeighting(MultiTaskOptimizer):
             raise ValueError(
                 f"{type(self).__name__}.backward got a single scalar loss: pass the K task losses as a list or a "
                 "1-D tensor, not their sum (for one task, build the optimizer with num_tasks=1 or pass [loss])"
+            )
+        losses, names = _tasks.split_losses(losses, self.task_names, self.num_tasks)
+        if isinstance(losses, list) and any(loss is None for loss in losses):
+            absent = [names[k] if names else k for k, loss in enumerate(losses) if loss is None]
+            raise ValueError(
+                f"{type(self).__name__} weights every task's loss on every step; no loss for task(s) {absent} "
+                "(absent tasks are supported by the Gramian wrappers)"
             )
         losses = check_losses(losses, self.num_tasks)
         mode = _dist.resolve_mode(self.distributed, self.process_group)
@@ -186,6 +197,7 @@ class LossWeighting(MultiTaskOptimizer):
             return self._reject("the gradient of Σ wₖ·Lₖ holds NaN/Inf (every loss is finite)", params, grad_scaler)
         if self.num_tasks is None:
             self._set_num_tasks(len(losses))
+        self.task_names = names
         accumulate_fresh_grads([p for p, _ in reached], [g for _, g in reached])
         self._commit_plan(plan)
         if plan.owned_grad is not None:
@@ -249,7 +261,7 @@ class LossWeighting(MultiTaskOptimizer):
             if isinstance(value, Tensor) and value.dim() == 1:
                 out.update({f"{key}/{k}": v for k, v in enumerate(value.tolist())})
         out.update({key: float(v) for key, v in facts.items()})
-        return out
+        return out if self.task_names is None else _tasks.name_keys(out, self.task_names)
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{k}={v!r}" for k, v in self.options().items())

@@ -136,11 +136,11 @@ def check_pcgrad_order(weighting: Weighting, present: list[int], K: int) -> None
 
 def name_keys(scalars: Mapping[str, float], names: Sequence[str]) -> dict[str, float]:
     """Flat diagnostics with the per-task keys (``weight/{k}``, ``grad_norm/{k}``, ``loss/{k}``,
-    ``cosine/{i}_{j}``) named by the task names of the step's tasks, in order."""
+    any other ``{fact}/{k}``, ``cosine/{i}_{j}``) named by the task names of the step's tasks, in order."""
     named: dict[str, float] = {}
     for key, value in scalars.items():
         kind, _, rest = key.partition("/")
-        if kind in ("weight", "grad_norm", "loss") and rest.isdigit():
+        if rest.isdigit() and int(rest) < len(names):
             key = f"{kind}/{names[int(rest)]}"
         elif kind == "cosine":
             i, j = rest.split("_")

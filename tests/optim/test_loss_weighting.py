@@ -394,3 +394,48 @@ def test_famo_with_losses_twelve_orders_apart_and_a_constant_task():
             torch.testing.assert_close(p.grad, g, rtol=1e-10, atol=1e-20)
         opt.step()
         before = values
+
+
+@pytest.mark.parametrize("wrapper, options", [(FAMO, {}), (UW, {}), (DWA, {}), (RLW, {"seed": 0})],
+                         ids=["FAMO", "UW", "DWA", "RLW"])
+def test_named_losses_give_the_same_steps_as_a_list_and_named_diagnostics(wrapper, options):
+    names = ["a", "b", "c"]
+    by_name, by_position = TrunkHeads(K=K, seed=8), TrunkHeads(K=K, seed=8)
+    named = wrapper(torch.optim.SGD(by_name.parameters(), lr=0.05), **options)
+    plain = wrapper(torch.optim.SGD(by_position.parameters(), lr=0.05), **options)
+    for step in range(3):
+        losses = _losses(by_name, step)
+        named.zero_grad()
+        pairs = list(zip(names, losses))
+        named.backward(dict(pairs if step == 0 else reversed(pairs)))  # the first dict's order fixes the tasks
+        named.step()
+        plain.zero_grad()
+        plain.backward(_losses(by_position, step))
+        plain.step()
+        _params_close(by_name, by_position, rtol=0, atol=0)
+    assert named.task_names == ("a", "b", "c") and named.state_dict()["task_names"] == names
+    flat = named.diagnostics(flat=True)
+    assert {"weight/a", "loss/c"} <= set(flat) and not any(key.endswith("/0") for key in flat)
+    before = snapshot(by_name, named)
+    with pytest.raises(ValueError, match=r"no loss for task\(s\) \['b'\]"):
+        named.backward({"a": losses[2], "c": losses[0]})
+    with pytest.raises(ValueError, match="unknown task name"):
+        named.backward({"a": losses[0], "b": losses[1], "x": losses[2]})
+    same_state(before, snapshot(by_name, named))
+
+
+def test_famo_update_takes_the_losses_by_name():
+    model = TrunkHeads(K=K, seed=9)
+    opt = FAMO(torch.optim.SGD(model.parameters(), lr=0.05), task_names=["a", "b", "c"])
+    twin_model = copy.deepcopy(model)
+    twin = FAMO(torch.optim.SGD(twin_model.parameters(), lr=0.05))
+    for o, m in ((opt, model), (twin, twin_model)):
+        o.zero_grad()
+        o.backward(_losses(m, 0))
+        o.step()
+    after = _losses(model, 0)
+    with pytest.raises(ValueError, match="needs every task's loss"):
+        opt.update({"a": after[0]})
+    opt.update({"c": after[2], "a": after[0], "b": after[1]})
+    twin.update(_losses(twin_model, 0))
+    torch.testing.assert_close(opt.logits, twin.logits, rtol=0, atol=0)
