@@ -14,13 +14,14 @@
 namespace mtlkernels::dual_cone {
 
 // multiplier = Σ_{a ∈ rows} vₐ·Γₐ and scale = Σ_{a ∈ rows} |vₐ·Γₐ| (Γ row-major K×K, symmetric:
-// row a is column a), in row order: O(K·|support|) per outer step, on rows that do not alias the sums.
-inline void accumulate_rows(const double* __restrict gram, int K, const int* rows, int n, const double* v,
-                            double* __restrict multiplier, double* __restrict scale) {
-  for (int k = 0; k < K; ++k) multiplier[k] = 0.0, scale[k] = 0.0;
+// row a is column a), in row order: O(K·|support|) per outer step.
+inline void accumulate_rows(const double* gram, int K, const int* rows, int n, const double* v,
+                            double* multiplier, double* scale) {
+  std::fill(multiplier, multiplier + K, 0.0);
+  std::fill(scale, scale + K, 0.0);
   for (int p = 0; p < n; ++p) {
     const double va = v[rows[p]];
-    const double* __restrict row = gram + static_cast<size_t>(rows[p]) * K;
+    const double* row = gram + static_cast<size_t>(rows[p]) * K;
     for (int k = 0; k < K; ++k) {
       const double term = row[k] * va;
       multiplier[k] += term;
