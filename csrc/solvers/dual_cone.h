@@ -5,7 +5,11 @@
 //
 // The free set F (tasks with vᵢ > uᵢ) solves (Γv)_F = 0 with v = u elsewhere, on the cosine matrix
 // D⁻¹Γ_FF D⁻¹ (D = diag ‖gᵢ‖), kept as a Cholesky factor: a freed task appends a row (O(|F|²)), a
-// task fixed back is removed by a rank-one update of the rows after it (O(|F|²)).
+// task fixed back is removed by a rank-one update of the rows after it (O(|F|²)); when the start
+// fixes back several at once, the rows from the first of them are recomputed instead if cheaper.
+// Unlike the torch solve, the block rounds append the tasks they free to the factor (the free set
+// stays in the order freed, not index order): the same subproblems, and where the freed gradients
+// are linearly dependent the independent prefix kept may differ (d is the same).
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -118,7 +122,7 @@ class Projector {
     return steps;
   }
 
-  // A feasible start from free_ (in index order): its longest independent prefix, less the tasks
+  // A feasible start from free_ (in the order freed): its longest independent prefix, less the tasks
   // whose candidate falls to their bound (all at once, until the candidate is feasible); v is the
   // candidate, or u when no task is left. Returns the steps taken so far.
   int settle(const double* u, double* v, int steps, int max_steps) {
