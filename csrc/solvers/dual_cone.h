@@ -18,10 +18,19 @@
 namespace mtlkernels::dual_cone {
 
 // multiplier = Σ_{a ∈ rows} vₐ·Γₐ and scale = Σ_{a ∈ rows} |vₐ·Γₐ| (Γ row-major K×K, symmetric:
-// row a is column a), in row order: O(K·|support|) per outer step.
+// row a is column a), in row order: O(K·|support|) per outer step. scale = nullptr: the
+// multipliers alone.
 inline void accumulate_rows(const double* gram, int K, const int* rows, int n, const double* v,
                             double* multiplier, double* scale) {
   std::fill(multiplier, multiplier + K, 0.0);
+  if (scale == nullptr) {
+    for (int p = 0; p < n; ++p) {
+      const double va = v[rows[p]];
+      const double* row = gram + static_cast<size_t>(rows[p]) * K;
+      for (int k = 0; k < K; ++k) multiplier[k] += row[k] * va;
+    }
+    return;
+  }
   std::fill(scale, scale + K, 0.0);
   for (int p = 0; p < n; ++p) {
     const double va = v[rows[p]];
@@ -77,7 +86,7 @@ class Projector {
     steps = settle(u, v, steps, max_steps);
     int violated_before = K + 1;
     for (int round = 1; round < k_.block_rounds; ++round) {
-      multipliers(v);
+      multipliers(v, false);
       std::vector<int> violated;
       for (int i = 0; i < K; ++i)
         if (!in_free_[i] && scale_[i] > 0.0 && multiplier_[i] / scale_[i] < -k_.tolerance) violated.push_back(i);
@@ -163,21 +172,32 @@ class Projector {
 
  private:
   // multiplier_ = Γv and scale_ = Σₖ|Γᵢₖvₖ|, over the support of v (the free and bound tasks).
-  void multipliers(const double* v) {
+  // every_scale = false: scale_ only where a fixed task's (Γv)ᵢ < 0 (0 elsewhere), all that the
+  // search for a violated constraint reads; the same sums, in the same order.
+  void multipliers(const double* v, bool every_scale = true) {
     support_.clear();
     for (int a : bound_)
       if (!in_free_[a] && v[a] != 0.0) support_.push_back(a);
     for (int a : free_)
       if (v[a] != 0.0) support_.push_back(a);
-    accumulate_rows(G_.data(), K_, support_.data(), static_cast<int>(support_.size()), v, multiplier_.data(),
-                    scale_.data());
+    const int n = static_cast<int>(support_.size());
+    accumulate_rows(G_.data(), K_, support_.data(), n, v, multiplier_.data(), every_scale ? scale_.data() : nullptr);
+    if (every_scale) return;
+    for (int i = 0; i < K_; ++i) {
+      double size = 0.0;
+      if (!in_free_[i] && multiplier_[i] < 0.0) {
+        const double* row = &G_[static_cast<size_t>(i) * K_];
+        for (int p = 0; p < n; ++p) size += std::fabs(row[support_[p]] * v[support_[p]]);
+      }
+      scale_[i] = size;
+    }
   }
 
   // The fixed, unblocked task whose constraint gⱼ·d ≥ 0 is most violated relative to the rounding
   // of gⱼ·d, beyond tolerance; −1 when none is.
   int most_violated(const double* u, const double* v) {
     (void)u;
-    multipliers(v);
+    multipliers(v, false);
     int j = -1;
     double worst = -k_.tolerance;
     for (int i = 0; i < K_; ++i) {
