@@ -5,13 +5,43 @@
 //
 // The free set F (tasks with vᵢ > uᵢ) solves (Γv)_F = 0 with v = u elsewhere, on the cosine matrix
 // D⁻¹Γ_FF D⁻¹ (D = diag ‖gᵢ‖), kept as a Cholesky factor: a freed task appends a row (O(|F|²)), a
-// task fixed back is removed by a rank-one update of the rows after it (O(|F|²)).
+// task fixed back is removed by a rank-one update of the rows after it (O(|F|²)); when the start
+// fixes back several at once, the rows from the first of them are recomputed instead if cheaper.
+// Unlike the torch solve, the block rounds append the tasks they free to the factor (the free set
+// stays in the order freed, not index order): the same subproblems, and where the freed gradients
+// are linearly dependent the independent prefix kept may differ (d is the same).
 #pragma once
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
 namespace mtlkernels::dual_cone {
+
+// multiplier = Σ_{a ∈ rows} vₐ·Γₐ and scale = Σ_{a ∈ rows} |vₐ·Γₐ| (Γ row-major K×K, symmetric:
+// row a is column a), in row order: O(K·|support|) per outer step. scale = nullptr: the
+// multipliers alone.
+inline void accumulate_rows(const double* gram, int K, const int* rows, int n, const double* v,
+                            double* multiplier, double* scale) {
+  std::fill(multiplier, multiplier + K, 0.0);
+  if (scale == nullptr) {
+    for (int p = 0; p < n; ++p) {
+      const double va = v[rows[p]];
+      const double* row = gram + static_cast<size_t>(rows[p]) * K;
+      for (int k = 0; k < K; ++k) multiplier[k] += row[k] * va;
+    }
+    return;
+  }
+  std::fill(scale, scale + K, 0.0);
+  for (int p = 0; p < n; ++p) {
+    const double va = v[rows[p]];
+    const double* row = gram + static_cast<size_t>(rows[p]) * K;
+    for (int k = 0; k < K; ++k) {
+      const double term = row[k] * va;
+      multiplier[k] += term;
+      scale[k] += std::fabs(term);
+    }
+  }
+}
 
 // Tolerances and caps; their values are defined once, in Python
 // (mtlkernels.methods.dual_cone.DualConeConstants, documented there), and arrive through the binding.
@@ -28,7 +58,8 @@ class Projector {
  public:
   Projector(const double* gram, int K, const Constants& constants)
       : K_(K), k_(constants), G_(static_cast<size_t>(K) * K), n_(K), L_(static_cast<size_t>(K) * K),
-        in_free_(K, 0), blocked_(K, 0), candidate_(K), multiplier_(K), scale_(K), y_(K), x_(K) {
+        in_free_(K, 0), blocked_(K, 0), candidate_(K), multiplier_(K), scale_(K), y_(K), x_(K),
+        inverse_diagonal_(K), cosine_(K), inverse_cosine_(K), sine_(K) {
     for (int i = 0; i < K; ++i)
       for (int j = 0; j < K; ++j)
         G_[i * K + j] = 0.5 * (gram[static_cast<size_t>(i) * K + j] + gram[static_cast<size_t>(j) * K + i]);
@@ -55,15 +86,13 @@ class Projector {
     steps = settle(u, v, steps, max_steps);
     int violated_before = K + 1;
     for (int round = 1; round < k_.block_rounds; ++round) {
-      multipliers(v);
+      multipliers(v, false);
       std::vector<int> violated;
       for (int i = 0; i < K; ++i)
         if (!in_free_[i] && scale_[i] > 0.0 && multiplier_[i] / scale_[i] < -k_.tolerance) violated.push_back(i);
       if (violated.empty() || static_cast<int>(violated.size()) >= violated_before) break;
       violated_before = static_cast<int>(violated.size());
-      for (int i : violated) free_.push_back(i), in_free_[i] = 1;
-      std::sort(free_.begin(), free_.end());
-      factored_ = 0;
+      for (int i : violated) free_.push_back(i), in_free_[i] = 1;  // appended: the factor grows by their rows
       steps = settle(u, v, steps, max_steps);
     }
     while (steps < max_steps) {
@@ -102,7 +131,7 @@ class Projector {
     return steps;
   }
 
-  // A feasible start from free_ (in index order): its longest independent prefix, less the tasks
+  // A feasible start from free_ (in the order freed): its longest independent prefix, less the tasks
   // whose candidate falls to their bound (all at once, until the candidate is feasible); v is the
   // candidate, or u when no task is left. Returns the steps taken so far.
   int settle(const double* u, double* v, int steps, int max_steps) {
@@ -112,9 +141,11 @@ class Projector {
       if (free_.empty()) break;
       free_solve(u);
       ++steps;
-      bool feasible = true;
-      for (int p = static_cast<int>(free_.size()) - 1; p >= 0; --p)
-        if (!(candidate_[free_[p]] > u[free_[p]])) remove(p), feasible = false;
+      fixed_.clear();
+      for (int p = 0; p < static_cast<int>(free_.size()); ++p)
+        if (!(candidate_[free_[p]] > u[free_[p]])) fixed_.push_back(p);
+      const bool feasible = fixed_.empty();
+      remove_all();
       if (feasible) {
         std::copy(candidate_.begin(), candidate_.end(), v);
         return steps;
@@ -141,30 +172,32 @@ class Projector {
 
  private:
   // multiplier_ = Γv and scale_ = Σₖ|Γᵢₖvₖ|, over the support of v (the free and bound tasks).
-  void multipliers(const double* v) {
-    const int K = K_;
-    std::fill(multiplier_.begin(), multiplier_.end(), 0.0);
-    std::fill(scale_.begin(), scale_.end(), 0.0);
-    const auto add = [&](int a) {
-      const double va = v[a];
-      if (va == 0.0) return;
-      const double* row = &G_[static_cast<size_t>(a) * K];
-      for (int k = 0; k < K; ++k) {
-        const double term = row[k] * va;
-        multiplier_[k] += term;
-        scale_[k] += std::fabs(term);
-      }
-    };
+  // every_scale = false: scale_ only where a fixed task's (Γv)ᵢ < 0 (0 elsewhere), all that the
+  // search for a violated constraint reads; the same sums, in the same order.
+  void multipliers(const double* v, bool every_scale = true) {
+    support_.clear();
     for (int a : bound_)
-      if (!in_free_[a]) add(a);
-    for (int a : free_) add(a);
+      if (!in_free_[a] && v[a] != 0.0) support_.push_back(a);
+    for (int a : free_)
+      if (v[a] != 0.0) support_.push_back(a);
+    const int n = static_cast<int>(support_.size());
+    accumulate_rows(G_.data(), K_, support_.data(), n, v, multiplier_.data(), every_scale ? scale_.data() : nullptr);
+    if (every_scale) return;
+    for (int i = 0; i < K_; ++i) {
+      double size = 0.0;
+      if (!in_free_[i] && multiplier_[i] < 0.0) {
+        const double* row = &G_[static_cast<size_t>(i) * K_];
+        for (int p = 0; p < n; ++p) size += std::fabs(row[support_[p]] * v[support_[p]]);
+      }
+      scale_[i] = size;
+    }
   }
 
   // The fixed, unblocked task whose constraint gⱼ·d ≥ 0 is most violated relative to the rounding
   // of gⱼ·d, beyond tolerance; −1 when none is.
   int most_violated(const double* u, const double* v) {
     (void)u;
-    multipliers(v);
+    multipliers(v, false);
     int j = -1;
     double worst = -k_.tolerance;
     for (int i = 0; i < K_; ++i) {
@@ -185,13 +218,13 @@ class Projector {
       for (int q = 0; q <= p; ++q) {
         const int b = free_[q];
         const double* Lq = &L_[static_cast<size_t>(q) * K];
-        double s = q == p ? 1.0 : G_[static_cast<size_t>(a) * K + b] / (n_[a] * n_[b]);
-        for (int r = 0; r < q; ++r) s -= Lp[r] * Lq[r];
+        const double s = (q == p ? 1.0 : G_[static_cast<size_t>(a) * K + b] / (n_[a] * n_[b])) - dot(Lp, Lq, q);
         if (q < p) {
-          Lp[q] = s / Lq[q];
+          Lp[q] = s * inverse_diagonal_[q];
         } else {
           if (!(s > k_.dependent_pivot)) return false;
           Lp[p] = std::sqrt(s);
+          inverse_diagonal_[p] = 1.0 / Lp[p];
         }
       }
       factored_ = p + 1;
@@ -224,21 +257,56 @@ class Projector {
       for (int c = 0; c < p; ++c) new_row[c] = old_row[c];
       for (int c = p; c < r; ++c) new_row[c] = old_row[c + 1];
     }
-    for (int k = 0; k < n; ++k) {
-      double* Lk = &L_[static_cast<size_t>(p + k) * K];
-      const double diagonal = Lk[p + k];
-      const double radius = std::hypot(diagonal, x_[k]);
-      const double c = radius / diagonal, s = x_[k] / diagonal;
-      Lk[p + k] = radius;
-      for (int i = k + 1; i < n; ++i) {
-        double* Li = &L_[static_cast<size_t>(p + i) * K];
-        Li[p + k] = (Li[p + k] + s * x_[i]) / c;
-        x_[i] = c * x_[i] - s * Li[p + k];
+    // row by row (contiguous): row i takes the rotations of the rows above it, then its own,
+    // cₖ = rₖ/dₖ, sₖ = xₖ/dₖ with rₖ = √(dₖ² + xₖ²) (entries of a unit-diagonal factor: no overflow)
+    for (int i = 0; i < n; ++i) {
+      double* Li = &L_[static_cast<size_t>(p + i) * K];
+      double x = x_[i];
+      for (int k = 0; k < i; ++k) {
+        const double l = (Li[p + k] + sine_[k] * x) * inverse_cosine_[k];
+        Li[p + k] = l;
+        x = cosine_[k] * x - sine_[k] * l;
       }
+      const double diagonal = Li[p + i];
+      const double radius = std::sqrt(diagonal * diagonal + x * x);
+      cosine_[i] = radius / diagonal, inverse_cosine_[i] = diagonal / radius, sine_[i] = x / diagonal;
+      Li[p + i] = radius;
+      inverse_diagonal_[p + i] = 1.0 / radius;
     }
     free_.erase(free_.begin() + p);
     factored_ -= 1;
     (void)m;
+  }
+
+  // Remove the free tasks at the positions fixed_ (increasing): by rank-one updates when they are
+  // few and late, else by refactorising the rows from the first of them (cheaper when several go:
+  // settle can fix back half the set at once). The estimates count multiply-adds.
+  void remove_all() {
+    if (fixed_.empty()) return;
+    const int first = fixed_.front();
+    double update_cost = 0.0, refactor_cost = 0.0;
+    for (size_t r = 0; r < fixed_.size(); ++r) {
+      const double below = std::max(0, factored_ - fixed_[r] - 1) - static_cast<double>(fixed_.size() - 1 - r);
+      update_cost += 2.0 * below * below + below * fixed_[r];
+    }
+    const int kept = static_cast<int>(free_.size() - fixed_.size());
+    for (int r = first; r < std::min(kept, factored_); ++r) refactor_cost += 0.5 * r * r;
+    if (first >= factored_ || update_cost <= refactor_cost) {
+      for (size_t r = fixed_.size(); r-- > 0;) remove(fixed_[r]);
+    } else {
+      size_t next = 0;
+      int kept_so_far = 0;
+      for (int p = 0; p < static_cast<int>(free_.size()); ++p) {
+        if (next < fixed_.size() && fixed_[next] == p) {
+          in_free_[free_[p]] = 0, ++next;
+        } else {
+          free_[kept_so_far++] = free_[p];
+        }
+      }
+      free_.resize(kept_so_far);
+      factored_ = std::min(factored_, first);
+    }
+    fixed_.clear();
   }
 
   // candidate_: u off the free set, and on it the solution of (Γv)_F = 0.
@@ -253,24 +321,40 @@ class Projector {
       double s = 0.0;
       for (int k : bound_)
         if (!in_free_[k]) s += row[k] * u[k];
-      s = -s / n_[a];
-      for (int r = 0; r < p; ++r) s -= Lp[r] * y_[r];
-      y_[p] = s / Lp[p];
+      y_[p] = (-s / n_[a] - dot(Lp, y_.data(), p)) * inverse_diagonal_[p];
     }
-    for (int p = m - 1; p >= 0; --p) {  // backward substitution
-      double s = y_[p];
-      for (int r = p + 1; r < m; ++r) s -= L_[static_cast<size_t>(r) * K + p] * y_[r];
-      y_[p] = s / L_[static_cast<size_t>(p) * K + p];
+    for (int p = m - 1; p >= 0; --p) {  // backward substitution, by rows of L (columns of Lᵀ)
+      const double* Lp = &L_[static_cast<size_t>(p) * K];
+      const double x = y_[p] * inverse_diagonal_[p];
+      y_[p] = x;
+      for (int r = 0; r < p; ++r) y_[r] -= Lp[r] * x;
     }
     for (int p = 0; p < m; ++p) candidate_[free_[p]] = y_[p] / n_[free_[p]];
+  }
+
+  // Σᵣ aᵣbᵣ over r < n, in four interleaved partial sums (independent chains the compiler can
+  // pipeline and vectorise; the factor and the substitutions spend their time here).
+  static double dot(const double* a, const double* b, int n) {
+    double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+    int r = 0;
+    for (; r + 4 <= n; r += 4) {
+      s0 += a[r] * b[r];
+      s1 += a[r + 1] * b[r + 1];
+      s2 += a[r + 2] * b[r + 2];
+      s3 += a[r + 3] * b[r + 3];
+    }
+    for (; r < n; ++r) s0 += a[r] * b[r];
+    return (s0 + s1) + (s2 + s3);
   }
 
   int K_;
   Constants k_;
   std::vector<double> G_, n_, L_;  // L_ row-major K×K, rows/columns in the order of free_
-  std::vector<int> free_, bound_;  // bound_: the tasks with uₖ ≠ 0
+  std::vector<int> free_, bound_, support_;  // bound_: the tasks with uₖ ≠ 0
   std::vector<char> in_free_, blocked_;
   std::vector<double> candidate_, multiplier_, scale_, y_, x_;
+  std::vector<double> inverse_diagonal_, cosine_, inverse_cosine_, sine_;  // 1/Lₚₚ; remove's rotations
+  std::vector<int> fixed_;  // positions in free_ that settle fixes back
   int factored_ = 0;  // rows of L_ valid for the current free_
 };
 

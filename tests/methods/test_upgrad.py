@@ -83,7 +83,7 @@ def test_pref_vector_weights_the_projections(backend):
 
 @pytest.mark.parametrize("K", [16, 64, 128, 256])
 def test_backends_agree_at_large_K(K):
-    """The C++ and torch solves run the same steps: weights agree to rounding, both certified."""
+    """The C++ and torch solves solve the same subproblems: weights agree to rounding, both certified."""
     if not _extension.available:
         pytest.skip("C++ extension not built")
     J = random_J(K, 3 * K // 2, seed=K)
