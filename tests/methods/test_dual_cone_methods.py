@@ -1,6 +1,6 @@
 """The tests UPGrad and DualProj share: their K-space solves (torch and C++) against each method's
 float64 face-enumeration reference on random, conflicting and adversarial inputs, with the KKT
-certificate at the optimum.
+certificate at the optimum; their option errors.
 
 Tolerances are relative to the natural scale Σᵢ|wᵢ|·‖gᵢ‖ of the reference's weights (the weights
 multiply the gradients; ‖d‖ can vanish on Pareto-stationary inputs).
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import mtlkernels as mk
-from cases import adversarial_cases, conflicting_J, random_J
+from cases import adversarial_cases, assert_option_rejected, conflicting_J, random_J
 from mtlkernels import _extension
 
 BACKENDS = ["torch", pytest.param("cpp", marks=pytest.mark.skipif(not _extension.available, reason="C++ extension not built"))]
@@ -51,3 +51,29 @@ def test_adversarial_matches_reference(K, backend, method):
         error = float((result.direction - expected.direction).norm()) / _scale(expected.weights, J)
         assert error <= rtol, f"{name}: direction off by {error:.3g}"
         assert result.diagnostics["kkt_residual"] <= KKT_BOUND, name
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"pref_vector": [1.0, -2.0, 1.0]}, "pref_vector=.* negative entries at \\[1\\]"),
+        ({"pref_vector": [1.0, float("nan"), 1.0]}, "pref_vector=.* non-finite"),
+        ({"pref_vector": torch.ones(3, 1)}, "pref_vector must be a non-empty 1-D vector"),
+        ({"pref_vector": "uniform"}, "pref_vector must be a 1-D tensor or sequence"),
+        ({"reg_eps": -1e-4}, "reg_eps=-0.0001 must be a finite number ≥ 0"),
+        ({"norm_eps": float("inf")}, "norm_eps=inf must be a finite number ≥ 0"),
+    ],
+)
+@pytest.mark.parametrize("method", METHODS)
+def test_option_errors(options, message, method):
+    assert_option_rejected(method, options, message)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_pref_vector_length_is_checked_at_the_solve(method):
+    """K is known only from Γ: a wrong length is named there, before anything is solved."""
+    weighting = mk.methods.make_weighting(method, pref_vector=[1.0, 2.0])
+    with pytest.raises(ValueError, match=f"{method}: pref_vector has 2 entries but there are K = 3 tasks"):
+        weighting(torch.eye(3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="pref_vector has 2 entries but there are K = 3 tasks"):
+        mk.aggregate(random_J(3, 5), method, pref_vector=[1.0, 2.0])

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 
 import mtlkernels as mk
-from cases import assert_option_rejected, random_J, structured_gradients
+from cases import random_J, structured_gradients
 from mtlkernels import _extension
 from mtlkernels.methods import UPGradWeighting
 
@@ -76,30 +76,6 @@ def test_regularised_matches_torchjd_convention(backend):
     assert float((regularised.direction - expected.direction).norm()) <= 1e-11 * _scale(expected.weights, J)
     exact = mk.aggregate(J, "upgrad", backend=backend)
     assert float((exact.direction - regularised.direction).norm()) > 1e-5 * float(regularised.direction.norm())
-
-
-@pytest.mark.parametrize(
-    "options, message",
-    [
-        ({"pref_vector": [1.0, -2.0, 1.0]}, "pref_vector=.* negative entries at \\[1\\]"),
-        ({"pref_vector": [1.0, float("nan"), 1.0]}, "pref_vector=.* non-finite"),
-        ({"pref_vector": torch.ones(3, 1)}, "pref_vector must be a non-empty 1-D vector"),
-        ({"pref_vector": "uniform"}, "pref_vector must be a 1-D tensor or sequence"),
-        ({"reg_eps": -1e-4}, "reg_eps=-0.0001 must be a finite number ≥ 0"),
-        ({"norm_eps": float("inf")}, "norm_eps=inf must be a finite number ≥ 0"),
-    ],
-)
-def test_option_errors(options, message):
-    assert_option_rejected("upgrad", options, message)
-
-
-def test_pref_vector_length_is_checked_at_the_solve():
-    """K is known only from Γ: a wrong length is named there, before anything is solved."""
-    weighting = mk.methods.make_weighting("upgrad", pref_vector=[1.0, 2.0])
-    with pytest.raises(ValueError, match="upgrad: pref_vector has 2 entries but there are K = 3 tasks"):
-        weighting(torch.eye(3, dtype=torch.float64))
-    with pytest.raises(ValueError, match="pref_vector has 2 entries but there are K = 3 tasks"):
-        mk.aggregate(random_J(3, 5), "upgrad", pref_vector=[1.0, 2.0])
 
 
 def test_torchjd_projector_option_is_named():
