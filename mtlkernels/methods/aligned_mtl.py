@@ -18,7 +18,6 @@ aligned gradients' Gram ĴĴᵀ = σ²·P up to rounding.
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -103,12 +102,7 @@ class AlignedMTLWeighting(Weighting):
         check_pref_length(self.pref_vector, gram.shape[0])
 
     def for_precision(self, dtype: torch.dtype) -> "AlignedMTLWeighting":
-        constants = scaled_rank_rcond(self.constants, dtype)
-        if constants is self.constants:
-            return self
-        weighting = copy.copy(self)
-        weighting.constants = constants
-        return weighting
+        return self.with_constants(scaled_rank_rcond(self.constants, dtype))
 
     def solve_torch(self, gram: Tensor, losses: Tensor | None) -> Solution:
         K = gram.shape[0]

@@ -26,9 +26,10 @@ backend gives the same types. :func:`host_diagnostics` turns the device form int
 """
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
@@ -102,6 +103,9 @@ def host_gram(gram: Tensor) -> Tensor:
     return gram
 
 
+_W = TypeVar("_W", bound="Weighting")
+
+
 class Weighting(ABC):
     """Γ [K, K] (+ losses [K]) → weights [K].
 
@@ -165,6 +169,15 @@ class Weighting(ABC):
         precision Γ was rounded to (IMTL's singularity tolerances); then a copy whose
         :attr:`constants` are those for ``dtype``, which every backend's solve reads."""
         return self
+
+    def with_constants(self: _W, constants: Any) -> _W:
+        """``self`` when ``constants`` is already its :attr:`constants`, else a shallow copy holding
+        ``constants`` (the copy :meth:`for_precision` returns for a Γ of another precision)."""
+        if constants is self.constants:
+            return self
+        weighting = copy.copy(self)
+        weighting.constants = constants
+        return weighting
 
     # -- the generic layer ----------------------------------------------------------------------
     def resolve_backend(self, gram: Tensor) -> str:

@@ -20,7 +20,6 @@ opposite gradients with equal preference) gives w = 0, d = 0, as does J = 0.
 """
 from __future__ import annotations
 
-import copy
 import functools
 import math
 from dataclasses import dataclass, replace
@@ -105,12 +104,7 @@ class ConFIGWeighting(Weighting):
         check_pref_length(self.pref_vector, gram.shape[0])
 
     def for_precision(self, dtype: torch.dtype) -> "ConFIGWeighting":
-        constants = scaled_rank_rcond(self.constants, dtype)
-        if constants is self.constants:
-            return self
-        weighting = copy.copy(self)
-        weighting.constants = constants
-        return weighting
+        return self.with_constants(scaled_rank_rcond(self.constants, dtype))
 
     def solve_torch(self, gram: Tensor, losses: Tensor | None) -> Solution:
         K, k = gram.shape[0], self.constants

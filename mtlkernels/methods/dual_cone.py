@@ -31,10 +31,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from numbers import Real
-from typing import Any
+from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from .._extension import extension
+from .base import Solution, Weighting, cpp_constants
 
 
 @dataclass(frozen=True)
@@ -253,3 +257,48 @@ def project(gram: Tensor, u: Tensor, k: DualConeConstants = CONSTANTS) -> tuple[
             free = [i for i in free if v[i] > u[i]]
             v = torch.maximum(v, u)  # a task fixed back sits exactly on its bound
     return v, steps
+
+
+class DualConeWeighting(Weighting):
+    """The glue shared by UPGrad and DualProj: their options (``pref_vector``, ``reg_eps``,
+    ``norm_eps``), the C++ and Triton solves (the same inputs, Γ regularised as
+    :func:`regularized` and the K preferences p), which differ only in the solve they call.
+    A subclass sets ``name`` and ``solve_torch``; its C++ solve is ``<name>_solve`` in the
+    extension and its Triton solve ``<name>_solve`` in :mod:`mtlkernels.kernels.solve_dual_cone`.
+    """
+
+    constants: ClassVar[DualConeConstants] = CONSTANTS
+
+    def __init__(self, *, pref_vector: Any = None, reg_eps: float = 0.0, norm_eps: float = 0.0, backend: str = "auto") -> None:
+        super().__init__(backend=backend)
+        self.pref_vector = check_pref_vector(pref_vector)
+        self.reg_eps = check_eps("reg_eps", reg_eps)
+        self.norm_eps = check_eps("norm_eps", norm_eps)
+        self._pref_device: Tensor | None = None  # a cache of the preferences on the device, not state
+
+    def options(self) -> dict[str, Any]:
+        return {"pref_vector": self.pref_vector, "reg_eps": self.reg_eps, "norm_eps": self.norm_eps, "backend": self.backend}
+
+    def check_inputs(self, gram: Tensor, losses: Tensor | None) -> None:
+        preferences(self.pref_vector, gram.shape[0], self.name)
+
+    def solve_cpp(self, gram: Tensor, losses: Tensor | None) -> tuple[np.ndarray, dict[str, Any]]:
+        G = regularized(gram, self.norm_eps, self.reg_eps).contiguous()
+        p = preferences(self.pref_vector, G.shape[0], self.name)
+        solve = getattr(extension(), f"{self.name}_solve")
+        return solve(G.numpy(), p.numpy(), cpp_constants(self.constants))
+
+    def solve_triton(self, gram: Tensor, losses: Tensor | None) -> Solution:
+        """One program, no host sync; the preferences are copied to Γ's device once."""
+        from ..kernels import solve_dual_cone
+
+        G = regularized(gram.to(torch.float64), self.norm_eps, self.reg_eps) if self.reg_eps > 0 else gram
+        out = getattr(solve_dual_cone, f"{self.name}_solve")(G, self._pref_on(gram), self.constants)
+        return Solution(out.pop("weights"), out)
+
+    def _pref_on(self, gram: Tensor) -> Tensor:
+        """The K preferences on Γ's device (cached)."""
+        cached = self._pref_device
+        if cached is None or cached.device != gram.device or cached.numel() != gram.shape[0]:
+            cached = self._pref_device = preferences(self.pref_vector, gram.shape[0], self.name).to(gram.device)
+        return cached

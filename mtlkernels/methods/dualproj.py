@@ -10,18 +10,14 @@ solved exactly by :func:`mtlkernels.methods.dual_cone.project` (Lawson–Hanson 
 """
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
 import torch
 from torch import Tensor
 
-from .._extension import extension
-from .base import Solution, Weighting, cpp_constants
-from .dual_cone import CONSTANTS, check_eps, check_pref_vector, kkt_residual, preferences, project, regularized
+from .base import Solution
+from .dual_cone import DualConeWeighting, kkt_residual, preferences, project, regularized
 
 
-class DualProjWeighting(Weighting):
+class DualProjWeighting(DualConeWeighting):
     """DualProj: the projection of the preference combination of the gradients onto the dual cone.
 
     Args:
@@ -41,20 +37,6 @@ class DualProjWeighting(Weighting):
     """
 
     name = "dualproj"
-    constants = CONSTANTS
-
-    def __init__(self, *, pref_vector: Any = None, reg_eps: float = 0.0, norm_eps: float = 0.0, backend: str = "auto") -> None:
-        super().__init__(backend=backend)
-        self.pref_vector = check_pref_vector(pref_vector)
-        self.reg_eps = check_eps("reg_eps", reg_eps)
-        self.norm_eps = check_eps("norm_eps", norm_eps)
-        self._pref_device: Tensor | None = None  # a cache of the preferences on the device, not state
-
-    def options(self) -> dict[str, Any]:
-        return {"pref_vector": self.pref_vector, "reg_eps": self.reg_eps, "norm_eps": self.norm_eps, "backend": self.backend}
-
-    def check_inputs(self, gram: Tensor, losses: Tensor | None) -> None:
-        preferences(self.pref_vector, gram.shape[0], self.name)
 
     def solve_torch(self, gram: Tensor, losses: Tensor | None) -> Solution:
         G = regularized((gram + gram.T) / 2, self.norm_eps, self.reg_eps)
@@ -66,23 +48,3 @@ class DualProjWeighting(Weighting):
             "active_tasks": (v > p).nonzero().flatten().tolist(),
         }
         return Solution(v, diagnostics)
-
-    def solve_cpp(self, gram: Tensor, losses: Tensor | None) -> tuple[np.ndarray, dict[str, Any]]:
-        G = regularized(gram, self.norm_eps, self.reg_eps).contiguous()
-        p = preferences(self.pref_vector, G.shape[0], self.name)
-        return extension().dualproj_solve(G.numpy(), p.numpy(), cpp_constants(self.constants))
-
-    def solve_triton(self, gram: Tensor, losses: Tensor | None) -> Solution:
-        """One program, no host sync; the preferences are copied to Γ's device once."""
-        from ..kernels.solve_dual_cone import dualproj_solve
-
-        G = regularized(gram.to(torch.float64), self.norm_eps, self.reg_eps) if self.reg_eps > 0 else gram
-        out = dualproj_solve(G, self._pref_on(gram), self.constants)
-        return Solution(out.pop("weights"), out)
-
-    def _pref_on(self, gram: Tensor) -> Tensor:
-        """The K preferences on Γ's device (cached)."""
-        cached = self._pref_device
-        if cached is None or cached.device != gram.device or cached.numel() != gram.shape[0]:
-            cached = self._pref_device = preferences(self.pref_vector, gram.shape[0], self.name).to(gram.device)
-        return cached

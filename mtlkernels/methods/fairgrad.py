@@ -48,6 +48,7 @@ from torch import Tensor
 from .._checks import check_real
 from .._extension import extension
 from .base import Solution, Weighting, cpp_constants
+from .nash_mtl import _growing
 
 
 @dataclass(frozen=True)
@@ -141,13 +142,6 @@ def _newton(C: Tensor, root_m: Tensor, beta: Tensor, alpha: float, k: FairGradCo
         if float(beta.max()) > diverged:
             return beta, step_count, False, _growing(growth, beta)
     return beta, k.max_newton_steps, False, None
-
-
-def _growing(growth: Tensor, beta: Tensor) -> Tensor:
-    """The tasks dropped when f has no minimiser: relative last step > 1/4, and the largest βᵢ."""
-    growing = growth > 0.25
-    growing[int(beta.argmax())] = True
-    return growing
 
 
 def fixed_point_residuals(gram: Tensor, weights: Tensor, alpha: float) -> Tensor:

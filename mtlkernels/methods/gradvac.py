@@ -24,7 +24,7 @@ from torch import Tensor
 from .._checks import check_option, check_real
 from .._extension import extension
 from .base import Solution, Weighting
-from .pcgrad import check_order, draw_orders
+from .pcgrad import VisitingOrders
 
 TARGET_UPDATES = ("always", "corrected")
 
@@ -77,7 +77,7 @@ def correct_task(
     return c, corrections, residual
 
 
-class GradVacWeighting(Weighting):
+class GradVacWeighting(VisitingOrders, Weighting):
     """GradVac: correct each task gradient towards EMA cosine targets with the others; sum them.
 
     Args:
@@ -123,16 +123,7 @@ class GradVacWeighting(Weighting):
         self.eps = check_real("eps", eps, minimum=0.0)
         check_option("target_update", target_update, TARGET_UPDATES)
         self.target_update = target_update
-        if order is not None and generator is not None:
-            raise ValueError("give order= (fixed orders) or generator= (fresh random orders), not both")
-        if generator is not None:
-            if not isinstance(generator, torch.Generator):
-                raise ValueError(f"generator must be a torch.Generator; got {type(generator).__name__}")
-            if generator.device.type != "cpu":
-                raise ValueError(f"generator must be a CPU torch.Generator; got one on {generator.device}")
-        self.order = None if order is None else check_order(order)
-        self._order_on_device: Tensor | None = None  # a cache of the fixed order on the device, not state
-        self.generator = generator
+        self.set_visiting_orders(order, generator)
         self.reset()
 
     def options(self) -> dict[str, Any]:
@@ -161,19 +152,6 @@ class GradVacWeighting(Weighting):
         self._targets: Tensor | None = None
 
     # -- one call ---------------------------------------------------------------------------
-    def visiting_orders(self, K: int, device: torch.device | None = None) -> Tensor:
-        """The [K, K] int64 orders of the next solve on ``device`` (default CPU): the fixed
-        ``order`` (copied to a device once) or fresh ones (PCGrad's :func:`draw_orders`)."""
-        if self.order is None:
-            return draw_orders(K, self.generator, device)
-        if self.order.shape[0] != K:
-            raise ValueError(f"order is {tuple(self.order.shape)} but there are K = {K} tasks")
-        if device is None or device.type == "cpu":
-            return self.order
-        if self._order_on_device is None or self._order_on_device.device != device:
-            self._order_on_device = self.order.to(device)
-        return self._order_on_device
-
     def _targets_for(self, K: int, device: torch.device | str = "cpu") -> Tensor:
         """A float64 copy of the stored targets on ``device`` (zeros before the first call),
         checked against K. The targets live where the last solve ran (on the GPU after a Triton

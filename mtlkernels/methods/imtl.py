@@ -23,7 +23,6 @@ float64 Γ holding values rounded to float32 is judged as float64.
 """
 from __future__ import annotations
 
-import copy
 import functools
 import math
 from dataclasses import dataclass, replace
@@ -187,12 +186,7 @@ class IMTLWeighting(Weighting):
         return {"backend": self.backend}
 
     def for_precision(self, dtype: torch.dtype) -> "IMTLWeighting":
-        constants = tolerances(dtype, self.constants)
-        if constants is self.constants:
-            return self
-        weighting = copy.copy(self)
-        weighting.constants = constants
-        return weighting
+        return self.with_constants(tolerances(dtype, self.constants))
 
     def solve_torch(self, gram: Tensor, losses: Tensor | None) -> Solution:
         K = gram.shape[0]

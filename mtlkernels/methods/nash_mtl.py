@@ -127,7 +127,8 @@ def _barrier_newton(C: Tensor, beta: Tensor, k: NashMTLConstants) -> tuple[Tenso
 
 
 def _growing(growth: Tensor, beta: Tensor) -> Tensor:
-    """The tasks dropped when f is unbounded below: relative last step > 1/4, and the largest βᵢ."""
+    """The tasks dropped when f is unbounded below (Nash-MTL) or has no minimiser (FairGrad): relative
+    last step > 1/4, and the largest βᵢ."""
     growing = growth > 0.25
     growing[int(beta.argmax())] = True
     return growing

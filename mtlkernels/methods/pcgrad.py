@@ -56,7 +56,41 @@ def draw_orders(K: int, generator: torch.Generator | None, device: torch.device 
     return torch.from_numpy(np.argsort(keys, axis=1))
 
 
-class PCGradWeighting(Weighting):
+class VisitingOrders:
+    """The ``order`` / ``generator`` options of the methods that visit the tasks in turn (PCGrad,
+    GradVac): fixed [K, K] orders, or fresh ones drawn every call (:func:`draw_orders`)."""
+
+    order: Tensor | None
+    generator: torch.Generator | None
+
+    def set_visiting_orders(self, order: Any, generator: torch.Generator | None) -> None:
+        """Check and store ``order`` and ``generator``; a ValueError names the wrong one."""
+        if order is not None and generator is not None:
+            raise ValueError("give order= (fixed orders) or generator= (fresh random orders), not both")
+        if generator is not None:
+            if not isinstance(generator, torch.Generator):
+                raise ValueError(f"generator must be a torch.Generator; got {type(generator).__name__}")
+            if generator.device.type != "cpu":
+                raise ValueError(f"generator must be a CPU torch.Generator; got one on {generator.device}")
+        self.order = None if order is None else check_order(order)
+        self._order_on_device: Tensor | None = None  # a cache of the fixed order on the device, not state
+        self.generator = generator
+
+    def visiting_orders(self, K: int, device: torch.device | None = None) -> Tensor:
+        """The [K, K] int64 orders of the next solve, on ``device`` (default CPU): the fixed
+        ``order`` (copied to a device once), or freshly drawn ones (:func:`draw_orders`)."""
+        if self.order is None:
+            return draw_orders(K, self.generator, device)
+        if self.order.shape[0] != K:
+            raise ValueError(f"order is {tuple(self.order.shape)} but there are K = {K} tasks")
+        if device is None or device.type == "cpu":
+            return self.order
+        if self._order_on_device is None or self._order_on_device.device != device:
+            self._order_on_device = self.order.to(device)
+        return self._order_on_device
+
+
+class PCGradWeighting(VisitingOrders, Weighting):
     """PCGrad: project each task gradient off the ones it conflicts with, in turn; sum the results.
 
     Args:
@@ -89,30 +123,8 @@ class PCGradWeighting(Weighting):
     ) -> None:
         super().__init__(backend=backend)
         check_option("reduction", reduction, REDUCTIONS)
-        if order is not None and generator is not None:
-            raise ValueError("give order= (fixed orders) or generator= (fresh random orders), not both")
-        if generator is not None:
-            if not isinstance(generator, torch.Generator):
-                raise ValueError(f"generator must be a torch.Generator; got {type(generator).__name__}")
-            if generator.device.type != "cpu":
-                raise ValueError(f"generator must be a CPU torch.Generator; got one on {generator.device}")
         self.reduction = reduction
-        self.order = None if order is None else check_order(order)
-        self._order_on_device: Tensor | None = None
-        self.generator = generator
-
-    def visiting_orders(self, K: int, device: torch.device | None = None) -> Tensor:
-        """The [K, K] int64 orders of the next solve, on ``device`` (default CPU): the fixed
-        ``order`` (copied to a device once), or freshly drawn ones (:func:`draw_orders`)."""
-        if self.order is None:
-            return draw_orders(K, self.generator, device)
-        if self.order.shape[0] != K:
-            raise ValueError(f"order is {tuple(self.order.shape)} but there are K = {K} tasks")
-        if device is None or device.type == "cpu":
-            return self.order
-        if self._order_on_device is None or self._order_on_device.device != device:
-            self._order_on_device = self.order.to(device)
-        return self._order_on_device
+        self.set_visiting_orders(order, generator)
 
     def options(self) -> dict[str, Any]:
         return {"reduction": self.reduction, "order": self.order, "generator": self.generator, "backend": self.backend}

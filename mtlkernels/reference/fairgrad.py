@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from ._result import ReferenceResult
-from .nash_mtl import _cancelling_tasks
+from .nash_mtl import kept_tasks
 
 _MAX_ITERATIONS = 500
 
@@ -69,10 +69,7 @@ def fairgrad(J: Tensor, *, alpha: float = 1.0) -> ReferenceResult:
     J = J.to(torch.float64)
     K = J.shape[0]
     norms = torch.linalg.vector_norm(J, dim=1)
-    kept = norms > 0
-    if bool(kept.any()):
-        unit = J[kept] / norms[kept, None]
-        kept[kept.clone()] = ~_cancelling_tasks(unit @ unit.T)
+    kept = kept_tasks(J, norms)
     weights = torch.zeros(K, dtype=torch.float64)
     iterations = 0
     if bool(kept.any()):

@@ -80,6 +80,16 @@ def _cancelling_tasks(C: Tensor) -> Tensor:
     return torch.from_numpy(result.x[K:] > 0.5)
 
 
+def kept_tasks(J: Tensor, norms: Tensor) -> Tensor:
+    """Mask of the tasks that get a weight (Nash-MTL's and FairGrad's): a non-zero gradient that no
+    non-negative combination of the task gradients cancels (``norms``: the rows' norms ‖gᵢ‖)."""
+    kept = norms > 0
+    if bool(kept.any()):
+        unit = J[kept] / norms[kept, None]
+        kept[kept.clone()] = ~_cancelling_tasks(unit @ unit.T)
+    return kept
+
+
 def nash_mtl(J: Tensor, *, max_norm: float = 1.0) -> ReferenceResult:
     """Nash-MTL on the task gradients J [K, N] (computed in float64).
 
@@ -91,10 +101,7 @@ def nash_mtl(J: Tensor, *, max_norm: float = 1.0) -> ReferenceResult:
     J = J.to(torch.float64)
     K = J.shape[0]
     norms = torch.linalg.vector_norm(J, dim=1)
-    kept = norms > 0
-    if bool(kept.any()):
-        unit = J[kept] / norms[kept, None]
-        kept[kept.clone()] = ~_cancelling_tasks(unit @ unit.T)
+    kept = kept_tasks(J, norms)
 
     alpha = torch.zeros(K, dtype=torch.float64)
     iterations = 0
