@@ -71,10 +71,19 @@ def max_tasks(backend: str) -> int | None:
     return TRITON_MAX_TASKS if backend == "triton" else None
 
 
+#: the backends that resolve to "cpp" on a CPU tensor when the operation has it and K fits ("auto":
+#: AUTO_ORDER["cpu"] starts with it)
+_CPP_ON_CPU = ("auto", "cpp")
+
+
 def resolve(op: str, implemented: Collection[str], backend: str, device: torch.device, K: int | None = None) -> str:
     """The backend that runs ``op`` (implemented on ``implemented``, "torch" among them) for
     ``backend`` on ``device``; with ``K``, a backend whose :func:`max_tasks` is below K gives way
     to "torch". A named backend that is not implemented or cannot run on ``device`` raises."""
+    if backend in _CPP_ON_CPU and device.type == "cpu" and "cpp" in implemented and _extension.available and (
+        K is None or K <= _extension.max_tasks
+    ):
+        return "cpp"  # the common case, decided before the general rules below (which give the same)
     check_backend(backend)
     if backend == "auto":
         for name in AUTO_ORDER.get(device.type, ("torch",)):

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from .._extension import extension
-from ._preference import check_pref_length, check_pref_vector, device_preference, preference
+from ._preference import check_pref_length, check_pref_vector, cpp_preference, device_preference, preference
 from .base import Solution, Weighting, cpp_constants
 
 
@@ -133,8 +133,8 @@ class ConFIGWeighting(Weighting):
         return Solution(weights, diagnostics)
 
     def solve_cpp(self, gram: Tensor, losses: Tensor | None) -> tuple[np.ndarray, dict[str, Any]]:
-        p = preference(self.pref_vector, gram.shape[0], 1.0)
-        return extension().config_solve(gram.numpy(), cpp_constants(self.constants), p.numpy())
+        p = None if self.pref_vector is None else cpp_preference(self)  # None: the extension makes 𝟙
+        return extension().config_solve(gram.numpy(), cpp_constants(self.constants), p)
 
     def solve_triton(self, gram: Tensor, losses: Tensor | None) -> Solution:
         """The preference, when given, is copied to Γ's device once and kept there."""
