@@ -182,6 +182,8 @@ class Weighting(ABC):
     # -- the generic layer ----------------------------------------------------------------------
     def resolve_backend(self, gram: Tensor) -> str:
         """The backend that solves Γ: :attr:`backend`, or torch beyond that backend's K limit."""
+        if gram.is_cpu and _backend.cpp_on_cpu(self.backends, self.backend, gram.shape[0]):
+            return "cpp"
         return _backend.resolve(f"{self.name} solve", self.backends, self.backend, gram.device, gram.shape[0])
 
     def __call__(self, gram: Tensor, losses: Tensor | None = None) -> Solution:
