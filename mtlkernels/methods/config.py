@@ -13,6 +13,10 @@ K-space solve: x = Uᵀβ with β = C⁺p, C = UUᵀ = N⁻¹ΓN⁻¹ the cosine
 
 C⁺ comes from C's eigendecomposition, keeping the eigenvalues above ``rank_rcond``·λ_max (the
 pseudo-inverse's cut-off: ``torch.linalg.pinv(U)`` cut at singular values √rank_rcond·σ_max).
+The C++ solve first tries the case where nothing is cut: C = LLᵀ (Cholesky) with
+λ_min ≥ 1/‖L⁻¹‖²_F above 10·rank_rcond times the Gershgorin bound of λ_max proves every
+eigenvalue kept, so C⁺p = C⁻¹p by two triangular solves; otherwise it decomposes. On that path
+the residual's λ_max is a lower bound (power steps), so the certificate is never under-reported.
 Degenerate inputs: a zero gradient has no unit vector (its row of U is 0, as torchjd's nan_to_num
 makes it): weight 0, the others solved alone; rank-deficient U (duplicate, parallel or more tasks
 than dimensions) is what the pseudo-inverse is for; p orthogonal to C's range (x = 0: e.g. two
