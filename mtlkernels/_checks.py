@@ -75,14 +75,14 @@ def check_not_transposed(J: Tensor) -> None:
 
 def check_gram(gram: Tensor) -> int:
     """Check a Gram matrix is a square [K, K] float tensor with K >= 1; return K."""
-    if not isinstance(gram, Tensor) or gram.dim() != 2 or gram.shape[0] != gram.shape[1]:
+    if not isinstance(gram, Tensor) or gram.dim() != 2 or (K := gram.shape[0]) != gram.shape[1]:
         shape = tuple(gram.shape) if isinstance(gram, Tensor) else type(gram).__name__
         raise ValueError(f"the Gram matrix must be a square [K, K] tensor; got {shape}")
-    if gram.shape[0] == 0:
+    if K == 0:
         raise ValueError("the Gram matrix is empty (K = 0); at least one task is needed")
     if gram.dtype not in FLOAT_DTYPES:
         raise TypeError(f"the Gram matrix has dtype {gram.dtype}; expected a floating dtype")
-    return gram.shape[0]
+    return K
 
 
 def check_losses(losses: Tensor | Sequence[float] | None, K: int) -> Tensor | None:

@@ -71,10 +71,23 @@ def max_tasks(backend: str) -> int | None:
     return TRITON_MAX_TASKS if backend == "triton" else None
 
 
+#: the backends that resolve to "cpp" on a CPU tensor when the operation has it and K fits ("auto":
+#: AUTO_ORDER["cpu"] starts with it)
+_CPP_ON_CPU = ("auto", "cpp")
+
+
+def cpp_on_cpu(implemented: Collection[str], backend: str, K: int | None = None) -> bool:
+    """Whether :func:`resolve` gives "cpp" for a CPU tensor: the common case, decided first (a
+    few comparisons, no device object)."""
+    return backend in _CPP_ON_CPU and "cpp" in implemented and _extension.available and (K is None or K <= _extension.max_tasks)
+
+
 def resolve(op: str, implemented: Collection[str], backend: str, device: torch.device, K: int | None = None) -> str:
     """The backend that runs ``op`` (implemented on ``implemented``, "torch" among them) for
     ``backend`` on ``device``; with ``K``, a backend whose :func:`max_tasks` is below K gives way
     to "torch". A named backend that is not implemented or cannot run on ``device`` raises."""
+    if device.type == "cpu" and cpp_on_cpu(implemented, backend, K):
+        return "cpp"
     check_backend(backend)
     if backend == "auto":
         for name in AUTO_ORDER.get(device.type, ("torch",)):

@@ -1,7 +1,9 @@
 // Binding of Aligned-MTL's K-space solve:
 // _C.aligned_mtl_solve(gram, constants, pref, scale_mode) → (weights, diagnostics).
 #include <cmath>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include <pybind11/stl.h>
 
@@ -12,14 +14,10 @@
 namespace mtlkernels {
 namespace {
 
-py::tuple aligned_mtl_solve(const Array& gram, const aligned_mtl::Constants& constants, const Array& pref,
+py::tuple aligned_mtl_solve(const Array& gram, const aligned_mtl::Constants& constants, const std::optional<Array>& pref,
                             const std::string& scale_mode) {
   const int K = check_gram(gram);
-  if (pref.ndim() != 1 || pref.shape(0) != K)
-    throw std::invalid_argument("pref_vector must be a vector [K] with K = " + std::to_string(K));
-  for (int i = 0; i < K; ++i)
-    if (!(pref.data()[i] >= 0.0) || !std::isfinite(pref.data()[i]))
-      throw std::invalid_argument("pref_vector must hold finite numbers >= 0");
+  const std::vector<double> p = preferences(pref, K, 1.0 / K);
   aligned_mtl::ScaleMode mode;
   if (scale_mode == "min") mode = aligned_mtl::ScaleMode::min;
   else if (scale_mode == "median") mode = aligned_mtl::ScaleMode::median;
@@ -29,7 +27,7 @@ py::tuple aligned_mtl_solve(const Array& gram, const aligned_mtl::Constants& con
   aligned_mtl::Certificate certificate;
   {
     py::gil_scoped_release release;
-    certificate = aligned_mtl::solve(gram.data(), K, pref.data(), mode, weights.mutable_data(), constants);
+    certificate = aligned_mtl::solve(gram.data(), K, p.data(), mode, weights.mutable_data(), constants);
   }
   py::dict diagnostics;
   diagnostics["residual"] = certificate.residual;

@@ -6,12 +6,15 @@
 #pragma once
 #include <cstdint>
 #include <algorithm>
+#include <cmath>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 namespace mtlkernels {
 
@@ -44,6 +47,19 @@ inline int check_gram(const Array& gram, const char* name = "gram") {
       throw std::invalid_argument(std::string(name) + " has a negative diagonal entry at " + std::to_string(j) +
                                   ": it is not J·Jᵀ");
   return K;
+}
+
+// The K preferences of a solve: pref, checked to hold K finite numbers ≥ 0, or `uniform` in every
+// entry when it is None (the method's default, built here rather than passed from Python).
+inline std::vector<double> preferences(const std::optional<Array>& pref, int K, double uniform) {
+  if (!pref) return std::vector<double>(K, uniform);
+  if (pref->ndim() != 1 || pref->shape(0) != K)
+    throw std::invalid_argument("pref_vector must be a vector [K] with K = " + std::to_string(K));
+  const double* data = pref->data();
+  for (int i = 0; i < K; ++i)
+    if (!std::isfinite(data[i]) || data[i] < 0.0)
+      throw std::invalid_argument("pref_vector[" + std::to_string(i) + "] must be a finite number >= 0");
+  return std::vector<double>(data, data + K);
 }
 
 using OrderArray = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;

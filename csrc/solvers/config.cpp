@@ -1,6 +1,8 @@
 // Binding of ConFIG's K-space solve: _C.config_solve(gram, constants, pref) → (weights, diagnostics).
 #include <cmath>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include <pybind11/stl.h>
 
@@ -11,18 +13,14 @@
 namespace mtlkernels {
 namespace {
 
-py::tuple config_solve(const Array& gram, const config::Constants& constants, const Array& pref) {
+py::tuple config_solve(const Array& gram, const config::Constants& constants, const std::optional<Array>& pref) {
   const int K = check_gram(gram);
-  if (pref.ndim() != 1 || pref.shape(0) != K)
-    throw std::invalid_argument("pref_vector must be a vector [K] with K = " + std::to_string(K));
-  for (int i = 0; i < K; ++i)
-    if (!(pref.data()[i] >= 0.0) || !std::isfinite(pref.data()[i]))
-      throw std::invalid_argument("pref_vector must hold finite numbers >= 0");
+  const std::vector<double> p = preferences(pref, K, 1.0);
   Array weights(K);
   config::Certificate certificate;
   {
     py::gil_scoped_release release;
-    certificate = config::solve(gram.data(), K, pref.data(), weights.mutable_data(), constants);
+    certificate = config::solve(gram.data(), K, p.data(), weights.mutable_data(), constants);
   }
   py::dict diagnostics;
   diagnostics["residual"] = certificate.residual;

@@ -1,6 +1,7 @@
 // Bindings of the dual-cone solves: _C.upgrad_solve and _C.dualproj_solve(gram, pref, constants)
-// → (weights, diagnostics).
+// → (weights, diagnostics); pref None: 1/K each.
 #include <cmath>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -11,28 +12,17 @@
 namespace mtlkernels {
 namespace {
 
-// Check pref is K finite, non-negative numbers.
-void check_pref(const Array& pref, int K) {
-  if (pref.ndim() != 1 || pref.shape(0) != K)
-    throw std::invalid_argument("pref_vector must have K = " + std::to_string(K) + " entries");
-  for (int i = 0; i < K; ++i) {
-    const double p = pref.data()[i];
-    if (!std::isfinite(p) || p < 0.0)
-      throw std::invalid_argument("pref_vector[" + std::to_string(i) + "] must be a finite number >= 0");
-  }
-}
-
 using Solve = dual_cone::Result (*)(const double*, const double*, int, const dual_cone::Constants&, double*);
 
-py::tuple solve(Solve method, const Array& gram, const Array& pref, const dual_cone::Constants& constants,
-                bool active_tasks) {
+py::tuple solve(Solve method, const Array& gram, const std::optional<Array>& pref,
+                const dual_cone::Constants& constants, bool active_tasks) {
   const int K = check_gram(gram);
-  check_pref(pref, K);
+  const std::vector<double> p = preferences(pref, K, 1.0 / K);
   Array weights(K);
   dual_cone::Result result;
   {
     py::gil_scoped_release release;
-    result = method(gram.data(), pref.data(), K, constants, weights.mutable_data());
+    result = method(gram.data(), p.data(), K, constants, weights.mutable_data());
   }
   py::dict diagnostics;
   diagnostics["kkt_residual"] = result.kkt_residual;
@@ -40,7 +30,7 @@ py::tuple solve(Solve method, const Array& gram, const Array& pref, const dual_c
   if (active_tasks) {
     py::list active;
     for (int i = 0; i < K; ++i)
-      if (weights.data()[i] > pref.data()[i]) active.append(i);
+      if (weights.data()[i] > p[i]) active.append(i);
     diagnostics["active_tasks"] = active;
   }
   return py::make_tuple(weights, diagnostics);
@@ -53,19 +43,19 @@ Registration reg([](py::module_& m) {
            py::arg("steps_per_task"), py::arg("steps_extra"), py::arg("block_rounds"));
   m.def(
       "upgrad_solve",
-      [](const Array& gram, const Array& pref, const dual_cone::Constants& constants) {
+      [](const Array& gram, const std::optional<Array>& pref, const dual_cone::Constants& constants) {
         return solve(&dual_cone::upgrad, gram, pref, constants, false);
       },
       py::arg("gram"), py::arg("pref"), py::arg("constants"),
-      "UPGrad weights Σᵢ prefᵢ·argmin_{v ≥ eᵢ} vᵀΓv from Γ [K, K] float64; returns (weights [K], "
+      "UPGrad weights Σᵢ prefᵢ·argmin_{v ≥ eᵢ} vᵀΓv from Γ [K, K] float64 (pref None: 1/K each); returns (weights [K], "
       "{'kkt_residual', 'iterations'}).");
   m.def(
       "dualproj_solve",
-      [](const Array& gram, const Array& pref, const dual_cone::Constants& constants) {
+      [](const Array& gram, const std::optional<Array>& pref, const dual_cone::Constants& constants) {
         return solve(&dual_cone::dualproj, gram, pref, constants, true);
       },
       py::arg("gram"), py::arg("pref"), py::arg("constants"),
-      "DualProj weights argmin_{w ≥ pref} wᵀΓw from Γ [K, K] float64; returns (weights [K], "
+      "DualProj weights argmin_{w ≥ pref} wᵀΓw from Γ [K, K] float64 (pref None: 1/K each); returns (weights [K], "
       "{'kkt_residual', 'iterations', 'active_tasks'}).");
 });
 

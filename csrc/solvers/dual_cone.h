@@ -58,6 +58,7 @@ class Projector {
  public:
   Projector(const double* gram, int K, const Constants& constants)
       : K_(K), k_(constants), G_(static_cast<size_t>(K) * K), n_(K), L_(static_cast<size_t>(K) * K),
+        C_(static_cast<size_t>(K) * K), cosine_ready_(K, 0),
         in_free_(K, 0), blocked_(K, 0), candidate_(K), multiplier_(K), scale_(K), y_(K), x_(K),
         inverse_diagonal_(K), cosine_(K), inverse_cosine_(K), sine_(K) {
     for (int i = 0; i < K; ++i)
@@ -172,8 +173,10 @@ class Projector {
 
  private:
   // multiplier_ = Γv and scale_ = Σₖ|Γᵢₖvₖ|, over the support of v (the free and bound tasks).
-  // every_scale = false: scale_ only where a fixed task's (Γv)ᵢ < 0 (0 elsewhere), all that the
-  // search for a violated constraint reads; the same sums, in the same order.
+  // every_scale = false: only what the search for a violated constraint reads, at the fixed,
+  // unblocked tasks i: (Γv)ᵢ, and Σₖ|Γᵢₖvₖ| at least where (Γv)ᵢ < 0 (elsewhere it may be 0); by
+  // rows of Γ over the whole of v (contiguous; v is u off the free set, 0 off the support: the
+  // same sums in another order) where that reads fewer entries than gathering the support's.
   void multipliers(const double* v, bool every_scale = true) {
     support_.clear();
     for (int a : bound_)
@@ -181,15 +184,47 @@ class Projector {
     for (int a : free_)
       if (v[a] != 0.0) support_.push_back(a);
     const int n = static_cast<int>(support_.size());
+    if (!every_scale) {
+      int fixed = 0;
+      for (int i = 0; i < K_; ++i) fixed += !in_free_[i] && !blocked_[i];
+      if (fixed < n) {
+        fixed_rows(v);
+        return;
+      }
+    }
     accumulate_rows(G_.data(), K_, support_.data(), n, v, multiplier_.data(), every_scale ? scale_.data() : nullptr);
     if (every_scale) return;
     for (int i = 0; i < K_; ++i) {
       double size = 0.0;
       if (!in_free_[i] && multiplier_[i] < 0.0) {
         const double* row = &G_[static_cast<size_t>(i) * K_];
-        for (int p = 0; p < n; ++p) size += std::fabs(row[support_[p]] * v[support_[p]]);
+        if (4 * n < K_) {  // a few gathered terms, else the whole row (contiguous; 0 off the support)
+          for (int p = 0; p < n; ++p) size += std::fabs(row[support_[p]] * v[support_[p]]);
+        } else {
+#pragma omp simd reduction(+ : size)
+          for (int k = 0; k < K_; ++k) size += std::fabs(row[k] * v[k]);
+        }
       }
       scale_[i] = size;
+    }
+  }
+
+  // multiplier_ = Γv and scale_ = Σₖ|Γᵢₖvₖ| at the fixed, unblocked tasks i, each from its row of
+  // Γ and the whole of v (contiguous); 0 at the others.
+  void fixed_rows(const double* v) {
+    const int K = K_;
+    for (int i = 0; i < K; ++i) {
+      double sum = 0.0, size = 0.0;
+      if (!in_free_[i] && !blocked_[i]) {
+        const double* row = &G_[static_cast<size_t>(i) * K];
+#pragma omp simd reduction(+ : sum, size)
+        for (int k = 0; k < K; ++k) {
+          const double term = row[k] * v[k];
+          sum += term;
+          size += std::fabs(term);
+        }
+      }
+      multiplier_[i] = sum, scale_[i] = size;
     }
   }
 
@@ -209,27 +244,37 @@ class Projector {
   }
 
   // Extend the Cholesky factor of the free set's cosine matrix over free_[factored_..]; false
-  // when a pivot² falls to dependent_pivot or below.
+  // when a pivot² falls to dependent_pivot or below (then the rows before that one are kept).
+  // Column by column over the new rows: the entries of one column are independent dot products
+  // (row by row, each entry would wait for the one before it), in the same arithmetic.
   bool factor() {
     const int K = K_;
-    for (int p = factored_; p < static_cast<int>(free_.size()); ++p) {
-      const int a = free_[p];
-      double* Lp = &L_[static_cast<size_t>(p) * K];
-      for (int q = 0; q <= p; ++q) {
-        const int b = free_[q];
-        const double* Lq = &L_[static_cast<size_t>(q) * K];
-        const double s = (q == p ? 1.0 : G_[static_cast<size_t>(a) * K + b] / (n_[a] * n_[b])) - dot(Lp, Lq, q);
-        if (q < p) {
-          Lp[q] = s * inverse_diagonal_[q];
-        } else {
-          if (!(s > k_.dependent_pivot)) return false;
-          Lp[p] = std::sqrt(s);
-          inverse_diagonal_[p] = 1.0 / Lp[p];
-        }
+    const int first = factored_, m = static_cast<int>(free_.size());
+    for (int p = first; p < m; ++p) cosine_row(free_[p]);
+    for (int q = 0; q < m; ++q) {
+      const double* Lq = &L_[static_cast<size_t>(q) * K];
+      if (q >= first) {  // row q is complete left of its diagonal: its pivot
+        const double s = 1.0 - dot(Lq, Lq, q);
+        if (!(s > k_.dependent_pivot)) return false;
+        L_[static_cast<size_t>(q) * K + q] = std::sqrt(s);
+        inverse_diagonal_[q] = 1.0 / L_[static_cast<size_t>(q) * K + q];
+        factored_ = q + 1;
       }
-      factored_ = p + 1;
+      const int b = free_[q];
+      for (int p = std::max(q + 1, first); p < m; ++p) {
+        double* Lp = &L_[static_cast<size_t>(p) * K];
+        Lp[q] = (C_[static_cast<size_t>(free_[p]) * K + b] - dot(Lp, Lq, q)) * inverse_diagonal_[q];
+      }
     }
     return true;
+  }
+
+  // Row a of the cosine matrix Γᵢⱼ/(‖gᵢ‖‖gⱼ‖), computed on first use and kept for the next projections.
+  void cosine_row(int a) {
+    if (cosine_ready_[a]) return;
+    const int K = K_;
+    for (int b = 0; b < K; ++b) C_[static_cast<size_t>(a) * K + b] = G_[static_cast<size_t>(a) * K + b] / (n_[a] * n_[b]);
+    cosine_ready_[a] = 1;
   }
 
   // Keep the first m free tasks (their factor rows are valid).
@@ -349,7 +394,8 @@ class Projector {
 
   int K_;
   Constants k_;
-  std::vector<double> G_, n_, L_;  // L_ row-major K×K, rows/columns in the order of free_
+  std::vector<double> G_, n_, L_, C_;  // L_ row-major K×K, rows/columns in the order of free_; C_ cosines
+  std::vector<char> cosine_ready_;     // the rows of C_ computed
   std::vector<int> free_, bound_, support_;  // bound_: the tasks with uₖ ≠ 0
   std::vector<char> in_free_, blocked_;
   std::vector<double> candidate_, multiplier_, scale_, y_, x_;

@@ -6,6 +6,7 @@ import math
 from numbers import Real
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -64,3 +65,12 @@ def device_preference(weighting: Any, gram: Tensor) -> Tensor | None:
     if gram.device not in cache:
         cache[gram.device] = torch.tensor(weighting.pref_vector, dtype=torch.float64).to(gram.device)
     return cache[gram.device]
+
+
+def cpp_preference(weighting: Any) -> np.ndarray:
+    """``weighting.pref_vector`` (not None) as a float64 NumPy array for the C++ solve, made on the
+    first call and reused while the option is the same object (the extension checks its length)."""
+    cached = weighting.__dict__.get("_cpp_preference")
+    if cached is None or cached[0] is not weighting.pref_vector:
+        cached = weighting.__dict__["_cpp_preference"] = (weighting.pref_vector, np.array(weighting.pref_vector, dtype=np.float64))
+    return cached[1]

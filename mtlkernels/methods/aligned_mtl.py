@@ -27,7 +27,7 @@ from torch import Tensor
 
 from .._checks import check_option
 from .._extension import extension
-from ._preference import check_pref_length, check_pref_vector, device_preference, preference
+from ._preference import check_pref_length, check_pref_vector, cpp_preference, device_preference, preference
 from .base import Solution, Weighting, cpp_constants
 from .config import scaled_rank_rcond
 
@@ -132,8 +132,8 @@ class AlignedMTLWeighting(Weighting):
         return Solution(weights, diagnostics)
 
     def solve_cpp(self, gram: Tensor, losses: Tensor | None) -> tuple[np.ndarray, dict[str, Any]]:
-        p = preference(self.pref_vector, gram.shape[0], 1.0 / gram.shape[0])
-        return extension().aligned_mtl_solve(gram.numpy(), cpp_constants(self.constants), p.numpy(), self.scale_mode)
+        p = None if self.pref_vector is None else cpp_preference(self)  # None: the extension makes 𝟙/K
+        return extension().aligned_mtl_solve(gram.numpy(), cpp_constants(self.constants), p, self.scale_mode)
 
     def solve_triton(self, gram: Tensor, losses: Tensor | None) -> Solution:
         """The preference, when given, is copied to Γ's device once and kept there."""

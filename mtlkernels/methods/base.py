@@ -182,12 +182,15 @@ class Weighting(ABC):
     # -- the generic layer ----------------------------------------------------------------------
     def resolve_backend(self, gram: Tensor) -> str:
         """The backend that solves Γ: :attr:`backend`, or torch beyond that backend's K limit."""
+        if gram.is_cpu and _backend.cpp_on_cpu(self.backends, self.backend, gram.shape[0]):
+            return "cpp"
         return _backend.resolve(f"{self.name} solve", self.backends, self.backend, gram.device, gram.shape[0])
 
     def __call__(self, gram: Tensor, losses: Tensor | None = None) -> Solution:
         K = check_gram(gram)
-        losses = check_losses(losses, K)
-        if self.needs_losses and losses is None:
+        if losses is not None:
+            losses = check_losses(losses, K)
+        elif self.needs_losses:
             raise ValueError(f"{self!r} needs the K loss values: pass losses=")
         backend = self.resolve_backend(gram)
         if losses is not None and losses.device.type != "cpu" and backend != "triton":
@@ -205,8 +208,8 @@ class Weighting(ABC):
         return solution if gram.device.type == "cpu" else solution.to(gram.device)
 
     def _run_cpp(self, gram: Tensor, losses: Tensor | None) -> Solution:
-        G = gram.detach()  # a CPU tensor: the cpp backend runs on no other
-        if G.dtype != torch.float64 or not G.is_contiguous():
+        G = gram.detach() if gram.requires_grad else gram  # a CPU tensor: the cpp backend runs on no other
+        if G.dtype is not torch.float64 or not G.is_contiguous():
             G = G.to(torch.float64).contiguous()
         weights, diagnostics = self.solve_cpp(G, losses)
         return Solution(torch.from_numpy(weights), diagnostics)

@@ -13,6 +13,10 @@ K-space solve: x = Uᵀβ with β = C⁺p, C = UUᵀ = N⁻¹ΓN⁻¹ the cosine
 
 C⁺ comes from C's eigendecomposition, keeping the eigenvalues above ``rank_rcond``·λ_max (the
 pseudo-inverse's cut-off: ``torch.linalg.pinv(U)`` cut at singular values √rank_rcond·σ_max).
+The C++ solve first tries the case where nothing is cut: C = LLᵀ (Cholesky) with
+λ_min ≥ 1/‖L⁻¹‖²_F above 10·rank_rcond times the Gershgorin bound of λ_max proves every
+eigenvalue kept, so C⁺p = C⁻¹p by two triangular solves; otherwise it decomposes. On that path
+the residual's λ_max is a lower bound (power steps), so the certificate is never under-reported.
 Degenerate inputs: a zero gradient has no unit vector (its row of U is 0, as torchjd's nan_to_num
 makes it): weight 0, the others solved alone; rank-deficient U (duplicate, parallel or more tasks
 than dimensions) is what the pseudo-inverse is for; p orthogonal to C's range (x = 0: e.g. two
@@ -30,7 +34,7 @@ import torch
 from torch import Tensor
 
 from .._extension import extension
-from ._preference import check_pref_length, check_pref_vector, device_preference, preference
+from ._preference import check_pref_length, check_pref_vector, cpp_preference, device_preference, preference
 from .base import Solution, Weighting, cpp_constants
 
 
@@ -133,8 +137,8 @@ class ConFIGWeighting(Weighting):
         return Solution(weights, diagnostics)
 
     def solve_cpp(self, gram: Tensor, losses: Tensor | None) -> tuple[np.ndarray, dict[str, Any]]:
-        p = preference(self.pref_vector, gram.shape[0], 1.0)
-        return extension().config_solve(gram.numpy(), cpp_constants(self.constants), p.numpy())
+        p = None if self.pref_vector is None else cpp_preference(self)  # None: the extension makes 𝟙
+        return extension().config_solve(gram.numpy(), cpp_constants(self.constants), p)
 
     def solve_triton(self, gram: Tensor, losses: Tensor | None) -> Solution:
         """The preference, when given, is copied to Γ's device once and kept there."""

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from .._extension import extension
+from ._preference import cpp_preference
 from .base import Solution, Weighting, cpp_constants
 
 
@@ -268,6 +269,12 @@ class DualConeWeighting(Weighting):
     """
 
     constants: ClassVar[DualConeConstants] = CONSTANTS
+    #: the extension's entry point of the solve
+    cpp_solve: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.cpp_solve = f"{cls.name}_solve"
 
     def __init__(self, *, pref_vector: Any = None, reg_eps: float = 0.0, norm_eps: float = 0.0, backend: str = "auto") -> None:
         super().__init__(backend=backend)
@@ -280,13 +287,14 @@ class DualConeWeighting(Weighting):
         return {"pref_vector": self.pref_vector, "reg_eps": self.reg_eps, "norm_eps": self.norm_eps, "backend": self.backend}
 
     def check_inputs(self, gram: Tensor, losses: Tensor | None) -> None:
-        preferences(self.pref_vector, gram.shape[0], self.name)
+        if self.pref_vector is not None:
+            preferences(self.pref_vector, gram.shape[0], self.name)
 
     def solve_cpp(self, gram: Tensor, losses: Tensor | None) -> tuple[np.ndarray, dict[str, Any]]:
-        G = regularized(gram, self.norm_eps, self.reg_eps).contiguous()
-        p = preferences(self.pref_vector, G.shape[0], self.name)
-        solve = getattr(extension(), f"{self.name}_solve")
-        return solve(G.numpy(), p.numpy(), cpp_constants(self.constants))
+        """The preferences go as None when uniform (the extension makes the 1/K)."""
+        G = regularized(gram, self.norm_eps, self.reg_eps).contiguous() if self.reg_eps > 0 else gram
+        p = None if self.pref_vector is None else cpp_preference(self)
+        return getattr(extension(), self.cpp_solve)(G.numpy(), p, cpp_constants(self.constants))
 
     def solve_triton(self, gram: Tensor, losses: Tensor | None) -> Solution:
         """One program, no host sync; the preferences are copied to Γ's device once."""

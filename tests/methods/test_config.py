@@ -3,6 +3,8 @@ by the projections), the float64 reference on full vectors (mtlkernels.reference
 pseudo-inverse of the unit-gradient matrix), torchjd 0.18's ConFIG on random and adversarial
 inputs, pref_vector, and option errors."""
 
+import math
+
 import pytest
 import torch
 
@@ -102,6 +104,30 @@ def test_backends_agree():
     for K, N, seed in ((4, 9, 8), (30, 20, 9)):
         J = random_J(K, N, seed)
         torch.testing.assert_close(run(J, "cpp").weights, run(J, "torch").weights, rtol=1e-11, atol=1e-14)
+
+
+@pytest.mark.parametrize("condition", [1.0, 1e4, 1e6, 1e13])
+def test_cpp_cholesky_and_eigen_paths_agree_with_torch(condition):
+    """The C++ solve takes Cholesky when C is provably of full rank, else the eigendecomposition
+    (here at condition 1e13, beyond the rank cut-off 1e12); both agree with the torch solve (eigh),
+    diagnostics included, and certify as well as it does (the certificate of every backend grows
+    with C's condition number)."""
+    K = 12
+    g = torch.Generator().manual_seed(11)
+    U = torch.linalg.qr(torch.randn(K, K, generator=g, dtype=torch.float64))[0]
+    V = torch.linalg.qr(torch.randn(40, K, generator=g, dtype=torch.float64))[0]
+    singular = torch.logspace(0, -0.5 * math.log10(condition), K, dtype=torch.float64)
+    J = (U * singular) @ V.T  # Γ of condition number `condition`
+    J = J * torch.logspace(-3, 3, K, dtype=torch.float64)[:, None]  # rows of very different norms
+    gram = J @ J.T
+    cpp, reference = ConFIGWeighting(backend="cpp")(gram), ConFIGWeighting(backend="torch")(gram)
+    scale = natural_scale(reference.weights, J)
+    assert float(((cpp.weights - reference.weights).abs() * J.norm(dim=1)).max()) <= 1e-15 * condition * scale + 1e-13 * scale
+    for key in ("rank", "equal_cosines", "zero_tasks"):
+        assert cpp.diagnostics[key] == reference.diagnostics[key], key
+    assert cpp.diagnostics["rank"] == (K if condition < 1e12 else K - 1)
+    assert cpp.diagnostics["length"] == pytest.approx(reference.diagnostics["length"], rel=1e-15 * condition + 1e-12)
+    assert cpp.diagnostics["residual"] <= 10 * max(reference.diagnostics["residual"], 1e-15)
 
 
 @pytest.mark.parametrize("bad, message", [
