@@ -47,11 +47,16 @@ def launch_config(K: int) -> tuple[int, int]:
 
 
 @triton.jit
-def load_square(ptr, K, BLOCK_K: tl.constexpr):
-    """Γ [K, K] (row-major, any float dtype) → float64 [BLOCK_K, BLOCK_K], zero outside K×K."""
+def load_square(ptr, K, BLOCK_K: tl.constexpr, AGAIN: tl.constexpr = False):
+    """Γ [K, K] (row-major, any float dtype) → float64 [BLOCK_K, BLOCK_K], zero outside K×K.
+
+    AGAIN: a second read of a matrix already loaded, to rebuild a tile from memory instead of
+    keeping it in registers across a long stretch of code; the load is volatile, so the compiler
+    cannot merge it with the first one (and keep that tile live after all).
+    """
     offs = tl.arange(0, BLOCK_K)
     mask = (offs[:, None] < K) & (offs[None, :] < K)
-    return tl.load(ptr + offs[:, None] * K + offs[None, :], mask=mask, other=0.0).to(tl.float64)
+    return tl.load(ptr + offs[:, None] * K + offs[None, :], mask=mask, other=0.0, volatile=AGAIN).to(tl.float64)
 
 
 @triton.jit
@@ -151,9 +156,10 @@ def cholesky(A, mask, n, BLOCK_K: tl.constexpr, rtol):
     eye = tl.where(offs[:, None] == offs[None, :], 1.0, 0.0).to(tl.float64)
     S = tl.where(mask[:, None] & mask[None, :], A, eye)
     tol = rtol * tl.max(tl.where(mask, tl.abs(diagonal(A, BLOCK_K)), 0.0), axis=0)
-    L = eye
     flags = mask.to(tl.int32)
     failed = 0
+    # in place: step j turns column j of S into l (zero above j) and updates the masked columns
+    # after it, so S ends as L (its unmasked columns stay identity columns) with one tile, not two
     for j in range(n):
         if tl.reshape(tl.gather(flags, tl.full([1], j, tl.int32), axis=0), []) != 0:
             col = tl.reshape(tl.gather(S, tl.full([BLOCK_K, 1], j, tl.int32), axis=1), [BLOCK_K])
@@ -161,9 +167,9 @@ def cholesky(A, mask, n, BLOCK_K: tl.constexpr, rtol):
             good = (d > tol) & (tl.abs(d) < float("inf"))
             failed = failed | (~good).to(tl.int32)
             l = tl.where(offs >= j, col / tl.sqrt(tl.where(good, d, 1.0)), 0.0)
-            S = S - l[:, None] * l[None, :]
-            L = tl.where(offs[None, :] == j, l[:, None], L)
-    return L, failed == 0
+            trailing = mask[None, :] & (offs[None, :] > j)
+            S = tl.where(offs[None, :] == j, l[:, None], tl.where(trailing, S - l[:, None] * l[None, :], S))
+    return S, failed == 0
 
 
 @triton.jit
@@ -217,8 +223,9 @@ def symmetric_eigen(A, n, BLOCK_K: tl.constexpr, max_sweeps):
             partner = tl.where(offs < players, partner, offs)
             partner = tl.where(partner < n, partner, offs)  # the dummy's partner sits out
             lead = offs < partner  # p of the pair (p, q), p < q
-            diag = tl.reshape(tl.gather(M, offs[:, None], axis=1), [BLOCK_K])
-            apq = tl.reshape(tl.gather(M, partner[:, None], axis=1), [BLOCK_K])  # M[p, q] on the p's
+            diag = tl.sum(tl.where(rows == cols, M, 0.0), axis=0)
+            # M[p, q] on the p's: column q's entry in row p = partner[q], moved to position p
+            apq = tl.gather(tl.sum(tl.where(rows == partner[None, :], M, 0.0), axis=0), partner, axis=0)
             aqq = tl.gather(diag, partner, axis=0)
             rotate = lead & (apq != 0.0)
             theta = (aqq - diag) / (2.0 * tl.where(rotate, apq, 1.0))
@@ -229,8 +236,8 @@ def symmetric_eigen(A, n, BLOCK_K: tl.constexpr, max_sweeps):
             c = tl.where(lead, c, tl.gather(c, partner, axis=0))
             sigma = tl.where(lead, -s, tl.gather(s, partner, axis=0))
             pairs = tl.broadcast_to(partner[None, :], (BLOCK_K, BLOCK_K))
-            M = M * c[None, :] + sigma[None, :] * tl.gather(M, pairs, axis=1)
-            M = M * c[:, None] + sigma[:, None] * tl.gather(M, tl.trans(pairs), axis=0)
+            rotated = tl.trans(M * c[None, :] + sigma[None, :] * tl.gather(M, pairs, axis=1))
+            M = rotated * c[None, :] + sigma[None, :] * tl.gather(rotated, pairs, axis=1)
             V = V * c[None, :] + sigma[None, :] * tl.gather(V, pairs, axis=1)
         sweep += 1
         squares = M * M
