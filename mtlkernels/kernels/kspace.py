@@ -56,7 +56,9 @@ def load_square(ptr, K, BLOCK_K: tl.constexpr, AGAIN: tl.constexpr = False):
     """
     offs = tl.arange(0, BLOCK_K)
     mask = (offs[:, None] < K) & (offs[None, :] < K)
-    return tl.load(ptr + offs[:, None] * K + offs[None, :], mask=mask, other=0.0, volatile=AGAIN).to(tl.float64)
+    if AGAIN:  # the addresses as one offset tile: a computation of their own, not the first load's kept live
+        return tl.load(ptr + (offs[:, None] * K + offs[None, :]), mask=mask, other=0.0, volatile=True).to(tl.float64)
+    return tl.load(ptr + offs[:, None] * K + offs[None, :], mask=mask, other=0.0).to(tl.float64)
 
 
 @triton.jit
@@ -153,16 +155,20 @@ def cholesky(A, mask, n, BLOCK_K: tl.constexpr, rtol):
     dependent steps are the masked ones. A failed pivot leaves a finite L.
     """
     offs = tl.arange(0, BLOCK_K)
-    eye = tl.where(offs[:, None] == offs[None, :], 1.0, 0.0).to(tl.float64)
-    S = tl.where(mask[:, None] & mask[None, :], A, eye)
-    tol = rtol * tl.max(tl.where(mask, tl.abs(diagonal(A, BLOCK_K)), 0.0), axis=0)
+    pair = mask[:, None] & mask[None, :]
+    # the identity off the mask, built from the mask: a constant identity tile would be hoisted out
+    # of a caller's loop and held in registers all along
+    S = tl.where(pair, A, tl.where((offs[:, None] == offs[None, :]) & ~pair, 1.0, 0.0))
+    tol = rtol * tl.max(tl.where(mask, tl.abs(diagonal(S, BLOCK_K)), 0.0), axis=0)  # S's masked diagonal is A's
     flags = mask.to(tl.int32)
     failed = 0
     # in place: step j turns column j of S into l (zero above j) and updates the masked columns
     # after it, so S ends as L (its unmasked columns stay identity columns) with one tile, not two
     for j in range(n):
         if tl.reshape(tl.gather(flags, tl.full([1], j, tl.int32), axis=0), []) != 0:
-            col = tl.reshape(tl.gather(S, tl.full([BLOCK_K, 1], j, tl.int32), axis=1), [BLOCK_K])
+            # column j by a masked sum, not a gather: no layout of its own for S (and for the
+            # caller's tiles it is built from, which would then be held in two layouts)
+            col = tl.sum(tl.where(offs[None, :] == j, S, 0.0), axis=1)
             d = tl.reshape(tl.gather(col, tl.full([1], j, tl.int32), axis=0), [])
             good = (d > tol) & (tl.abs(d) < float("inf"))
             failed = failed | (~good).to(tl.int32)
@@ -182,14 +188,14 @@ def cholesky_solve(L, b, mask, n, BLOCK_K: tl.constexpr):
     y = b.to(tl.float64)
     for j in range(n):  # L·y = b, column by column
         if tl.reshape(tl.gather(flags, tl.full([1], j, tl.int32), axis=0), []) != 0:
-            l = tl.reshape(tl.gather(L, tl.full([BLOCK_K, 1], j, tl.int32), axis=1), [BLOCK_K])
+            l = tl.sum(tl.where(offs[None, :] == j, L, 0.0), axis=1)  # column j (masked sums: L in one layout)
             y_j = tl.gather(y / diag, tl.full([1], j, tl.int32), axis=0)
             y = tl.where(offs == j, y_j, tl.where(offs > j, y - l * y_j, y))
     x = y
     for t in range(n):  # Lᵀ·x = y, from the last row up: x_j, then subtract L[j, :j]·x_j
         j = n - 1 - t
         if tl.reshape(tl.gather(flags, tl.full([1], j, tl.int32), axis=0), []) != 0:
-            l = tl.reshape(tl.gather(L, tl.full([1, BLOCK_K], j, tl.int32), axis=0), [BLOCK_K])
+            l = tl.sum(tl.where(offs[:, None] == j, L, 0.0), axis=0)  # row j
             x_j = tl.gather(x / diag, tl.full([1], j, tl.int32), axis=0)
             x = tl.where(offs == j, x_j, tl.where(offs < j, x - l * x_j, x))
     return x
