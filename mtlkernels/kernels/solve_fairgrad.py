@@ -159,19 +159,23 @@ def _fairgrad_solve_kernel(
     in_k = offs < K
     G = kspace.load_square(gram_ptr, K, BLOCK_K)
     norms = tl.sqrt(tl.maximum(kspace.diagonal(G, BLOCK_K), 0.0))
-    weights = tl.zeros([BLOCK_K], dtype=tl.float64)
     kept = in_k & (norms > 0.0)
     safe_norms = tl.where(kept, norms, 1.0)
     iterations = 0
     converged = 1
     done = (tl.sum(kept.to(tl.int32), axis=0) == 0).to(tl.int32)
+    pair = kept[:, None] & kept[None, :]
+    C = tl.where(pair, tl.minimum(tl.maximum(G / safe_norms[:, None] / safe_norms[None, :], -1.0), 1.0), 0.0)
+    C = tl.where((offs[:, None] == offs[None, :]) & pair, 1.0, C)
+    beta = tl.zeros([BLOCK_K], dtype=tl.float64)
+    solved = 0
     rounds = 0
     while (done == 0) & (rounds < K):  # every round that does not finish drops a task
         rounds += 1
-        pair = kept[:, None] & kept[None, :]
-        C = tl.where(pair, tl.minimum(tl.maximum(G / safe_norms[:, None] / safe_norms[None, :], -1.0), 1.0), 0.0)
-        C = tl.where((offs[:, None] == offs[None, :]) & pair, 1.0, C)
-        largest_norm = tl.max(tl.where(kept, norms, 0.0), axis=0)
+        # C of the kept tasks: the tasks only get fewer, so masking the previous round's C gives
+        # what building it again from Γ would, and Γ need not stay in registers
+        C = tl.where(kept[:, None] & kept[None, :], C, 0.0)
+        largest_norm = tl.max(tl.where(kept, safe_norms, 0.0), axis=0)  # the kept norms are the safe ones
         root_m = tl.where(kept, _fairgrad_power(safe_norms / largest_norm, (1.0 - ALPHA) / (1.0 + ALPHA)), 1.0)
         ray = tl.sum(tl.where(kept, root_m, 0.0) * tl.sum(C * tl.where(kept, root_m, 0.0)[None, :], axis=1), axis=0)
         diagonal = tl.sum(tl.where(kept, root_m * root_m, 0.0), axis=0)
@@ -189,14 +193,18 @@ def _fairgrad_solve_kernel(
             kept = kept & ~growing
             converged = 1
         else:
-            weights = tl.where(kept, beta * _fairgrad_power(safe_norms, -2.0 * ALPHA / (ALPHA + 1.0)), 0.0)
+            solved = 1
             done = 1
         if tl.sum(kept.to(tl.int32), axis=0) == 0:
             done = 1
+    # the weights of the solved round (its β and kept tasks, which end the loop): computed here, no
+    # vector of them is carried through the rounds
+    weights = tl.where(kept & (solved != 0), beta * _fairgrad_power(safe_norms, -2.0 * ALPHA / (ALPHA + 1.0)), 0.0)
 
     # certificates: |wᵢ^(1/α)(Γw)ᵢ − 1| / (wᵢ^(1/α)Σⱼ|Γᵢⱼwⱼ| + 1)
     positive = weights > 0.0
     scale = tl.where(positive, _fairgrad_power(tl.where(positive, weights, 1.0), 1.0 / ALPHA), 0.0)
+    G = kspace.load_square(gram_ptr, K, BLOCK_K, True)  # Γ read again: not held across the rounds
     row = tl.sum(G * weights[None, :], axis=1)
     magnitude = tl.sum(tl.abs(G * weights[None, :]), axis=1)
     equations = tl.where(in_k, tl.abs(scale * row - 1.0) / (scale * magnitude + 1.0), 0.0)
