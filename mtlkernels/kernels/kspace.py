@@ -147,18 +147,22 @@ def identity(BLOCK_K: tl.constexpr):
 
 
 @triton.jit
-def cholesky(A, mask, n, BLOCK_K: tl.constexpr, rtol):
+def cholesky(A, mask, n, BLOCK_K: tl.constexpr, rtol, PREPARED: tl.constexpr = False):
     """L with A = L·Lᵀ on the rows/columns where ``mask`` holds (L is the identity elsewhere), and
     whether it succeeded: every pivot d must be finite and > rtol·max masked |Aᵢᵢ| (as
     csrc/solvers/dense.h's cholesky_solve, whose left-looking sums run in the same order as these
     right-looking updates). Indices ≥ n must be unmasked; unmasked columns cost no update, so the
-    dependent steps are the masked ones. A failed pivot leaves a finite L.
+    dependent steps are the masked ones. A failed pivot leaves a finite L. PREPARED: A is already
+    zero off the masked rows and columns and 1 on the unmasked diagonal (no mask tile is built).
     """
     offs = tl.arange(0, BLOCK_K)
-    pair = mask[:, None] & mask[None, :]
-    # the identity off the mask, selected into A: a constant identity tile would be hoisted out of
-    # a caller's loop and held in registers all along
-    S = tl.where((offs[:, None] == offs[None, :]) & ~pair, 1.0, tl.where(pair, A, 0.0))
+    if PREPARED:
+        S = A
+    else:
+        pair = mask[:, None] & mask[None, :]
+        # the identity off the mask, selected into A: a constant identity tile would be hoisted out
+        # of a caller's loop and held in registers all along
+        S = tl.where((offs[:, None] == offs[None, :]) & ~pair, 1.0, tl.where(pair, A, 0.0))
     tol = rtol * tl.max(tl.where(mask, tl.abs(diagonal(S, BLOCK_K)), 0.0), axis=0)  # S's masked diagonal is A's
     flags = mask.to(tl.int32)
     failed = 0

@@ -74,6 +74,15 @@ def _fairgrad_growing(growth, beta, kept, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
+def _fairgrad_norms(gram_ptr, kept, K, BLOCK_K: tl.constexpr):
+    """‖gᵢ‖ = √Γᵢᵢ on the kept tasks (which have Γᵢᵢ > 0), 1 elsewhere: Γ's diagonal read from memory
+    (volatile: read each time, so the vector need not be held in registers through the rounds)."""
+    offs = tl.arange(0, BLOCK_K)
+    diagonal = tl.load(gram_ptr + offs * (K + 1), mask=offs < K, other=0.0, volatile=True).to(tl.float64)
+    return tl.where(kept, tl.sqrt(tl.maximum(diagonal, 0.0)), 1.0)
+
+
+@triton.jit
 def _fairgrad_newton(
     C, root_m, beta, kept, ALPHA: tl.constexpr, K, BLOCK_K: tl.constexpr,
     MAX_NEWTON_STEPS: tl.constexpr, CONVERGED_LENGTH2: tl.constexpr, STALLED_RESIDUAL: tl.constexpr,
@@ -93,15 +102,17 @@ def _fairgrad_newton(
     while (steps < MAX_NEWTON_STEPS) & (status == RUNNING):
         steps += 1
         safe_beta = tl.where(kept, beta, 1.0)
+        # the Hessian's factor first, then the gradient: fewer vectors live through the factorisation.
+        # H is ready for it: zero off the kept rows and columns (as C), 1 on the others' diagonal
+        curvature = tl.where(kept, _fairgrad_power(safe_beta, -1.0 / ALPHA - 1.0) * inverse_alpha, 1.0)
+        H = tl.where(eye, C + curvature[:, None], C)
+        L, factored = kspace.cholesky(H, kept, K, BLOCK_K, 0.0, True)
         y = tl.where(kept, root_m * beta, 0.0)
         target = tl.where(kept, root_m * _fairgrad_power(safe_beta, -1.0 / ALPHA), 0.0)
         terms = C * y[None, :]
         rhs = tl.where(kept, tl.sum(terms, axis=1) - target, 0.0)
         magnitude = tl.sum(tl.abs(terms), axis=1) + target
         backward_error = tl.max(tl.where(kept, tl.abs(rhs) / tl.where(kept, magnitude, 1.0), 0.0), axis=0)
-        curvature = tl.where(kept, _fairgrad_power(safe_beta, -1.0 / ALPHA - 1.0) * inverse_alpha, 0.0)
-        H = tl.where(eye, C + curvature[:, None], C)
-        L, factored = kspace.cholesky(H, kept, K, BLOCK_K, 0.0)
         if factored:
             scaled_step = tl.where(kept, kspace.cholesky_solve(L, rhs, kept, K, BLOCK_K), 0.0)
             decrement2 = tl.sum(rhs * scaled_step, axis=0)
@@ -175,6 +186,7 @@ def _fairgrad_solve_kernel(
         # C of the kept tasks: the tasks only get fewer, so masking the previous round's C gives
         # what building it again from Γ would, and Γ need not stay in registers
         C = tl.where(kept[:, None] & kept[None, :], C, 0.0)
+        safe_norms = _fairgrad_norms(gram_ptr, kept, K, BLOCK_K)  # read again: not held through the solve
         largest_norm = tl.max(tl.where(kept, safe_norms, 0.0), axis=0)  # the kept norms are the safe ones
         root_m = tl.where(kept, _fairgrad_power(safe_norms / largest_norm, (1.0 - ALPHA) / (1.0 + ALPHA)), 1.0)
         ray = tl.sum(tl.where(kept, root_m, 0.0) * tl.sum(C * tl.where(kept, root_m, 0.0)[None, :], axis=1), axis=0)
@@ -197,6 +209,7 @@ def _fairgrad_solve_kernel(
             done = 1
         if tl.sum(kept.to(tl.int32), axis=0) == 0:
             done = 1
+    safe_norms = _fairgrad_norms(gram_ptr, kept, K, BLOCK_K)
     # the weights of the solved round (its β and kept tasks, which end the loop): computed here, no
     # vector of them is carried through the rounds
     weights = tl.where(kept & (solved != 0), beta * _fairgrad_power(safe_norms, -2.0 * ALPHA / (ALPHA + 1.0)), 0.0)
