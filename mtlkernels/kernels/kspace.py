@@ -160,9 +160,9 @@ def cholesky(A, mask, n, BLOCK_K: tl.constexpr, rtol, PREPARED: tl.constexpr = F
         S = A
     else:
         pair = mask[:, None] & mask[None, :]
-        # the identity off the mask, selected into A: a constant identity tile would be hoisted out
-        # of a caller's loop and held in registers all along
-        S = tl.where((offs[:, None] == offs[None, :]) & ~pair, 1.0, tl.where(pair, A, 0.0))
+        # the identity off the mask, built from the mask: a constant identity tile would be hoisted
+        # out of a caller's loop and held in registers all along
+        S = tl.where(pair, A, tl.where((offs[:, None] == offs[None, :]) & ~pair, 1.0, 0.0))
     tol = rtol * tl.max(tl.where(mask, tl.abs(diagonal(S, BLOCK_K)), 0.0), axis=0)  # S's masked diagonal is A's
     flags = mask.to(tl.int32)
     failed = 0
