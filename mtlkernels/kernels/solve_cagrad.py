@@ -413,7 +413,7 @@ def _cagrad_solve_kernel(
     top = tl.max(tl.where(in_k, sigma, 0.0), axis=0) * d_scale
 
     tl.debug_barrier()  # every thread has read the parked dual point before the weights overwrite it
-    tl.store(weights_ptr + offs, (1.0 / tl.sum(in_k.to(tl.float64), axis=0) + u) * FACTOR, mask=in_k)  # K again
+    tl.store(weights_ptr + offs, (1.0 / (tl.full([], 1.0, tl.float64) * K) + u) * FACTOR, mask=in_k)  # 1/K formed again
     tl.store(active_ptr + offs, active, mask=in_k)
     tl.store(degenerate_ptr, degenerate != 0)
     tl.store(iterations_ptr, iterations)
