@@ -235,6 +235,13 @@ def _cagrad_hull_zero_point(
 
 
 @triton.jit
+def _cagrad_parked(ptr):
+    """A scalar parked in memory by :func:`_cagrad_solve_kernel` (stored by another thread)."""
+    tl.debug_barrier()
+    return tl.load(ptr, volatile=True)
+
+
+@triton.jit
 def _cagrad_zero_rows_point(nonzero, K, BLOCK_K: tl.constexpr):
     """The uniform weights on the zero gradients (built where needed, not held through the path)."""
     zero_rows = tl.where((tl.arange(0, BLOCK_K) < K) & ~nonzero, 1.0, 0.0).to(tl.float64)
@@ -269,6 +276,7 @@ def _cagrad_solve_kernel(
     b = tl.sum(A, axis=1) / k_tasks  # gᵢ·g₀
     mean_sq = tl.maximum(tl.sum(b, axis=0) / k_tasks, 0.0)  # ‖g₀‖²
     radius_sq = C * C * mean_sq  # φ
+    tl.store(facts_ptr + 4, mean_sq)  # parked in an output slot for the refinement and the certificate
     sigma = tl.sqrt(tl.maximum(kspace.diagonal(A, BLOCK_K), 0.0))
     nonzero = in_k & (sigma > 0.0)
     has_zero_row = tl.sum((in_k & ~nonzero).to(tl.int32), axis=0) > 0
@@ -380,7 +388,7 @@ def _cagrad_solve_kernel(
                     running = 0
             iteration += 1
         u = _cagrad_refine(  # after the ball, at μ = 0, or at the iteration cap
-            A, b, sigma, tl.maximum(u, 0.0), radius_sq, mean_sq, degenerate != 0, K, BLOCK_K,
+            A, b, sigma, tl.maximum(u, 0.0), radius_sq, _cagrad_parked(facts_ptr + 4), degenerate != 0, K, BLOCK_K,
             REFINE_TOLERANCE, REFINE_ROUNDS_PER_TASK, REFINE_ROUNDS_EXTRA, PIVOT_TOLERANCE, EIGEN_RCOND, CONSISTENCY_TOLERANCE, MAX_SWEEPS,
         )
 
@@ -393,6 +401,7 @@ def _cagrad_solve_kernel(
     u_sum = tl.sum(u, axis=0)
     tl.debug_barrier()  # the hull's point and tr Γ, stored by other threads
     trace = tl.load(facts_ptr + 3, volatile=True)
+    mean_sq = tl.load(facts_ptr + 4, volatile=True)
     dual_point = tl.load(weights_ptr + offs, mask=in_k, other=0.0, volatile=True)
     if has_dual_point == WORST_TASK:
         dual_point = tl.where(offs == tl.argmin(tl.where(in_k, b, float("inf")), axis=0), 1.0, 0.0).to(tl.float64)
