@@ -83,6 +83,14 @@ KNOWN_SPILLS = {
 }
 
 
+#: the same for the solves' other option values (compile_sm90.VARIANTS), keyed by the variant too:
+#: FairGrad with a generic α (every power by exp/log, also in the line search) keeps ten values set
+#: up before its loops in local memory on sm_90 (stored once, read back near the end)
+KNOWN_VARIANT_SPILLS = {
+    ("fairgrad_solve", 64, 90, (("ALPHA", 3.0),)): 40,
+}
+
+
 @skip_on_cuda
 def test_solves_compile_without_spills_at_block_16():
     """The other solves at K = 3 (BLOCK_K 16, K a runtime value): no spill."""
@@ -124,3 +132,23 @@ def test_every_solve_launch_compiles_without_spills_for_sm80():
     """The same for sm_80, at the task counts of each BLOCK_K (16, 32, 64) and K = 1."""
     reports = compile_reports("--arch", "80", "--kernels", "pcgrad," + SOLVES, "--K", "1,3,32,64")
     assert_solves_within_known(reports, 80)
+
+
+@pytest.mark.slow  # ~2 minutes per architecture with a cold Triton cache
+@skip_on_cuda
+@pytest.mark.parametrize("arch", [90, 80])
+def test_solve_option_variants_compile_without_spills(arch):
+    """Each solve's other option values (MGDA's normalisations, Aligned-MTL's scale modes and
+    default preference, FairGrad's α, ...) at BLOCK_K 64: no spill, except the known ones."""
+    reports = compile_reports("--arch", str(arch), "--kernels", "mgda,aligned_mtl,config,fairgrad,gradvac,nash_mtl",
+                              "--K", "64", "--variants")
+    variants = [r for r in reports if "variant" in r]
+    assert len(variants) == 18
+
+    def key(r: dict) -> tuple:
+        return r["kernel"], r["K"], arch, tuple(sorted(r.get("variant", {}).items()))
+
+    for r in reports:
+        if key(r) in KNOWN_VARIANT_SPILLS:
+            assert r["spill_stores"] <= KNOWN_VARIANT_SPILLS[key(r)], json.dumps(r)
+    assert_no_spills([r for r in reports if key(r) not in KNOWN_VARIANT_SPILLS], arch)
