@@ -8,8 +8,10 @@ columns ≥ K are zero in Γ and identity in a system matrix, so they never chan
 from dataclasses import fields
 from typing import Any
 
+import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 
 from ..backend import TRITON_MAX_TASKS
 
@@ -46,19 +48,44 @@ def launch_config(K: int) -> tuple[int, int]:
     return block, 4 if block == 16 else 8
 
 
+def gram_argument(gram: Tensor, block: int) -> Tensor:
+    """Γ [K, K] as a solve kernel reads it: rows :func:`row_stride` apart. From BLOCK_K = 32 on
+    a row holds K rounded up to a multiple of 16 (zero-padded on the right), so every row starts
+    16-byte aligned whatever K is: with K = 40 rows, the compiler would otherwise load Γ one
+    element per thread, and every tile and vector would take that layout — thousands of bytes of
+    spills per thread instead of none (tests/kernels/test_compile_sm90.py)."""
+    K = gram.shape[0]
+    padded = -(-K // 16) * 16
+    if block < 32 or padded == K:
+        return gram.contiguous()
+    return torch.nn.functional.pad(gram, (0, padded - K))
+
+
+@triton.jit
+def row_stride(K, BLOCK_K: tl.constexpr):
+    """The distance between Γ's rows as :func:`gram_argument` lays them out: K rounded up to a
+    multiple of 16 from BLOCK_K = 32 on (the compiler then knows every row is aligned), else K."""
+    if BLOCK_K >= 32:
+        return (K + 15) // 16 * 16
+    else:
+        return K
+
+
 @triton.jit
 def load_square(ptr, K, BLOCK_K: tl.constexpr, AGAIN: tl.constexpr = False):
-    """Γ [K, K] (row-major, any float dtype) → float64 [BLOCK_K, BLOCK_K], zero outside K×K.
+    """Γ [K, K] (rows :func:`row_stride` apart, any float dtype) → float64 [BLOCK_K, BLOCK_K], zero
+    outside K×K.
 
     AGAIN: a second read of a matrix already loaded, to rebuild a tile from memory instead of
     keeping it in registers across a long stretch of code; the load is volatile, so the compiler
     cannot merge it with the first one (and keep that tile live after all).
     """
     offs = tl.arange(0, BLOCK_K)
+    stride = row_stride(K, BLOCK_K)
     mask = (offs[:, None] < K) & (offs[None, :] < K)
     if AGAIN:  # the addresses as one offset tile: a computation of their own, not the first load's kept live
-        return tl.load(ptr + (offs[:, None] * K + offs[None, :]), mask=mask, other=0.0, volatile=True).to(tl.float64)
-    return tl.load(ptr + offs[:, None] * K + offs[None, :], mask=mask, other=0.0).to(tl.float64)
+        return tl.load(ptr + (offs[:, None] * stride + offs[None, :]), mask=mask, other=0.0, volatile=True).to(tl.float64)
+    return tl.load(ptr + offs[:, None] * stride + offs[None, :], mask=mask, other=0.0).to(tl.float64)
 
 
 @triton.jit

@@ -122,7 +122,7 @@ def aligned_mtl_solve(gram: Tensor, pref: Tensor | None, scale_mode: str, consta
     rank = torch.empty((), dtype=torch.int32, device=device)
     block, warps = kspace.launch_config(K)
     _aligned_mtl_solve_kernel[(1,)](
-        gram.contiguous(), weights if pref is None else pref.contiguous(), weights, zero_tasks, facts, rank, K,
+        kspace.gram_argument(gram, block), weights if pref is None else pref.contiguous(), weights, zero_tasks, facts, rank, K,
         HAS_PREF=pref is not None, SCALE_MODE=SCALE_MODES[scale_mode], BLOCK_K=block, num_warps=warps, maxnreg=kspace.MAX_REGISTERS,
         **kspace.constexprs(constants),
     )

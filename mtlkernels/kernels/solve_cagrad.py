@@ -452,7 +452,7 @@ def cagrad_solve(gram: Tensor, c: float, factor: float, constants: Any) -> tuple
     facts = torch.empty(6, dtype=torch.float64, device=device)
     block, warps = kspace.launch_config(K)
     _cagrad_solve_kernel[(1,)](
-        gram.contiguous(), weights, active, degenerate, iterations, facts, K,
+        kspace.gram_argument(gram, block), weights, active, degenerate, iterations, facts, K,
         C=float(c), FACTOR=float(factor), BLOCK_K=block, num_warps=warps, maxnreg=kspace.MAX_REGISTERS,
         **kspace.constexprs(constants),
     )

@@ -101,7 +101,7 @@ def config_solve(gram: Tensor, pref: Tensor | None, constants: Any) -> tuple[Ten
     equal = torch.empty((), dtype=torch.bool, device=device)
     block, warps = kspace.launch_config(K)
     _config_solve_kernel[(1,)](
-        gram.contiguous(), weights if pref is None else pref.contiguous(), weights, zero_tasks, facts, rank, equal, K,
+        kspace.gram_argument(gram, block), weights if pref is None else pref.contiguous(), weights, zero_tasks, facts, rank, equal, K,
         HAS_PREF=pref is not None, BLOCK_K=block, num_warps=warps, maxnreg=kspace.MAX_REGISTERS, **kspace.constexprs(constants),
     )
     diagnostics = {

@@ -234,7 +234,7 @@ def upgrad_solve(gram: Tensor, pref: Tensor, constants: Any) -> dict[str, Tensor
     out = _outputs(K, gram.device)
     block, warps = kspace.launch_config(K)
     _upgrad_solve_kernel[(1,)](
-        gram.contiguous(), pref.contiguous(), out["weights"], out["kkt_residual"], out["iterations"], K,
+        kspace.gram_argument(gram, block), pref.contiguous(), out["weights"], out["kkt_residual"], out["iterations"], K,
         BLOCK_K=block, num_warps=warps, maxnreg=kspace.MAX_REGISTERS, **kspace.constexprs(constants),
     )
     return out
@@ -248,7 +248,7 @@ def dualproj_solve(gram: Tensor, pref: Tensor, constants: Any) -> dict[str, Tens
     active = torch.empty(K, dtype=torch.int8, device=gram.device)
     block, warps = kspace.launch_config(K)
     _dualproj_solve_kernel[(1,)](
-        gram.contiguous(), pref.contiguous(), out["weights"], out["kkt_residual"], out["iterations"], active, K,
+        kspace.gram_argument(gram, block), pref.contiguous(), out["weights"], out["kkt_residual"], out["iterations"], active, K,
         BLOCK_K=block, num_warps=warps, maxnreg=kspace.MAX_REGISTERS, **kspace.constexprs(constants),
     )
     out["active_tasks"] = active.bool()

@@ -74,12 +74,13 @@ def _fairgrad_growing(growth, beta, kept, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
-def _fairgrad_norms(gram_ptr, kept, K, BLOCK_K: tl.constexpr):
-    """‖gᵢ‖ = √Γᵢᵢ on the kept tasks (which have Γᵢᵢ > 0), 1 elsewhere: Γ's diagonal read from memory
-    (volatile: read each time, so the vector need not be held in registers through the rounds)."""
+def _fairgrad_norms(norms_ptr, kept, K, BLOCK_K: tl.constexpr):
+    """‖gᵢ‖ on the kept tasks, 1 elsewhere, from where the kernel parked the norms (the weights'
+    output, until the end): read each time (volatile, after a barrier: other threads stored them),
+    so the vector need not be held in registers through the rounds."""
     offs = tl.arange(0, BLOCK_K)
-    diagonal = tl.load(gram_ptr + offs * (K + 1), mask=offs < K, other=0.0, volatile=True).to(tl.float64)
-    return tl.where(kept, tl.sqrt(tl.maximum(diagonal, 0.0)), 1.0)
+    tl.debug_barrier()
+    return tl.where(kept, tl.load(norms_ptr + offs, mask=offs < K, other=1.0, volatile=True), 1.0)
 
 
 @triton.jit
@@ -172,6 +173,7 @@ def _fairgrad_solve_kernel(
     norms = tl.sqrt(tl.maximum(kspace.diagonal(G, BLOCK_K), 0.0))
     kept = in_k & (norms > 0.0)
     safe_norms = tl.where(kept, norms, 1.0)
+    tl.store(weights_ptr + offs, safe_norms, mask=in_k)  # parked: read again each round (_fairgrad_norms)
     iterations = 0
     converged = 1
     done = (tl.sum(kept.to(tl.int32), axis=0) == 0).to(tl.int32)
@@ -186,7 +188,7 @@ def _fairgrad_solve_kernel(
         # C of the kept tasks: the tasks only get fewer, so masking the previous round's C gives
         # what building it again from Γ would, and Γ need not stay in registers
         C = tl.where(kept[:, None] & kept[None, :], C, 0.0)
-        safe_norms = _fairgrad_norms(gram_ptr, kept, K, BLOCK_K)  # read again: not held through the solve
+        safe_norms = _fairgrad_norms(weights_ptr, kept, K, BLOCK_K)  # read again: not held through the solve
         largest_norm = tl.max(tl.where(kept, safe_norms, 0.0), axis=0)  # the kept norms are the safe ones
         root_m = tl.where(kept, _fairgrad_power(safe_norms / largest_norm, (1.0 - ALPHA) / (1.0 + ALPHA)), 1.0)
         ray = tl.sum(tl.where(kept, root_m, 0.0) * tl.sum(C * tl.where(kept, root_m, 0.0)[None, :], axis=1), axis=0)
@@ -209,7 +211,8 @@ def _fairgrad_solve_kernel(
             done = 1
         if tl.sum(kept.to(tl.int32), axis=0) == 0:
             done = 1
-    safe_norms = _fairgrad_norms(gram_ptr, kept, K, BLOCK_K)
+    safe_norms = _fairgrad_norms(weights_ptr, kept, K, BLOCK_K)
+    tl.debug_barrier()  # every thread has read the parked norms before the weights overwrite them
     # the weights of the solved round (its β and kept tasks, which end the loop): computed here, no
     # vector of them is carried through the rounds
     weights = tl.where(kept & (solved != 0), beta * _fairgrad_power(safe_norms, -2.0 * ALPHA / (ALPHA + 1.0)), 0.0)
@@ -246,7 +249,7 @@ def fairgrad_solve(gram: Tensor, alpha: float, constants: Any) -> tuple[Tensor, 
     certificates = torch.empty(2, dtype=torch.float64, device=device)
     block, warps = kspace.launch_config(K)
     _fairgrad_solve_kernel[(1,)](
-        gram.contiguous(), weights, dropped, iterations, converged, certificates, K,
+        kspace.gram_argument(gram, block), weights, dropped, iterations, converged, certificates, K,
         ALPHA=float(alpha), BLOCK_K=block, num_warps=warps, maxnreg=kspace.MAX_REGISTERS, **kspace.constexprs(constants),
     )
     diagnostics = {

@@ -29,8 +29,9 @@ def _gradvac_solve_kernel(
     task_mask = offs < K
     square_mask = task_mask[:, None] & task_mask[None, :]
     # Γ symmetrised, its transpose read from memory (no register transpose)
+    stride = kspace.row_stride(K, BLOCK_K)  # Γ's row pitch (kspace.gram_argument)
     G = (kspace.load_square(gram_ptr, K, BLOCK_K)
-         + tl.load(gram_ptr + offs[None, :] * K + offs[:, None], mask=square_mask, other=0.0).to(tl.float64)) / 2.0
+         + tl.load(gram_ptr + offs[None, :] * stride + offs[:, None], mask=square_mask, other=0.0).to(tl.float64)) / 2.0
     coeffs = tl.where(offs[:, None] == offs[None, :], 1.0, 0.0).to(tl.float64)
     inner = G  # row i: Γcᵢ
     magnitude = tl.abs(G)  # row i: |cᵢ|ᵀ|Γ|
@@ -42,7 +43,7 @@ def _gradvac_solve_kernel(
         at_j = offs[None, :] == j[:, None]
         dot = tl.sum(tl.where(at_j, inner, 0.0), axis=1)  # gᵢ'·g_{j[i]}
         norm_i = tl.sqrt(tl.maximum(tl.sum(coeffs * inner, axis=1), 0.0))
-        norm_j = tl.sqrt(tl.maximum(tl.load(gram_ptr + j * (K + 1), mask=task_mask, other=0.0).to(tl.float64), 0.0))  # √Γⱼⱼ
+        norm_j = tl.sqrt(tl.maximum(tl.load(gram_ptr + j * (stride + 1), mask=task_mask, other=0.0).to(tl.float64), 0.0))  # √Γⱼⱼ
         denominator = norm_i * norm_j + EPS
         cosine = tl.where(denominator > 0.0, dot / tl.where(denominator > 0.0, denominator, 1.0), 0.0)
         # φ̂ᵢⱼ from memory and written back below: a row is a permutation, so each entry is read
@@ -61,8 +62,8 @@ def _gradvac_solve_kernel(
         coeffs = tl.where(at_j, coeffs + step[:, None], coeffs)
         # row i: Γ[j[i], :] of Γ symmetrised, read from memory once the step is known (no register copy of Γ is held)
         # (the offsets summed before the pointer is formed: no loop-invariant pointer tile is held)
-        rows = (tl.load(gram_ptr + (j[:, None] * K + offs[None, :]), mask=square_mask, other=0.0).to(tl.float64)
-                + tl.load(gram_ptr + (offs[None, :] * K + j[:, None]), mask=square_mask, other=0.0).to(tl.float64)) / 2.0
+        rows = (tl.load(gram_ptr + (j[:, None] * stride + offs[None, :]), mask=square_mask, other=0.0).to(tl.float64)
+                + tl.load(gram_ptr + (offs[None, :] * stride + j[:, None]), mask=square_mask, other=0.0).to(tl.float64)) / 2.0
         # cos(gᵢ', gⱼ) = φ̂ in squared form, over the size of its terms (the torch solve's _target_residual)
         terms = tl.sum(tl.abs(rows * coeffs), axis=1)
         inner = inner + step[:, None] * rows
@@ -97,7 +98,7 @@ def gradvac_solve(gram: Tensor, order: Tensor, targets: Tensor, beta: float, eps
     corrections = torch.empty((), dtype=torch.int32, device=gram.device)
     residual = torch.empty((), dtype=torch.float64, device=gram.device)
     _gradvac_solve_kernel[(1,)](
-        gram.contiguous(), order.contiguous(), targets, weights, corrections, residual, K, BETA=float(beta),
+        kspace.gram_argument(gram, block), order.contiguous(), targets, weights, corrections, residual, K, BETA=float(beta),
         EPS=float(eps), ALWAYS=always, BLOCK_K=block, num_warps=warps, maxnreg=kspace.MAX_REGISTERS,
     )
     return weights, {"corrections": corrections, "target_residual": residual}

@@ -127,7 +127,7 @@ def imtl_solve(gram: Tensor, constants: Any) -> tuple[Tensor, dict[str, Tensor]]
     residual = torch.empty((), dtype=torch.float64, device=device)
     block, warps = kspace.launch_config(K)
     _imtl_solve_kernel[(1,)](
-        gram.contiguous(), weights, zero_tasks, flags[0], flags[1], flags[2], rank, residual, K,
+        kspace.gram_argument(gram, block), weights, zero_tasks, flags[0], flags[1], flags[2], rank, residual, K,
         BLOCK_K=block, num_warps=warps, maxnreg=kspace.MAX_REGISTERS, **kspace.constexprs(constants),
     )
     diagnostics = {

@@ -46,7 +46,7 @@ def _mgda_normalizers(gram_ptr, losses_ptr, K, NORMALIZATION: tl.constexpr, BLOC
     if NORMALIZATION == NONE:
         n = tl.where(in_k, 1.0, 1.0).to(tl.float64)
     else:
-        norms = tl.sqrt(tl.load(gram_ptr + offs * (K + 1), mask=in_k, other=0.0, volatile=AGAIN).to(tl.float64))
+        norms = tl.sqrt(tl.load(gram_ptr + offs * (kspace.row_stride(K, BLOCK_K) + 1), mask=in_k, other=0.0, volatile=AGAIN).to(tl.float64))
         if NORMALIZATION == L2:
             n = norms
         else:
@@ -203,7 +203,7 @@ def mgda_solve(
         raise ValueError(f"normalization={normalization!r} needs the K loss values")
     block, warps = kspace.launch_config(K)
     _mgda_solve_kernel[(1,)](
-        gram.contiguous(), out["weights"] if losses is None else losses.contiguous(), out["weights"],
+        kspace.gram_argument(gram, block), out["weights"] if losses is None else losses.contiguous(), out["weights"],
         out["simplex_weights"], out["normalizers"], out["kkt_residual"], out["objective"], out["iterations"],
         out["support"], K,
         NORMALIZATION=NORMALIZATION_CODES[normalization], NORMALIZED=combination == "normalized", BLOCK_K=block,

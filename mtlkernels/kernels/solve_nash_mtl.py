@@ -224,7 +224,7 @@ def nash_mtl_step(
     certificates = torch.empty(4, dtype=torch.float64, device=device)
     block, warps = kspace.launch_config(K)
     _nash_mtl_solve_kernel[(1,)](
-        gram.contiguous(), alpha, counters, weights, dropped, iterations, converged, reused, step, certificates, K,
+        kspace.gram_argument(gram, block), alpha, counters, weights, dropped, iterations, converged, reused, step, certificates, K,
         MAX_NORM=float(max_norm), UPDATE_EVERY=int(update_every), BLOCK_K=block,
         num_warps=warps, maxnreg=kspace.MAX_REGISTERS, **kspace.constexprs(constants),
     )
