@@ -49,14 +49,15 @@ def launch_config(K: int) -> tuple[int, int]:
 
 
 def gram_argument(gram: Tensor, block: int) -> Tensor:
-    """Γ [K, K] as a solve kernel reads it: rows :func:`row_stride` apart. From BLOCK_K = 32 on
-    a row holds K rounded up to a multiple of 16 (zero-padded on the right), so every row starts
-    16-byte aligned whatever K is: with K = 40 rows, the compiler would otherwise load Γ one
-    element per thread, and every tile and vector would take that layout — thousands of bytes of
-    spills per thread instead of none (tests/kernels/test_compile_sm90.py)."""
+    """Γ [K, K] as a solve kernel reads it: rows :func:`row_stride` apart. At BLOCK_K = 64 a row
+    holds K rounded up to a multiple of 16 (zero-padded on the right), so every row starts 16-byte
+    aligned whatever K is: with K = 40 rows, the compiler would otherwise load Γ one element per
+    thread, and every tile and vector would take that layout — thousands of bytes of spills per
+    thread instead of none (tests/kernels/test_compile_sm90.py). Below BLOCK_K = 64 the unaligned
+    layout fits, and the aligned one does not always (CAGrad at K = 24): rows stay K apart."""
     K = gram.shape[0]
     padded = -(-K // 16) * 16
-    if block < 32 or padded == K:
+    if block < 64 or padded == K:
         return gram.contiguous()
     return torch.nn.functional.pad(gram, (0, padded - K))
 
@@ -64,8 +65,8 @@ def gram_argument(gram: Tensor, block: int) -> Tensor:
 @triton.jit
 def row_stride(K, BLOCK_K: tl.constexpr):
     """The distance between Γ's rows as :func:`gram_argument` lays them out: K rounded up to a
-    multiple of 16 from BLOCK_K = 32 on (the compiler then knows every row is aligned), else K."""
-    if BLOCK_K >= 32:
+    multiple of 16 from BLOCK_K = 64 on (the compiler then knows every row is aligned), else K."""
+    if BLOCK_K >= 64:
         return (K + 15) // 16 * 16
     else:
         return K
