@@ -242,6 +242,9 @@ def symmetric_eigen(A, n, BLOCK_K: tl.constexpr, max_sweeps):
     n − 1 rounds (n even; an odd n gets a zero dummy index) of n/2 disjoint rotations applied at
     once, pairs by the round-robin tournament (x pairs with (2r − x) mod (n − 1), r with n − 1). A
     pair with A_pq = 0 is not rotated, so zero rows/columns keep λ = 0 and V = I there. n ≤ BLOCK_K.
+    A round forms RᵀMR as a column rotation, a transpose and the column rotation again (the
+    transpose of rotating columns then rows): M keeps one register layout, one shared-memory round
+    trip per round; the diagonal and the pivots M[p, q] are read by column reductions.
     """
     offs = tl.arange(0, BLOCK_K)
     rows = offs[:, None]
