@@ -8,8 +8,10 @@ columns ≥ K are zero in Γ and identity in a system matrix, so they never chan
 from dataclasses import fields
 from typing import Any
 
+import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 
 from ..backend import TRITON_MAX_TASKS
 
@@ -46,12 +48,45 @@ def launch_config(K: int) -> tuple[int, int]:
     return block, 4 if block == 16 else 8
 
 
+def gram_argument(gram: Tensor, block: int) -> Tensor:
+    """Γ [K, K] as a solve kernel reads it: rows :func:`row_stride` apart. At BLOCK_K = 64 a row
+    holds K rounded up to a multiple of 16 (zero-padded on the right), so every row starts 16-byte
+    aligned whatever K is: with K = 40 rows, the compiler would otherwise load Γ one element per
+    thread, and every tile and vector would take that layout — thousands of bytes of spills per
+    thread instead of none (tests/kernels/test_compile_sm90.py). Below BLOCK_K = 64 the unaligned
+    layout fits, and the aligned one does not always (CAGrad at K = 24): rows stay K apart."""
+    K = gram.shape[0]
+    padded = -(-K // 16) * 16
+    if block < 64 or padded == K:
+        return gram.contiguous()
+    return torch.nn.functional.pad(gram, (0, padded - K))
+
+
 @triton.jit
-def load_square(ptr, K, BLOCK_K: tl.constexpr):
-    """Γ [K, K] (row-major, any float dtype) → float64 [BLOCK_K, BLOCK_K], zero outside K×K."""
+def row_stride(K, BLOCK_K: tl.constexpr):
+    """The distance between Γ's rows as :func:`gram_argument` lays them out: K rounded up to a
+    multiple of 16 from BLOCK_K = 64 on (the compiler then knows every row is aligned), else K."""
+    if BLOCK_K >= 64:
+        return (K + 15) // 16 * 16
+    else:
+        return K
+
+
+@triton.jit
+def load_square(ptr, K, BLOCK_K: tl.constexpr, AGAIN: tl.constexpr = False):
+    """Γ [K, K] (rows :func:`row_stride` apart, any float dtype) → float64 [BLOCK_K, BLOCK_K], zero
+    outside K×K.
+
+    AGAIN: a second read of a matrix already loaded, to rebuild a tile from memory instead of
+    keeping it in registers across a long stretch of code; the load is volatile, so the compiler
+    cannot merge it with the first one (and keep that tile live after all).
+    """
     offs = tl.arange(0, BLOCK_K)
+    stride = row_stride(K, BLOCK_K)
     mask = (offs[:, None] < K) & (offs[None, :] < K)
-    return tl.load(ptr + offs[:, None] * K + offs[None, :], mask=mask, other=0.0).to(tl.float64)
+    if AGAIN:  # the addresses as one offset tile: a computation of their own, not the first load's kept live
+        return tl.load(ptr + (offs[:, None] * stride + offs[None, :]), mask=mask, other=0.0, volatile=True).to(tl.float64)
+    return tl.load(ptr + offs[:, None] * stride + offs[None, :], mask=mask, other=0.0).to(tl.float64)
 
 
 @triton.jit
@@ -140,30 +175,39 @@ def identity(BLOCK_K: tl.constexpr):
 
 
 @triton.jit
-def cholesky(A, mask, n, BLOCK_K: tl.constexpr, rtol):
+def cholesky(A, mask, n, BLOCK_K: tl.constexpr, rtol, PREPARED: tl.constexpr = False):
     """L with A = L·Lᵀ on the rows/columns where ``mask`` holds (L is the identity elsewhere), and
     whether it succeeded: every pivot d must be finite and > rtol·max masked |Aᵢᵢ| (as
     csrc/solvers/dense.h's cholesky_solve, whose left-looking sums run in the same order as these
     right-looking updates). Indices ≥ n must be unmasked; unmasked columns cost no update, so the
-    dependent steps are the masked ones. A failed pivot leaves a finite L.
+    dependent steps are the masked ones. A failed pivot leaves a finite L. PREPARED: A is already
+    zero off the masked rows and columns and 1 on the unmasked diagonal (no mask tile is built).
     """
     offs = tl.arange(0, BLOCK_K)
-    eye = tl.where(offs[:, None] == offs[None, :], 1.0, 0.0).to(tl.float64)
-    S = tl.where(mask[:, None] & mask[None, :], A, eye)
-    tol = rtol * tl.max(tl.where(mask, tl.abs(diagonal(A, BLOCK_K)), 0.0), axis=0)
-    L = eye
+    if PREPARED:
+        S = A
+    else:
+        pair = mask[:, None] & mask[None, :]
+        # the identity off the mask, built from the mask: a constant identity tile would be hoisted
+        # out of a caller's loop and held in registers all along
+        S = tl.where(pair, A, tl.where((offs[:, None] == offs[None, :]) & ~pair, 1.0, 0.0))
+    tol = rtol * tl.max(tl.where(mask, tl.abs(diagonal(S, BLOCK_K)), 0.0), axis=0)  # S's masked diagonal is A's
     flags = mask.to(tl.int32)
     failed = 0
+    # in place: step j turns column j of S into l (zero above j) and updates the masked columns
+    # after it, so S ends as L (its unmasked columns stay identity columns) with one tile, not two
     for j in range(n):
         if tl.reshape(tl.gather(flags, tl.full([1], j, tl.int32), axis=0), []) != 0:
-            col = tl.reshape(tl.gather(S, tl.full([BLOCK_K, 1], j, tl.int32), axis=1), [BLOCK_K])
+            # column j by a masked sum, not a gather: no layout of its own for S (and for the
+            # caller's tiles it is built from, which would then be held in two layouts)
+            col = tl.sum(tl.where(offs[None, :] == j, S, 0.0), axis=1)
             d = tl.reshape(tl.gather(col, tl.full([1], j, tl.int32), axis=0), [])
             good = (d > tol) & (tl.abs(d) < float("inf"))
             failed = failed | (~good).to(tl.int32)
             l = tl.where(offs >= j, col / tl.sqrt(tl.where(good, d, 1.0)), 0.0)
-            S = S - l[:, None] * l[None, :]
-            L = tl.where(offs[None, :] == j, l[:, None], L)
-    return L, failed == 0
+            trailing = mask[None, :] & (offs[None, :] > j)
+            S = tl.where(offs[None, :] == j, l[:, None], tl.where(trailing, S - l[:, None] * l[None, :], S))
+    return S, failed == 0
 
 
 @triton.jit
@@ -176,14 +220,14 @@ def cholesky_solve(L, b, mask, n, BLOCK_K: tl.constexpr):
     y = b.to(tl.float64)
     for j in range(n):  # L·y = b, column by column
         if tl.reshape(tl.gather(flags, tl.full([1], j, tl.int32), axis=0), []) != 0:
-            l = tl.reshape(tl.gather(L, tl.full([BLOCK_K, 1], j, tl.int32), axis=1), [BLOCK_K])
+            l = tl.sum(tl.where(offs[None, :] == j, L, 0.0), axis=1)  # column j (masked sums: L in one layout)
             y_j = tl.gather(y / diag, tl.full([1], j, tl.int32), axis=0)
             y = tl.where(offs == j, y_j, tl.where(offs > j, y - l * y_j, y))
     x = y
     for t in range(n):  # Lᵀ·x = y, from the last row up: x_j, then subtract L[j, :j]·x_j
         j = n - 1 - t
         if tl.reshape(tl.gather(flags, tl.full([1], j, tl.int32), axis=0), []) != 0:
-            l = tl.reshape(tl.gather(L, tl.full([1, BLOCK_K], j, tl.int32), axis=0), [BLOCK_K])
+            l = tl.sum(tl.where(offs[:, None] == j, L, 0.0), axis=0)  # row j
             x_j = tl.gather(x / diag, tl.full([1], j, tl.int32), axis=0)
             x = tl.where(offs == j, x_j, tl.where(offs < j, x - l * x_j, x))
     return x
@@ -198,6 +242,9 @@ def symmetric_eigen(A, n, BLOCK_K: tl.constexpr, max_sweeps):
     n − 1 rounds (n even; an odd n gets a zero dummy index) of n/2 disjoint rotations applied at
     once, pairs by the round-robin tournament (x pairs with (2r − x) mod (n − 1), r with n − 1). A
     pair with A_pq = 0 is not rotated, so zero rows/columns keep λ = 0 and V = I there. n ≤ BLOCK_K.
+    A round forms RᵀMR as a column rotation, a transpose and the column rotation again (the
+    transpose of rotating columns then rows): M keeps one register layout, one shared-memory round
+    trip per round; the diagonal and the pivots M[p, q] are read by column reductions.
     """
     offs = tl.arange(0, BLOCK_K)
     rows = offs[:, None]
@@ -217,8 +264,9 @@ def symmetric_eigen(A, n, BLOCK_K: tl.constexpr, max_sweeps):
             partner = tl.where(offs < players, partner, offs)
             partner = tl.where(partner < n, partner, offs)  # the dummy's partner sits out
             lead = offs < partner  # p of the pair (p, q), p < q
-            diag = tl.reshape(tl.gather(M, offs[:, None], axis=1), [BLOCK_K])
-            apq = tl.reshape(tl.gather(M, partner[:, None], axis=1), [BLOCK_K])  # M[p, q] on the p's
+            diag = tl.sum(tl.where(rows == cols, M, 0.0), axis=0)
+            # M[p, q] on the p's: column q's entry in row p = partner[q], moved to position p
+            apq = tl.gather(tl.sum(tl.where(rows == partner[None, :], M, 0.0), axis=0), partner, axis=0)
             aqq = tl.gather(diag, partner, axis=0)
             rotate = lead & (apq != 0.0)
             theta = (aqq - diag) / (2.0 * tl.where(rotate, apq, 1.0))
@@ -229,8 +277,8 @@ def symmetric_eigen(A, n, BLOCK_K: tl.constexpr, max_sweeps):
             c = tl.where(lead, c, tl.gather(c, partner, axis=0))
             sigma = tl.where(lead, -s, tl.gather(s, partner, axis=0))
             pairs = tl.broadcast_to(partner[None, :], (BLOCK_K, BLOCK_K))
-            M = M * c[None, :] + sigma[None, :] * tl.gather(M, pairs, axis=1)
-            M = M * c[:, None] + sigma[:, None] * tl.gather(M, tl.trans(pairs), axis=0)
+            rotated = tl.trans(M * c[None, :] + sigma[None, :] * tl.gather(M, pairs, axis=1))
+            M = rotated * c[None, :] + sigma[None, :] * tl.gather(rotated, pairs, axis=1)
             V = V * c[None, :] + sigma[None, :] * tl.gather(V, pairs, axis=1)
         sweep += 1
         squares = M * M

@@ -33,6 +33,14 @@ def _aligned_mtl_row(A, j, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
+def _aligned_mtl_scaled_gram(gram_ptr, K, active, safe_top, BLOCK_K: tl.constexpr, AGAIN: tl.constexpr):
+    """Γ/s on the nonzero gradients, zero elsewhere — built from Γ in memory at each use (AGAIN: read
+    again), so no register tile holds it across the eigendecomposition."""
+    G = kspace.load_square(gram_ptr, K, BLOCK_K, AGAIN)
+    return tl.where(active[:, None] & active[None, :], G / safe_top, 0.0)
+
+
+@triton.jit
 def _aligned_mtl_solve_kernel(
     gram_ptr, pref_ptr, weights_ptr, zero_tasks_ptr, facts_ptr, rank_ptr,
     K, HAS_PREF: tl.constexpr, SCALE_MODE: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -45,9 +53,8 @@ def _aligned_mtl_solve_kernel(
     active = in_k & (diag > 0.0)
     top = tl.max(tl.where(active, diag, 0.0), axis=0)
     safe_top = tl.where(top > 0.0, top, 1.0)
-    pair = active[:, None] & active[None, :]
-    Gs = tl.where(pair, G / safe_top, 0.0)
-    lam, V = kspace.symmetric_eigen(Gs, K, BLOCK_K, MAX_SWEEPS)
+    lam, V = kspace.symmetric_eigen(_aligned_mtl_scaled_gram(gram_ptr, K, active, safe_top, BLOCK_K, False), K, BLOCK_K,
+                                    MAX_SWEEPS)
     largest = tl.max(tl.where(in_k, lam, -float("inf")), axis=0)
     kept = in_k & (lam > RANK_RCOND * largest) & (lam > 0.0)
     rank = tl.sum(kept.to(tl.int32), axis=0)
@@ -82,6 +89,7 @@ def _aligned_mtl_solve_kernel(
         outer = v[:, None] * v[None, :]
         B += f * outer
         P += keep * outer
+    Gs = _aligned_mtl_scaled_gram(gram_ptr, K, active, safe_top, BLOCK_K, True)
     GB = tl.zeros([BLOCK_K, BLOCK_K], dtype=tl.float64)
     for b in range(K):
         GB += kspace.column(Gs, b, BLOCK_K)[:, None] * _aligned_mtl_row(B, b, BLOCK_K)[None, :]
@@ -114,7 +122,7 @@ def aligned_mtl_solve(gram: Tensor, pref: Tensor | None, scale_mode: str, consta
     rank = torch.empty((), dtype=torch.int32, device=device)
     block, warps = kspace.launch_config(K)
     _aligned_mtl_solve_kernel[(1,)](
-        gram.contiguous(), weights if pref is None else pref.contiguous(), weights, zero_tasks, facts, rank, K,
+        kspace.gram_argument(gram, block), weights if pref is None else pref.contiguous(), weights, zero_tasks, facts, rank, K,
         HAS_PREF=pref is not None, SCALE_MODE=SCALE_MODES[scale_mode], BLOCK_K=block, num_warps=warps, maxnreg=kspace.MAX_REGISTERS,
         **kspace.constexprs(constants),
     )

@@ -33,6 +33,12 @@ TINY = tl.constexpr(2.2250738585072014e-308)
 #: a timestamp later than any insertion
 NEVER = tl.constexpr(2**30)
 
+# the kinds of dual point: none (u's), the worst-off task (c = 0 or g₀ = 0), the zero gradients, the hull's
+NO_DUAL_POINT = tl.constexpr(0)
+WORST_TASK = tl.constexpr(1)
+ZERO_ROWS = tl.constexpr(2)
+HULL = tl.constexpr(3)
+
 # path events
 BALL = tl.constexpr(0)
 CAP = tl.constexpr(1)
@@ -190,21 +196,24 @@ def _cagrad_hull_zero_point(
         w = zero_rows / tl.sum(zero_rows, axis=0)
     else:
         safe_sigma = tl.where(in_k, sigma, 1.0)
-        Q = tl.where(in_k[:, None] & in_k[None, :], A / (safe_sigma[:, None] * safe_sigma[None, :]) + 1.0, 0.0)
+        # Q's entries are formed where used, for the columns that matter there (w ≠ 0, the passive
+        # set): built from a loop-varying mask, no Q tile is hoisted and held next to A
         q_sigma = tl.sqrt(tl.where(in_k, 2.0, 1.0).to(tl.float64))  # √Qᵢᵢ = √2
         passive = offs < 0
         rounds = 0
         running = 1
         while (running != 0) & (rounds < HULL_ROUNDS_PER_TASK * K + HULL_ROUNDS_EXTRA):
             rounds += 1
-            gradient = tl.where(in_k & ~passive, 1.0 - kspace.matvec(Q, w), -float("inf"))  # −½ ∇
+            Q_w = A / (safe_sigma[:, None] * tl.where(w != 0.0, safe_sigma, 1.0)[None, :]) + 1.0  # Q on w's columns
+            gradient = tl.where(in_k & ~passive, 1.0 - kspace.matvec(Q_w, w), -float("inf"))  # −½ ∇
             if tl.max(gradient, axis=0) > HULL_TOLERANCE:
                 passive = passive | (offs == tl.argmax(gradient, axis=0))
                 inner = 0
                 while (tl.sum(passive.to(tl.int32), axis=0) > 0) & (inner <= K):  # each pass drops a task or ends
                     inner += 1
+                    Q_passive = A / (safe_sigma[:, None] * tl.where(passive, safe_sigma, 1.0)[None, :]) + 1.0
                     z, _, _, _, _ = _cagrad_active_solve(
-                        Q, q_sigma, passive, ones, ones, 0, K, BLOCK_K, False, PIVOT_TOLERANCE, EIGEN_RCOND, CONSISTENCY_TOLERANCE, MAX_SWEEPS
+                        Q_passive, q_sigma, passive, ones, ones, 0, K, BLOCK_K, False, PIVOT_TOLERANCE, EIGEN_RCOND, CONSISTENCY_TOLERANCE, MAX_SWEEPS
                     )
                     ratios = w / (w - z)
                     ratios = tl.where(passive & (z <= 0.0) & (ratios == ratios), ratios, float("inf"))
@@ -223,6 +232,20 @@ def _cagrad_hull_zero_point(
         total = tl.sum(w, axis=0)
         w = tl.where(in_k, tl.where(total > 0.0, w / tl.where(total > 0.0, total, 1.0), 1.0 / tl.sum(ones, axis=0)), 0.0)
     return w
+
+
+@triton.jit
+def _cagrad_parked(ptr):
+    """A scalar parked in memory by :func:`_cagrad_solve_kernel` (stored by another thread)."""
+    tl.debug_barrier()
+    return tl.load(ptr, volatile=True)
+
+
+@triton.jit
+def _cagrad_zero_rows_point(nonzero, K, BLOCK_K: tl.constexpr):
+    """The uniform weights on the zero gradients (built where needed, not held through the path)."""
+    zero_rows = tl.where((tl.arange(0, BLOCK_K) < K) & ~nonzero, 1.0, 0.0).to(tl.float64)
+    return zero_rows / tl.maximum(tl.sum(zero_rows, axis=0), 1.0)
 
 
 @triton.jit
@@ -249,32 +272,30 @@ def _cagrad_solve_kernel(
     G = kspace.load_square(gram_ptr, K, BLOCK_K)
     trace = tl.sum(kspace.diagonal(G, BLOCK_K), axis=0)
     A = tl.where(trace > 0.0, 0.5 * (G + tl.trans(G)) / tl.where(trace > 0.0, trace, 1.0), 0.0)
+    tl.store(facts_ptr + 3, trace)  # parked in its output slot until the certificate (not held in registers)
     b = tl.sum(A, axis=1) / k_tasks  # gᵢ·g₀
     mean_sq = tl.maximum(tl.sum(b, axis=0) / k_tasks, 0.0)  # ‖g₀‖²
     radius_sq = C * C * mean_sq  # φ
+    tl.store(facts_ptr + 4, mean_sq)  # parked in an output slot for the refinement and the certificate
     sigma = tl.sqrt(tl.maximum(kspace.diagonal(A, BLOCK_K), 0.0))
     nonzero = in_k & (sigma > 0.0)
     has_zero_row = tl.sum((in_k & ~nonzero).to(tl.int32), axis=0) > 0
-    zero_rows = tl.where(in_k & ~nonzero, 1.0, 0.0).to(tl.float64)
-    zero_rows_point = zero_rows / tl.maximum(tl.sum(zero_rows, axis=0), 1.0)
     first = tl.argmin(tl.where(nonzero, b, float("inf")), axis=0)
 
     u = tl.zeros([BLOCK_K], dtype=tl.float64)
-    dual_point = tl.zeros([BLOCK_K], dtype=tl.float64)
-    has_dual_point = 0
+    # the dual point of a degenerate or trivial case, by kind (no vector of it is carried through
+    # the path: the hull's point is parked in the weights' output until the certificate)
+    has_dual_point = NO_DUAL_POINT
     degenerate = 0
     iterations = 0
     mu = tl.sum(tl.where(offs == first, b, 0.0), axis=0)
     if radius_sq == 0.0:  # c = 0 or g₀ = 0: d = g₀; the dual's minimiser is the worst-off task
         degenerate = (mean_sq == 0.0).to(tl.int32)
-        dual_point = tl.where(offs == tl.argmin(tl.where(in_k, b, float("inf")), axis=0), 1.0, 0.0).to(tl.float64)
-        has_dual_point = 1
+        has_dual_point = WORST_TASK
     elif has_zero_row & (mu >= 0.0):  # a zero gradient caps μ at 0, already reached by the mean
         degenerate = 1
-        dual_point = zero_rows_point
-        has_dual_point = 1
+        has_dual_point = ZERO_ROWS
     else:
-        ones = tl.where(in_k, 1.0, 0.0).to(tl.float64)
         S = offs == first
         added = tl.where(S, 0, NEVER)
         clock = 1
@@ -285,12 +306,11 @@ def _cagrad_solve_kernel(
             iterations = iteration
             last = tl.argmax(tl.where(S, added, -1), axis=0)  # the latest added task
             delta, _, consistent, _, z = _cagrad_active_solve(
-                A, sigma, S, ones, ones, last, K, BLOCK_K, False, PIVOT_TOLERANCE, EIGEN_RCOND, CONSISTENCY_TOLERANCE, MAX_SWEEPS
+                A, sigma, S, S.to(tl.float64), S.to(tl.float64), last, K, BLOCK_K, False, PIVOT_TOLERANCE, EIGEN_RCOND, CONSISTENCY_TOLERANCE, MAX_SWEEPS
             )
             if consistent:
-                A_S = tl.where(S[None, :], A, 0.0)
-                rate = kspace.matvec(A_S, delta)  # d(gᵢ·d)/dμ
-                r = b + kspace.matvec(A_S, u)
+                rate = kspace.matvec(A, tl.where(S, delta, 0.0))  # d(gᵢ·d)/dμ (A's columns on S: no masked copy of A)
+                r = b + kspace.matvec(A, tl.where(S, u, 0.0))
                 rho = tl.sum(tl.where(S, u * (r - b), 0.0), axis=0)
                 p = tl.sum(tl.where(S, u * rate, 0.0), axis=0)
                 q = tl.sum(tl.where(S, delta * rate, 0.0), axis=0)
@@ -325,8 +345,7 @@ def _cagrad_solve_kernel(
                     running = 0
                 elif event == CAP:
                     degenerate = 1
-                    dual_point = zero_rows_point
-                    has_dual_point = 1
+                    has_dual_point = ZERO_ROWS
                     running = 0
                 elif event == ENTER:
                     S = S | (offs == index)
@@ -364,12 +383,12 @@ def _cagrad_solve_kernel(
                     added = tl.where(S, added, NEVER)
                 else:  # μ cannot rise: 0 ∈ conv{gᵢ}
                     degenerate = 1
-                    dual_point = hull_point
-                    has_dual_point = 1
+                    tl.store(weights_ptr + offs, hull_point, mask=in_k)
+                    has_dual_point = HULL
                     running = 0
             iteration += 1
         u = _cagrad_refine(  # after the ball, at μ = 0, or at the iteration cap
-            A, b, sigma, tl.maximum(u, 0.0), radius_sq, mean_sq, degenerate != 0, K, BLOCK_K,
+            A, b, sigma, tl.maximum(u, 0.0), radius_sq, _cagrad_parked(facts_ptr + 4), degenerate != 0, K, BLOCK_K,
             REFINE_TOLERANCE, REFINE_ROUNDS_PER_TASK, REFINE_ROUNDS_EXTRA, PIVOT_TOLERANCE, EIGEN_RCOND, CONSISTENCY_TOLERANCE, MAX_SWEEPS,
         )
 
@@ -380,12 +399,20 @@ def _cagrad_solve_kernel(
     distance = tl.sqrt(tl.maximum(tl.sum(u * kspace.matvec(A, u), axis=0), 0.0))
     d_scale = tl.sqrt(mean_sq) + radius
     u_sum = tl.sum(u, axis=0)
-    w = tl.where(has_dual_point != 0, dual_point, u / tl.where(u_sum != 0.0, u_sum, 1.0))
+    tl.debug_barrier()  # the hull's point and tr Γ, stored by other threads
+    trace = tl.load(facts_ptr + 3, volatile=True)
+    mean_sq = tl.load(facts_ptr + 4, volatile=True)
+    dual_point = tl.load(weights_ptr + offs, mask=in_k, other=0.0, volatile=True)
+    if has_dual_point == WORST_TASK:
+        dual_point = tl.where(offs == tl.argmin(tl.where(in_k, b, float("inf")), axis=0), 1.0, 0.0).to(tl.float64)
+    elif has_dual_point == ZERO_ROWS:
+        dual_point = _cagrad_zero_rows_point(nonzero, K, BLOCK_K)
+    w = tl.where(has_dual_point != NO_DUAL_POINT, dual_point, u / tl.where(u_sum != 0.0, u_sum, 1.0))
     dual = tl.sum(w * b, axis=0) + radius * tl.sqrt(tl.maximum(tl.sum(w * kspace.matvec(A, w), axis=0), 0.0))
     active = in_k & (u > 0.0)
     any_active = tl.sum(active.to(tl.int32), axis=0) > 0
     smallest = tl.argmin(tl.where(active, sigma, float("inf")), axis=0)
-    from_active = any_active & (has_dual_point == 0)
+    from_active = any_active & (has_dual_point == NO_DUAL_POINT)
     mu = tl.where(any_active, tl.where(from_active, tl.sum(tl.where(offs == smallest, r, 0.0), axis=0), 0.0), primal)
     reference_norm = tl.where(from_active, tl.sum(tl.where(offs == smallest, sigma, 0.0), axis=0), 0.0)
     violation = tl.where(active, tl.abs(r - mu), tl.maximum(mu - r, 0.0)) / tl.maximum(
@@ -394,7 +421,8 @@ def _cagrad_solve_kernel(
     kkt = tl.max(tl.where(nonzero, violation, 0.0), axis=0)
     top = tl.max(tl.where(in_k, sigma, 0.0), axis=0) * d_scale
 
-    tl.store(weights_ptr + offs, (1.0 / k_tasks + u) * FACTOR, mask=in_k)
+    tl.debug_barrier()  # every thread has read the parked dual point before the weights overwrite it
+    tl.store(weights_ptr + offs, (1.0 / (tl.full([], 1.0, tl.float64) * K) + u) * FACTOR, mask=in_k)  # 1/K formed again
     tl.store(active_ptr + offs, active, mask=in_k)
     tl.store(degenerate_ptr, degenerate != 0)
     tl.store(iterations_ptr, iterations)
@@ -424,7 +452,7 @@ def cagrad_solve(gram: Tensor, c: float, factor: float, constants: Any) -> tuple
     facts = torch.empty(6, dtype=torch.float64, device=device)
     block, warps = kspace.launch_config(K)
     _cagrad_solve_kernel[(1,)](
-        gram.contiguous(), weights, active, degenerate, iterations, facts, K,
+        kspace.gram_argument(gram, block), weights, active, degenerate, iterations, facts, K,
         C=float(c), FACTOR=float(factor), BLOCK_K=block, num_warps=warps, maxnreg=kspace.MAX_REGISTERS,
         **kspace.constexprs(constants),
     )

@@ -23,6 +23,18 @@ from .kspace import MAX_TASKS
 
 
 @triton.jit
+def _config_cosines(gram_ptr, K, active, safe_norms, BLOCK_K: tl.constexpr, AGAIN: tl.constexpr):
+    """C: the cosines of the active gradients, clamped to [−1, 1], ones on their diagonal, zero
+    elsewhere — built from Γ in memory at each use, so no register tile holds it across the
+    eigendecomposition."""
+    offs = tl.arange(0, BLOCK_K)
+    G = kspace.load_square(gram_ptr, K, BLOCK_K, AGAIN)
+    pair = active[:, None] & active[None, :]
+    C = tl.where(pair, tl.minimum(tl.maximum(G / safe_norms[:, None] / safe_norms[None, :], -1.0), 1.0), 0.0)
+    return tl.where((offs[:, None] == offs[None, :]) & pair, 1.0, C)
+
+
+@triton.jit
 def _config_solve_kernel(
     gram_ptr, pref_ptr, weights_ptr, zero_tasks_ptr, facts_ptr, rank_ptr, equal_ptr,
     K, HAS_PREF: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -40,10 +52,7 @@ def _config_solve_kernel(
     else:
         pref = tl.where(in_k, 1.0, 0.0).to(tl.float64)
     p = tl.where(active, pref, 0.0)
-    pair = active[:, None] & active[None, :]
-    C = tl.where(pair, tl.minimum(tl.maximum(G / safe_norms[:, None] / safe_norms[None, :], -1.0), 1.0), 0.0)
-    C = tl.where((offs[:, None] == offs[None, :]) & pair, 1.0, C)
-    lam, V = kspace.symmetric_eigen(C, K, BLOCK_K, MAX_SWEEPS)
+    lam, V = kspace.symmetric_eigen(_config_cosines(gram_ptr, K, active, safe_norms, BLOCK_K, False), K, BLOCK_K, MAX_SWEEPS)
     top = tl.max(tl.where(in_k, lam, -float("inf")), axis=0)
     kept = in_k & (lam > RANK_RCOND * top)
     safe_lam = tl.where(kept, lam, 1.0)
@@ -51,6 +60,7 @@ def _config_solve_kernel(
     scaled = tl.where(kept, coefficients / safe_lam, 0.0)
     beta = tl.sum(V * scaled[None, :], axis=1)
     x_norm2 = tl.sum(tl.where(kept, coefficients * coefficients / safe_lam, 0.0), axis=0)  # βᵀCβ
+    C = _config_cosines(gram_ptr, K, active, safe_norms, BLOCK_K, True)
     C_beta = tl.sum(C * beta[None, :], axis=1)
     projections = tl.sum(tl.where(active, norms * C_beta, 0.0), axis=0)  # Σᵢ gᵢ·x = nᵀCβ
     p_norm2 = tl.sum(p * p, axis=0)
@@ -91,7 +101,7 @@ def config_solve(gram: Tensor, pref: Tensor | None, constants: Any) -> tuple[Ten
     equal = torch.empty((), dtype=torch.bool, device=device)
     block, warps = kspace.launch_config(K)
     _config_solve_kernel[(1,)](
-        gram.contiguous(), weights if pref is None else pref.contiguous(), weights, zero_tasks, facts, rank, equal, K,
+        kspace.gram_argument(gram, block), weights if pref is None else pref.contiguous(), weights, zero_tasks, facts, rank, equal, K,
         HAS_PREF=pref is not None, BLOCK_K=block, num_warps=warps, maxnreg=kspace.MAX_REGISTERS, **kspace.constexprs(constants),
     )
     diagnostics = {

@@ -41,7 +41,7 @@ def _dual_cone_candidate(G, L, u, free, unit, K, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
-def _dual_cone_settle(G, cosine, unit, u, free, steps, max_steps, K, BLOCK_K: tl.constexpr,
+def _dual_cone_settle(G, unit, u, free, steps, max_steps, K, BLOCK_K: tl.constexpr,
                       DEPENDENT_PIVOT: tl.constexpr):
     """(v, free, steps): a feasible start from the free mask: its longest independent prefix in
     index order (dropping the highest index until the Cholesky succeeds), less the tasks whose
@@ -51,7 +51,7 @@ def _dual_cone_settle(G, cosine, unit, u, free, steps, max_steps, K, BLOCK_K: tl
     v = u
     settling = 1
     while (settling != 0) & (steps < max_steps) & (tl.sum(free.to(tl.int32), axis=0) > 0):
-        L, independent = kspace.cholesky(cosine, free, K, BLOCK_K, DEPENDENT_PIVOT)
+        L, independent = kspace.cholesky(_dual_cone_cosine(G, unit, free, BLOCK_K), free, K, BLOCK_K, DEPENDENT_PIVOT)
         if independent:
             candidate = _dual_cone_candidate(G, L, u, free, unit, K, BLOCK_K)
             steps += 1
@@ -70,7 +70,7 @@ def _dual_cone_settle(G, cosine, unit, u, free, steps, max_steps, K, BLOCK_K: tl
 
 
 @triton.jit
-def _dual_cone_project(G, cosine, unit, u, in_k, K, BLOCK_K: tl.constexpr, TOLERANCE: tl.constexpr,
+def _dual_cone_project(G, unit, u, in_k, K, BLOCK_K: tl.constexpr, TOLERANCE: tl.constexpr,
                        DEPENDENT_PIVOT: tl.constexpr, STEPS_PER_TASK: tl.constexpr, STEPS_EXTRA: tl.constexpr,
                        BLOCK_ROUNDS: tl.constexpr):
     """(v, subproblems solved) for min_{v ≥ u} vᵀΓv (see the module docstring)."""
@@ -78,7 +78,7 @@ def _dual_cone_project(G, cosine, unit, u, in_k, K, BLOCK_K: tl.constexpr, TOLER
     max_steps = STEPS_PER_TASK * K + STEPS_EXTRA
     gu = tl.sum(G * u[None, :], axis=1)
     free = in_k & (gu < 0.0) & (u == 0.0)
-    v, free, steps = _dual_cone_settle(G, cosine, unit, u, free, tl.full([], 0, tl.int32), max_steps, K, BLOCK_K,
+    v, free, steps = _dual_cone_settle(G, unit, u, free, tl.full([], 0, tl.int32), max_steps, K, BLOCK_K,
                                        DEPENDENT_PIVOT)
     violated_before = tl.full([], K + 1, tl.int32)
     rounds = 1
@@ -94,7 +94,7 @@ def _dual_cone_project(G, cosine, unit, u, in_k, K, BLOCK_K: tl.constexpr, TOLER
             rounds = BLOCK_ROUNDS
         else:
             violated_before = count
-            v, free, steps = _dual_cone_settle(G, cosine, unit, u, free | violated, steps, max_steps, K, BLOCK_K,
+            v, free, steps = _dual_cone_settle(G, unit, u, free | violated, steps, max_steps, K, BLOCK_K,
                                                DEPENDENT_PIVOT)
             rounds += 1
     blocked = offs < 0
@@ -108,12 +108,13 @@ def _dual_cone_project(G, cosine, unit, u, in_k, K, BLOCK_K: tl.constexpr, TOLER
         if tl.min(relative, axis=0) < -TOLERANCE:
             j = tl.argmin(relative, axis=0)
             trial = free | (offs == j)
-            L, independent = kspace.cholesky(cosine, trial, K, BLOCK_K, DEPENDENT_PIVOT)
+            L, independent = kspace.cholesky(_dual_cone_cosine(G, unit, trial, BLOCK_K), trial, K, BLOCK_K, DEPENDENT_PIVOT)
             if independent:
                 free = trial
                 inner = 1
                 while (inner != 0) & (steps < max_steps):
-                    L, independent = kspace.cholesky(cosine, free, K, BLOCK_K, DEPENDENT_PIVOT)
+                    L, independent = kspace.cholesky(_dual_cone_cosine(G, unit, free, BLOCK_K), free, K, BLOCK_K,
+                                                     DEPENDENT_PIVOT)
                     candidate = _dual_cone_candidate(G, L, u, free, unit, K, BLOCK_K)
                     steps += 1
                     below = free & ~(candidate > u)
@@ -153,14 +154,22 @@ def _dual_cone_kkt(G, u, v, in_k):
 
 @triton.jit
 def _dual_cone_setup(gram_ptr, K, BLOCK_K: tl.constexpr):
-    """(Γ symmetrised, its cosine matrix (identity off the nonzero gradients), the norms with 0 → 1)."""
-    offs = tl.arange(0, BLOCK_K)
+    """(Γ symmetrised, the norms with 0 → 1)."""
     G = kspace.load_square(gram_ptr, K, BLOCK_K)
     G = (G + tl.trans(G)) / 2.0
     norms = tl.sqrt(tl.maximum(kspace.diagonal(G, BLOCK_K), 0.0))
-    unit = tl.where(norms > 0.0, norms, 1.0)
-    cosine = tl.where(offs[:, None] == offs[None, :], 1.0, G / (unit[:, None] * unit[None, :]))
-    return G, cosine, unit
+    return G, tl.where(norms > 0.0, norms, 1.0)
+
+
+@triton.jit
+def _dual_cone_cosine(G, unit, free, BLOCK_K: tl.constexpr):
+    """The cosine matrix of Γ on the free set (ones on the diagonal; off the free set: anything
+    finite, the Cholesky factorisation does not read it). Built at each factorisation from Γ:
+    depending on the free set, it cannot be hoisted out of the loops and held in registers as a
+    second BLOCK_K² tile (32 registers per thread at BLOCK_K 64 and 8 warps)."""
+    offs = tl.arange(0, BLOCK_K)
+    free_unit = tl.where(free, unit, 1.0)
+    return tl.where(offs[:, None] == offs[None, :], 1.0, G / (free_unit[:, None] * free_unit[None, :]))
 
 
 @triton.jit
@@ -170,7 +179,7 @@ def _upgrad_solve_kernel(
 ):
     offs = tl.arange(0, BLOCK_K)
     in_k = offs < K
-    G, cosine, unit = _dual_cone_setup(gram_ptr, K, BLOCK_K)
+    G, unit = _dual_cone_setup(gram_ptr, K, BLOCK_K)
     pref = tl.load(pref_ptr + offs, mask=in_k, other=0.0).to(tl.float64)
     weights = tl.zeros([BLOCK_K], dtype=tl.float64)
     kkt = tl.sum(weights, axis=0)
@@ -179,7 +188,7 @@ def _upgrad_solve_kernel(
         p_i = tl.sum(tl.where(offs == i, pref, 0.0), axis=0)
         if p_i != 0.0:
             u = tl.where(offs == i, 1.0, 0.0).to(tl.float64)
-            v, taken = _dual_cone_project(G, cosine, unit, u, in_k, K, BLOCK_K, TOLERANCE, DEPENDENT_PIVOT,
+            v, taken = _dual_cone_project(G, unit, u, in_k, K, BLOCK_K, TOLERANCE, DEPENDENT_PIVOT,
                                           STEPS_PER_TASK, STEPS_EXTRA, BLOCK_ROUNDS)
             weights += p_i * v
             kkt = tl.maximum(kkt, _dual_cone_kkt(G, u, v, in_k))
@@ -197,9 +206,9 @@ def _dualproj_solve_kernel(
 ):
     offs = tl.arange(0, BLOCK_K)
     in_k = offs < K
-    G, cosine, unit = _dual_cone_setup(gram_ptr, K, BLOCK_K)
+    G, unit = _dual_cone_setup(gram_ptr, K, BLOCK_K)
     u = tl.load(pref_ptr + offs, mask=in_k, other=0.0).to(tl.float64)
-    v, steps = _dual_cone_project(G, cosine, unit, u, in_k, K, BLOCK_K, TOLERANCE, DEPENDENT_PIVOT,
+    v, steps = _dual_cone_project(G, unit, u, in_k, K, BLOCK_K, TOLERANCE, DEPENDENT_PIVOT,
                                   STEPS_PER_TASK, STEPS_EXTRA, BLOCK_ROUNDS)
     tl.store(weights_ptr + offs, v, mask=in_k)
     tl.store(kkt_ptr, _dual_cone_kkt(G, u, v, in_k))
@@ -225,7 +234,7 @@ def upgrad_solve(gram: Tensor, pref: Tensor, constants: Any) -> dict[str, Tensor
     out = _outputs(K, gram.device)
     block, warps = kspace.launch_config(K)
     _upgrad_solve_kernel[(1,)](
-        gram.contiguous(), pref.contiguous(), out["weights"], out["kkt_residual"], out["iterations"], K,
+        kspace.gram_argument(gram, block), pref.contiguous(), out["weights"], out["kkt_residual"], out["iterations"], K,
         BLOCK_K=block, num_warps=warps, maxnreg=kspace.MAX_REGISTERS, **kspace.constexprs(constants),
     )
     return out
@@ -239,7 +248,7 @@ def dualproj_solve(gram: Tensor, pref: Tensor, constants: Any) -> dict[str, Tens
     active = torch.empty(K, dtype=torch.int8, device=gram.device)
     block, warps = kspace.launch_config(K)
     _dualproj_solve_kernel[(1,)](
-        gram.contiguous(), pref.contiguous(), out["weights"], out["kkt_residual"], out["iterations"], active, K,
+        kspace.gram_argument(gram, block), pref.contiguous(), out["weights"], out["kkt_residual"], out["iterations"], active, K,
         BLOCK_K=block, num_warps=warps, maxnreg=kspace.MAX_REGISTERS, **kspace.constexprs(constants),
     )
     out["active_tasks"] = active.bool()

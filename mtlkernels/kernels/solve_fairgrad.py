@@ -74,6 +74,16 @@ def _fairgrad_growing(growth, beta, kept, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
+def _fairgrad_norms(norms_ptr, kept, K, BLOCK_K: tl.constexpr):
+    """‖gᵢ‖ on the kept tasks, 1 elsewhere, from where the kernel parked the norms (the weights'
+    output, until the end): read each time (volatile, after a barrier: other threads stored them),
+    so the vector need not be held in registers through the rounds."""
+    offs = tl.arange(0, BLOCK_K)
+    tl.debug_barrier()
+    return tl.where(kept, tl.load(norms_ptr + offs, mask=offs < K, other=1.0, volatile=True), 1.0)
+
+
+@triton.jit
 def _fairgrad_newton(
     C, root_m, beta, kept, ALPHA: tl.constexpr, K, BLOCK_K: tl.constexpr,
     MAX_NEWTON_STEPS: tl.constexpr, CONVERGED_LENGTH2: tl.constexpr, STALLED_RESIDUAL: tl.constexpr,
@@ -93,15 +103,17 @@ def _fairgrad_newton(
     while (steps < MAX_NEWTON_STEPS) & (status == RUNNING):
         steps += 1
         safe_beta = tl.where(kept, beta, 1.0)
+        # the Hessian's factor first, then the gradient: fewer vectors live through the factorisation.
+        # H is ready for it: zero off the kept rows and columns (as C), 1 on the others' diagonal
+        curvature = tl.where(kept, _fairgrad_power(safe_beta, -1.0 / ALPHA - 1.0) * inverse_alpha, 1.0)
+        H = tl.where(eye, C + curvature[:, None], C)
+        L, factored = kspace.cholesky(H, kept, K, BLOCK_K, 0.0, True)
         y = tl.where(kept, root_m * beta, 0.0)
         target = tl.where(kept, root_m * _fairgrad_power(safe_beta, -1.0 / ALPHA), 0.0)
         terms = C * y[None, :]
         rhs = tl.where(kept, tl.sum(terms, axis=1) - target, 0.0)
         magnitude = tl.sum(tl.abs(terms), axis=1) + target
         backward_error = tl.max(tl.where(kept, tl.abs(rhs) / tl.where(kept, magnitude, 1.0), 0.0), axis=0)
-        curvature = tl.where(kept, _fairgrad_power(safe_beta, -1.0 / ALPHA - 1.0) * inverse_alpha, 0.0)
-        H = tl.where(eye, C + curvature[:, None], C)
-        L, factored = kspace.cholesky(H, kept, K, BLOCK_K, 0.0)
         if factored:
             scaled_step = tl.where(kept, kspace.cholesky_solve(L, rhs, kept, K, BLOCK_K), 0.0)
             decrement2 = tl.sum(rhs * scaled_step, axis=0)
@@ -159,19 +171,25 @@ def _fairgrad_solve_kernel(
     in_k = offs < K
     G = kspace.load_square(gram_ptr, K, BLOCK_K)
     norms = tl.sqrt(tl.maximum(kspace.diagonal(G, BLOCK_K), 0.0))
-    weights = tl.zeros([BLOCK_K], dtype=tl.float64)
     kept = in_k & (norms > 0.0)
     safe_norms = tl.where(kept, norms, 1.0)
+    tl.store(weights_ptr + offs, safe_norms, mask=in_k)  # parked: read again each round (_fairgrad_norms)
     iterations = 0
     converged = 1
     done = (tl.sum(kept.to(tl.int32), axis=0) == 0).to(tl.int32)
+    pair = kept[:, None] & kept[None, :]
+    C = tl.where(pair, tl.minimum(tl.maximum(G / safe_norms[:, None] / safe_norms[None, :], -1.0), 1.0), 0.0)
+    C = tl.where((offs[:, None] == offs[None, :]) & pair, 1.0, C)
+    beta = tl.zeros([BLOCK_K], dtype=tl.float64)
+    solved = 0
     rounds = 0
     while (done == 0) & (rounds < K):  # every round that does not finish drops a task
         rounds += 1
-        pair = kept[:, None] & kept[None, :]
-        C = tl.where(pair, tl.minimum(tl.maximum(G / safe_norms[:, None] / safe_norms[None, :], -1.0), 1.0), 0.0)
-        C = tl.where((offs[:, None] == offs[None, :]) & pair, 1.0, C)
-        largest_norm = tl.max(tl.where(kept, norms, 0.0), axis=0)
+        # C of the kept tasks: the tasks only get fewer, so masking the previous round's C gives
+        # what building it again from Γ would, and Γ need not stay in registers
+        C = tl.where(kept[:, None] & kept[None, :], C, 0.0)
+        safe_norms = _fairgrad_norms(weights_ptr, kept, K, BLOCK_K)  # read again: not held through the solve
+        largest_norm = tl.max(tl.where(kept, safe_norms, 0.0), axis=0)  # the kept norms are the safe ones
         root_m = tl.where(kept, _fairgrad_power(safe_norms / largest_norm, (1.0 - ALPHA) / (1.0 + ALPHA)), 1.0)
         ray = tl.sum(tl.where(kept, root_m, 0.0) * tl.sum(C * tl.where(kept, root_m, 0.0)[None, :], axis=1), axis=0)
         diagonal = tl.sum(tl.where(kept, root_m * root_m, 0.0), axis=0)
@@ -189,14 +207,20 @@ def _fairgrad_solve_kernel(
             kept = kept & ~growing
             converged = 1
         else:
-            weights = tl.where(kept, beta * _fairgrad_power(safe_norms, -2.0 * ALPHA / (ALPHA + 1.0)), 0.0)
+            solved = 1
             done = 1
         if tl.sum(kept.to(tl.int32), axis=0) == 0:
             done = 1
+    safe_norms = _fairgrad_norms(weights_ptr, kept, K, BLOCK_K)
+    tl.debug_barrier()  # every thread has read the parked norms before the weights overwrite them
+    # the weights of the solved round (its β and kept tasks, which end the loop): computed here, no
+    # vector of them is carried through the rounds
+    weights = tl.where(kept & (solved != 0), beta * _fairgrad_power(safe_norms, -2.0 * ALPHA / (ALPHA + 1.0)), 0.0)
 
     # certificates: |wᵢ^(1/α)(Γw)ᵢ − 1| / (wᵢ^(1/α)Σⱼ|Γᵢⱼwⱼ| + 1)
     positive = weights > 0.0
     scale = tl.where(positive, _fairgrad_power(tl.where(positive, weights, 1.0), 1.0 / ALPHA), 0.0)
+    G = kspace.load_square(gram_ptr, K, BLOCK_K, True)  # Γ read again: not held across the rounds
     row = tl.sum(G * weights[None, :], axis=1)
     magnitude = tl.sum(tl.abs(G * weights[None, :]), axis=1)
     equations = tl.where(in_k, tl.abs(scale * row - 1.0) / (scale * magnitude + 1.0), 0.0)
@@ -225,7 +249,7 @@ def fairgrad_solve(gram: Tensor, alpha: float, constants: Any) -> tuple[Tensor, 
     certificates = torch.empty(2, dtype=torch.float64, device=device)
     block, warps = kspace.launch_config(K)
     _fairgrad_solve_kernel[(1,)](
-        gram.contiguous(), weights, dropped, iterations, converged, certificates, K,
+        kspace.gram_argument(gram, block), weights, dropped, iterations, converged, certificates, K,
         ALPHA=float(alpha), BLOCK_K=block, num_warps=warps, maxnreg=kspace.MAX_REGISTERS, **kspace.constexprs(constants),
     )
     diagnostics = {

@@ -28,25 +28,27 @@ def _gradvac_solve_kernel(
     offs = tl.arange(0, BLOCK_K)
     task_mask = offs < K
     square_mask = task_mask[:, None] & task_mask[None, :]
-    G = kspace.load_square(gram_ptr, K, BLOCK_K)
-    G = (G + tl.trans(G)) / 2.0
-    targets = tl.load(targets_ptr + offs[:, None] * K + offs[None, :], mask=square_mask, other=0.0).to(tl.float64)
+    # Γ symmetrised, its transpose read from memory (no register transpose)
+    stride = kspace.row_stride(K, BLOCK_K)  # Γ's row pitch (kspace.gram_argument)
+    G = (kspace.load_square(gram_ptr, K, BLOCK_K)
+         + tl.load(gram_ptr + offs[None, :] * stride + offs[:, None], mask=square_mask, other=0.0).to(tl.float64)) / 2.0
     coeffs = tl.where(offs[:, None] == offs[None, :], 1.0, 0.0).to(tl.float64)
     inner = G  # row i: Γcᵢ
     magnitude = tl.abs(G)  # row i: |cᵢ|ᵀ|Γ|
     corrections = 0
     residual = tl.full([], 0.0, tl.float64)
     for t in range(K):
-        j = tl.load(order_ptr + offs * K + t, mask=task_mask, other=0)  # task i visits j[i]
+        j = tl.load(order_ptr + offs * K + t, mask=task_mask, other=0).to(tl.int32)  # task i visits j[i]
         visit = task_mask & (j != offs)
-        rows = tl.gather(G, tl.broadcast_to(j[:, None], (BLOCK_K, BLOCK_K)), axis=0)  # row i: Γ[j[i], :]
         at_j = offs[None, :] == j[:, None]
         dot = tl.sum(tl.where(at_j, inner, 0.0), axis=1)  # gᵢ'·g_{j[i]}
         norm_i = tl.sqrt(tl.maximum(tl.sum(coeffs * inner, axis=1), 0.0))
-        norm_j = tl.sqrt(tl.maximum(tl.sum(tl.where(at_j, rows, 0.0), axis=1), 0.0))
+        norm_j = tl.sqrt(tl.maximum(tl.load(gram_ptr + j * (stride + 1), mask=task_mask, other=0.0).to(tl.float64), 0.0))  # √Γⱼⱼ
         denominator = norm_i * norm_j + EPS
         cosine = tl.where(denominator > 0.0, dot / tl.where(denominator > 0.0, denominator, 1.0), 0.0)
-        target = tl.sum(tl.where(at_j, targets, 0.0), axis=1)
+        # φ̂ᵢⱼ from memory and written back below: a row is a permutation, so each entry is read
+        # once and written at most once (no register copy of the targets is held)
+        target = tl.load(targets_ptr + offs * K + j, mask=task_mask, other=0.0).to(tl.float64)
         root_target = tl.sqrt(tl.maximum(1.0 - target * target, 0.0))
         bound = norm_j * root_target + EPS
         correct = visit & (cosine < target) & (bound > 0.0)
@@ -58,12 +60,16 @@ def _gradvac_solve_kernel(
         )
         before = tl.sum(tl.where(at_j, coeffs, 0.0), axis=1)
         coeffs = tl.where(at_j, coeffs + step[:, None], coeffs)
+        # row i: Γ[j[i], :] of Γ symmetrised, read from memory once the step is known (no register copy of Γ is held)
+        # (the offsets summed before the pointer is formed: no loop-invariant pointer tile is held)
+        rows = (tl.load(gram_ptr + (j[:, None] * stride + offs[None, :]), mask=square_mask, other=0.0).to(tl.float64)
+                + tl.load(gram_ptr + (offs[None, :] * stride + j[:, None]), mask=square_mask, other=0.0).to(tl.float64)) / 2.0
+        # cos(gᵢ', gⱼ) = φ̂ in squared form, over the size of its terms (the torch solve's _target_residual)
+        terms = tl.sum(tl.abs(rows * coeffs), axis=1)
         inner = inner + step[:, None] * rows
         magnitude = magnitude + (tl.abs(before + step) - tl.abs(before))[:, None] * tl.abs(rows)
         corrections += tl.sum(correct.to(tl.int32), axis=0)
-        # cos(gᵢ', gⱼ) = φ̂ in squared form, over the size of its terms (the torch solve's _target_residual)
         a = tl.sum(tl.where(at_j, inner, 0.0), axis=1)
-        terms = tl.sum(tl.abs(rows * coeffs), axis=1)
         squares = tl.sum(tl.abs(coeffs) * magnitude, axis=1)
         norm_i2 = tl.maximum(tl.sum(coeffs * inner, axis=1), 0.0)
         norm_j2 = norm_j * norm_j
@@ -72,10 +78,9 @@ def _gradvac_solve_kernel(
         after = tl.where(correct & (scale > 0.0), off_target / tl.where(scale > 0.0, scale, 1.0), 0.0)
         residual = tl.maximum(residual, tl.max(after, axis=0))
         update = visit & (correct | ALWAYS)
-        targets = tl.where(at_j & update[:, None], ((1.0 - BETA) * target + BETA * cosine)[:, None], targets)
+        tl.store(targets_ptr + offs * K + j, (1.0 - BETA) * target + BETA * cosine, mask=update)
     weights = tl.sum(tl.where(task_mask[:, None], coeffs, 0.0), axis=0)
     tl.store(weights_ptr + offs, weights, mask=task_mask)
-    tl.store(targets_ptr + offs[:, None] * K + offs[None, :], targets, mask=square_mask)
     tl.store(corrections_ptr, corrections)
     tl.store(residual_ptr, residual)
 
@@ -93,7 +98,7 @@ def gradvac_solve(gram: Tensor, order: Tensor, targets: Tensor, beta: float, eps
     corrections = torch.empty((), dtype=torch.int32, device=gram.device)
     residual = torch.empty((), dtype=torch.float64, device=gram.device)
     _gradvac_solve_kernel[(1,)](
-        gram.contiguous(), order.contiguous(), targets, weights, corrections, residual, K, BETA=float(beta),
+        kspace.gram_argument(gram, block), order.contiguous(), targets, weights, corrections, residual, K, BETA=float(beta),
         EPS=float(eps), ALWAYS=always, BLOCK_K=block, num_warps=warps, maxnreg=kspace.MAX_REGISTERS,
     )
     return weights, {"corrections": corrections, "target_residual": residual}

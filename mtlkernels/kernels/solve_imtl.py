@@ -24,14 +24,22 @@ from .kspace import MAX_TASKS
 
 
 @triton.jit
+def _imtl_normalized_gram(gram_ptr, K, active, n, BLOCK_K: tl.constexpr, AGAIN: tl.constexpr):
+    """C = N⁻¹ΓN⁻¹ on the active tasks, zero elsewhere — rebuilt from Γ in memory at each use, so
+    no register tile holds it across the Cholesky factorisation and the eigendecomposition."""
+    G = kspace.load_square(gram_ptr, K, BLOCK_K, AGAIN)
+    return tl.where(active[:, None] & active[None, :], G / n[:, None] / n[None, :], 0.0)
+
+
+@triton.jit
 def _imtl_min_norm_impartial(
-    C, n, active, m, K, BLOCK_K: tl.constexpr,
+    gram_ptr, n, active, m, K, BLOCK_K: tl.constexpr,
     SUM_RTOL: tl.constexpr, RANK_RCOND: tl.constexpr, CONSISTENCY_RTOL: tl.constexpr, MAX_SWEEPS: tl.constexpr,
 ):
     """The least-‖β‖ β with C·β ∈ span 𝟙 and Σβᵢ/nᵢ = 1, as weights N⁻¹β (masked to ``active``):
     (alpha, found, unique, rank). C's null space and C⁺𝟙 come from its Jacobi eigen-decomposition;
     the answer is 1/n projected onto their span, rescaled (csrc/solvers/imtl.h min_norm_impartial)."""
-    lam, V = kspace.symmetric_eigen(C, K, BLOCK_K, MAX_SWEEPS)
+    lam, V = kspace.symmetric_eigen(_imtl_normalized_gram(gram_ptr, K, active, n, BLOCK_K, True), K, BLOCK_K, MAX_SWEEPS)
     lam_max = tl.max(tl.where(active, tl.abs(lam), 0.0), axis=0)
     in_range = active & (tl.abs(lam) > RANK_RCOND * lam_max)
     null = active & ~in_range
@@ -70,10 +78,10 @@ def _imtl_solve_kernel(
     active = (offs < K) & (kspace.diagonal(G, BLOCK_K) > 0.0)
     m = tl.sum(active.to(tl.int32), axis=0)
     n = tl.sqrt(tl.where(active, kspace.diagonal(G, BLOCK_K), 1.0))
-    C = tl.where(active[:, None] & active[None, :], G / n[:, None] / n[None, :], 0.0)
 
     # closed form: β = C⁻¹𝟙 by Cholesky, γ = N⁻¹β, w = γ/Σγ
-    L, positive_definite = kspace.cholesky(C, active, K, BLOCK_K, PIVOT_TOL)
+    L, positive_definite = kspace.cholesky(_imtl_normalized_gram(gram_ptr, K, active, n, BLOCK_K, False), active, K,
+                                           BLOCK_K, PIVOT_TOL)
     gamma = tl.where(active, kspace.cholesky_solve(L, tl.where(active, 1.0, 0.0), active, K, BLOCK_K) / n, 0.0)
     gamma_sum = tl.sum(gamma, axis=0)
     closed_form = positive_definite & (tl.abs(gamma_sum) > SUM_RTOL * tl.sum(tl.abs(gamma), axis=0)) & (m > 0)
@@ -83,14 +91,14 @@ def _imtl_solve_kernel(
     rank = tl.where(closed_form, m, 0)
     if (m > 0) & ~closed_form:
         alpha, found, unique, rank = _imtl_min_norm_impartial(
-            C, n, active, m, K, BLOCK_K, SUM_RTOL, RANK_RCOND, CONSISTENCY_RTOL, MAX_SWEEPS
+            gram_ptr, n, active, m, K, BLOCK_K, SUM_RTOL, RANK_RCOND, CONSISTENCY_RTOL, MAX_SWEEPS
         )
         degenerate = ~found
     weights = tl.where(m > 0, alpha, 1.0 / tl.sum((offs < K).to(tl.float64), axis=0))
 
     # certificate: max |pᵢ − mean p| / max Σⱼ|Cᵢⱼtⱼ|, p = C·t, t = N·w (active tasks)
     scaled = tl.where(active, n * alpha, 0.0)
-    terms = C * scaled[None, :]
+    terms = _imtl_normalized_gram(gram_ptr, K, active, n, BLOCK_K, True) * scaled[None, :]
     projections = tl.sum(terms, axis=1)
     magnitude = tl.max(tl.sum(tl.abs(terms), axis=1), axis=0)
     mean = tl.sum(projections, axis=0) / tl.maximum(m, 1).to(tl.float64)
@@ -119,7 +127,7 @@ def imtl_solve(gram: Tensor, constants: Any) -> tuple[Tensor, dict[str, Tensor]]
     residual = torch.empty((), dtype=torch.float64, device=device)
     block, warps = kspace.launch_config(K)
     _imtl_solve_kernel[(1,)](
-        gram.contiguous(), weights, zero_tasks, flags[0], flags[1], flags[2], rank, residual, K,
+        kspace.gram_argument(gram, block), weights, zero_tasks, flags[0], flags[1], flags[2], rank, residual, K,
         BLOCK_K=block, num_warps=warps, maxnreg=kspace.MAX_REGISTERS, **kspace.constexprs(constants),
     )
     diagnostics = {

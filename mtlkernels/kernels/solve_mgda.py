@@ -34,6 +34,33 @@ NEVER = tl.constexpr(2**30)
 
 
 @triton.jit
+def _mgda_normalizers(gram_ptr, losses_ptr, K, NORMALIZATION: tl.constexpr, BLOCK_K: tl.constexpr,
+                      AGAIN: tl.constexpr):
+    """(n, bad_losses): the normalisers (1, ‖gᵢ‖, lᵢ or lᵢ‖gᵢ‖; 1 where not > 0) and the count of
+    losses that are negative or not finite (NaN weights: the host does not check them), from Γ's
+    diagonal and the losses in memory. AGAIN (volatile loads) computes them a second time at the
+    end instead of holding n in registers through the solve."""
+    offs = tl.arange(0, BLOCK_K)
+    in_k = offs < K
+    bad_losses = 0
+    if NORMALIZATION == NONE:
+        n = tl.where(in_k, 1.0, 1.0).to(tl.float64)
+    else:
+        norms = tl.sqrt(tl.load(gram_ptr + offs * (kspace.row_stride(K, BLOCK_K) + 1), mask=in_k, other=0.0, volatile=AGAIN).to(tl.float64))
+        if NORMALIZATION == L2:
+            n = norms
+        else:
+            losses = tl.load(losses_ptr + offs, mask=in_k, other=1.0, volatile=AGAIN).to(tl.float64)
+            bad_losses = tl.sum((~((losses >= 0.0) & (losses < float("inf")))).to(tl.int32), axis=0)
+            if NORMALIZATION == LOSS:
+                n = losses
+            else:
+                n = losses * norms
+        n = tl.where(n > 0.0, n, 1.0)
+    return n, bad_losses
+
+
+@triton.jit
 def _mgda_affine_minimizer(Q, active, added, lengths, K, BLOCK_K: tl.constexpr, DEPENDENT_PIVOT: tl.constexpr):
     """(α, ok): α (Σα = 1, zero off ``active``) of the point of the affine hull of the active
     gradients nearest 0; ok is False when they are numerically affinely dependent. Base p_b: the
@@ -43,7 +70,7 @@ def _mgda_affine_minimizer(Q, active, added, lengths, K, BLOCK_K: tl.constexpr, 
     shortest = tl.min(tl.where(active, lengths, float("inf")), axis=0)
     base = tl.argmin(tl.where(active & (lengths == shortest), added, NEVER), axis=0)
     others = active & (offs != base)
-    q_b = kspace.column(Q, base, BLOCK_K)
+    q_b = tl.sum(tl.where(offs[None, :] == base, Q, 0.0), axis=1)  # column b by a masked sum: Q in one layout
     q_bb = tl.sum(tl.where(offs == base, q_b, 0.0), axis=0)
     M = Q - q_b[:, None] - q_b[None, :] + q_bb  # Δᵢ·Δⱼ
     squared = kspace.diagonal(M, BLOCK_K)
@@ -66,21 +93,7 @@ def _mgda_solve_kernel(
     offs = tl.arange(0, BLOCK_K)
     in_k = offs < K
     G = kspace.load_square(gram_ptr, K, BLOCK_K)
-    bad_losses = 0  # losses that are negative or not finite: NaN weights (the host does not check them)
-    if NORMALIZATION == NONE:
-        n = tl.where(in_k, 1.0, 1.0).to(tl.float64)
-    else:
-        norms = tl.sqrt(kspace.diagonal(G, BLOCK_K))
-        if NORMALIZATION == L2:
-            n = norms
-        else:
-            losses = tl.load(losses_ptr + offs, mask=in_k, other=1.0).to(tl.float64)
-            bad_losses = tl.sum((~((losses >= 0.0) & (losses < float("inf")))).to(tl.int32), axis=0)
-            if NORMALIZATION == LOSS:
-                n = losses
-            else:
-                n = losses * norms
-        n = tl.where(n > 0.0, n, 1.0)
+    n, bad_losses = _mgda_normalizers(gram_ptr, losses_ptr, K, NORMALIZATION, BLOCK_K, False)
     Q = tl.where(in_k[:, None] & in_k[None, :], (G + tl.trans(G)) / 2.0 / n[:, None] / n[None, :], 0.0)
     lengths = tl.sqrt(tl.maximum(kspace.diagonal(Q, BLOCK_K), 0.0))
 
@@ -96,10 +109,11 @@ def _mgda_solve_kernel(
         added = tl.where(active, 0, NEVER)  # insertion times: the active set's order
         clock = 1
         lam = tl.where(active, 1.0, 0.0).to(tl.float64)
-        g = tl.sum(Q * lam[None, :], axis=1)
-        objective = tl.sum(lam * g, axis=0)
         running = 1
         while (running != 0) & (cycles < max_cycles):
+            # Qλ and λᵀQλ at the current λ (computed here, not carried from the last cycle)
+            g = tl.sum(Q * lam[None, :], axis=1)
+            objective = tl.sum(lam * g, axis=0)
             m = tl.sum(lam * lengths, axis=0)
             slack = tl.where(in_k, (g - objective) / (m * (lengths + m)), float("inf"))
             j = tl.argmin(slack, axis=0)
@@ -107,8 +121,7 @@ def _mgda_solve_kernel(
             if (tl.min(slack, axis=0) >= -TOLERANCE) | (tl.sum((active & entering).to(tl.int32), axis=0) > 0):
                 running = 0
             else:
-                previous_active = active
-                previous_added = added
+                previous_added = added  # the active set is where added < NEVER
                 previous_lam = lam
                 active = active | entering
                 added = tl.where(entering, clock, added)
@@ -134,16 +147,12 @@ def _mgda_solve_kernel(
                         added = tl.where(active, added, NEVER)
                         lam = tl.where(active, lam, 0.0)
                         lam = lam / tl.sum(lam, axis=0)
-                g_updated = tl.sum(Q * lam[None, :], axis=1)
-                updated = tl.sum(lam * g_updated, axis=0)
+                updated = tl.sum(lam * tl.sum(Q * lam[None, :], axis=1), axis=0)
                 if (dependent != 0) | ~(updated < objective):  # no progress left: keep the better point
-                    active = previous_active
+                    active = previous_added != NEVER
                     added = previous_added
                     lam = previous_lam
                     running = 0
-                else:
-                    g = g_updated
-                    objective = updated
 
     # certificate: the KKT residual of min_{w ∈ Δ} wᵀQw (mtlkernels.methods.mgda.kkt_residual)
     g = tl.sum(Q * lam[None, :], axis=1)
@@ -152,6 +161,7 @@ def _mgda_solve_kernel(
     slack = (g - objective) / tl.where(m > 0.0, m * (lengths + m), 1.0)
     violation = tl.where(lam > 0.0, tl.abs(slack), tl.maximum(-slack, 0.0))
     kkt = tl.where(m > 0.0, tl.max(tl.where(in_k, violation, 0.0), axis=0), 0.0)
+    n, bad_losses = _mgda_normalizers(gram_ptr, losses_ptr, K, NORMALIZATION, BLOCK_K, True)
     if NORMALIZED:
         weights = lam / n
     else:
@@ -193,7 +203,7 @@ def mgda_solve(
         raise ValueError(f"normalization={normalization!r} needs the K loss values")
     block, warps = kspace.launch_config(K)
     _mgda_solve_kernel[(1,)](
-        gram.contiguous(), out["weights"] if losses is None else losses.contiguous(), out["weights"],
+        kspace.gram_argument(gram, block), out["weights"] if losses is None else losses.contiguous(), out["weights"],
         out["simplex_weights"], out["normalizers"], out["kkt_residual"], out["objective"], out["iterations"],
         out["support"], K,
         NORMALIZATION=NORMALIZATION_CODES[normalization], NORMALIZED=combination == "normalized", BLOCK_K=block,

@@ -128,12 +128,15 @@ def _nash_mtl_solve_kernel(
         kept = in_k & (norms > 0.0)
         safe_norms = tl.where(kept, norms, 1.0)
         done = (tl.sum(kept.to(tl.int32), axis=0) == 0).to(tl.int32)
+        pair = kept[:, None] & kept[None, :]
+        C = tl.where(pair, tl.minimum(tl.maximum(G / safe_norms[:, None] / safe_norms[None, :], -1.0), 1.0), 0.0)
+        C = tl.where((offs[:, None] == offs[None, :]) & pair, 1.0, C)
         rounds = 0
         while (done == 0) & (rounds < K):  # every round that does not finish drops a task
             rounds += 1
-            pair = kept[:, None] & kept[None, :]
-            C = tl.where(pair, tl.minimum(tl.maximum(G / safe_norms[:, None] / safe_norms[None, :], -1.0), 1.0), 0.0)
-            C = tl.where((offs[:, None] == offs[None, :]) & pair, 1.0, C)
+            # C of the kept tasks: the tasks only get fewer, so masking the previous round's C gives
+            # what building it again from Γ would, and Γ need not stay in registers
+            C = tl.where(kept[:, None] & kept[None, :], C, 0.0)
             beta = tl.where(kept, 1.0, 0.0).to(tl.float64)
             warm = previous * norms
             beta = tl.where(kept & (warm > 0.0) & (warm < float("inf")), warm, beta)
@@ -155,8 +158,8 @@ def _nash_mtl_solve_kernel(
             if tl.sum(kept.to(tl.int32), axis=0) == 0:
                 done = 1
 
-    # certificates on the unnormalised Γ, then the clipping
-    gram_alpha = tl.sum(G * alpha[None, :], axis=1)
+    # certificates on the unnormalised Γ (read again), then the clipping
+    gram_alpha = tl.sum(kspace.load_square(gram_ptr, K, BLOCK_K, True) * alpha[None, :], axis=1)
     equations = tl.where(in_k, alpha * gram_alpha - 1.0, 0.0)
     squares = equations * equations
     direction_norm = tl.sqrt(tl.maximum(tl.sum(alpha * gram_alpha, axis=0), 0.0))
@@ -221,7 +224,7 @@ def nash_mtl_step(
     certificates = torch.empty(4, dtype=torch.float64, device=device)
     block, warps = kspace.launch_config(K)
     _nash_mtl_solve_kernel[(1,)](
-        gram.contiguous(), alpha, counters, weights, dropped, iterations, converged, reused, step, certificates, K,
+        kspace.gram_argument(gram, block), alpha, counters, weights, dropped, iterations, converged, reused, step, certificates, K,
         MAX_NORM=float(max_norm), UPDATE_EVERY=int(update_every), BLOCK_K=block,
         num_warps=warps, maxnreg=kspace.MAX_REGISTERS, **kspace.constexprs(constants),
     )

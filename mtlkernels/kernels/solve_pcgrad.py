@@ -25,13 +25,14 @@ def _pcgrad_solve_kernel(
     coeffs = tl.where(offs[:, None] == offs[None, :], 1.0, 0.0).to(tl.float64)
     projections = 0
     residual = tl.full([], 0.0, tl.float64)  # max |(Γcᵢ)ⱼ| / Σₖ|Γⱼₖcᵢₖ| right after each projection
+    stride = kspace.row_stride(K, BLOCK_K)  # Γ's row pitch (kspace.gram_argument)
     for t in range(K):
         j = tl.load(order_ptr + offs * K + t, mask=task_mask, other=0)  # [BLOCK_K]: task i visits j[i]
         gram_rows = tl.load(
-            gram_ptr + j[:, None] * K + offs[None, :], mask=task_mask[:, None] & task_mask[None, :], other=0.0
+            gram_ptr + j[:, None] * stride + offs[None, :], mask=task_mask[:, None] & task_mask[None, :], other=0.0
         ).to(tl.float64)  # row i holds Γ[j[i], :]
         inner = tl.sum(gram_rows * coeffs, axis=1)  # gᵢ'·g_{j[i]}
-        norm_sq = tl.load(gram_ptr + j * (K + 1), mask=task_mask, other=0.0).to(tl.float64)  # ‖g_{j[i]}‖²
+        norm_sq = tl.load(gram_ptr + j * (stride + 1), mask=task_mask, other=0.0).to(tl.float64)  # ‖g_{j[i]}‖²
         project = (inner < 0.0) & (norm_sq > 0.0) & task_mask  # a visit to i itself too, as listed
         step = tl.where(project, inner / tl.where(project, norm_sq, 1.0), 0.0)
         coeffs = tl.where(offs[None, :] == j[:, None], coeffs - step[:, None], coeffs)
@@ -60,7 +61,7 @@ def pcgrad_solve(gram: Tensor, order: Tensor, mean: bool) -> tuple[Tensor, dict[
     projections = torch.empty((), dtype=torch.int32, device=gram.device)
     residual = torch.empty((), dtype=torch.float64, device=gram.device)
     _pcgrad_solve_kernel[(1,)](
-        gram.contiguous(), order.contiguous(), weights, projections, residual, K,
+        kspace.gram_argument(gram, block), order.contiguous(), weights, projections, residual, K,
         MEAN=mean, BLOCK_K=block, num_warps=warps, maxnreg=kspace.MAX_REGISTERS,
     )
     return weights, {"projections": projections, "orthogonality_residual": residual}

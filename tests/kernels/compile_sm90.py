@@ -198,14 +198,31 @@ SOLVES = {
 }
 
 
-def solve_case(name: str, K: int, arch: int, num_warps: int | None = None) -> dict:
-    """One on-device solve as its launcher launches it (``num_warps`` overrides, to explore)."""
+#: the other option values a weighting can compile a solve with (constexprs over SOLVES' defaults):
+#: MGDA's normalisations and combinations, Aligned-MTL's scale modes and default preference,
+#: ConFIG's default preference, FairGrad's exact-power α (1, ½) and a generic one (3), GradVac's
+#: "corrected" target update and eps, Nash-MTL without clipping and updating every step
+VARIANTS = {
+    "mgda": [dict(NORMALIZATION=n, NORMALIZED=w) for n in range(4) for w in (False, True) if (n, w) != (3, True)],
+    "aligned_mtl": [dict(HAS_PREF=p, SCALE_MODE=m) for p in (False, True) for m in range(3) if (p, m) != (True, 0)],
+    "config": [dict(HAS_PREF=False)],
+    "fairgrad": [dict(ALPHA=1.0), dict(ALPHA=0.5), dict(ALPHA=3.0)],
+    "gradvac": [dict(EPS=1e-8, ALWAYS=False)],
+    "nash_mtl": [dict(MAX_NORM=0.0, UPDATE_EVERY=1)],
+}
+
+
+def solve_case(name: str, K: int, arch: int, num_warps: int | None = None, variant: dict | None = None) -> dict:
+    """One on-device solve as its launcher launches it (``num_warps`` overrides, to explore;
+    ``variant``: constexprs replacing the defaults, one entry of :data:`VARIANTS`)."""
     module, kernel, pointers, constexprs = SOLVES[name]
     block, warps = kspace.launch_config(K)
     warps = num_warps or warps
-    report = compile_kernel(getattr(module, kernel), pointers, dict(K=K), dict(constexprs(), BLOCK_K=block),
+    report = compile_kernel(getattr(module, kernel), pointers, dict(K=K), dict(constexprs(), BLOCK_K=block, **(variant or {})),
                             arch=arch, num_warps=warps, maxnreg=kspace.MAX_REGISTERS)
     report.update(kernel=f"{name}_solve", K=K, block_k=block, num_warps=warps)
+    if variant:
+        report.update(variant=variant)
     return report
 
 
@@ -217,6 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--K", default=",".join(map(str, TASK_COUNTS)), help="comma-separated task counts")
     parser.add_argument("--dtypes", default="float32,bfloat16,float16,float64", help="comma-separated J dtypes")
     parser.add_argument("--warps", type=int, help="override the solves' num_warps (to explore)")
+    parser.add_argument("--variants", action="store_true", help="also the solves' other option values (VARIANTS)")
     args = parser.parse_args(argv)
     kernels = set(args.kernels.split(","))
     dtypes = [getattr(torch, name) for name in args.dtypes.split(",")]
@@ -240,6 +258,8 @@ def main(argv: list[str] | None = None) -> None:
         for name in SOLVES:
             if name in kernels:
                 print(json.dumps(solve_case(name, K, args.arch, args.warps)), flush=True)
+                for variant in VARIANTS.get(name, []) if args.variants else []:
+                    print(json.dumps(solve_case(name, K, args.arch, args.warps, variant)), flush=True)
 
 
 if __name__ == "__main__":
