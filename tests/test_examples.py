@@ -67,6 +67,18 @@ def test_toy_objectives_on_the_lower_half_plane(x1):
     torch.testing.assert_close(example.objectives(torch.tensor([x1, x2], dtype=torch.float64)), expected)
 
 
+@pytest.mark.parametrize("l1_scale", [1.0, 0.1])
+def test_toy_min_norm_gradient_tells_the_front_from_the_valley(l1_scale):
+    """≈ 0 on the front (the two gradients point against each other; the line x₂ = FRONT_X2 is the
+    Pareto set at x₁ = 0 and within ~0.05 of it elsewhere), not beyond its end (x₁ > 7, both losses
+    fall towards x₁ = 7) nor in the log-valley (x₂ > 0)."""
+    example = _load("toy")
+    front = [example.min_norm_gradient(torch.tensor([x1, example.FRONT_X2]), l1_scale) for x1 in (-6.0, 0.0, 6.0)]
+    assert front[1] < 1e-5 and max(front) < 5e-3
+    assert example.min_norm_gradient(torch.tensor([9.0, example.FRONT_X2]), l1_scale) > 1e-2
+    assert example.min_norm_gradient(torch.tensor([-5.0, 2.6]), l1_scale) > 0.1
+
+
 def test_toy_famo_setting_quick(tmp_path):
     pytest.importorskip("matplotlib")
     example = _load("toy")
