@@ -182,6 +182,34 @@ def plot(trajectories: dict[str, list[torch.Tensor]], path: str, setting: Settin
     plt.close(fig)
 
 
+def plot_losses(trajectories: dict[str, list[torch.Tensor]], path: str, setting: Setting) -> None:
+    """The trajectories in loss space (L₁ across, L₂ up), the front drawn as the losses along
+    x₂ = FRONT_X2, x₁ ∈ [−7, 7] — the FAMO paper's view."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    line = torch.stack([torch.linspace(-7, 7, 400, dtype=torch.float64), torch.full((400,), FRONT_X2, dtype=torch.float64)], -1)
+    front = objectives(line, setting.l1_scale)
+    fig, axes = plt.subplots(1, len(trajectories), figsize=(3.6 * len(trajectories), 3.6), squeeze=False)
+    for ax, (method, paths) in zip(axes.flat, trajectories.items()):
+        ax.plot(front[:, 0].numpy(), front[:, 1].numpy(), color="gray", linewidth=5, alpha=0.6, label="Pareto front")
+        for points in paths:
+            losses = objectives(points.double(), setting.l1_scale)
+            ax.plot(losses[:, 0].numpy(), losses[:, 1].numpy(), color="tab:red", linewidth=1.2)
+            ax.plot(*losses[0].numpy(), "ko", markersize=5)
+            ax.plot(*losses[-1].numpy(), "r*", markersize=9)
+        ax.set_title(method)
+        ax.set_xlabel("L₁")
+        ax.set_ylabel("L₂")
+    axes.flat[0].legend(loc="upper left", fontsize=8)
+    fig.suptitle(f"{setting.title}: the losses along each run")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def distance_to_front(x: torch.Tensor) -> float:
     """Euclidean distance from x to the Pareto front {x₁ ∈ [−7, 7], x₂ = FRONT_X2}."""
     x = x.double()
@@ -245,6 +273,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{method:<10} {str(start):>14} {str([round(v, 3) for v in end.tolist()]):>20} "
                   f"{L1:9.3f} {L2:9.3f} {distance:9.3f} {stationarity:9.2e} {seconds:6.1f}", flush=True)
     plot(trajectories, os.path.join(args.out, f"{prefix}_trajectories.png"), setting)
+    plot_losses(trajectories, os.path.join(args.out, f"{prefix}_losses.png"), setting)
     with open(os.path.join(args.out, f"{prefix}_results.json"), "w") as f:
         json.dump({"setting": args.setting, "steps": steps, "lr": lr, "dtype": str(setting.dtype), "runs": rows}, f, indent=1)
     print(f"wrote {os.path.join(args.out, f'{prefix}_trajectories.png')}")

@@ -87,6 +87,7 @@ def test_toy_famo_setting_quick(tmp_path):
     for run in results["runs"]:
         assert all(map(lambda v: abs(v) < 20, run["final"]))
     assert (tmp_path / "toy_famo_trajectories.png").stat().st_size > 10_000
+    assert (tmp_path / "toy_famo_losses.png").stat().st_size > 10_000
     assert json.loads((tmp_path / "toy_famo_results.json").read_text())["dtype"] == "torch.float32"
 
 
