@@ -26,6 +26,9 @@ Two more families check what no reference comparison can see:
   refused with nothing changed; a first batch in which a task has a zero gradient gives the same
   parameter roles as a normal one; parameters of mixed dtypes get the gradients
   ``sum(losses).backward()`` would give; a step skipped for a NaN loss does not swallow the next.
+  And every wrapper's steps against the float64 reference of its method (Gramian wrappers: the
+  reference direction on the trunk; FAMO, UW, DWA, RLW, GradNorm: the papers' objectives and
+  update rules over a few steps; see :func:`wrapper_reference_checks`).
 """
 from __future__ import annotations
 
@@ -322,6 +325,189 @@ def wrapper_checks(seed: int, backend: str) -> list[Check]:
     return checks
 
 
+#: each Gramian wrapper with its defaults, and the reference of its method with the same options
+#: (PCGrad's and GradVac's visiting order: the one the step drew, from its diagnostics)
+GRAMIAN_WRAPPERS: dict[str, tuple[str, Callable[[dict[str, Any]], dict[str, Any]]]] = {
+    "CAGrad": ("cagrad", lambda last: {"c": 0.5, "rescale": 1}),
+    "PCGrad": ("pcgrad", lambda last: {"order": last.diagnostics["order"], "reduction": "sum"}),
+    "NashMTL": ("nash_mtl", lambda last: {"max_norm": 1.0}),
+    "IMTL": ("imtl", lambda last: {}),  # IMTL-L's loss scales are exp(0) = 1 on the first step
+    "MGDA": ("mgda", lambda last: {"normalization": "none"}),
+    "UPGrad": ("upgrad", lambda last: {}),
+    "DualProj": ("dualproj", lambda last: {}),
+    "GradVac": ("gradvac", lambda last: {"order": last.diagnostics["order"], "beta": 0.5}),
+    "FairGrad": ("fairgrad", lambda last: {"alpha": 1.0}),
+    "ConFIG": ("config", lambda last: {}),
+    "AlignedMTL": ("aligned_mtl", lambda last: {"scale_mode": "min"}),
+}
+#: the wrappers' steps against the float64 references, on a float64 model (as ``TOLERANCE``)
+WRAPPER_TOLERANCE = 1e-9
+
+
+def _largest_relative_error(actual: list[Tensor], expected: list[Tensor]) -> float:
+    """maxᵢ ‖aᵢ − eᵢ‖ / ‖eᵢ‖ (absolute where eᵢ = 0), in float64."""
+    errors = [float((a.double() - e.double()).norm()) / (float(e.double().norm()) or 1.0) for a, e in zip(actual, expected)]
+    return max(errors, default=0.0)
+
+
+def wrapper_reference_checks(seed: int, backend: str) -> list[Check]:
+    """Each drop-in optimizer's steps on a small float64 model against the float64 reference of its
+    method, one Check each (the largest relative error over the parameters' gradients and the
+    learned weights):
+
+    - the Gramian wrappers (defaults): the trunk gets the reference direction on the trunk's task
+      gradients (autograd, one task at a time), every head ∇ Σ Lₖ;
+    - FAMO, 3 steps: each ``.grad`` is the gradient of the paper's objective c·Σ zᵢ·log Lᵢ
+      (``reference.loss_weighting.famo_objective``), the logits follow ``famo_logit_step``;
+    - UW, 3 steps (Adam): ``.grad`` of the network and the log-variances = autograd of
+      Σ ½e^{−sᵢ}Lᵢ + ½sᵢ;
+    - DWA, 4 epochs of 2 batches: the weights of ``dwa_weights`` (eq. 7), ``.grad`` = ∇ Σ wᵢLᵢ;
+    - RLW: the first weights are softmax of a standard normal draw of ``torch.Generator(seed)``,
+      ``.grad`` = ∇ Σ wᵢLᵢ;
+    - GradNorm, 3 steps: ``.grad`` = ∇ Σ wᵢLᵢ, w's gradient = ∂L_grad/∂w of ``gradnorm_loss`` (eq. 2)
+      and the renormalised step Σ w = K.
+    """
+    from . import optim
+    from .reference import loss_weighting as lw
+
+    K = 3
+    x = torch.randn(16, 6, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+    def model() -> torch.nn.ModuleDict:
+        torch.manual_seed(seed)
+        heads = torch.nn.ModuleList([torch.nn.Linear(5, 1) for _ in range(K)])
+        return torch.nn.ModuleDict({"trunk": torch.nn.Linear(6, 5), "heads": heads}).double()
+
+    def losses(net: torch.nn.ModuleDict, batch: int = 0) -> list[Tensor]:
+        z = torch.tanh(net["trunk"](x + 0.1 * batch))
+        return [(head(z) - k).square().mean() for k, head in enumerate(net["heads"])]
+
+    def weighted_grads(net: torch.nn.ModuleDict, task_losses: list[Tensor], weights: Any) -> list[Tensor]:
+        combined = sum(float(w) * l for w, l in zip(weights, task_losses))
+        return list(torch.autograd.grad(combined, list(net.parameters()), retain_graph=True))
+
+    def gramian(name: str) -> float:
+        method, reference_options = GRAMIAN_WRAPPERS[name]
+        net = model()
+        task_losses = losses(net)
+        trunk, heads = list(net["trunk"].parameters()), list(net["heads"].parameters())
+        J = torch.stack([torch.cat([g.reshape(-1) for g in torch.autograd.grad(l, trunk, retain_graph=True)])
+                         for l in task_losses])
+        heads_expected = list(torch.autograd.grad(sum(task_losses), heads, retain_graph=True))
+        opt = getattr(optim, name)(torch.optim.SGD(net.parameters(), lr=0.1), backend=backend)
+        last = opt.backward(task_losses)
+        ref = getattr(reference, method)(J, **reference_options(last))
+        d = torch.cat([p.grad.reshape(-1) for p in trunk])
+        trunk_error = relative_error(d, ref.direction, ref.weights, J, WRAPPER_TOLERANCE)
+        return max(trunk_error, _largest_relative_error([p.grad for p in heads], heads_expected))
+
+    def famo() -> float:
+        net = model()
+        opt = optim.FAMO(torch.optim.SGD(net.parameters(), lr=0.1))
+        logits = torch.zeros(K, dtype=torch.float64)
+        moments = (torch.zeros(K, dtype=torch.float64), torch.zeros(K, dtype=torch.float64), 0)
+        before, error = None, 0.0
+        for batch in range(3):
+            task_losses = losses(net, batch)
+            values = torch.stack([l.detach() for l in task_losses])
+            if before is not None:  # the default convention: this step's losses are the last one's "after"
+                logits, moments = lw.famo_logit_step(logits, moments, before, values, lr=opt.lr, weight_decay=opt.weight_decay)
+            before = values
+            expected = list(torch.autograd.grad(lw.famo_objective(torch.stack(task_losses), logits), list(net.parameters()),
+                                                retain_graph=True))
+            opt.zero_grad()
+            opt.backward(task_losses)
+            error = max(error, _largest_relative_error([p.grad for p in net.parameters()] + [opt.logits], expected + [logits]))
+            opt.step()
+        return error
+
+    def uw() -> float:
+        net = model()
+        opt = optim.UW(torch.optim.Adam(net.parameters(), lr=0.02))
+        error = 0.0
+        for batch in range(3):
+            task_losses = losses(net, batch)
+            s = (torch.zeros(K, dtype=torch.float64) if opt.log_variances is None else opt.log_variances.detach().clone()).requires_grad_()
+            expected = list(torch.autograd.grad(lw.uw_objective(torch.stack(task_losses), s), [*net.parameters(), s],
+                                                retain_graph=True))
+            opt.zero_grad()
+            opt.backward(task_losses)
+            error = max(error, _largest_relative_error([p.grad for p in net.parameters()] + [opt.log_variances.grad], expected))
+            opt.step()
+        return error
+
+    def dwa() -> float:
+        net = model()
+        opt = optim.DWA(torch.optim.SGD(net.parameters(), lr=0.1), temperature=2.0)
+        averages: list[list[float]] = []
+        error = 0.0
+        for epoch in range(4):
+            epoch_losses = []
+            for batch in range(2):
+                task_losses = losses(net, 2 * epoch + batch)
+                weights = torch.tensor(lw.dwa_weights(averages, 2.0, K), dtype=torch.float64)
+                expected = weighted_grads(net, task_losses, weights)
+                opt.zero_grad()
+                result = opt.backward(task_losses)
+                error = max(error, _largest_relative_error([p.grad for p in net.parameters()] + [result.weights], expected + [weights]))
+                epoch_losses.append([float(l.detach()) for l in task_losses])
+                opt.step()
+            averages.append([sum(column) / len(column) for column in zip(*epoch_losses)])
+            opt.end_epoch()
+        return error
+
+    def rlw() -> float:
+        net = model()
+        opt = optim.RLW(torch.optim.SGD(net.parameters(), lr=0.1), seed=seed)
+        weights = torch.softmax(torch.randn(K, generator=torch.Generator().manual_seed(seed), dtype=torch.float64), 0)
+        task_losses = losses(net)
+        expected = weighted_grads(net, task_losses, weights)
+        result = opt.backward(task_losses)
+        return _largest_relative_error([p.grad for p in net.parameters()] + [result.weights], expected + [weights])
+
+    def gradnorm() -> float:
+        net = model()
+        layer, alpha, lr = net["trunk"].weight, 1.5, 0.1
+        opt = optim.GradNorm(torch.optim.SGD(net.parameters(), lr=lr), layer=layer, alpha=alpha, weight_group={"lr": lr})
+        w, initial, error = torch.ones(K, dtype=torch.float64), None, 0.0
+        for batch in range(3):
+            task_losses = losses(net, batch)
+            values = torch.stack([l.detach() for l in task_losses])
+            initial = values if initial is None else initial
+            norms = torch.stack([torch.autograd.grad(l, layer, retain_graph=True)[0].norm() for l in task_losses])
+            w_var = w.clone().requires_grad_()
+            (w_grad,) = torch.autograd.grad(lw.gradnorm_loss(w_var, norms, values, initial, alpha), w_var)
+            expected = weighted_grads(net, task_losses, w)
+            opt.zero_grad()
+            opt.backward(task_losses)
+            error = max(error, _largest_relative_error([p.grad for p in net.parameters()] + [opt.task_weights.grad], expected + [w_grad]))
+            opt.step()
+            w = w - lr * w_grad
+            w = K * w / w.sum()
+            error = max(error, _largest_relative_error([opt.task_weights.detach()], [w]))
+        return error
+
+    scenarios: dict[str, Callable[[], float]] = {
+        f"{name}: one step = reference.{GRAMIAN_WRAPPERS[name][0]} on the trunk, ∇ΣLₖ on the heads": (lambda n=name: gramian(n))
+        for name in GRAMIAN_WRAPPERS
+    }
+    scenarios.update({
+        "FAMO: 3 steps = the paper's objective and logit update": famo,
+        "UW: 3 steps = the gradients of Σ ½e^(−s)L + ½s": uw,
+        "DWA: 4 epochs = eq. 7's weights and ∇Σ wL": dwa,
+        "RLW: softmax of the seeded normal draw, ∇Σ wL": rlw,
+        "GradNorm: 3 steps = eq. 2's weight gradient and ∇Σ wL": gradnorm,
+    })
+    checks = []
+    for name, scenario in scenarios.items():
+        try:
+            error = scenario()
+        except Exception as exc:  # an unexpected error fails the check, reported by name
+            error, name = float("inf"), f"{name} (raised {type(exc).__name__}: {exc})"
+        checks.append(Check("wrappers", name, "reference", error, WRAPPER_TOLERANCE))
+    return checks
+
+
 def backend_problem(backend: str) -> str | None:
     """Why ``--backend`` cannot run the validation here (None when it can): the cases are CPU
     tensors, on which the Triton kernels run only through the interpreter."""
@@ -379,7 +565,7 @@ def main(argv: list[str] | None = None) -> list[Check]:
             for name, gram in rank_deficient_grams(K, args.seed + 1000 * draw + K):
                 checks += [check_invariants(method, f"{name} K={K} #{draw}", gram, args.backend) for method in args.methods]
     if args.wrappers:
-        checks += wrapper_checks(args.seed, args.backend)
+        checks += wrapper_checks(args.seed, args.backend) + wrapper_reference_checks(args.seed, args.backend)
     report(checks, args)
     return checks
 

@@ -4,6 +4,7 @@ the timing of the per-task gradient paths."""
 import importlib.util
 import json
 import os
+import sys
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 def _load(name: str):
     spec = importlib.util.spec_from_file_location(f"example_{name}", os.path.join(EXAMPLES, f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -63,6 +65,76 @@ def test_toy_objectives_on_the_lower_half_plane(x1):
     expected = torch.stack([(((7 - x1) ** 2 + 0.1 * (x2 + 8) ** 2) / 10 - 20) * blend,
                             (((x1 + 7) ** 2 + 0.1 * (x2 + 8) ** 2) / 10 - 20) * blend])
     torch.testing.assert_close(example.objectives(torch.tensor([x1, x2], dtype=torch.float64)), expected)
+
+
+@pytest.mark.parametrize("l1_scale", [1.0, 0.1])
+def test_toy_min_norm_gradient_tells_the_front_from_the_valley(l1_scale):
+    """≈ 0 on the front (the two gradients point against each other; the line x₂ = FRONT_X2 is the
+    Pareto set at x₁ = 0 and within ~0.05 of it elsewhere), not beyond its end (x₁ > 7, both losses
+    fall towards x₁ = 7) nor in the log-valley (x₂ > 0)."""
+    example = _load("toy")
+    front = [example.min_norm_gradient(torch.tensor([x1, example.FRONT_X2]), l1_scale) for x1 in (-6.0, 0.0, 6.0)]
+    assert front[1] < 1e-5 and max(front) < 5e-3
+    assert example.min_norm_gradient(torch.tensor([9.0, example.FRONT_X2]), l1_scale) > 1e-2
+    assert example.min_norm_gradient(torch.tensor([-5.0, 2.6]), l1_scale) > 0.1
+
+
+def test_toy_famo_setting_quick(tmp_path):
+    pytest.importorskip("matplotlib")
+    example = _load("toy")
+    results = example.main(["--setting", "famo", "--quick", "--methods", "FAMO,mean", "--out", str(tmp_path)])
+    assert results["setting"] == "famo" and results["steps"] == 60 and len(results["runs"]) == 2 * 5
+    for run in results["runs"]:
+        assert all(map(lambda v: abs(v) < 20, run["final"]))
+    assert (tmp_path / "toy_famo_trajectories.png").stat().st_size > 10_000
+    assert (tmp_path / "toy_famo_losses.png").stat().st_size > 10_000
+    assert json.loads((tmp_path / "toy_famo_results.json").read_text())["dtype"] == "torch.float32"
+
+
+def test_toy_famo_setting_is_the_authors():
+    """The FAMO authors' toy trainer: L₁ × 0.1, five starts, 50000 Adam steps of lr 1e-3 in float32;
+    FAMO with logit lr 0.025, γ = 0, ε = 1e-8 and bounds (−21·0.1, −21)."""
+    example = _load("toy")
+    setting = example.SETTINGS["famo"]
+    assert setting.starts == [(-8.5, 7.5), (0.0, 0.0), (9.0, 9.0), (-7.5, -0.5), (9.0, -1.0)]
+    assert (setting.steps, setting.lr, setting.dtype) == (50000, 1e-3, torch.float32)
+    x = torch.tensor([0.3, 2.0], dtype=torch.float64)
+    torch.testing.assert_close(example.objectives(x, setting.l1_scale), example.objectives(x) * torch.tensor([0.1, 1.0], dtype=torch.float64))
+    famo = setting.methods["FAMO"](torch.optim.Adam([torch.zeros(2, requires_grad=True)], lr=1e-3))
+    options = famo.options()
+    assert (options["lr"], options["weight_decay"], options["eps"]) == (0.025, 0.0, 1e-8)
+    assert options["min_losses"] == pytest.approx([-2.1, -21.0])
+
+
+def test_toy_famo_follows_the_papers_update_step_by_step():
+    """mk.FAMO with the famo setting's options, 300 steps from each of the five starts in float64,
+    against the paper's step written with the float64 references: logits updated from the next
+    step's losses (famo_logit_step), then Adam on x with the gradient of famo_objective (autograd)."""
+    from mtlkernels.reference.loss_weighting import famo_logit_step, famo_objective
+
+    example = _load("toy")
+    setting = example.SETTINGS["famo"]
+    steps, lr = 300, 1e-3
+    bounds = torch.tensor([-2.1, -21.0], dtype=torch.float64)
+    for start in setting.starts:
+        ours = example.trajectory("FAMO", start, steps, lr, setting, dtype=torch.float64)
+        x = torch.tensor(start, dtype=torch.float64, requires_grad=True)
+        adam = torch.optim.Adam([x], lr=lr)
+        logits = torch.zeros(2, dtype=torch.float64)
+        moments = (torch.zeros(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64), 0)
+        before = None
+        for step in range(steps):
+            torch.testing.assert_close(ours[step], x.detach(), rtol=0, atol=1e-10, msg=f"start {start}, step {step}")
+            losses = example.objectives(x, setting.l1_scale)
+            if before is not None:
+                logits, moments = famo_logit_step(logits, moments, before, losses.detach(), lr=0.025,
+                                                  weight_decay=0.0, min_losses=bounds)
+            before = losses.detach()
+            adam.zero_grad()
+            famo_objective(losses, logits, bounds).backward()
+            adam.step()
+        torch.testing.assert_close(ours[steps], x.detach(), rtol=0, atol=1e-10)
+        assert float(logits.abs().max()) > 1e-2, "the logits moved: the weights were not uniform"
 
 
 def test_grad_modes_quick(tmp_path):

@@ -82,4 +82,33 @@ def test_validate_runs_the_invariant_and_wrapper_families(capsys):
     assert len(invariants) == 3 * 4 * 2  # draws × Grams per draw × methods
     assert all(c.case.startswith("float32 Γ") for c in invariants)
     wrappers = [c for c in checks if c.method == "wrappers"]
-    assert len(wrappers) == 4 and all(c.passed for c in wrappers), capsys.readouterr().out
+    assert len(wrappers) == 4 + 16 and all(c.passed for c in wrappers), capsys.readouterr().out
+
+
+def test_every_wrapper_is_checked_against_its_reference():
+    from mtlkernels import optim
+    from mtlkernels.validate import wrapper_reference_checks
+
+    checks = wrapper_reference_checks(seed=3, backend="auto")
+    names = {c.case.split(":")[0] for c in checks}
+    gramian = {name for name in optim.__all__ if isinstance(getattr(optim, name), type)
+               and issubclass(getattr(optim, name), optim.MultiTaskOptimizer)
+               and not issubclass(getattr(optim, name), optim.LossWeighting)} - {"MultiTaskOptimizer", "MGDAUB"}
+    assert names == gramian | {"FAMO", "UW", "DWA", "RLW", "GradNorm"}
+    assert all(c.against == "reference" and c.passed for c in checks), [(c.case, c.error) for c in checks]
+
+
+def test_wrapper_reference_checks_fail_on_a_wrong_reference(monkeypatch):
+    """A check fails when the reference it compares with is changed: CAGrad's c, DWA's
+    temperature, FAMO's logit update."""
+    from mtlkernels import validate
+    from mtlkernels.reference import loss_weighting
+
+    monkeypatch.setitem(validate.GRAMIAN_WRAPPERS, "CAGrad", ("cagrad", lambda last: {"c": 0.4, "rescale": 1}))
+    dwa_weights = loss_weighting.dwa_weights
+    monkeypatch.setattr(loss_weighting, "dwa_weights", lambda averages, temperature, K: dwa_weights(averages, 2 * temperature, K))
+    famo_logit_step = loss_weighting.famo_logit_step
+    monkeypatch.setattr(loss_weighting, "famo_logit_step",
+                        lambda *args, lr, **kw: famo_logit_step(*args, lr=1.5 * lr, **kw))
+    failed = {c.case.split(":")[0] for c in validate.wrapper_reference_checks(seed=0, backend="auto") if not c.passed}
+    assert failed == {"CAGrad", "DWA", "FAMO"}
