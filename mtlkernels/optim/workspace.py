@@ -123,3 +123,12 @@ def accumulate_fresh_grads(params: list[Tensor], grads: list[Tensor]) -> None:
             p.grad = g
         else:
             accumulate_grads([p], [g])
+
+
+def private_gradient_views(params: list[Tensor]) -> list[Tensor]:
+    """Views shaped as ``params`` of one new flat buffer in their common dtype: gradients of this
+    step only, which :func:`accumulate_fresh_grads` can take as ``.grad`` without a copy."""
+    dtype = common_dtype(params) or torch.float32
+    device = params[0].device if params else torch.device("cpu")
+    flat = torch.empty(1, sum(p.numel() for p in params), dtype=dtype, device=device)
+    return [v[0] for v in column_views(flat, params)]
