@@ -16,6 +16,7 @@ Sener & Koltun 2018) and one backward of Σ wₖ·Lₖ replaces the combination.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any, Callable, ClassVar, Mapping, NamedTuple, Sequence
 
 import torch
@@ -212,7 +213,12 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         self._buffers.clear()
 
     def zero_grad(self, set_to_none: bool = True) -> None:
+        """The wrapped optimizer's ``zero_grad``. With ``set_to_none``, ``self.last`` lets go of the
+        old ``.grad`` tensors as well (its ``direction`` becomes ``[]``), so that they are freed
+        before the next backward instead of living through it."""
         self.optimizer.zero_grad(set_to_none=set_to_none)
+        if set_to_none and isinstance(self.last, AggregationResult) and len(self.last.direction):
+            self.last = dataclasses.replace(self.last, direction=[])
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
