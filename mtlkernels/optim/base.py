@@ -5,8 +5,9 @@
     opt.backward(losses)      # K scalar losses: shared parameters get d = Σₖ wₖ·gₖ in .grad
     opt.step()                # the wrapped optimizer's step
 
-A step: per-task gradients into a reused [K, N] buffer (:mod:`mtlkernels.jacobian`,
-:mod:`.workspace`), then the steps of :class:`mtlkernels.Aggregator` — Γ = J·Jᵀ, the finiteness
+A step: per-task gradients into a reused [K, N] buffer — autograd adds each task's gradient into
+its row in place (:func:`.workspace.fill_rows_through_grad`; :mod:`mtlkernels.jacobian`'s
+``autograd.grad`` and a copy under a process group or a post-accumulate-grad hook) — then the steps of :class:`mtlkernels.Aggregator` — Γ = J·Jᵀ, the finiteness
 check (:mod:`.nonfinite`), the method's K-space solve, d = wᵀJ written into the shared
 parameters' ``.grad`` — with the data-parallel reductions (:mod:`.distributed`) between Γ and the
 solve. Which parameters are shared is detected from the gradients (:mod:`.roles`). With
@@ -32,7 +33,10 @@ from . import fsdp as _fsdp
 from . import tasks as _tasks
 from .nonfinite import ON_NONFINITE, NonFiniteError, all_finite, find_nonfinite, flag_overflow
 from .roles import ParameterRoles, RoleEvidence, check_shared, detect_roles, trainable_parameters
-from .workspace import Buffers, accumulate_fresh_grads, accumulate_grads, grad_outputs, private_gradient_views
+from .workspace import (
+    Buffers, accumulate_fresh_grads, accumulate_grads, fill_rows_through_grad, grad_outputs, private_gradient_views,
+    rows_through_grad,
+)
 
 __all__ = ["MultiTaskOptimizer", "NonFiniteError", "ParameterRoles"]
 
@@ -462,10 +466,16 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
                 "pass shared_params= or use the features= path"
             )
         ws = self._buffers.workspace(K, roles, with_rows=True)
-        fill_task_gradients(
-            losses, roles.shared, ws.rows, private=roles.by_task(K), private_inputs=roles.private,
-            private_out=ws.private_views, mode=grad_mode, retain_graph=retain_graph,
-        )
+        if grad_mode == "loop" and rows_through_grad(roles.shared + roles.private):  # no copy into the rows
+            fill_rows_through_grad(
+                losses, roles.shared, ws.rows, ws.blocks, private=roles.by_task(K), private_inputs=roles.private,
+                private_out=ws.private_views, retain_graph=retain_graph,
+            )
+        else:
+            fill_task_gradients(
+                losses, roles.shared, ws.rows, private=roles.by_task(K), private_inputs=roles.private,
+                private_out=ws.private_views, mode=grad_mode, retain_graph=retain_graph,
+            )
         if mode == "replicated":
             values = _dist.average_workspace_(ws, values, self.process_group)
         gram = self.aggregator.gram([ws.rows])
