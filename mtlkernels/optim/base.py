@@ -5,14 +5,16 @@
     opt.backward(losses)      # K scalar losses: shared parameters get d = Σₖ wₖ·gₖ in .grad
     opt.step()                # the wrapped optimizer's step
 
-A step: per-task gradients into a reused [K, N] buffer — autograd adds each task's gradient into
-its row in place (:func:`.workspace.fill_rows_through_grad`; :mod:`mtlkernels.jacobian`'s
-``autograd.grad`` and a copy under a process group or a post-accumulate-grad hook) — then the steps of :class:`mtlkernels.Aggregator` — Γ = J·Jᵀ, the finiteness
-check (:mod:`.nonfinite`), the method's K-space solve, d = wᵀJ written into the shared
-parameters' ``.grad`` — with the data-parallel reductions (:mod:`.distributed`) between Γ and the
-solve. Which parameters are shared is detected from the gradients (:mod:`.roles`). With
-``backward(losses, features=z)`` the Gram is taken over ∂Lₖ/∂z instead (MGDA-UB's "upper bound",
-Sener & Koltun 2018) and one backward of Σ wₖ·Lₖ replaces the combination.
+A step: per-task gradients into a reused [K, N] buffer (autograd adds each task's gradient into
+its row in place, :func:`.workspace.fill_rows_through_grad`; under a process group or a
+post-accumulate-grad hook, ``autograd.grad`` and a copy, :mod:`mtlkernels.jacobian`), then the
+steps of :class:`mtlkernels.Aggregator` — Γ = J·Jᵀ, the finiteness check (:mod:`.nonfinite`), the
+method's K-space solve, d = wᵀJ written into the shared parameters' ``.grad`` — with the
+data-parallel reductions (:mod:`.distributed`) between Γ and the solve. Which parameters are
+shared is detected from the gradients (:mod:`.roles`). With ``backward(losses, features=z)`` the
+Gram is taken over ∂Lₖ/∂z instead (MGDA-UB's "upper bound", Sener & Koltun 2018) and one backward
+replaces the combination: of z with wᵀ·(∂Lₖ/∂z) when the losses reach the shared parameters only
+through z, else of Σ wₖ·Lₖ.
 """
 from __future__ import annotations
 
