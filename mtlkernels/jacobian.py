@@ -174,17 +174,22 @@ def fill_task_gradients(
     return reached
 
 
-def reaches(losses: Sequence[Tensor], inputs: Sequence[Tensor]) -> list[list[bool]]:
+def reaches(losses: Sequence[Tensor], inputs: Sequence[Tensor], *, around: Sequence[Tensor] = ()) -> list[list[bool]]:
     """reached[k][i]: whether the autograd graph of losses[k] reaches inputs[i], i.e. whether
     ``torch.autograd.grad(losses[k], inputs[i], allow_unused=True)`` gives a tensor (perhaps zero)
     rather than None. A walk over the graph's edges, no arithmetic: an input is reached through
     its own output of a node, so a tensor returned beside the ones the loss uses (another output
-    of the same node, e.g. of a compiled forward) is not reached."""
+    of the same node, e.g. of a compiled forward) is not reached.
+
+    ``around``: tensors the walk does not go through (their own output of a node is not followed),
+    so that reached[k][i] says whether losses[k] reaches inputs[i] by a path that avoids them —
+    whether ∂L_k/∂inputs[i] has a part that does not flow through ``around``."""
     edge_of = torch.autograd.graph.get_gradient_edge
     targets: dict[tuple[object, int], list[int]] = {}
     for i, t in enumerate(inputs):
         edge = edge_of(t)
         targets.setdefault((edge.node, edge.output_nr), []).append(i)
+    stops = {(edge.node, edge.output_nr) for edge in map(edge_of, around)}
     reached = []
     for loss in losses:
         found = [False] * len(inputs)
@@ -193,7 +198,7 @@ def reaches(losses: Sequence[Tensor], inputs: Sequence[Tensor]) -> list[list[boo
         left = len(targets)
         while pending and left:
             edge = pending.pop()
-            if edge in seen_edges:
+            if edge in seen_edges or edge in stops:
                 continue
             seen_edges.add(edge)
             if edge in targets:

@@ -156,6 +156,34 @@ def test_reach_tells_unreached_from_zero_gradients(mode):
     assert fill_task_gradients(losses, inputs, rows, mode=mode, retain_graph=True) is None
 
 
+def test_reaches_around_finds_the_paths_that_avoid_the_given_tensors():
+    """reaches(..., around=[z]) says whether a loss reaches an input by a path that avoids z; the
+    oracle: autograd on the same graph built with z cut off (a detached copy in its place)."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 3, dtype=torch.float64, generator=g)
+    w1, w2, w3 = (torch.randn(3, 3, dtype=torch.float64, generator=g, requires_grad=True) for _ in range(3))
+
+    def graph(cut):
+        h = torch.tanh(x @ w1)
+        z = h * 2
+        after = z.detach().requires_grad_() if cut else z
+        losses = [
+            (after @ w2).sum(),  # only through z to w1; w2 past z
+            (after @ w2).sum() + (h @ w3).sum(),  # h (before z) also reached around z: w1 and w3
+            (x @ w3).sum() + 0 * after.sum(),  # w3 directly; z itself, but nothing behind it
+        ]
+        return losses, z
+
+    inputs = [w1, w2, w3]
+    losses, z = graph(cut=False)
+    found = reaches(losses, inputs, around=[z])
+    assert found == [[False, True, False], [True, True, True], [False, False, True]]
+    cut_losses, _ = graph(cut=True)
+    oracle = [[torch.autograd.grad(l, t, retain_graph=True, allow_unused=True)[0] is not None for t in inputs] for l in cut_losses]
+    assert found == oracle
+    assert reaches(losses, inputs) == [[True, True, False], [True, True, True], [True, False, True]]
+
+
 @pytest.mark.parametrize("mode", ["loop", "batched"])
 def test_inputs_of_several_dtypes_give_j_in_their_common_dtype(mode):
     a = torch.randn(3, dtype=torch.float32, requires_grad=True)

@@ -5,17 +5,21 @@
     opt.backward(losses)      # K scalar losses: shared parameters get d = Σₖ wₖ·gₖ in .grad
     opt.step()                # the wrapped optimizer's step
 
-A step: per-task gradients into a reused [K, N] buffer (:mod:`mtlkernels.jacobian`,
-:mod:`.workspace`), then the steps of :class:`mtlkernels.Aggregator` — Γ = J·Jᵀ, the finiteness
-check (:mod:`.nonfinite`), the method's K-space solve, d = wᵀJ written into the shared
-parameters' ``.grad`` — with the data-parallel reductions (:mod:`.distributed`) between Γ and the
-solve. Which parameters are shared is detected from the gradients (:mod:`.roles`). With
-``backward(losses, features=z)`` the Gram is taken over ∂Lₖ/∂z instead (MGDA-UB's "upper bound",
-Sener & Koltun 2018) and one backward of Σ wₖ·Lₖ replaces the combination.
+A step: per-task gradients into a reused [K, N] buffer (autograd adds each task's gradient into
+its row in place, :func:`.workspace.fill_rows_through_grad`; under a process group or a
+post-accumulate-grad hook, ``autograd.grad`` and a copy, :mod:`mtlkernels.jacobian`), then the
+steps of :class:`mtlkernels.Aggregator` — Γ = J·Jᵀ, the finiteness check (:mod:`.nonfinite`), the
+method's K-space solve, d = wᵀJ written into the shared parameters' ``.grad`` — with the
+data-parallel reductions (:mod:`.distributed`) between Γ and the solve. Which parameters are
+shared is detected from the gradients (:mod:`.roles`). With ``backward(losses, features=z)`` the
+Gram is taken over ∂Lₖ/∂z instead (MGDA-UB's "upper bound", Sener & Koltun 2018) and one backward
+replaces the combination: of z with wᵀ·(∂Lₖ/∂z) when the losses reach the shared parameters only
+through z, else of Σ wₖ·Lₖ.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any, Callable, ClassVar, Mapping, NamedTuple, Sequence
 
 import torch
@@ -24,14 +28,17 @@ from torch import Tensor
 
 from .._checks import check_option
 from ..aggregate import AggregationResult, Aggregator
-from ..jacobian import GRAD_MODES, check_losses, fill_task_gradients, resolve_grad_mode
+from ..jacobian import GRAD_MODES, check_losses, column_views, fill_task_gradients, reaches, resolve_grad_mode
 from ..methods import Weighting, diagnostics_to_python, make_weighting
 from . import distributed as _dist
 from . import fsdp as _fsdp
 from . import tasks as _tasks
 from .nonfinite import ON_NONFINITE, NonFiniteError, all_finite, find_nonfinite, flag_overflow
 from .roles import ParameterRoles, RoleEvidence, check_shared, detect_roles, trainable_parameters
-from .workspace import Buffers, accumulate_fresh_grads, accumulate_grads, grad_outputs
+from .workspace import (
+    Buffers, accumulate_fresh_grads, accumulate_grads, fill_rows_through_grad, grad_outputs, private_gradient_views,
+    rows_through_grad,
+)
 
 __all__ = ["MultiTaskOptimizer", "NonFiniteError", "ParameterRoles"]
 
@@ -212,7 +219,12 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         self._buffers.clear()
 
     def zero_grad(self, set_to_none: bool = True) -> None:
+        """The wrapped optimizer's ``zero_grad``. With ``set_to_none``, ``self.last`` lets go of the
+        old ``.grad`` tensors as well (its ``direction`` becomes ``[]``), so that they are freed
+        before the next backward instead of living through it."""
         self.optimizer.zero_grad(set_to_none=set_to_none)
+        if set_to_none and isinstance(self.last, AggregationResult) and len(self.last.direction):
+            self.last = dataclasses.replace(self.last, direction=[])
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -456,10 +468,16 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
                 "pass shared_params= or use the features= path"
             )
         ws = self._buffers.workspace(K, roles, with_rows=True)
-        fill_task_gradients(
-            losses, roles.shared, ws.rows, private=roles.by_task(K), private_inputs=roles.private,
-            private_out=ws.private_views, mode=grad_mode, retain_graph=retain_graph,
-        )
+        if grad_mode == "loop" and rows_through_grad(roles.shared + roles.private):  # no copy into the rows
+            fill_rows_through_grad(
+                losses, roles.shared, ws.rows, ws.blocks, private=roles.by_task(K), private_inputs=roles.private,
+                private_out=ws.private_views, retain_graph=retain_graph,
+            )
+        else:
+            fill_task_gradients(
+                losses, roles.shared, ws.rows, private=roles.by_task(K), private_inputs=roles.private,
+                private_out=ws.private_views, mode=grad_mode, retain_graph=retain_graph,
+            )
         if mode == "replicated":
             values = _dist.average_workspace_(ws, values, self.process_group)
         gram = self.aggregator.gram([ws.rows])
@@ -486,6 +504,13 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         self, losses: list[Tensor], values: Tensor, features: Tensor | Sequence[Tensor], roles: ParameterRoles,
         step: _Step, mode: str, grad_mode: str, grad_scale: float, grad_scaler: Any, retain_graph: bool,
     ) -> AggregationResult | None:
+        """The features path: rows[k] = ∂Lₖ/∂z (K passes that stop at z, the heads' gradients
+        summed on the way), Γ over the rows, the solve, then the shared parameters get
+        d = Σₖ wₖ·gₖ from ONE backward: of z with the gradient ∂(Σₖ wₖLₖ)/∂z = wᵀ·rows when every
+        path from the losses to the shared parameters goes through z (the heads are not
+        traversed again), else of Σₖ wₖLₖ. The new gradients are tested for NaN/Inf before any is
+        written, then handed over to ``.grad`` without a copy where there is none (a replicated
+        step averages them in the workspace first)."""
         K = len(losses)
         if mode == "sharded":
             raise ValueError("the features= path needs whole per-rank batches; use distributed='replicated' or 'none'")
@@ -494,10 +519,13 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
             if not isinstance(z, Tensor) or not z.requires_grad:
                 raise ValueError(f"features[{i}] must be a tensor in the losses' autograd graph (requires_grad=True)")
         rows = self._buffers.feature_rows(K, features)
-        ws = self._buffers.workspace(K, roles, with_rows=False)
+        ws = self._buffers.workspace(K, roles, with_rows=False) if mode == "replicated" else None
+        private_views = ws.private_views if ws is not None else private_gradient_views(roles.private)
+        # through z alone: no loss reaches a shared parameter by a path around the features
+        through_z = not any(any(found) for found in reaches(losses, roles.shared, around=features))
         reached = fill_task_gradients(
             losses, features, rows, private=roles.by_task(K), private_inputs=roles.private,
-            private_out=ws.private_views, mode=grad_mode, retain_graph=True, reach=True,
+            private_out=private_views, mode=grad_mode, retain_graph=True, reach=True,
         )
         self._check_features_reached(reached)
         gram = self.aggregator.gram([rows])
@@ -513,27 +541,47 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
             return self._give_up(problem, roles, grad_scaler)
         saved = copy.deepcopy(self._method_state())
         solution, weights = self._solve(gram, values, losses[0].device, step)
-        if roles.shared:
-            combined = sum(w.to(torch.promote_types(l.dtype, torch.float32)) * l for w, l in zip(weights, losses))
-            grads = torch.autograd.grad(combined, roles.shared, allow_unused=True, retain_graph=retain_graph)
+        grads = self._combined_gradients(losses, features, rows, weights, roles.shared, through_z, retain_graph)
+        if ws is not None:  # replicated: the direction and the heads' gradients averaged in one all-reduce
             for out, g in zip(ws.direction, grads):
-                out[0].copy_(g) if g is not None else out[0].zero_()
-        if mode == "replicated":
+                out[0].copy_(g)
             for part in ws.gradient_parts:
                 _dist.all_reduce_mean_(part, self.process_group)
-        finite = [torch.isfinite(part).all() for part in ws.gradient_parts]  # one host sync, not one per part
-        if finite and not bool(torch.stack(finite).all()):
+            grads = [out[0] for out in ws.direction]
+        if not all_finite([*grads, *private_views]):
             self._load_method_state(saved)
             _, problem = find_nonfinite(
-                values, gram, torch.zeros((), dtype=torch.bool), ws.private_views, roles.private_tasks,
+                values, gram, torch.zeros((), dtype=torch.bool), private_views, roles.private_tasks,
                 otherwise="the gradient of Σ wₖ·Lₖ over the shared parameters holds NaN/Inf (every ∂Lₖ/∂z is finite)",
             )
             return self._give_up(problem, roles, grad_scaler)
         self._commit_step(step)
-        accumulate_grads(roles.shared, [v[0] for v in ws.direction])
-        self._write_private(weights, ws.private_views, roles)
+        if ws is not None:
+            accumulate_grads(roles.shared, grads)
+        else:
+            accumulate_fresh_grads(roles.shared, grads)
+        self._write_private(weights, private_views, roles, fresh=ws is None)
         self._write_owned_grads(values, grad_scale, step.present)
         return self._record(gram, solution, values, [p.grad for p in roles.shared], step)
+
+    def _combined_gradients(
+        self, losses: list[Tensor], features: list[Tensor], rows: Tensor, weights: Tensor, shared: list[Tensor],
+        through_z: bool, retain_graph: bool,
+    ) -> list[Tensor]:
+        """∂(Σₖ wₖLₖ)/∂θ for the shared parameters θ, as new tensors: backpropagated from the
+        features with the gradient wᵀ·rows when ``through_z``, else from Σₖ wₖLₖ (zeros where
+        nothing reaches θ)."""
+        if not shared:
+            return []
+        if through_z:
+            direction = torch.empty(1, rows.shape[1], dtype=rows.dtype, device=rows.device)
+            self.aggregator.combine(weights, [rows], [direction], False)
+            grad_z = [v[0].to(z.dtype) for v, z in zip(column_views(direction, features), features)]
+            grads = torch.autograd.grad(features, shared, grad_outputs=grad_z, allow_unused=True, retain_graph=retain_graph)
+        else:
+            combined = sum(w.to(torch.promote_types(l.dtype, torch.float32)) * l for w, l in zip(weights, losses))
+            grads = torch.autograd.grad(combined, shared, allow_unused=True, retain_graph=retain_graph)
+        return [torch.zeros_like(p) if g is None else g for p, g in zip(shared, grads)]
 
     # -- pieces ---------------------------------------------------------------------------------
     def _solve(self, gram: Tensor, values: Tensor, device: torch.device, step: _Step) -> tuple[Any, Tensor]:
@@ -601,11 +649,13 @@ class MultiTaskOptimizer(torch.optim.Optimizer):
         self._skip_step = True
         return None
 
-    def _write_private(self, weights: Tensor, views: list[Tensor], roles: ParameterRoles) -> None:
+    def _write_private(self, weights: Tensor, views: list[Tensor], roles: ParameterRoles, fresh: bool = False) -> None:
+        """The task-specific parameters' gradients ``views`` (× wₖ with ``task_specific="weighted"``)
+        added to ``.grad``; ``fresh``: the views are this step's own, taken as ``.grad`` where there is none."""
         if self.task_specific == "weighted":
             for view, tasks in zip(views, roles.private_tasks):
                 view.mul_(weights[tasks[0]].to(view.dtype))
-        accumulate_grads(roles.private, views)
+        (accumulate_fresh_grads if fresh else accumulate_grads)(roles.private, views)
 
     def _record(self, gram: Tensor, solution: Any, values: Tensor, direction: list[Tensor], step: _Step) -> AggregationResult:
         self.last = AggregationResult(direction, solution.weights, gram, self.weighting.name, dict(solution.diagnostics))

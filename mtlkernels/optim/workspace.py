@@ -4,11 +4,16 @@ One :class:`Workspace` holds the K task-gradient rows over the shared parameters
 features path, the one direction), the task-specific parameters' plain gradients and the K loss
 values, laid out so that data-parallel training averages them with as few all-reduces as
 possible. :class:`Buffers` keeps the workspace and the feature-gradient rows, rebuilt only when
-the layout changes.
+the layout changes. :func:`fill_rows_through_grad` has autograd add each task's gradient into its
+row in place (the parameters' ``.grad`` pointed at the row during that task's pass), so no
+gradient is copied into the rows.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from ..jacobian import ALIGN_BYTES, column_offsets, column_views, common_dtype
@@ -123,3 +128,74 @@ def accumulate_fresh_grads(params: list[Tensor], grads: list[Tensor]) -> None:
             p.grad = g
         else:
             accumulate_grads([p], [g])
+
+
+def private_gradient_views(params: list[Tensor]) -> list[Tensor]:
+    """Views shaped as ``params`` of one new flat buffer in their common dtype: gradients of this
+    step only, which :func:`accumulate_fresh_grads` can take as ``.grad`` without a copy."""
+    dtype = common_dtype(params) or torch.float32
+    device = params[0].device if params else torch.device("cpu")
+    flat = torch.empty(1, sum(p.numel() for p in params), dtype=dtype, device=device)
+    return [v[0] for v in column_views(flat, params)]
+
+
+def rows_through_grad(params: Sequence[Tensor]) -> bool:
+    """Whether the K passes may run as ``Lₖ.backward`` into ``.grad`` tensors that are views of
+    the rows (:func:`fill_rows_through_grad`): no torch.distributed process group (DDP's and
+    FSDP's hooks on the gradient accumulators would fire on every pass) and no parameter with a
+    ``register_post_accumulate_grad_hook`` (it would run once per task, on one task's gradient)."""
+    if dist.is_available() and dist.is_initialized():
+        return False
+    return not any(p._post_accumulate_grad_hooks for p in params)
+
+
+def fill_rows_through_grad(
+    losses: Sequence[Tensor],
+    shared: Sequence[Tensor],
+    rows: Tensor,
+    blocks: Sequence[Tensor],
+    *,
+    private: Sequence[Sequence[int]],
+    private_inputs: Sequence[Tensor],
+    private_out: Sequence[Tensor],
+    retain_graph: bool,
+) -> None:
+    """rows[k] ← ∇ Lₖ over ``shared`` and private_out[j] ← Σ_{k ∈ tasks_j} ∇ Lₖ over
+    private_inputs[j] (what :func:`mtlkernels.jacobian.fill_task_gradients` computes), with the
+    gradients landing in the rows themselves: before pass k each shared parameter's ``.grad`` is
+    its zeroed columns of row k (each private one's, its part of ``private_out``), and
+    ``Lₖ.backward(inputs=...)`` adds autograd's gradient into it in place — no [K, N] copy. A
+    parameter whose dtype is not the buffer's gets its own ``.grad``, copied. Every ``.grad`` is
+    put back as it was afterwards, also when a pass raises.
+
+    ``blocks``: per shared parameter its [K, numel] columns of ``rows``; ``private``: for each
+    task k, the indices j of the private inputs it reaches."""
+    K = len(losses)
+    params = [*shared, *private_inputs]
+    saved = [p.grad for p in params]
+    rows_view = [_grad_view(p, block[0]) for p, block in zip(shared, blocks)]
+    private_view = [_grad_view(p, out) for p, out in zip(private_inputs, private_out)]
+    try:
+        rows.zero_()
+        for p, out, takes in zip(private_inputs, private_out, private_view):
+            out.zero_()
+            p.grad = out.view_as(p) if takes else None
+        for k, loss in enumerate(losses):
+            for p, block, takes in zip(shared, blocks, rows_view):
+                p.grad = block[k].view_as(p) if takes else None
+            own = [private_inputs[j] for j in private[k]] if private else []
+            torch.autograd.backward(loss, inputs=[*shared, *own], retain_graph=retain_graph or k < K - 1)
+            for p, block, takes in zip(shared, blocks, rows_view):
+                if not takes and p.grad is not None:
+                    block[k].copy_(p.grad.reshape(-1))
+        for p, out, takes in zip(private_inputs, private_out, private_view):
+            if not takes and p.grad is not None:
+                out.copy_(p.grad)
+    finally:
+        for p, g in zip(params, saved):
+            p.grad = g
+
+
+def _grad_view(param: Tensor, view: Tensor) -> bool:
+    """Whether ``view`` (the buffer's columns for ``param``) can be ``param.grad``: same dtype."""
+    return view.dtype == param.dtype and getattr(param, "grad_dtype", param.dtype) == param.dtype

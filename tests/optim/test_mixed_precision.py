@@ -26,8 +26,13 @@ def test_autocast_bf16_step_equals_manual(features):
         else:
             direction_of = lambda J, L: reference.cagrad(J, c=0.5).direction
         expected = manual_grads(model, x, y, direction_of, features=features)
-    for a, e in zip(grads_of(model), expected):
-        torch.testing.assert_close(a, e.float(), rtol=1e-5, atol=1e-6 * float(e.abs().max()))
+    trunk = len(list(model.trunk.parameters()))
+    for i, (a, e) in enumerate(zip(grads_of(model), expected)):
+        # features path: the trunk gets the backward of wᵀ·(∂Lₖ/∂z) from the bf16 z, each ∂Lₖ/∂z
+        # rounded to bf16 before the weighting, where the backward of Σ wₖLₖ by hand rounds the
+        # weighted sum: the two agree to bf16's precision (2⁻⁸), not bit for bit
+        tolerance = 1e-2 if features and i < trunk else 1e-5
+        torch.testing.assert_close(a, e.float(), rtol=tolerance, atol=tolerance * float(e.abs().max()))
     assert last.weights.dtype == torch.float64
 
 
