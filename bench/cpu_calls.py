@@ -13,26 +13,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import statistics
 import time
 
 import torch
 
 import mtlkernels as mk
 from mtlkernels.bench.report import machine_summary
+from mtlkernels.bench.timing import median_us
 from mtlkernels.bench.suites import METHODS
-
-
-def median_us(fn, repeats: int) -> float:
-    """Median wall time of ``fn`` over ``repeats`` calls after a warm-up, in µs."""
-    for _ in range(min(50, repeats)):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e6
 
 
 def main() -> None:

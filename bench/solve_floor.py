@@ -24,9 +24,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import statistics
 import sys
-import time
 from typing import Any, Callable
 
 import numpy as np
@@ -37,6 +35,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import mtlkernels as mk  # noqa: E402
 from mtlkernels._extension import extension  # noqa: E402
 from mtlkernels.bench.report import machine_summary  # noqa: E402
+from mtlkernels.bench.timing import median_us  # noqa: E402
 from mtlkernels.methods import make_weighting  # noqa: E402
 from mtlkernels.methods.base import cpp_constants  # noqa: E402
 from mtlkernels.testing.cases import against_first_J  # noqa: E402
@@ -44,18 +43,6 @@ from peers import torchjd_aggregation  # noqa: E402
 
 N = 1000
 METHODS = ("upgrad", "dualproj", "aligned_mtl", "config")
-
-
-def median_us(fn: Callable[[], Any], repeats: int) -> float:
-    """Median wall time of ``fn`` over ``repeats`` calls after a warm-up, in µs."""
-    for _ in range(min(50, repeats)):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e6
 
 
 def calls(method: str, J: torch.Tensor) -> dict[str, Callable[[], Any]]:

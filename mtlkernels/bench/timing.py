@@ -26,6 +26,19 @@ class Timing:
     best_s: float = float("nan")
 
 
+def median_us(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall time of ``fn`` over ``repeats`` calls after a warm-up (host clock), in µs: for
+    calls short enough that the Python layer, not the data, sets their time."""
+    for _ in range(min(50, repeats)):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e6
+
+
 def _quantile(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))]
