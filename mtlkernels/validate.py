@@ -315,13 +315,23 @@ def wrapper_checks(seed: int, backend: str) -> list[Check]:
         "mixed parameter dtypes: the gradients of sum(losses)": mixed_dtypes,
         "a skipped step does not swallow the next": skip_then_step,
     }
+    return scenario_checks(
+        {name: (lambda s=scenario: 0.0 if s() else 1.0) for name, scenario in scenarios.items()},
+        "behaviour", tolerance=0.5, failed=1.0,
+    )
+
+
+def scenario_checks(scenarios: dict[str, Callable[[], float]], against: str, *, tolerance: float,
+                    failed: float) -> list[Check]:
+    """One "wrappers" check per scenario, from the error it returns; a scenario that raises fails
+    with the error ``failed``, the exception named in the check's name."""
     checks = []
     for name, scenario in scenarios.items():
         try:
-            ok = scenario()
-        except Exception as exc:  # an unexpected error is a failed scenario, reported by name
-            ok, name = False, f"{name} (raised {type(exc).__name__}: {exc})"
-        checks.append(Check("wrappers", name, "behaviour", 0.0 if ok else 1.0, 0.5))
+            error = scenario()
+        except Exception as exc:  # an unexpected error fails the check, reported by name
+            error, name = failed, f"{name} (raised {type(exc).__name__}: {exc})"
+        checks.append(Check("wrappers", name, against, error, tolerance))
     return checks
 
 
@@ -498,14 +508,7 @@ def wrapper_reference_checks(seed: int, backend: str) -> list[Check]:
         "RLW: softmax of the seeded normal draw, ∇Σ wL": rlw,
         "GradNorm: 3 steps = eq. 2's weight gradient and ∇Σ wL": gradnorm,
     })
-    checks = []
-    for name, scenario in scenarios.items():
-        try:
-            error = scenario()
-        except Exception as exc:  # an unexpected error fails the check, reported by name
-            error, name = float("inf"), f"{name} (raised {type(exc).__name__}: {exc})"
-        checks.append(Check("wrappers", name, "reference", error, WRAPPER_TOLERANCE))
-    return checks
+    return scenario_checks(scenarios, "reference", tolerance=WRAPPER_TOLERANCE, failed=float("inf"))
 
 
 def backend_problem(backend: str) -> str | None:
